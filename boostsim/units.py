@@ -1,0 +1,105 @@
+"""Reading numbers written with SI prefixes and unit letters ("47u", "100kHz", "4k7", "12 V").
+
+Used wherever a number comes from text: TOML files, command-line overrides, protocol replies.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+__all__ = ["format_si", "parse_si"]
+
+# Prefix -> power of ten (applied in decimal, so "100u" is exactly the float 1e-4).
+_PREFIXES = {"f": -15, "p": -12, "n": -9, "u": -6, "µ": -6, "μ": -6, "m": -3, "k": 3, "K": 3,
+             "meg": 6, "Meg": 6, "MEG": 6, "M": 6, "G": 9, "T": 12}
+_NUMBER = r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
+_PREFIX = r"meg|Meg|MEG|[fpnuµμmkKMGT]"
+# Unit words accepted after the prefix (case-insensitive); they carry no scale.
+_UNIT = r"hz|ohms?|Ω|[vahfswj]"
+_FULL = re.compile(rf"^(?P<num>{_NUMBER})\s*(?P<prefix>{_PREFIX})?\s*(?P<unit>{_UNIT})?$", re.I)
+# "4k7" style (RKM code): the prefix stands for the decimal point.
+_RKM = re.compile(rf"^(?P<int>\d+)(?P<prefix>{_PREFIX})(?P<frac>\d+)\s*(?P<unit>{_UNIT})?$", re.I)
+_SPECIAL = {"inf": math.inf, "+inf": math.inf, "-inf": -math.inf, "infinity": math.inf,
+            "nan": math.nan}
+
+
+def _exponent(prefix: str | None) -> int:
+    if not prefix:
+        return 0
+    if prefix in _PREFIXES:
+        return _PREFIXES[prefix]
+    if prefix.lower() == "meg":
+        return 6
+    # The regex is case-insensitive so that unit letters match in any case, but prefixes are not:
+    # "M" is mega and "m" milli. A prefix letter only reaches here in the wrong case.
+    raise ValueError(f"unknown SI prefix {prefix!r}")
+
+
+def parse_si(text: str | float | int, *, name: str | None = None) -> float:
+    """Return the number written in ``text`` as a float in SI base units.
+
+    Accepts plain numbers (``"0.047"``, ``"4.7e-5"``), SI prefixes (``"47u"``, ``"100k"``,
+    ``"4.7m"``, ``"1meg"``), an optional unit word (``"47uH"``, ``"100 kHz"``, ``"10ohm"``,
+    ``"12 V"``), RKM codes (``"4k7"`` = 4700) and ``"inf"``. Prefixes are case-sensitive
+    (``m`` = milli, ``M`` = mega). Numbers (int/float) are returned unchanged.
+
+    Raises ``ValueError`` naming ``name`` (when given) and the text if it cannot be read.
+    """
+    if isinstance(text, bool):
+        raise ValueError(_message(name, text, "expected a number, not a boolean"))
+    if isinstance(text, int | float):
+        return float(text)
+    if not isinstance(text, str):
+        raise ValueError(_message(name, text, "expected a number or a string like '47u'"))
+    s = text.strip().replace("_", "")
+    if s.lower() in _SPECIAL:
+        return _SPECIAL[s.lower()]
+    match = _FULL.match(s)
+    if match:
+        prefix, unit = match["prefix"], match["unit"]
+        # "1m" alone is milli; "1F"/"1f" alone is ambiguous between femto and farad: read a lone
+        # f/F as the farad unit, which is what people writing converter values mean.
+        if prefix and not unit and prefix.lower() == "f":
+            prefix, unit = None, prefix
+        try:
+            return _decimal(match["num"], _exponent(prefix))
+        except ValueError as exc:
+            raise ValueError(_message(name, text, str(exc))) from None
+    match = _RKM.match(s)
+    if match:
+        try:
+            exponent = _exponent(match["prefix"])
+        except ValueError as exc:
+            raise ValueError(_message(name, text, str(exc))) from None
+        return _decimal(f"{match['int']}.{match['frac']}", exponent)
+    raise ValueError(_message(name, text, "not a number (examples: 47u, 100k, 4.7m, 4k7, 12V)"))
+
+
+def _decimal(number: str, exponent: int) -> float:
+    """``number`` times 10**exponent, rounded once (so "4.7" with -6 gives exactly 4.7e-6)."""
+    if exponent == 0:
+        return float(number)
+    mantissa, _, power = number.lower().partition("e")
+    return float(f"{mantissa}e{int(power or 0) + exponent}")
+
+
+def _message(name: str | None, text: object, why: str) -> str:
+    where = f"{name}: " if name else ""
+    return f"{where}cannot read {text!r}: {why}"
+
+
+_FORMAT_PREFIXES = [(1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"), (1.0, ""), (1e-3, "m"),
+                    (1e-6, "u"), (1e-9, "n"), (1e-12, "p"), (1e-15, "f")]
+
+
+def format_si(value: float, unit: str = "", digits: int = 4) -> str:
+    """Format ``value`` with an SI prefix, e.g. ``format_si(4.7e-5, "H") == "47uH"``."""
+    if value == 0 or not math.isfinite(value):
+        return f"{value:g}{unit}"
+    magnitude = abs(value)
+    for scale, prefix in _FORMAT_PREFIXES:
+        if magnitude >= scale * (1 - 1e-12):
+            return f"{value / scale:.{digits}g}{prefix}{unit}"
+    scale, prefix = _FORMAT_PREFIXES[-1]
+    return f"{value / scale:.{digits}g}{prefix}{unit}"
