@@ -1,7 +1,17 @@
-"""boostsim: DC-DC boost converter simulator and bench controller."""
+"""boostsim: DC-DC boost converter simulator and bench controller.
 
+>>> from boostsim import BoostParams, simulate, steady_state
+>>> p = BoostParams(vin=12, L=100e-6, C=100e-6, R=10, fsw=100e3)
+>>> round(steady_state(p, duty=0.5).vout_mean, 2)
+23.99
+"""
+
+from .analysis import Metrics
+from .engine import SimulationResult, Step, simulate
 from .params import BoostParams, default_board
+from .steady import SteadyState, steady_state
 
 __version__ = "0.1.0"
 
-__all__ = ["BoostParams", "__version__", "default_board"]
+__all__ = ["BoostParams", "Metrics", "SimulationResult", "SteadyState", "Step", "__version__",
+           "default_board", "simulate", "steady_state"]
