@@ -159,4 +159,5 @@ def test_duty_schedule_and_controller_hook():
     # The view samples the previous period exactly where the waveform says.
     il, vc, vout = seen[5].sample(0.0)
     assert il[0] == pytest.approx(res.il[40], rel=1e-12)
+    assert vc[0] == pytest.approx(res.vc[40], rel=1e-12)
     assert vout[0] == pytest.approx(res.vout[40], rel=1e-12)

@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 
-from boostsim import BoostParams, Step, simulate, steady_state
-from boostsim import theory
+from boostsim import BoostParams, Step, simulate, steady_state, theory
 
 IDEAL = BoostParams(vin=12, L=100e-6, C=100e-6, R=10, fsw=100e3)
 LOSSY = BoostParams(vin=12, L=100e-6, C=100e-6, R=10, fsw=100e3, r_L=0.05, r_on=0.02,
