@@ -213,7 +213,7 @@ def _diode_extrema(c: np.ndarray, il0: np.ndarray, vc0: np.ndarray, dur: np.ndar
     a, r_C = c[sg.A_OUT], c[sg.R_C]
     results = []
     for p, r, want_vout in ((y1, ny1, False), (a * (r_C * y1 + y2), a * (r_C * ny1 + ny2), True)):
-        times = sg.critical_times(c[sg.S], c[sg.Q2], p, r, dur)
+        times = sg.critical_times(c, p, r, dur)
         k = times.shape[1]
         ck = np.repeat(c, k, axis=1)
         il, vc = sg.diode_state(ck, np.repeat(il0, k), np.repeat(vc0, k),

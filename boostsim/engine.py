@@ -20,6 +20,7 @@ import numpy as np
 
 from . import segments as sg
 from .params import BoostParams, broadcast_lanes
+from .runahead import RunAhead, ccm_run_ahead
 
 __all__ = ["PeriodView", "SimulationResult", "Step", "simulate"]
 
@@ -98,8 +99,10 @@ class Conditions:
 
     def table(self, epoch: np.ndarray) -> np.ndarray:
         """Coefficient table (rows, n) for each lane's epoch."""
+        if self.times.size == 0:
+            return self.tables[0]
         first = epoch[0]
-        if np.all(epoch == first):
+        if (epoch == first).all():
             return self.tables[first]
         return self.tables[epoch, :, self._lane_index].T
 
@@ -127,6 +130,28 @@ class Stepper:
         self.Ts = 1.0 / lanes["fsw"]
         self.conditions = Conditions(lanes, steps)
         self.sync = lanes["synchronous"].astype(bool)
+        self.any_sync = bool(self.sync.any())
+        self._on_cache: tuple | None = None
+
+    def _on_map(self, c: np.ndarray, duty: np.ndarray, t_on: np.ndarray, il: np.ndarray,
+                vc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The whole on-time as an affine map, cached while the duty and conditions repeat."""
+        cached = self._on_cache
+        if (cached is None or cached[0] is not c or cached[1].shape != duty.shape
+                or not (cached[1] == duty).all()):
+            zero = np.zeros(self.n)
+            b_i, b_v = sg.on_state(c, zero, zero, t_on)
+            a_i, a_v = np.exp(-c[sg.K_ON] * t_on), np.exp(-c[sg.M] * t_on)
+            cached = self._on_cache = (c, duty.copy(), a_i, b_i, a_v, b_v)
+        _, _, a_i, b_i, a_v, b_v = cached
+        return a_i * il + b_i, a_v * vc + b_v
+
+    def has_steps_between(self, t_from: np.ndarray, t_to: np.ndarray) -> bool:
+        """True if a line/load step falls in (t_from, t_to] for any lane."""
+        times = self.conditions.times
+        if times.size == 0:
+            return False
+        return bool(np.any((times[:, None] > t_from) & (times[:, None] <= t_to)))
 
     def subset(self, idx: np.ndarray) -> Stepper:
         """A stepper for the lanes ``idx`` only (same conditions)."""
@@ -137,6 +162,8 @@ class Stepper:
         sub.n = idx.size
         sub.Ts = self.Ts[idx]
         sub.sync = self.sync[idx]
+        sub.any_sync = bool(sub.sync.any())
+        sub._on_cache = None
         sub.conditions = self.conditions.subset(idx)
         return sub
 
@@ -146,8 +173,9 @@ class Stepper:
         n, Ts = self.n, self.Ts
         t0 = k * Ts
         cond = self.conditions
-        epoch = cond.epoch_at(t0)
-        breaks = self._breaks(t0)
+        stepped = cond.times.size > 0
+        epoch = cond.epoch_at(t0) if stepped else None
+        breaks = self._breaks(t0) if stepped else None
         tau = np.zeros(n)
         segments: list[Segment] = []
         jac = np.broadcast_to(np.eye(2), (n, 2, 2)).copy() if jacobian else None
@@ -173,10 +201,13 @@ class Stepper:
             segments.append(Segment(on, tau, dur, il, vc, c))
             if jac is not None:
                 jac = sg.transition_matrix(c, on, dur) @ jac
-            il, vc = sg.on_state(c, il, vc, dur)
+            if breaks is None:
+                il, vc = self._on_map(c, duty, dur, il, vc)
+            else:
+                il, vc = sg.on_state(c, il, vc, dur)
             tau = end
             epoch = advance_epoch()
-            if np.all(tau >= t_edge):
+            if breaks is None or (tau >= t_edge).all():
                 break
 
         # Switch off: the diode conducts while its current is positive.
@@ -185,7 +216,7 @@ class Stepper:
         topology = np.where(conducting, sg.DIODE, sg.IDLE).astype(np.int8)
         t_diode = np.zeros(n)
         t_idle = np.zeros(n)
-        while np.any(tau < Ts):
+        while (tau < Ts).any():
             if len(segments) > _MAX_SEGMENTS_PER_PERIOD:
                 lanes = np.flatnonzero(tau < Ts)[:5]
                 raise RuntimeError(f"period {k}: more than {_MAX_SEGMENTS_PER_PERIOD} segments "
@@ -203,12 +234,16 @@ class Stepper:
                 # Saltation at the diode turn-off (iL -> 0): perturbations of iL vanish.
                 jac[hit & (topology == sg.DIODE), 0, :] = 0.0
             is_diode = topology == sg.DIODE
-            t_diode += np.where(is_diode, seg_dur, 0.0)
-            t_idle += np.where(is_diode, 0.0, seg_dur)
             il, vc = il_new, vc_new
-            tau = np.where(hit, tau + t_event, end)
-            topology = np.where(hit, np.where(is_diode, sg.IDLE, sg.DIODE),
-                                topology).astype(np.int8)
+            if is_diode.all() and not hit.any():
+                t_diode += seg_dur
+                tau = end
+            else:
+                t_diode += np.where(is_diode, seg_dur, 0.0)
+                t_idle += np.where(is_diode, 0.0, seg_dur)
+                tau = np.where(hit, tau + t_event, end)
+                topology = np.where(hit, np.where(is_diode, sg.IDLE, sg.DIODE),
+                                    topology).astype(np.int8)
             epoch = advance_epoch()
             if breaks is not None:
                 # A line step may start or stop conduction of an idle diode.
@@ -234,28 +269,43 @@ class Stepper:
         """Advance DIODE and IDLE lanes by up to ``dur``; returns the new state and the time of
         the state event that ends the segment early (inf where none)."""
         diode = topology == sg.DIODE
-        idle = ~diode
+        all_diode = bool(diode.all())
         t_event = np.full(self.n, np.inf)
         il_d, vc_d = sg.diode_state(c, il, vc, dur)
-        if np.any(idle):
-            t_event = np.where(idle, sg.idle_reconduction_time(c, vc), t_event)
-        # Diode turn-off: the current ends negative, or dips below zero inside the segment.
-        slope0 = sg.diode_derivative(c, il, vc)
-        slope1 = sg.diode_derivative(c, il_d, vc_d)
-        long_ring = (c[sg.Q2] < 0) & (np.sqrt(np.abs(c[sg.Q2])) * dur >= np.pi)
-        candidate = diode & ~self.sync & ((il_d < 0) | ((slope0 < 0) & (slope1 > 0)) | long_ring)
-        if np.any(candidate):
+        if not all_diode:
+            t_event = np.where(diode, t_event, sg.idle_reconduction_time(c, vc))
+        # Diode turn-off: the current ends negative, or dips below zero inside the segment
+        # (possible only if it falls at the start and rises at the end, or rings).
+        falling0 = sg.diode_derivative(c, il, vc) < 0
+        rising1 = sg.diode_derivative(c, il_d, vc_d) > 0
+        short = dur < c[sg.HALF_RING]
+        candidate = (il_d < 0) | (falling0 & rising1) | ~short
+        if not all_diode:
+            candidate &= diode
+        if self.any_sync:
+            candidate &= ~self.sync
+        if candidate.any():
             idx = np.flatnonzero(candidate)
-            t_event[idx] = sg.diode_zero_time(c[:, idx], il[idx], vc[idx], dur[idx])
-        hit = t_event < dur
-        step = np.where(hit, t_event, dur)
-        il_out = np.where(diode, il_d, 0.0)
-        vc_out = np.where(diode, vc_d, sg.decay(c[sg.M], -c[sg.W], vc, step))
-        hit_diode = hit & diode
-        if np.any(hit_diode):
-            idx = np.flatnonzero(hit_diode)
-            vc_out[idx] = sg.diode_state(c[:, idx], il[idx], vc[idx], step[idx])[1]
-            il_out[idx] = 0.0
+            monotonic = falling0[idx] & ~rising1[idx] & short[idx]
+            t_zero, vc_zero = sg.diode_zero_time(c[:, idx], il[idx], vc[idx], dur[idx],
+                                                 il_d[idx], monotonic)
+            t_event[idx] = t_zero
+            hit = t_event < dur
+        else:
+            hit = np.zeros(self.n, dtype=bool) if all_diode else t_event < dur
+        if all_diode:
+            il_out, vc_out = il_d, vc_d
+        else:
+            step = np.where(hit, t_event, dur)
+            il_out = np.where(diode, il_d, 0.0)
+            vc_out = np.where(diode, vc_d, sg.decay(c[sg.M], -c[sg.W], vc, step))
+        if candidate.any():
+            turned_off = np.isfinite(t_zero)
+            if turned_off.any():
+                vc_out = vc_out.copy()
+                il_out = il_out.copy()
+                vc_out[idx[turned_off]] = vc_zero[turned_off]
+                il_out[idx[turned_off]] = 0.0
         return il_out, vc_out, t_event
 
 
@@ -269,17 +319,25 @@ def sample_segments(segments: Sequence[Segment], tau: np.ndarray, snap: Any = 0.
     sample time) takes the value just after it.
     """
     n = tau.shape[0]
-    snap = np.broadcast_to(np.asarray(snap, dtype=float), (n,))[:, None]
+    snap = np.asarray(snap, dtype=float)
+    snap = snap[:, None] if snap.ndim else snap
     index = np.zeros(tau.shape, dtype=np.int64)
     for i, seg in enumerate(segments[1:], start=1):
-        after = tau >= seg.start[:, None] - snap
-        index = np.where(after & (seg.duration[:, None] > 0), i, index)
+        after = (tau >= seg.start[:, None] - snap) & (seg.duration[:, None] > 0)
+        if after.any():
+            index[after] = i
     il = np.empty(tau.shape)
     vc = np.empty(tau.shape)
     vout = np.empty(tau.shape)
     for i, seg in enumerate(segments):
         mask = index == i
-        if not np.any(mask):
+        if mask.all():
+            c = seg.coef[:, :, None]
+            topo = seg.topology[:, None]
+            il, vc = sg.state_at(c, topo, seg.il0[:, None], seg.vc0[:, None],
+                                 tau - seg.start[:, None])
+            return il, vc, sg.vout_of(c, topo, il, vc)
+        if not mask.any():
             continue
         lane = np.broadcast_to(np.arange(n)[:, None], tau.shape)[mask]
         c = seg.coef[:, lane]
@@ -374,7 +432,8 @@ class SimulationResult:
 
 def simulate(params: BoostParams, duty: Any = None, t_end: float | None = None,
              dt: float | None = None, *, x0: Any = None, controller: Controller | None = None,
-             steps: Sequence[Step] = (), progress: bool = False) -> SimulationResult:
+             steps: Sequence[Step] = (), run_ahead: bool = True,
+             progress: bool = False) -> SimulationResult:
     """Simulate the switching converter exactly from t = 0 to ``t_end`` [s].
 
     Parameters
@@ -396,6 +455,9 @@ def simulate(params: BoostParams, duty: Any = None, t_end: float | None = None,
         (``view`` is a :class:`PeriodView` of the previous period, None for k = 0).
     steps : sequence of Step
         Line and load steps at given times.
+    run_ahead : bool
+        With a constant duty, advance stretches of continuous conduction in closed form
+        (same results to rounding, much faster); False steps every period.
     progress : bool
         Show a progress bar.
     """
@@ -437,18 +499,61 @@ def simulate(params: BoostParams, duty: Any = None, t_end: float | None = None,
     stepper = Stepper(lanes, steps)
     il = np.broadcast_to(x0_array[..., 0], (n,)).astype(float)
     vc = np.broadcast_to(x0_array[..., 1], (n,)).astype(float)
-    rec = {name: np.empty((n, n_periods)) for name in
-           ("t_start", "duty", "il_start", "vc_start", "t_on", "t_diode", "t_idle")}
-    out_il = np.empty((n, n_t))
-    out_vc = np.empty((n, n_t))
-    out_vout = np.empty((n, n_t))
-    view = None
-    iterator = range(n_periods)
+    out = _Recorder(n, n_periods, n_t, dt, Ts)
+    bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        iterator = tqdm(iterator, desc="simulate", unit="period", leave=False)
-    for k in iterator:
+        bar = tqdm(total=n_periods, desc="simulate", unit="period", leave=False)
+    view = None
+    everyone = np.arange(n)
+    run_ahead = run_ahead and controller is None and schedule is None
+    chunk = _FIRST_CHUNK
+    samples_per_period = int(np.ceil(np.max(Ts) / dt)) + 1
+    k = 0
+    backoff = 0  # periods to step one by one before trying to run ahead again
+    failures = 0
+    while k < n_periods:
+        K = min(chunk, n_periods - k, max(1, _MAX_CHUNK_SAMPLES // (n * samples_per_period)))
+        if (run_ahead and backoff == 0 and K > 1
+                and not stepper.has_steps_between(k * Ts, (k + K) * Ts)):
+            # Open loop at constant duty: advance stretches of CCM in closed form.
+            ahead = ccm_run_ahead(stepper, k, K, il, vc, constant)
+            common = int(ahead.valid_periods.min())
+            good = ahead.valid_periods >= K
+            if common >= 1:
+                ahead = ahead.first(common)
+                out.run_ahead(everyone, k, common, ahead, np.ones(n, dtype=bool), constant,
+                              stepper)
+                il, vc = ahead.il[common], ahead.vc[common]
+                chunk = min(2 * chunk, _MAX_CHUNK) if common == K else max(_FIRST_CHUNK, common)
+                failures = 0
+                k += common
+                if bar is not None:
+                    bar.update(common)
+                continue
+            if np.count_nonzero(good) >= n // 2:
+                # Most lanes stay in CCM: run them ahead, step the others period by period.
+                il, vc = il.copy(), vc.copy()
+                rows = everyone[good]
+                out.run_ahead(rows, k, K, ahead, good, constant[good], stepper.subset(rows))
+                il[good], vc[good] = ahead.il[K, good], ahead.vc[K, good]
+                rows = everyone[~good]
+                sub = stepper.subset(rows)
+                il_b, vc_b = il[rows], vc[rows]
+                for j in range(k, k + K):
+                    period = sub.period(j, il_b, vc_b, constant[rows])
+                    out.period(rows, j, constant[rows], il_b, vc_b, period)
+                    il_b, vc_b = period.il_end, period.vc_end
+                il[rows], vc[rows] = il_b, vc_b
+                k += K
+                if bar is not None:
+                    bar.update(K)
+                continue
+            # Mostly discontinuous conduction: step for a while before trying again.
+            failures += 1
+            backoff = min(2 ** failures, _MAX_BACKOFF)
+            chunk = _FIRST_CHUNK
         t0 = k * Ts
         if controller is not None:
             d = _check_duty(np.broadcast_to(np.asarray(controller(k, t0, view), dtype=float),
@@ -457,47 +562,112 @@ def simulate(params: BoostParams, duty: Any = None, t_end: float | None = None,
             d = schedule[k]
         else:
             d = constant
-        rec["t_start"][:, k] = t0
-        rec["duty"][:, k] = d
-        rec["il_start"][:, k] = il
-        rec["vc_start"][:, k] = vc
-        rec["t_on"][:, k] = d * Ts
         period = stepper.period(k, il, vc, d)
-        rec["t_diode"][:, k] = period.t_diode
-        rec["t_idle"][:, k] = period.t_idle
-        _sample_into(period.segments, t0, Ts, dt, n_t, out_il, out_vc, out_vout,
-                     final=k == n_periods - 1)
+        out.period(everyone, k, d, il, vc, period)
         il, vc = period.il_end, period.vc_end
         if controller is not None:
             view = PeriodView(k, t0, d, period)
-    records = PeriodRecords(**rec)
+        k += 1
+        backoff = max(backoff - 1, 0)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
     squeeze = (lambda a: a[0]) if scalar else (lambda a: a)
-    return SimulationResult(params=params, t=t, il=squeeze(out_il), vc=squeeze(out_vc),
-                            vout=squeeze(out_vout), periods=records, il_end=squeeze(il),
-                            vc_end=squeeze(vc), scalar=scalar, steps=tuple(steps), _lanes=lanes)
+    return SimulationResult(params=params, t=t, il=squeeze(out.il), vc=squeeze(out.vc),
+                            vout=squeeze(out.vout), periods=out.records(),
+                            il_end=squeeze(il), vc_end=squeeze(vc), scalar=scalar,
+                            steps=tuple(steps), _lanes=lanes)
 
 
-def _sample_into(segments: list[Segment], t0: np.ndarray, Ts: np.ndarray, dt: float, n_t: int,
-                 out_il: np.ndarray, out_vc: np.ndarray, out_vout: np.ndarray,
-                 final: bool) -> None:
-    """Evaluate the output grid samples that fall inside this period (the final period also
-    takes a sample on its end: the state reached at t_end)."""
-    first = np.ceil(t0 / dt - 1e-9).astype(np.int64)
-    end = np.floor((t0 + Ts) / dt + 1e-9) + 1 if final else np.ceil((t0 + Ts) / dt - 1e-9)
-    last = np.minimum(end.astype(np.int64), n_t)  # exclusive
-    count = last - first
-    m = int(count.max(initial=0))
-    if m <= 0:
-        return
-    j = first[:, None] + np.arange(m)[None, :]
-    valid = j < last[:, None]
-    j_safe = np.where(valid, j, first[:, None])
-    tau = j_safe * dt - t0[:, None]
-    il, vc, vout = sample_segments(segments, tau, snap=8 * np.finfo(float).eps * (t0 + Ts))
-    rows = np.broadcast_to(np.arange(j.shape[0])[:, None], j.shape)
-    out_il[rows[valid], j[valid]] = il[valid]
-    out_vc[rows[valid], j[valid]] = vc[valid]
-    out_vout[rows[valid], j[valid]] = vout[valid]
+# Run-ahead chunks (periods): start small, double while every lane stays in CCM.
+_FIRST_CHUNK = 8
+_MAX_CHUNK = 4096
+_MAX_BACKOFF = 32
+_MAX_CHUNK_SAMPLES = 1 << 19  # lane-periods x samples per period in one stretch
+
+
+class _Recorder:
+    """Collects waveform samples and per-period records as periods are simulated."""
+
+    def __init__(self, n: int, n_periods: int, n_t: int, dt: float, Ts: np.ndarray):
+        self.n_periods, self.n_t, self.dt, self.Ts = n_periods, n_t, dt, Ts
+        # Period-major storage: each period writes contiguous rows.
+        self.rec = {name: np.empty((n_periods, n)) for name in
+                    ("duty", "il_start", "vc_start", "t_diode", "t_idle")}
+        self.il = np.empty((n, n_t))
+        self.vc = np.empty((n, n_t))
+        self.vout = np.empty((n, n_t))
+
+    def period(self, rows: np.ndarray, k: int, duty: np.ndarray, il0: np.ndarray,
+               vc0: np.ndarray, period: Period) -> None:
+        every = rows.size == self.il.shape[0]
+        for name, value in (("duty", duty), ("il_start", il0), ("vc_start", vc0),
+                            ("t_diode", period.t_diode), ("t_idle", period.t_idle)):
+            if every:
+                self.rec[name][k] = value
+            else:
+                self.rec[name][k, rows] = value
+        Ts = self.Ts if every else self.Ts[rows]
+        self._sample(period.segments, rows, k * Ts, Ts, final=k == self.n_periods - 1)
+
+    def run_ahead(self, rows: np.ndarray, k: int, K: int, ahead: RunAhead, lanes: np.ndarray,
+                  duty: np.ndarray, stepper: Stepper) -> None:
+        rec = self.rec
+        block = slice(k, k + K)
+        Ts = self.Ts[rows]
+        rec["duty"][block, rows] = duty
+        rec["il_start"][block, rows] = ahead.il[:K][:, lanes]
+        rec["vc_start"][block, rows] = ahead.vc[:K][:, lanes]
+        rec["t_diode"][block, rows] = Ts - duty * Ts
+        rec["t_idle"][block, rows] = 0.0
+        # Sample the stretch as K x lanes independent periods of two segments each.
+        segments = ahead.segments(lanes, stepper)
+        flat_rows = np.tile(rows, K)
+        t0 = (np.arange(k, k + K)[:, None] * Ts[None, :]).ravel()
+        flat_Ts = np.tile(Ts, K)
+        if k + K == self.n_periods:
+            m = (K - 1) * rows.size
+            self._sample([_part(s, slice(None, m)) for s in segments], flat_rows[:m], t0[:m],
+                         flat_Ts[:m], final=False)
+            self._sample([_part(s, slice(m, None)) for s in segments], flat_rows[m:], t0[m:],
+                         flat_Ts[m:], final=True)
+        else:
+            self._sample(segments, flat_rows, t0, flat_Ts, final=False)
+
+    def _sample(self, segments: list[Segment], rows: np.ndarray, t0: np.ndarray,
+                Ts: np.ndarray, final: bool) -> None:
+        """Evaluate the output grid samples that fall inside these periods (the final period
+        also takes a sample on its end: the state reached at t_end)."""
+        if rows.size == 0:
+            return
+        dt, n_t = self.dt, self.n_t
+        first = np.ceil(t0 / dt - 1e-9).astype(np.int64)
+        end = np.floor((t0 + Ts) / dt + 1e-9) + 1 if final else np.ceil((t0 + Ts) / dt - 1e-9)
+        last = np.minimum(end.astype(np.int64), n_t)  # exclusive
+        m = int((last - first).max(initial=0))
+        if m <= 0:
+            return
+        j = first[:, None] + np.arange(m)[None, :]
+        valid = j < last[:, None]
+        tau = np.where(valid, j, first[:, None]) * dt - t0[:, None]
+        il, vc, vout = sample_segments(segments, tau, snap=8 * np.finfo(float).eps * (t0 + Ts))
+        r = np.broadcast_to(rows[:, None], j.shape)[valid]
+        jj = j[valid]
+        self.il[r, jj] = il[valid]
+        self.vc[r, jj] = vc[valid]
+        self.vout[r, jj] = vout[valid]
+
+    def records(self) -> PeriodRecords:
+        rec = {k: v.T for k, v in self.rec.items()}
+        k = np.arange(self.n_periods)
+        return PeriodRecords(t_start=self.Ts[:, None] * k[None, :],
+                             t_on=rec["duty"] * self.Ts[:, None], **rec)
+
+
+def _part(seg: Segment, part: slice) -> Segment:
+    return Segment(seg.topology[part], seg.start[part], seg.duration[part], seg.il0[part],
+                   seg.vc0[part], seg.coef[:, part])
 
 
 def _initial_state(x0: Any) -> np.ndarray:

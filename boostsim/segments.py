@@ -35,8 +35,8 @@ TOPOLOGY_NAMES = ("on", "diode", "idle")
 # Rows of the coefficient table (one column per lane). Kept as one 2-D array so that a batch
 # whose lanes sit in different condition epochs (load/line steps) is gathered in one indexing op.
 (K_ON, U_ON, M, W, A_OUT, A11, A12, A21, B1, S, Q2, N11, IL_EQ, VC_EQ, V_TH, SYNC, VIN, G,
- R_C, I_LOAD, R_L, R_ON, R_X, V_FX) = range(24)
-N_ROWS = 24
+ R_C, I_LOAD, R_L, R_ON, R_X, V_FX, HALF_RING, ROOT) = range(26)
+N_ROWS = 26
 
 
 def coefficients(p: dict[str, np.ndarray], vin: np.ndarray, R: np.ndarray,
@@ -77,6 +77,11 @@ def coefficients(p: dict[str, np.ndarray], vin: np.ndarray, R: np.ndarray,
     rows[IL_EQ], rows[VC_EQ], rows[V_TH], rows[SYNC] = il_eq, vc_eq, v_th, sync
     rows[VIN], rows[G], rows[R_C], rows[I_LOAD] = vin, g, r_C, i_load
     rows[R_L], rows[R_ON], rows[R_X], rows[V_FX] = p["r_L"], p["r_on"], r_x, v_fx
+    # Half period of the DIODE ringing (inf when not oscillatory): a segment shorter than this
+    # has at most one extremum of any output.
+    rows[ROOT] = np.sqrt(np.abs(q2))
+    with np.errstate(divide="ignore"):
+        rows[HALF_RING] = np.where(q2 < 0, np.pi / rows[ROOT], np.inf)
     return rows
 
 
@@ -85,8 +90,7 @@ def coefficients(p: dict[str, np.ndarray], vin: np.ndarray, R: np.ndarray,
 def phi1(z: np.ndarray) -> np.ndarray:
     """(e^z - 1)/z, equal to 1 at z = 0, accurate for small |z|."""
     z = np.asarray(z, dtype=float)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(z == 0.0, 1.0, np.expm1(z) / z)
+    return np.divide(np.expm1(z), z, out=np.ones(z.shape), where=z != 0.0)
 
 
 def decay(rate: np.ndarray, drive: np.ndarray, v0: np.ndarray, tau: np.ndarray) -> np.ndarray:
@@ -94,31 +98,33 @@ def decay(rate: np.ndarray, drive: np.ndarray, v0: np.ndarray, tau: np.ndarray) 
     return v0 + (drive - rate * v0) * tau * phi1(-rate * tau)
 
 
-def exp_coeffs(s: np.ndarray, q2: np.ndarray, tau: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(e^{s t} C(t), e^{s t} S(t))`` so that ``e^{A t} = ec I + es (A - s I)``."""
-    z = q2 * tau * tau
+def exp_coeffs(c: np.ndarray, tau: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(e^{s t} C(t), e^{s t} S(t))`` of the DIODE topology, so that
+    ``e^{A t} = ec I + es (A - s I)``.
+
+    C = cos(w t), S = sin(w t)/w when q^2 = -w^2 < 0 (ringing); C = cosh(q t), S = sinh(q t)/q
+    when q^2 > 0; C = 1, S = t when q^2 = 0. All are accurate for small arguments.
+    """
+    s, q2, root = c[S], c[Q2], c[ROOT]
     est = np.exp(s * tau)
-    small = np.abs(z) < 1e-2
-    if np.all(small):
-        ec = est * (1.0 + z * (0.5 + z * (1.0 / 24 + z * (1.0 / 720 + z / 40320))))
-        es = est * tau * (1.0 + z * (1.0 / 6 + z * (1.0 / 120 + z * (1.0 / 5040 + z / 362880))))
-        return ec, es
-    with np.errstate(invalid="ignore", over="ignore"):
-        root = np.sqrt(np.abs(q2))
-        theta = root * tau
-        # q^2 < 0: damped oscillation.
-        ec_trig = est * np.cos(theta)
-        es_trig = est * np.sin(theta) / np.where(root == 0, 1.0, root)
-        # q^2 > 0: two real eigenvalues s +- q (both negative); exponentials never overflow.
-        e1 = np.exp((s + root) * tau)
-        e2 = np.exp((s - root) * tau)
-        ec_hyp = 0.5 * (e1 + e2)
-        es_hyp = (e1 - e2) / np.where(root == 0, 1.0, 2.0 * root)
-        ec_ser = est * (1.0 + z * (0.5 + z * (1.0 / 24 + z * (1.0 / 720 + z / 40320))))
-        es_ser = est * tau * (1.0 + z * (1.0 / 6 + z * (1.0 / 120 + z * (1.0 / 5040
-                                                                          + z / 362880))))
-    ec = np.where(small, ec_ser, np.where(q2 < 0, ec_trig, ec_hyp))
-    es = np.where(small, es_ser, np.where(q2 < 0, es_trig, es_hyp))
+    theta = root * tau
+    if (q2 < 0).all():
+        return est * np.cos(theta), est * np.sin(theta) / root
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        oscillating = q2 < 0
+        ec = np.where(oscillating, np.cos(theta), np.cosh(theta))
+        es = np.where(oscillating, np.sin(theta), np.sinh(theta)) / root
+        es = np.where(q2 == 0, tau, es)
+        ec = est * ec
+        es = est * es
+        if not np.all(np.isfinite(ec)):
+            # Extremely stiff lanes (|eigenvalue| t > 700): use the eigenvalue exponentials,
+            # which never overflow (both eigenvalues are negative).
+            e1 = np.exp((s + root) * tau)
+            e2 = np.exp((s - root) * tau)
+            bad = ~np.isfinite(ec)
+            ec = np.where(bad, 0.5 * (e1 + e2), ec)
+            es = np.where(bad, (e1 - e2) / (2 * root), es)
     return ec, es
 
 
@@ -129,7 +135,7 @@ def diode_state(c: np.ndarray, il0: np.ndarray, vc0: np.ndarray, tau: np.ndarray
     """State after ``tau`` seconds in the DIODE topology, from (il0, vc0)."""
     d1 = il0 - c[IL_EQ]
     d2 = vc0 - c[VC_EQ]
-    ec, es = exp_coeffs(c[S], c[Q2], tau)
+    ec, es = exp_coeffs(c, tau)
     n11 = c[N11]
     il = c[IL_EQ] + ec * d1 + es * (n11 * d1 + c[A12] * d2)
     vc = c[VC_EQ] + ec * d2 + es * (c[A21] * d1 - n11 * d2)
@@ -145,9 +151,13 @@ def on_state(c: np.ndarray, il0: np.ndarray, vc0: np.ndarray, tau: np.ndarray
 def state_at(c: np.ndarray, topology: np.ndarray, il0: np.ndarray, vc0: np.ndarray,
              tau: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """State after ``tau`` in each lane's own topology (arrays broadcast together)."""
+    if (topology == ON).all():
+        return on_state(c, il0, vc0, tau)
+    diode = topology == DIODE
+    if diode.all():
+        return diode_state(c, il0, vc0, tau)
     il_d, vc_d = diode_state(c, il0, vc0, tau)
     il_on, vc_on = on_state(c, il0, vc0, tau)
-    diode = topology == DIODE
     il = np.where(diode, il_d, np.where(topology == ON, il_on, 0.0))
     vc = np.where(diode, vc_d, vc_on)  # IDLE shares the ON capacitor equation
     return il, vc
@@ -168,7 +178,7 @@ def capacitor_current(c: np.ndarray, topology: np.ndarray, il: np.ndarray, vc: n
 
 def transition_matrix(c: np.ndarray, topology: np.ndarray, tau: np.ndarray) -> np.ndarray:
     """d x(tau) / d x0 for each lane's topology, shape (n, 2, 2)."""
-    ec, es = exp_coeffs(c[S], c[Q2], tau)
+    ec, es = exp_coeffs(c, tau)
     e_il = np.exp(-c[K_ON] * tau)
     e_vc = np.exp(-c[M] * tau)
     diode = topology == DIODE
@@ -182,15 +192,15 @@ def transition_matrix(c: np.ndarray, topology: np.ndarray, tau: np.ndarray) -> n
 
 # -- event times ------------------------------------------------------------------------------
 
-def critical_times(s: np.ndarray, q2: np.ndarray, p: np.ndarray, r: np.ndarray,
-                   dur: np.ndarray) -> np.ndarray:
+def critical_times(c: np.ndarray, p: np.ndarray, r: np.ndarray, dur: np.ndarray
+                   ) -> np.ndarray:
     """Zeros in (0, dur) of ``e^{s t}[C(t) p + S(t) r]``, as an (n, K) array padded with NaN.
 
     This is the time derivative of any linear output of a DIODE segment (``p`` and ``r`` are the
     output row times ``A d`` and ``(A - sI) A d``), so its zeros are the segment's extrema.
     """
+    q2, root = c[Q2], c[ROOT]
     with np.errstate(invalid="ignore", divide="ignore"):
-        root = np.sqrt(np.abs(q2))
         # Oscillatory lanes: p cos(wt) + (r/w) sin(wt) = 0  ->  wt = atan2(-p w, r) mod pi + k pi.
         theta0 = np.mod(np.arctan2(-p * root, r), np.pi)
         osc = q2 < 0
@@ -215,58 +225,79 @@ def diode_derivative(c: np.ndarray, il: np.ndarray, vc: np.ndarray) -> np.ndarra
 
 
 def diode_zero_time(c: np.ndarray, il0: np.ndarray, vc0: np.ndarray, dur: np.ndarray,
-                    rtol: float = 4e-16) -> np.ndarray:
-    """First time in (0, dur] at which the diode current falls to zero; inf where it does not.
+                    il_end: np.ndarray, monotonic: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """First time in (0, dur] at which the diode current falls to zero (inf where it does not),
+    and the capacitor voltage then.
 
-    The current is monotonic between its closed-form critical points, so the first interval
-    whose end is <= 0 brackets the zero; safeguarded Newton steps then converge to rounding.
+    ``il_end`` is the current at ``dur`` and ``monotonic`` marks lanes known to fall all
+    through the segment (then [0, dur] brackets the zero). Elsewhere the current is monotonic
+    between its closed-form critical points, so the first interval whose end is <= 0 brackets
+    the zero. Safeguarded Halley steps from a linear interpolation converge to rounding.
     """
     n = np.size(il0)
-    d1 = il0 - c[IL_EQ]
-    d2 = vc0 - c[VC_EQ]
-    y1 = c[A11] * d1 + c[A12] * d2
-    y2 = c[A21] * d1 + (c[S] - c[N11]) * d2
-    p = y1
-    r = c[N11] * y1 + c[A12] * y2
-    crit = critical_times(c[S], c[Q2], p, r, dur)
-    points = np.concatenate([np.zeros((n, 1)), np.sort(np.where(np.isnan(crit), np.inf, crit),
-                                                       axis=1), dur[:, None]], axis=1)
-    points = np.minimum(points, dur[:, None])
-    values = diode_state(_columns(c, points.shape[1]), np.repeat(il0, points.shape[1]),
-                         np.repeat(vc0, points.shape[1]), points.reshape(-1))[0]
-    values = values.reshape(points.shape)
-    values[:, 0] = il0
-    below = values[:, 1:] <= 0.0
-    found = below.any(axis=1)
-    j = np.argmax(below, axis=1) + 1
-    rows = np.arange(n)
-    lo = points[rows, j - 1]
-    hi = points[rows, j]
-    result = np.full(n, np.inf)
-    if not np.any(found):
-        return result
+    lo = np.zeros(n)
+    hi = dur.copy()
+    f_lo = il0.copy()
+    f_hi = il_end.copy()
+    found = monotonic & (il_end <= 0.0)
+    general = np.flatnonzero(~monotonic)
+    if general.size:
+        cg = c[:, general]
+        i0, v0 = il0[general], vc0[general]
+        d1 = i0 - cg[IL_EQ]
+        d2 = v0 - cg[VC_EQ]
+        y1 = cg[A11] * d1 + cg[A12] * d2
+        y2 = cg[A21] * d1 + (cg[S] - cg[N11]) * d2
+        crit = critical_times(cg, y1, cg[N11] * y1 + cg[A12] * y2, dur[general])
+        points = np.concatenate([np.zeros((general.size, 1)),
+                                 np.sort(np.where(np.isnan(crit), np.inf, crit), axis=1),
+                                 dur[general, None]], axis=1)
+        points = np.minimum(points, dur[general, None])
+        values = diode_state(cg[:, :, None], i0[:, None], v0[:, None], points)[0]
+        values[:, 0] = i0
+        below = values[:, 1:] <= 0.0
+        j = np.argmax(below, axis=1) + 1
+        rows = np.arange(general.size)
+        lo[general], hi[general] = points[rows, j - 1], points[rows, j]
+        f_lo[general], f_hi[general] = values[rows, j - 1], values[rows, j]
+        found[general] = below.any(axis=1)
+    t_zero = np.full(n, np.inf)
+    vc_zero = np.full(n, np.nan)
     sel = np.flatnonzero(found)
-    cs = c[:, sel]
-    lo, hi = lo[sel], hi[sel]
-    i0, v0 = il0[sel], vc0[sel]
-    t = hi.copy()
-    scale = np.maximum(dur[sel], np.finfo(float).tiny)
-    for _ in range(100):
-        il, vc = diode_state(cs, i0, v0, t)
+    if sel.size == 0:
+        return t_zero, vc_zero
+    cs = c[:, sel] if sel.size < n else c
+    if sel.size < n:
+        lo, hi, f_lo, f_hi = lo[sel], hi[sel], f_lo[sel], f_hi[sel]
+        il0, vc0 = il0[sel], vc0[sel]
+    a11, a12, a21, a22, b1 = cs[A11], cs[A12], cs[A21], cs[S] - cs[N11], cs[B1]
+    # Start from the chord (the current is nearly linear over a switching period), then take
+    # Halley steps (cubic convergence) kept inside the bracket.
+    t = lo + (hi - lo) * np.clip(f_lo / (f_lo - f_hi), 0.0, 1.0)
+    scale = np.maximum(hi, np.finfo(float).tiny)
+    for _ in range(40):
+        il, vc = diode_state(cs, il0, vc0, t)
         positive = il > 0.0
         lo = np.where(positive, t, lo)
         hi = np.where(positive, hi, t)
-        slope = diode_derivative(cs, il, vc)
+        d_il = a11 * il + a12 * vc + b1
+        d_vc = a21 * il + a22 * vc - cs[W]
+        dd_il = a11 * d_il + a12 * d_vc
         with np.errstate(divide="ignore", invalid="ignore"):
-            newton = t - il / slope
-        inside = (newton > lo) & (newton < hi) & np.isfinite(newton)
-        t_new = np.where(inside, newton, 0.5 * (lo + hi))
-        done = (np.abs(t_new - t) <= rtol * scale) | (hi - lo <= rtol * scale) | (il == 0.0)
-        t = np.where(il == 0.0, t, t_new)
-        if np.all(done):
+            step = -2.0 * il * d_il / (2.0 * d_il * d_il - il * dd_il)
+        t_new = t + step
+        inside = (t_new >= lo) & (t_new <= hi) & np.isfinite(t_new)
+        t_new = np.where(inside, t_new, 0.5 * (lo + hi))
+        moved = t_new - t
+        t = t_new
+        # A Halley step of relative size 1e-6 leaves an error of order 1e-18.
+        converged = (inside & (np.abs(moved) <= 1e-6 * scale)) | (hi - lo <= 1e-15 * scale)
+        if converged.all():
             break
-    result[sel] = t
-    return result
+    t_zero[sel] = t
+    vc_zero[sel] = vc + d_vc * moved  # the last step is tiny: first order is exact here
+    return t_zero, vc_zero
 
 
 def idle_reconduction_time(c: np.ndarray, vc0: np.ndarray) -> np.ndarray:
@@ -284,8 +315,3 @@ def idle_reconduction_time(c: np.ndarray, vc0: np.ndarray) -> np.ndarray:
         t = y * stretch
     t = np.where((slope > 0) & (u < 1.0), t, np.inf)
     return np.where(vc0 <= v_th, 0.0, t)
-
-
-def _columns(c: np.ndarray, repeat: int) -> np.ndarray:
-    """Coefficient table with each lane's column repeated ``repeat`` times (lane-major)."""
-    return np.repeat(c, repeat, axis=1)
