@@ -83,6 +83,7 @@ class Conditions:
             i_load = _step_value(step, "i_load", step.i_load, i_load, n)
             tables.append(sg.coefficients(lanes, vin, R, i_load))
         self.tables = np.stack(tables)  # (epochs, rows, n)
+        self._views = list(self.tables)  # stable objects: lets callers cache per table
         self._lane_index = np.arange(n)
 
     def subset(self, idx: np.ndarray) -> Conditions:
@@ -90,6 +91,7 @@ class Conditions:
         sub.lanes = {k: v[idx] for k, v in self.lanes.items()}
         sub.times = self.times
         sub.tables = self.tables[:, :, idx]
+        sub._views = list(sub.tables)
         sub._lane_index = np.arange(idx.size)
         return sub
 
@@ -100,10 +102,10 @@ class Conditions:
     def table(self, epoch: np.ndarray) -> np.ndarray:
         """Coefficient table (rows, n) for each lane's epoch."""
         if self.times.size == 0:
-            return self.tables[0]
+            return self._views[0]
         first = epoch[0]
         if (epoch == first).all():
-            return self.tables[first]
+            return self._views[first]
         return self.tables[epoch, :, self._lane_index].T
 
 
@@ -270,6 +272,11 @@ class Stepper:
         the state event that ends the segment early (inf where none)."""
         diode = topology == sg.DIODE
         all_diode = bool(diode.all())
+        if not diode.any():
+            # Every lane idle (DCM rest): only the re-conduction time matters.
+            t_event = sg.idle_reconduction_time(c, vc)
+            step = np.minimum(t_event, dur)
+            return np.zeros(self.n), sg.decay(c[sg.M], -c[sg.W], vc, step), t_event
         t_event = np.full(self.n, np.inf)
         il_d, vc_d = sg.diode_state(c, il, vc, dur)
         if not all_diode:
@@ -532,7 +539,7 @@ def simulate(params: BoostParams, duty: Any = None, t_end: float | None = None,
                 if bar is not None:
                     bar.update(common)
                 continue
-            if np.count_nonzero(good) >= n // 2:
+            if good.any() and np.count_nonzero(good) >= n // 2:
                 # Most lanes stay in CCM: run them ahead, step the others period by period.
                 il, vc = il.copy(), vc.copy()
                 rows = everyone[good]

@@ -237,12 +237,13 @@ def diode_zero_time(c: np.ndarray, il0: np.ndarray, vc0: np.ndarray, dur: np.nda
     """
     n = np.size(il0)
     lo = np.zeros(n)
-    hi = dur.copy()
-    f_lo = il0.copy()
-    f_hi = il_end.copy()
+    hi = dur
+    f_lo = il0
+    f_hi = il_end
     found = monotonic & (il_end <= 0.0)
     general = np.flatnonzero(~monotonic)
     if general.size:
+        hi, f_lo, f_hi, found = hi.copy(), f_lo.copy(), f_hi.copy(), found.copy()
         cg = c[:, general]
         i0, v0 = il0[general], vc0[general]
         d1 = i0 - cg[IL_EQ]

@@ -1,1 +1,4 @@
-"""firmware_bridge: the bench side of boostsim (serial protocol, host driver, firmware, emulator)."""
+"""firmware_bridge: the bench side of boostsim.
+
+Serial protocol, host driver, board firmware and board emulator.
+"""
