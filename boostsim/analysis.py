@@ -24,7 +24,8 @@ import numpy as np
 from . import segments as sg
 from .engine import Period, Segment, Stepper
 
-__all__ = ["LOSS_NAMES", "Metrics", "period_metrics", "window_metrics"]
+__all__ = ["LOSS_NAMES", "Metrics", "StepMetrics", "period_means", "period_metrics",
+           "step_response", "window_metrics"]
 
 #: Keys of ``Metrics.losses`` [W].
 LOSS_NAMES = ("inductor_dcr", "switch_conduction", "diode_forward", "diode_resistance",
@@ -105,16 +106,9 @@ class _Accumulator:
         self.periods += 1
 
     def _integrate(self, seg: Segment) -> None:
-        c, topo, dur = seg.coef, seg.topology, seg.duration
-        rate = np.where(topo == sg.DIODE, np.abs(c[sg.S]) + np.sqrt(np.abs(c[sg.Q2])),
-                        np.maximum(c[sg.K_ON], c[sg.M]))
-        pieces = max(1, int(np.ceil(np.max(rate * dur, initial=0.0))))
-        nodes = ((np.arange(pieces)[:, None] + 0.5 * (_GL_X[None, :] + 1.0)) / pieces).ravel()
-        weights = dur[:, None] * (np.tile(_GL_W, pieces) * 0.5 / pieces)[None, :]
+        c, topo = seg.coef, seg.topology
+        il, vc, vout, weights = _quadrature(seg)
         cc, topo2 = c[:, :, None], topo[:, None]
-        il, vc = sg.state_at(cc, topo2, seg.il0[:, None], seg.vc0[:, None],
-                             dur[:, None] * nodes[None, :])
-        vout = sg.vout_of(cc, topo2, il, vc)
         ic = sg.capacitor_current(cc, topo2, il, vc)
         il_int = np.sum(il * weights, axis=1)
         il2_int = np.sum(il * il * weights, axis=1)
@@ -131,7 +125,7 @@ class _Accumulator:
         add["diode_forward"] += np.where(diode, c[sg.V_FX] * il_int, 0.0)
         add["diode_resistance"] += np.where(diode, c[sg.R_X] * il2_int, 0.0)
         add["capacitor_esr"] += c[sg.R_C] * np.sum(ic * ic * weights, axis=1)
-        self.time += dur
+        self.time += seg.duration
 
     def _extrema(self, seg: Segment) -> None:
         c, topo, dur = seg.coef, seg.topology, seg.duration
@@ -200,6 +194,42 @@ class _Accumulator:
 _INTEGRALS = ("il", "il2", "vout", "vc", "pin", "pout", *LOSS_NAMES)
 
 
+def _quadrature(seg: Segment) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """iL, vC, vout at Gauss-Legendre nodes of each lane's segment, and the node weights [s].
+
+    The segment is split so that |eigenvalue| * piece <= 1, where 8 nodes integrate the
+    segment's sums of exponentials (and their squares) to rounding.
+    """
+    c, topo, dur = seg.coef, seg.topology, seg.duration
+    rate = np.where(topo == sg.DIODE, np.abs(c[sg.S]) + c[sg.ROOT],
+                    np.maximum(c[sg.K_ON], c[sg.M]))
+    pieces = max(1, int(np.ceil(np.max(rate * dur, initial=0.0))))
+    nodes = ((np.arange(pieces)[:, None] + 0.5 * (_GL_X[None, :] + 1.0)) / pieces).ravel()
+    weights = dur[:, None] * (np.tile(_GL_W, pieces) * 0.5 / pieces)[None, :]
+    cc, topo2 = c[:, :, None], topo[:, None]
+    il, vc = sg.state_at(cc, topo2, seg.il0[:, None], seg.vc0[:, None],
+                         dur[:, None] * nodes[None, :])
+    return il, vc, sg.vout_of(cc, topo2, il, vc), weights
+
+
+def period_means(stepper: Stepper, records) -> dict[str, np.ndarray]:
+    """Exact time averages of iL, vC and vout over every recorded period, shape (lanes,
+    periods), re-stepped from the records."""
+    n, n_periods = records.duty.shape
+    out = {name: np.empty((n_periods, n)) for name in ("il", "vc", "vout")}
+    for k in range(n_periods):
+        period = stepper.period(k, records.il_start[:, k], records.vc_start[:, k],
+                                records.duty[:, k])
+        sums = np.zeros((3, n))
+        for seg in period.segments:
+            il, vc, vout, weights = _quadrature(seg)
+            sums += [np.sum(il * weights, axis=1), np.sum(vc * weights, axis=1),
+                     np.sum(vout * weights, axis=1)]
+        T = stepper.Ts
+        out["il"][k], out["vc"][k], out["vout"][k] = sums / T
+    return {name: value.T for name, value in out.items()}
+
+
 def _diode_extrema(c: np.ndarray, il0: np.ndarray, vc0: np.ndarray, dur: np.ndarray
                    ) -> tuple[np.ndarray, np.ndarray]:
     """Values of iL and vout at their interior critical points in DIODE segments (NaN pads)."""
@@ -248,3 +278,82 @@ def period_metrics(stepper: Stepper, period: Period, duty: np.ndarray, *, scalar
     energy_change = (0.5 * lanes["L"] * (period.il_end**2 - il0**2)
                      + 0.5 * lanes["C"] * (period.vc_end**2 - vc0**2))
     return acc.metrics(duty, energy_change, scalar)
+
+
+@dataclasses.dataclass
+class StepMetrics:
+    """Step-response figures (per lane; floats for one lane). Times in seconds after the step,
+    overshoot/undershoot in percent of the step size (of the final value for a disturbance
+    response, where the output should not move)."""
+
+    initial: np.ndarray  # [V] level before the step
+    final: np.ndarray  # [V] settled level (mean of the last tenth)
+    rise_time: np.ndarray  # 10 % -> 90 % of the transition (NaN for a disturbance response)
+    overshoot: np.ndarray  # [%] beyond the final value in the step direction
+    undershoot: np.ndarray  # [%] against the step direction (e.g. the RHP-zero dip)
+    deviation: np.ndarray  # [V] largest |y - final| after the step
+    settling_time: np.ndarray  # last exit from the band around the final value
+    steady_state_error: np.ndarray  # [V] reference - final (NaN without a reference)
+    saturated_time: np.ndarray  # [s] duty at a limit (NaN without a duty record)
+
+
+def step_response(t: np.ndarray, y: np.ndarray, t_step: float, *, reference: float | None = None,
+                  band: float = 0.02, duty: np.ndarray | None = None,
+                  duty_limits: tuple[float, float] | None = None) -> StepMetrics:
+    """Rise time, overshoot/undershoot, ``band`` settling time, steady-state error and time in
+    duty saturation of a response ``y`` (shape (n_t,) or (lanes, n_t)) to a step at ``t_step``.
+
+    Pass a smooth signal (e.g. per-period means from ``SimulationResult.period_means``): the
+    switching ripple is not part of a step response. The band is ``band`` times the step size,
+    or times the final value when the step hardly moves the output (load or line steps under
+    closed-loop regulation). ``duty`` (same time axis) with ``duty_limits`` gives the time
+    spent in saturation after the step.
+    """
+    t = np.asarray(t, dtype=float)
+    y2 = np.atleast_2d(np.asarray(y, dtype=float))
+    if t.ndim != 1 or y2.shape[-1] != t.size:
+        raise ValueError(f"t has {t.size} samples but y has shape {np.shape(y)}")
+    before = t < t_step
+    after = t >= t_step
+    if not before.any() or after.sum() < 10:
+        raise ValueError("t_step must leave samples before it and at least 10 after it")
+    initial = y2[:, before][:, -max(1, before.sum() // 10):].mean(axis=1)
+    ya = y2[:, after]
+    ta = t[after] - t_step
+    tail = max(1, ya.shape[1] // 10)
+    final = ya[:, -tail:].mean(axis=1)
+    delta = final - initial
+    size = np.abs(delta)
+    disturbance = size < band * np.abs(final)
+    scale = np.where(disturbance, np.abs(final), size)
+    direction = np.where(delta >= 0, 1.0, -1.0)
+    excess = (ya - final[:, None]) * direction[:, None]
+    overshoot = np.maximum(excess.max(axis=1), 0.0) / scale * 100
+    undershoot = np.maximum((-(ya - initial[:, None]) * direction[:, None]).max(axis=1),
+                            0.0) / scale * 100
+    deviation = np.abs(ya - final[:, None]).max(axis=1)
+    outside = np.abs(ya - final[:, None]) > band * scale[:, None]
+    last_out = np.where(outside.any(axis=1),
+                        ya.shape[1] - 1 - np.argmax(outside[:, ::-1], axis=1), -1)
+    settling = np.where(last_out < 0, 0.0, ta[np.minimum(last_out + 1, ta.size - 1)])
+    progress = (ya - initial[:, None]) / np.where(size > 0, delta, 1.0)[:, None]
+    t10 = ta[np.argmax(progress >= 0.1, axis=1)]
+    t90 = ta[np.argmax(progress >= 0.9, axis=1)]
+    reached = (progress >= 0.9).any(axis=1)
+    rise = np.where(disturbance | ~reached, np.nan, t90 - t10)
+    error = (np.full(final.shape, np.nan) if reference is None
+             else np.asarray(reference, dtype=float) - final)
+    if duty is not None and duty_limits is not None:
+        d = np.atleast_2d(np.asarray(duty, dtype=float))[:, after]
+        lo, hi = duty_limits
+        at_limit = (d <= lo + 1e-12) | (d >= hi - 1e-12)
+        dt = np.diff(t[after], append=t[after][-1])
+        saturated = (at_limit * dt).sum(axis=1)
+    else:
+        saturated = np.full(final.shape, np.nan)
+    values = dict(initial=initial, final=final, rise_time=rise, overshoot=overshoot,
+                  undershoot=undershoot, deviation=deviation, settling_time=settling,
+                  steady_state_error=error, saturated_time=saturated)
+    if np.ndim(y) == 1:
+        values = {k: float(v[0]) for k, v in values.items()}
+    return StepMetrics(**values)

@@ -422,6 +422,17 @@ class SimulationResult:
     def n_lanes(self) -> int:
         return self.periods.duty.shape[0]
 
+    def period_means(self) -> dict[str, np.ndarray]:
+        """Exact averages over each switching period: ``t_start`` [s] and ``il`` [A], ``vc``,
+        ``vout`` [V], shape (lanes, periods) (or (periods,) for scalar inputs).
+
+        This is the cycle-averaged waveform that averaged models predict."""
+        from .analysis import period_means
+
+        means = period_means(Stepper(self._lanes, self.steps), self.periods)
+        means["t_start"] = self.periods.t_start
+        return {k: v[0] if self.scalar else v for k, v in means.items()}
+
     def metrics(self, last_periods: int = 20):
         """Averages, ripple, powers and losses over the last ``last_periods`` whole periods.
 
@@ -439,7 +450,7 @@ class SimulationResult:
 
 def simulate(params: BoostParams, duty: Any = None, t_end: float | None = None,
              dt: float | None = None, *, x0: Any = None, controller: Controller | None = None,
-             steps: Sequence[Step] = (), run_ahead: bool = True,
+             vref: Any = None, steps: Sequence[Step] = (), run_ahead: bool = True,
              progress: bool = False) -> SimulationResult:
     """Simulate the switching converter exactly from t = 0 to ``t_end`` [s].
 
@@ -459,7 +470,12 @@ def simulate(params: BoostParams, duty: Any = None, t_end: float | None = None,
         Initial inductor current [A] and capacitor voltage [V]; default zero.
     controller : callable, optional
         ``controller(k, t_start, view) -> duty`` called at the start of every period ``k``
-        (``view`` is a :class:`PeriodView` of the previous period, None for k = 0).
+        (``view`` is a :class:`PeriodView` of the previous period, None for k = 0), e.g. a
+        :class:`boostsim.control.DigitalController`. If it has a ``start(lanes, vref)``
+        method, that is called first.
+    vref : optional
+        Output voltage reference [V] handed to the controller's ``start``: a constant (scalar
+        or per lane), steps ``[(0, 12.0), (0.02, 10.0)]`` or a function of time.
     steps : sequence of Step
         Line and load steps at given times.
     run_ahead : bool
@@ -486,7 +502,11 @@ def simulate(params: BoostParams, duty: Any = None, t_end: float | None = None,
         else:
             duty_lanes = duty_array
     x0_array = _initial_state(x0)
-    lanes, n, scalar = _lanes(params, duty_lanes, x0_array[..., 0], *[
+    # Lanes may also come from the controller (per-lane gains) or a per-lane constant vref.
+    controller_lanes = max(getattr(controller, "n_lanes", 1),
+                           np.size(vref) if _is_lane_vector(vref) else 1)
+    controller_lanes = np.zeros(controller_lanes) if controller_lanes > 1 else 0.0
+    lanes, n, scalar = _lanes(params, duty_lanes, x0_array[..., 0], controller_lanes, *[
         v for s in steps for v in (s.vin, s.R, s.i_load) if v is not None])
     Ts = 1.0 / lanes["fsw"]
     if dt is None:
@@ -503,6 +523,13 @@ def simulate(params: BoostParams, duty: Any = None, t_end: float | None = None,
     elif duty is not None:
         constant = _check_duty(np.broadcast_to(duty_lanes, (n,)).astype(float), "duty")
 
+    if vref is not None and controller is None:
+        raise ValueError("vref needs a controller (e.g. boostsim.control.DigitalController)")
+    start = getattr(controller, "start", None)
+    if start is not None:
+        start(lanes, vref)
+    elif vref is not None:
+        raise ValueError("this controller takes no vref (it has no start(lanes, vref) method)")
     stepper = Stepper(lanes, steps)
     il = np.broadcast_to(x0_array[..., 0], (n,)).astype(float)
     vc = np.broadcast_to(x0_array[..., 1], (n,)).astype(float)
@@ -675,6 +702,17 @@ class _Recorder:
 def _part(seg: Segment, part: slice) -> Segment:
     return Segment(seg.topology[part], seg.start[part], seg.duration[part], seg.il0[part],
                    seg.vc0[part], seg.coef[:, part])
+
+
+def _is_lane_vector(value: Any) -> bool:
+    """A 1-D sequence of numbers (not a list of (time, value) steps, not a function)."""
+    if value is None or callable(value):
+        return False
+    try:
+        array = np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        return False
+    return array.ndim == 1
 
 
 def _initial_state(x0: Any) -> np.ndarray:

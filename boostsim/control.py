@@ -1,0 +1,282 @@
+"""The digital control loop as it runs on the board: ADC sampling, the PID, the PWM modulator.
+
+:class:`DigitalController` plugs into :func:`boostsim.simulate` (and the averaged model) as the
+per-period controller hook. At the start of switching period ``k`` it may run one control
+step: the ADC sample taken during the previous period (at a chosen instant, e.g. mid on-time,
+away from the switching edges) goes through the ADC model, the PID (:mod:`boostsim.pid`, the
+same file that runs on the board) computes a duty, and the PWM model quantises it to the
+timer's counter resolution and applies it -- either from this period on ("next": the usual
+shadow-register update, one period after the sample) or, idealised, with no delay at all
+("immediate": sampled at the end of the previous period and applied at once).
+
+Everything is vectorised over lanes: gains, references and noise may differ per lane.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from .pid import PID
+
+__all__ = ["ADC", "PWM", "DigitalController", "Reference"]
+
+
+@dataclasses.dataclass(frozen=True)
+class PWM:
+    """PWM modulator of the microcontroller.
+
+    ``timer_clock`` [Hz] over the switching frequency gives the counter resolution (125 MHz /
+    100 kHz = 1250 steps on an RP2040); the duty is rounded to the nearest step and held within
+    [duty_min, duty_max] (the modulator cannot do otherwise; the PID's own output limits should
+    sit inside these). ``update``: "next" applies a new duty from the period after the ADC
+    sample, "immediate" (idealised) in the period right after the sample instant.
+    """
+
+    timer_clock: float = 125e6
+    duty_min: float = 0.0
+    duty_max: float = 0.85
+    update: str = "next"
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.timer_clock) and self.timer_clock > 0):
+            raise ValueError(f"PWM timer_clock must be > 0 [Hz], got {self.timer_clock!r}")
+        if not 0.0 <= self.duty_min < self.duty_max < 1.0:
+            raise ValueError(f"PWM duty limits must satisfy 0 <= duty_min < duty_max < 1, got "
+                             f"{self.duty_min!r}, {self.duty_max!r}")
+        if self.update not in ("next", "immediate"):
+            raise ValueError(f"PWM update must be 'next' or 'immediate', got {self.update!r}")
+
+    def steps(self, fsw: np.ndarray | float) -> np.ndarray:
+        """Counter steps per switching period (the duty resolution is 1/steps)."""
+        steps = np.rint(self.timer_clock / np.asarray(fsw, dtype=float))
+        if np.any(steps < 2):
+            raise ValueError(f"PWM timer_clock {self.timer_clock:g} Hz is too slow for fsw "
+                             f"{np.max(fsw):g} Hz")
+        return steps
+
+    def quantize(self, duty: Any, fsw: np.ndarray | float) -> np.ndarray:
+        """The duty the timer really produces: limited, then rounded to a counter step."""
+        steps = self.steps(fsw)
+        limited = np.clip(np.asarray(duty, dtype=float), self.duty_min, self.duty_max)
+        counts = np.clip(np.rint(limited * steps), np.ceil(self.duty_min * steps - 1e-9),
+                         np.floor(self.duty_max * steps + 1e-9))
+        return counts / steps
+
+
+@dataclasses.dataclass(frozen=True)
+class ADC:
+    """ADC sampling the output voltage through a resistive divider.
+
+    ``divider`` is vout / v_pin; codes are ``round(v_pin * (1 + gain_error) / vref * 2^bits +
+    offset_codes)`` plus Gaussian noise of ``noise_rms`` volts at the pin, clipped to the code
+    range. ``sample_at`` is the sampling instant as a fraction of the on-time ("mid_on" = 0.5 of
+    the on-time) or, as a float in [0, 1), of the switching period. ``oversample`` conversions
+    ``spacing`` seconds apart (centred on the instant) are averaged. The reading is converted
+    back to volts with the nominal divider and reference (errors are what calibration fixes).
+    """
+
+    bits: int = 12
+    vref: float = 3.3
+    divider: float = (100e3 + 15e3) / 15e3
+    gain_error: float = 0.0
+    offset_codes: float = 0.0
+    noise_rms: float = 0.0
+    sample_at: str | float = "mid_on"
+    oversample: int = 1
+    spacing: float = 2e-6
+    seed: int | None = 0
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.bits, int) and 1 <= self.bits <= 24):
+            raise ValueError(f"ADC bits must be an integer from 1 to 24, got {self.bits!r}")
+        for name in ("vref", "divider"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"ADC {name} must be > 0, got {value!r}")
+        if not (math.isfinite(self.noise_rms) and self.noise_rms >= 0):
+            raise ValueError(f"ADC noise_rms must be >= 0 [V], got {self.noise_rms!r}")
+        if not (isinstance(self.oversample, int) and self.oversample >= 1):
+            raise ValueError(f"ADC oversample must be an integer >= 1, got {self.oversample!r}")
+        if self.sample_at != "mid_on" and not (isinstance(self.sample_at, int | float)
+                                               and 0.0 <= self.sample_at < 1.0):
+            raise ValueError(f"ADC sample_at must be 'mid_on' or a fraction of the period in "
+                             f"[0, 1), got {self.sample_at!r}")
+
+    @property
+    def full_scale(self) -> int:
+        return 1 << self.bits
+
+    @property
+    def volts_per_code(self) -> float:
+        """Output volts per ADC code (nominal)."""
+        return self.vref / self.full_scale * self.divider
+
+    def instants(self, duty: np.ndarray, Ts: np.ndarray) -> np.ndarray:
+        """Sampling instants in the period [s], shape (oversample, lanes)."""
+        if self.sample_at == "mid_on":
+            centre = 0.5 * duty * Ts
+        else:
+            centre = float(self.sample_at) * Ts
+        offsets = (np.arange(self.oversample) - 0.5 * (self.oversample - 1)) * self.spacing
+        return np.clip(centre[None, :] + offsets[:, None], 0.0, Ts * (1 - 1e-12))
+
+    def codes(self, vout: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Integer codes for output voltages ``vout`` (any shape)."""
+        v_pin = np.asarray(vout, dtype=float) / self.divider
+        if self.noise_rms > 0:
+            v_pin = v_pin + rng.normal(0.0, self.noise_rms, size=v_pin.shape)
+        ideal = v_pin * (1.0 + self.gain_error) / self.vref * self.full_scale + self.offset_codes
+        return np.clip(np.rint(ideal), 0, self.full_scale - 1)
+
+    def volts(self, codes: np.ndarray) -> np.ndarray:
+        """Output volts the firmware computes from (averaged) codes."""
+        return np.asarray(codes, dtype=float) * self.volts_per_code
+
+
+class Reference:
+    """A voltage reference over time: a constant (scalar or per lane) or steps.
+
+    ``Reference(12.0)``, ``Reference([(0, 12.0), (20e-3, 10.0)])`` (value from each time on),
+    or any callable ``f(t) -> value``.
+    """
+
+    def __init__(self, value: Any):
+        if isinstance(value, Reference):
+            self._fn: Callable[[np.ndarray], Any] = value._fn
+            return
+        if callable(value):
+            self._fn = value
+            return
+        if isinstance(value, Sequence) and value and isinstance(value[0], tuple | list):
+            times = np.array([float(t) for t, _ in value])
+            if times[0] > 0 or np.any(np.diff(times) < 0):
+                raise ValueError("reference steps must start at t=0 and be in time order: "
+                                 "[(0, v0), (t1, v1), ...]")
+            values = [np.asarray(v, dtype=float) for _, v in value]
+
+            def steps(t: np.ndarray) -> Any:
+                index = np.searchsorted(times, np.atleast_1d(t), side="right") - 1
+                return np.choose(index, np.broadcast_arrays(*values)) if len(values) > 1 \
+                    else values[0]
+
+            self._fn = steps
+            return
+        constant = np.asarray(value, dtype=float)
+        if not np.all(np.isfinite(constant)):
+            raise ValueError(f"reference must be finite, got {value!r}")
+        self._fn = lambda t: constant
+
+    def __call__(self, t: Any) -> np.ndarray:
+        return np.asarray(self._fn(t), dtype=float)
+
+
+@dataclasses.dataclass
+class ControlLog:
+    """Per-control-step log, arrays of shape (steps, lanes)."""
+
+    period: np.ndarray  # switching period index at which the new duty applies
+    t: np.ndarray  # [s] time the new duty applies
+    setpoint: np.ndarray  # [V] reference (after the PID's ramp)
+    adc_code: np.ndarray  # averaged ADC code
+    measured: np.ndarray  # [V] the firmware's reading
+    error: np.ndarray  # [V] setpoint - measured
+    integral: np.ndarray  # PID integral term [duty]
+    duty_command: np.ndarray  # PID output before the modulator
+    duty: np.ndarray  # duty applied by the PWM (quantised)
+
+
+class DigitalController:
+    """The board's control loop as an engine controller hook: ADC -> PID -> PWM.
+
+    The PID runs every ``every`` switching periods (its ``ts`` must equal ``every / fsw``).
+    ``vref`` is a :class:`Reference` (or anything it accepts); ``simulate(..., vref=...)``
+    replaces it. Use one controller per simulation; :meth:`start` (called by ``simulate``)
+    resets its state.
+    """
+
+    def __init__(self, pid: PID, *, vref: Any = None, adc: ADC | None = None,
+                 pwm: PWM | None = None, every: int = 1, initial_duty: float = 0.0):
+        if not (isinstance(every, int) and every >= 1):
+            raise ValueError(f"every must be an integer >= 1 (switching periods), got {every!r}")
+        if not 0.0 <= initial_duty < 1.0:
+            raise ValueError(f"initial_duty must be in [0, 1), got {initial_duty!r}")
+        self.pid = pid
+        self.adc = adc or ADC()
+        self.pwm = pwm or PWM()
+        self.every = every
+        self.initial_duty = initial_duty
+        self.reference = Reference(vref) if vref is not None else None
+        self._rng = np.random.default_rng(self.adc.seed)
+        self._rows: list[tuple] = []
+        self._duty: np.ndarray | None = None
+        self._fsw: np.ndarray | None = None
+
+    @property
+    def n_lanes(self) -> int:
+        """Lanes implied by the PID's gains and the reference (1 if all scalar)."""
+        sizes = [np.size(getattr(self.pid, name)) for name in ("kp", "ki", "kd")]
+        if self.reference is not None:
+            sizes.append(np.size(self.reference(0.0)))
+        return max(sizes)
+
+    # -- engine protocol ---------------------------------------------------------------------
+    def start(self, lanes: dict[str, np.ndarray], vref: Any = None) -> None:
+        """Prepare for a new simulation of these lanes (called by ``simulate``)."""
+        if vref is not None:
+            self.reference = Reference(vref)
+        if self.reference is None:
+            raise ValueError("the controller needs a reference: pass vref=... to simulate() "
+                             "or to DigitalController")
+        fsw = lanes["fsw"]
+        sample_period = self.every / fsw
+        if not np.allclose(self.pid.ts, sample_period, rtol=1e-9):
+            raise ValueError(f"PID ts ({np.max(self.pid.ts):g} s) must equal every / fsw "
+                             f"({np.max(sample_period):g} s): the PID runs every {self.every} "
+                             f"switching period(s)")
+        self._fsw = fsw
+        self._rng = np.random.default_rng(self.adc.seed)
+        self._rows = []
+        n = fsw.size
+        self._duty = self.pwm.quantize(np.full(n, self.initial_duty), fsw)
+        self.pid.reset(output=self._duty.copy() if n > 1 else float(self._duty[0]))
+
+    def __call__(self, k: int, t_start: np.ndarray, view) -> np.ndarray:
+        if self._duty is None:
+            raise RuntimeError("DigitalController.start() was not called; pass the controller "
+                               "to boostsim.simulate")
+        if view is None or k % self.every != 0:
+            return self._duty
+        Ts = 1.0 / self._fsw
+        if self.pwm.update == "immediate":
+            instants = np.broadcast_to(Ts * (1 - 1e-12), (self.adc.oversample, Ts.size))
+        else:
+            instants = self.adc.instants(view.duty, Ts)
+        samples = np.stack([view.sample(tau)[2] for tau in instants])
+        codes = self.adc.codes(samples, self._rng).mean(axis=0)
+        measured = self.adc.volts(codes)
+        setpoint = np.broadcast_to(self.reference(t_start), Ts.shape).astype(float)
+        n = Ts.size
+        command = self.pid.update(setpoint if n > 1 else float(setpoint[0]),
+                                  measured if n > 1 else float(measured[0]))
+        self._duty = self.pwm.quantize(command, self._fsw)
+        ramped = np.broadcast_to(np.asarray(self.pid.ramped_setpoint, dtype=float), (n,))
+        self._rows.append((k, t_start, ramped.copy(), codes, measured, ramped - measured,
+                           np.broadcast_to(self.pid.integral, (n,)).copy(),
+                           np.broadcast_to(np.asarray(command, dtype=float), (n,)).copy(),
+                           self._duty))
+        return self._duty
+
+    def log(self) -> ControlLog:
+        """Everything the loop computed, one row per control step."""
+        if not self._rows:
+            raise ValueError("the controller has not run yet")
+        columns = list(zip(*self._rows, strict=True))
+        period = np.array(columns[0])
+        arrays = [np.array([np.broadcast_to(v, columns[2][0].shape) for v in col])
+                  for col in columns[1:]]
+        return ControlLog(period, *arrays)
