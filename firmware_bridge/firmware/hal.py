@@ -1,0 +1,134 @@
+"""The real hardware layer: Raspberry Pi Pico (RP2040) under MicroPython.
+
+Implements the HAL interface documented in device.py with machine.PWM, machine.ADC,
+machine.Timer (hard IRQ sampling into an acq.SampleRing), machine.WDT and the USB CDC serial
+port (sys.stdin/sys.stdout buffers, select.poll). Only this file and main.py touch ``machine``;
+the command logic (device.py) never does, so the same logic runs against a simulated HAL.
+"""
+
+import select
+import sys
+import time
+
+import machine
+
+
+class PicoHAL:
+    def __init__(self, cfg):
+        self.cfg = cfg
+        # Gate low before anything else: a plain output, not PWM, until the output is turned on.
+        self._gate = machine.Pin(cfg.PWM_PIN, machine.Pin.OUT, value=0)
+        self._pwm = None
+        self._pwm_freq = None
+        self._adc = {"vout": machine.ADC(machine.Pin(cfg.VOUT_ADC_PIN))}
+        if cfg.VIN_ADC_PIN is not None:
+            self._adc["vin"] = machine.ADC(machine.Pin(cfg.VIN_ADC_PIN))
+        if cfg.IIN_ADC_PIN is not None:
+            self._adc["iin"] = machine.ADC(machine.Pin(cfg.IIN_ADC_PIN))
+        self._t_last = time.ticks_us()
+        self._t_acc = 0
+        self._timer = None
+        self._wdt = None
+        self._stdin = sys.stdin.buffer
+        self._stdout = sys.stdout.buffer
+        self._poller = select.poll()
+        self._poller.register(sys.stdin, select.POLLIN)
+
+    # --- time ----------------------------------------------------------------------------------
+
+    def ticks_us(self):
+        """Monotonic microseconds: time.ticks_us() unwrapped (call at least every ~9 minutes)."""
+        t = time.ticks_us()
+        self._t_acc += time.ticks_diff(t, self._t_last)
+        self._t_last = t
+        return self._t_acc
+
+    def serial_number(self):
+        return "".join(["%02X" % b for b in machine.unique_id()])
+
+    # --- PWM -----------------------------------------------------------------------------------
+
+    def pwm_set(self, enabled, freq_hz, duty):
+        if not enabled:
+            if self._pwm is not None:
+                self._pwm.duty_u16(0)
+                self._pwm.deinit()
+                self._pwm = None
+                self._pwm_freq = None
+            self._gate = machine.Pin(self.cfg.PWM_PIN, machine.Pin.OUT, value=0)
+            return
+        if self._pwm is None:
+            self._pwm = machine.PWM(self._gate)
+            self._pwm.duty_u16(0)
+        freq = int(freq_hz + 0.5)
+        if freq != self._pwm_freq:  # re-programming the divider glitches: only when it changes
+            self._pwm.freq(freq)
+            self._pwm_freq = freq
+        self._pwm.duty_u16(int(duty * 65535 + 0.5))
+
+    # --- ADC -----------------------------------------------------------------------------------
+
+    def adc_read(self, channel):
+        adc = self._adc[channel]
+        # The sampling IRQ selects its own channel; keep it from switching the mux mid-read.
+        state = machine.disable_irq()
+        try:
+            code = adc.read_u16()
+        finally:
+            machine.enable_irq(state)
+        return code >> 4
+
+    def adc_stream_start(self, period_us, ring):
+        self.adc_stream_stop()
+        adc = self._adc["vout"]
+        read = adc.read_u16
+        push = ring.push
+
+        def sample(timer):  # hard IRQ: no allocation (small ints, preallocated ring)
+            push(read() >> 4)
+
+        t_start = self.ticks_us()
+        try:
+            self._timer = machine.Timer(mode=machine.Timer.PERIODIC, period=period_us,
+                                        tick_hz=1000000, callback=sample, hard=True)
+        except TypeError:  # older firmware without tick_hz/hard: soft IRQ at the nearest Hz
+            self._timer = machine.Timer(mode=machine.Timer.PERIODIC,
+                                        freq=1000000 // period_us, callback=sample)
+        return t_start + period_us
+
+    def adc_stream_stop(self):
+        if self._timer is not None:
+            self._timer.deinit()
+            self._timer = None
+
+    # --- serial (USB CDC) ----------------------------------------------------------------------
+
+    def serial_read(self, timeout_ms):
+        if not self._poller.poll(timeout_ms):
+            return b""
+        data = bytearray()
+        while len(data) < 256 and self._poller.poll(0):
+            byte = self._stdin.read(1)
+            if not byte:
+                break
+            data.extend(byte)
+        return bytes(data)
+
+    def serial_write(self, data):
+        self._stdout.write(data)  # the raw buffer: no LF -> CR LF translation of binary blocks
+
+    # --- watchdog ------------------------------------------------------------------------------
+
+    def start_hw_watchdog(self):
+        """Start machine.WDT (cannot be stopped again); fed by service() in the serve loop."""
+        if self.cfg.HW_WDT_MS:
+            self._wdt = machine.WDT(timeout=self.cfg.HW_WDT_MS)
+
+    def service(self):
+        if self._wdt is not None:
+            self._wdt.feed()
+
+    def shutdown(self):
+        """Gate low, sampling stopped (main.py calls this on the way out, whatever happened)."""
+        self.adc_stream_stop()
+        self.pwm_set(False, 0, 0.0)
