@@ -264,11 +264,9 @@ class DigitalController:
         command = self.pid.update(setpoint if n > 1 else float(setpoint[0]),
                                   measured if n > 1 else float(measured[0]))
         self._duty = self.pwm.quantize(command, self._fsw)
-        ramped = np.broadcast_to(np.asarray(self.pid.ramped_setpoint, dtype=float), (n,))
-        self._rows.append((k, t_start, ramped.copy(), codes, measured, ramped - measured,
-                           np.broadcast_to(self.pid.integral, (n,)).copy(),
-                           np.broadcast_to(np.asarray(command, dtype=float), (n,)).copy(),
-                           self._duty))
+        pid = self.pid
+        self._rows.append((k, t_start, pid.ramped_setpoint, codes, measured, pid.integral,
+                           command, self._duty))
         return self._duty
 
     def log(self) -> ControlLog:
@@ -276,7 +274,10 @@ class DigitalController:
         if not self._rows:
             raise ValueError("the controller has not run yet")
         columns = list(zip(*self._rows, strict=True))
-        period = np.array(columns[0])
-        arrays = [np.array([np.broadcast_to(v, columns[2][0].shape) for v in col])
-                  for col in columns[1:]]
-        return ControlLog(period, *arrays)
+        n = self._fsw.size
+        period, t, setpoint, codes, measured, integral, command, duty = (
+            np.array([np.broadcast_to(np.asarray(v, dtype=float), (n,)) for v in column])
+            for column in columns)
+        return ControlLog(period=period[:, 0].astype(int), t=t, setpoint=setpoint,
+                          adc_code=codes, measured=measured, error=setpoint - measured,
+                          integral=integral, duty_command=command, duty=duty)
