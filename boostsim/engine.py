@@ -13,6 +13,7 @@ solutions, so they do not depend on the sampling step.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -320,22 +321,31 @@ class Stepper:
 
 def sample_segments(segments: Sequence[Segment], tau: np.ndarray, snap: Any = 0.0
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """State and output at offsets ``tau`` (n, m) inside one period: (il, vc, vout).
+    """State and output at offsets ``tau`` (n, m) or (1, m) inside one period: (il, vc, vout)
+    of shape (n, m).
 
     A sample on a switching instant (to within ``snap`` seconds, per lane: the rounding of the
     sample time) takes the value just after it.
     """
-    n = tau.shape[0]
+    first_seg = segments[0]
+    n = first_seg.il0.size
+    shape = (n, tau.shape[1])
     snap = np.asarray(snap, dtype=float)
     snap = snap[:, None] if snap.ndim else snap
-    index = np.zeros(tau.shape, dtype=np.int64)
+    if shape[1] == 1 and (np.abs(tau) <= snap).all() and (first_seg.duration > 0).all():
+        # Samples on the period start: the state there, output of the first segment.
+        il, vc = first_seg.il0[:, None], first_seg.vc0[:, None]
+        return il, vc, sg.vout_of(first_seg.coef[:, :, None], first_seg.topology[:, None],
+                                  il, vc)
+    index = np.zeros(shape, dtype=np.int64)
     for i, seg in enumerate(segments[1:], start=1):
         after = (tau >= seg.start[:, None] - snap) & (seg.duration[:, None] > 0)
         if after.any():
             index[after] = i
-    il = np.empty(tau.shape)
-    vc = np.empty(tau.shape)
-    vout = np.empty(tau.shape)
+    tau = np.broadcast_to(tau, shape)
+    il = np.empty(shape)
+    vc = np.empty(shape)
+    vout = np.empty(shape)
     for i, seg in enumerate(segments):
         mask = index == i
         if mask.all():
@@ -626,6 +636,7 @@ class _Recorder:
 
     def __init__(self, n: int, n_periods: int, n_t: int, dt: float, Ts: np.ndarray):
         self.n_periods, self.n_t, self.dt, self.Ts = n_periods, n_t, dt, Ts
+        self.common_Ts = float(Ts[0]) if (Ts == Ts[0]).all() else None
         # Period-major storage: each period writes contiguous rows.
         self.rec = {name: np.empty((n_periods, n)) for name in
                     ("duty", "il_start", "vc_start", "t_diode", "t_idle")}
@@ -643,7 +654,8 @@ class _Recorder:
             else:
                 self.rec[name][k, rows] = value
         Ts = self.Ts if every else self.Ts[rows]
-        self._sample(period.segments, rows, k * Ts, Ts, final=k == self.n_periods - 1)
+        self._sample(period.segments, rows, k * Ts, Ts, final=k == self.n_periods - 1,
+                     all_lanes=every)
 
     def run_ahead(self, rows: np.ndarray, k: int, K: int, ahead: RunAhead, lanes: np.ndarray,
                   duty: np.ndarray, stepper: Stepper) -> None:
@@ -670,12 +682,28 @@ class _Recorder:
             self._sample(segments, flat_rows, t0, flat_Ts, final=False)
 
     def _sample(self, segments: list[Segment], rows: np.ndarray, t0: np.ndarray,
-                Ts: np.ndarray, final: bool) -> None:
+                Ts: np.ndarray, final: bool, all_lanes: bool = False) -> None:
         """Evaluate the output grid samples that fall inside these periods (the final period
-        also takes a sample on its end: the state reached at t_end)."""
+        also takes a sample on its end: the state reached at t_end). ``all_lanes``: one period
+        of every lane, in lane order."""
         if rows.size == 0:
             return
         dt, n_t = self.dt, self.n_t
+        if all_lanes and self.common_Ts is not None:
+            # Every lane shares the period: one set of grid points, in plain Python numbers.
+            start = float(t0[0])
+            first = math.ceil(start / dt - 1e-9)
+            end = (math.floor((start + self.common_Ts) / dt + 1e-9) + 1 if final
+                   else math.ceil((start + self.common_Ts) / dt - 1e-9))
+            last = min(end, n_t)
+            if last <= first:
+                return
+            tau = (np.arange(first, last) * dt - start)[None, :]
+            snap = 8 * np.finfo(float).eps * (start + self.common_Ts)
+            columns = slice(first, last)
+            self.il[:, columns], self.vc[:, columns], self.vout[:, columns] = sample_segments(
+                segments, tau, snap=snap)
+            return
         first = np.ceil(t0 / dt - 1e-9).astype(np.int64)
         end = np.floor((t0 + Ts) / dt + 1e-9) + 1 if final else np.ceil((t0 + Ts) / dt - 1e-9)
         last = np.minimum(end.astype(np.int64), n_t)  # exclusive
@@ -686,11 +714,6 @@ class _Recorder:
         valid = j < last[:, None]
         tau = np.where(valid, j, first[:, None]) * dt - t0[:, None]
         il, vc, vout = sample_segments(segments, tau, snap=8 * np.finfo(float).eps * (t0 + Ts))
-        if rows.size == self.il.shape[0] and valid.all() and (first == first[0]).all():
-            # Every lane samples the same grid points (common switching frequency).
-            columns = slice(int(first[0]), int(first[0]) + m)
-            self.il[:, columns], self.vc[:, columns], self.vout[:, columns] = il, vc, vout
-            return
         r = np.broadcast_to(rows[:, None], j.shape)[valid]
         jj = j[valid]
         self.il[r, jj] = il[valid]
