@@ -284,7 +284,10 @@ class Stepper:
             t_event = np.where(diode, t_event, sg.idle_reconduction_time(c, vc))
         # Diode turn-off: the current ends negative, or dips below zero inside the segment
         # (possible only if it falls at the start and rises at the end, or rings).
-        falling0 = sg.diode_derivative(c, il, vc) < 0
+        # A slope within rounding of zero (re-conduction starts exactly at the threshold, where
+        # the current rises quadratically) is not falling.
+        slope0 = sg.diode_derivative(c, il, vc)
+        falling0 = slope0 < -1e-12 * (np.abs(c[sg.A12] * vc) + np.abs(c[sg.B1]))
         rising1 = sg.diode_derivative(c, il_d, vc_d) > 0
         short = dur < c[sg.HALF_RING]
         candidate = (il_d < 0) | (falling0 & rising1) | ~short

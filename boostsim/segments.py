@@ -257,7 +257,10 @@ def diode_zero_time(c: np.ndarray, il0: np.ndarray, vc0: np.ndarray, dur: np.nda
         points = np.minimum(points, dur[general, None])
         values = diode_state(cg[:, :, None], i0[:, None], v0[:, None], points)[0]
         values[:, 0] = i0
-        below = values[:, 1:] <= 0.0
+        # A turn-off is a fall to zero from positive current: at re-conduction (i0 = 0) the
+        # current starts at a critical point and must first rise.
+        was_positive = np.maximum.accumulate(values > 0.0, axis=1)
+        below = (values[:, 1:] <= 0.0) & was_positive[:, :-1]
         j = np.argmax(below, axis=1) + 1
         rows = np.arange(general.size)
         lo[general], hi[general] = points[rows, j - 1], points[rows, j]
