@@ -1,0 +1,226 @@
+"""Writing results: CSV with units in the column names and a ``#`` metadata header, JSON, NPZ.
+
+CSV layout::
+
+    # boostsim 0.1.0
+    # command: boostsim sweep --duty 0.1:0.8:0.1
+    # created: 2025-01-01T12:00:00Z
+    # parameters: {"vin": 5.0, "L": 0.0001, ...}
+    # <other metadata>: <JSON value>
+    duty,vout_mean_V,vout_ripple_V,...,efficiency,mode,converged
+    0.1,5.19...,...
+
+Column names carry their SI unit after the last underscore (``vout_mean_V``, ``L_H``,
+``R_ohm``, ``pin_W``, ``t_s``); dimensionless columns (``duty``, ``efficiency``) have none.
+Booleans are written 1/0, ``mode`` as CCM/DCM, missing values as ``nan``. Read it back with
+:func:`read_csv`, ``numpy.genfromtxt(path, delimiter=",", names=True, comments="#")`` or
+``pandas.read_csv(path, comment="#")``.
+
+JSON: ``{"metadata": {...}, "summary": {...}, "columns": {label: [values]}}`` with NaN written
+as ``null`` and infinities as the strings ``"inf"`` / ``"-inf"``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from .analysis import LOSS_NAMES
+from .params import FIELDS, BoostParams
+
+__all__ = ["UNITS", "column_label", "jsonable", "metadata", "read_csv", "unit_of",
+           "write_columns", "write_csv", "write_json", "write_npz"]
+
+#: Units of result columns (converter parameters take theirs from ``params.FIELDS``).
+UNITS: dict[str, str] = {
+    "duty": "", "vout_target": "V", "sample": "", "pass": "", "mode": "", "converged": "",
+    "vout_mean": "V", "vout_ripple": "V", "vout_min": "V", "vout_max": "V", "vc_mean": "V",
+    "il_mean": "A", "il_ripple": "A", "il_min": "A", "il_max": "A", "il_rms": "A",
+    "pin": "W", "pout": "W", "p_loss": "W", "p_switching": "W", "efficiency": "",
+    "efficiency_total": "", "energy_balance": "", "t_on": "s", "t_diode": "s", "t_idle": "s",
+    **{f"loss_{k}": "W" for k in LOSS_NAMES},
+    "t": "s", "il": "A", "vc": "V", "vout": "V", "gate": "",
+}
+
+
+def unit_of(name: str) -> str:
+    """SI unit of a column name ('' for dimensionless or unknown)."""
+    if name in UNITS:
+        return UNITS[name]
+    if name in FIELDS:
+        return FIELDS[name].unit
+    return ""
+
+
+def column_label(name: str) -> str:
+    """``vout_mean`` -> ``vout_mean_V``; ``efficiency`` -> ``efficiency``."""
+    unit = unit_of(name)
+    return f"{name}_{unit}" if unit else name
+
+
+def _utc_now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def metadata(command: str | None = None, params: BoostParams | None = None,
+             **extra: Any) -> dict[str, Any]:
+    """The metadata block: boostsim version, command line, creation time, parameters, extras."""
+    from . import __version__
+
+    out: dict[str, Any] = {"boostsim": __version__}
+    if command is not None:
+        out["command"] = command
+    out["created"] = _utc_now()
+    if params is not None:
+        out["parameters"] = params.to_dict()
+    out.update({k: v for k, v in extra.items() if v is not None})
+    return out
+
+
+def jsonable(value: Any) -> Any:
+    """Plain JSON values: numpy scalars/arrays to Python, NaN to None, inf to "inf"."""
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray):
+        return [jsonable(v) for v in value.tolist()]
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        if math.isnan(value):
+            return None
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def write_json(target: str | Path | TextIO, document: Any) -> None:
+    """Write ``document`` as indented JSON (through :func:`jsonable`) to a path or stream."""
+    text = json.dumps(jsonable(document), indent=2, allow_nan=False) + "\n"
+    if isinstance(target, str | Path):
+        Path(target).write_text(text, encoding="utf-8")
+    else:
+        target.write(text)
+
+
+def _header_lines(meta: Mapping[str, Any]) -> list[str]:
+    lines = []
+    for key, value in meta.items():
+        if key == "boostsim":
+            lines.append(f"# boostsim {value}")
+        elif isinstance(value, str):
+            lines.append(f"# {key}: {value}")
+        else:
+            text = json.dumps(jsonable(value), allow_nan=False, ensure_ascii=False)
+            lines.append(f"# {key}: {text}")
+    return lines
+
+
+def _formats(columns: Mapping[str, np.ndarray]) -> list[str]:
+    formats = []
+    for values in columns.values():
+        kind = np.asarray(values).dtype.kind
+        formats.append({"b": "%d", "i": "%d", "u": "%d", "U": "%s", "S": "%s",
+                        "O": "%s"}.get(kind, "%.12g"))
+    return formats
+
+
+def write_csv(path: str | Path, columns: Mapping[str, np.ndarray],
+              meta: Mapping[str, Any] | None = None, *, progress: bool = False) -> None:
+    """Columns (equal lengths) to CSV with unit-suffixed labels and the metadata header."""
+    arrays = {k: np.asarray(v) for k, v in columns.items()}
+    n = len(next(iter(arrays.values()))) if arrays else 0
+    row = ",".join(_formats(arrays))
+    bar = None
+    if progress and n > 200_000:
+        import sys
+
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n, unit="row", desc=f"writing {Path(path).name}", file=sys.stderr,
+                   delay=1.0, leave=False)
+    block = 50_000
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        for line in _header_lines(meta or {}):
+            f.write(line + "\n")
+        f.write(",".join(column_label(k) for k in arrays) + "\n")
+        for start in range(0, n, block):
+            lists = [a[start:start + block].tolist() for a in arrays.values()]
+            f.write("\n".join(row % values for values in zip(*lists, strict=True)))
+            f.write("\n")
+            if bar is not None:
+                bar.update(len(lists[0]))
+    if bar is not None:
+        bar.close()
+
+
+def read_csv(path: str | Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Read a file written by :func:`write_csv`: (metadata, {label: column}).
+
+    Numeric columns come back as float arrays, others (``mode``) as string arrays.
+    """
+    meta: dict[str, Any] = {}
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    body = 0
+    for body, line in enumerate(lines):  # noqa: B007 - the index is used after the loop
+        if not line.startswith("#"):
+            break
+        text = line[1:].strip()
+        if text.startswith("boostsim ") and ":" not in text:
+            meta["boostsim"] = text.split(None, 1)[1]
+            continue
+        key, _, value = text.partition(":")
+        value = value.strip()
+        try:
+            meta[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            meta[key.strip()] = value
+    labels = lines[body].split(",")
+    rows = [line.split(",") for line in lines[body + 1:] if line]
+    columns: dict[str, np.ndarray] = {}
+    for j, label in enumerate(labels):
+        raw = [r[j] for r in rows]
+        try:
+            columns[label] = np.array(raw, dtype=float)
+        except ValueError:
+            columns[label] = np.array(raw)
+    return meta, columns
+
+
+def write_npz(path: str | Path, columns: Mapping[str, np.ndarray],
+              meta: Mapping[str, Any] | None = None) -> None:
+    """Columns to a NumPy archive (unit-suffixed keys, metadata as a JSON string
+    under ``metadata``)."""
+    arrays = {column_label(k): np.asarray(v) for k, v in columns.items()}
+    arrays["metadata"] = np.array(json.dumps(jsonable(dict(meta or {}))))
+    np.savez(path, **arrays)
+
+
+def write_columns(path: str | Path, columns: Mapping[str, np.ndarray],
+                  meta: Mapping[str, Any] | None = None, summary: Any = None, *,
+                  progress: bool = False) -> None:
+    """Write columns by the file's extension: .csv, .json or .npz (raises ValueError)."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".csv":
+        write_csv(path, columns, meta, progress=progress)
+    elif suffix == ".json":
+        document: dict[str, Any] = {"metadata": dict(meta or {})}
+        if summary is not None:
+            document["summary"] = summary
+        document["columns"] = {column_label(k): np.asarray(v) for k, v in columns.items()}
+        write_json(path, document)
+    elif suffix == ".npz":
+        write_npz(path, columns, meta)
+    else:
+        raise ValueError(f"cannot write {str(path)!r}: unknown extension {suffix or '(none)'!r} "
+                         f"(use .csv, .json or .npz)")
