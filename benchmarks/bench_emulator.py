@@ -1,0 +1,160 @@
+"""Benchmark: does the board emulator keep real time at 100 kHz, and at what CPU cost?
+
+Starts the emulator as its own process (``python -m firmware_bridge.emulator``), then drives it
+over the pseudo-terminal with pyserial for ``--duration`` seconds (30 by default) the way a
+bench session does, in three phases:
+
+1. open loop, CCM (default board, 48 ohm): duty steps 0.4 <-> 0.6 every 0.5 s;
+2. the on-board PID at its highest rate (CONT:RATE 2000 Hz): setpoint steps 10 <-> 12 V;
+3. light load (1 kohm, discontinuous conduction): duty steps 0.2 <-> 0.3;
+
+all the while streaming the output at 20 kHz (the ADC rate limit) and fetching blocks every
+50 ms, plus a MEAS:VOLT? every 100 ms. It checks that the stream has no gap and no overflow
+(every sample the timer interrupt would have taken is there, in order) and reports:
+
+* CPU use of the emulator process: process time / wall time (one core = 100 %);
+* worst lag: the longest time the firmware's serve loop went without running (nominal: its
+  1 ms poll) and the longest delay between a streamed sample's board time and the moment it
+  was computed; the longest single plant computation;
+* the plant's work: switching periods advanced, exact engine calls.
+
+    python benchmarks/bench_emulator.py [--duration 30] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import serial
+
+from firmware_bridge import protocol
+
+ROOT = Path(__file__).resolve().parent.parent
+
+RATE = 20000.0
+
+
+def _ask(port: serial.Serial, line: str) -> str:
+    port.write(line.encode() + b"\n")
+    reply = port.readline()
+    if not reply.endswith(b"\n"):
+        raise RuntimeError(f"no answer to {line!r}")
+    return reply.decode().strip()
+
+
+def _fetch(port: serial.Serial) -> protocol.AdcBlock:
+    port.write(b"FETC:ADC? 4096\n")
+    kind, payload = protocol.read_response(port.read)
+    if kind != "block":
+        raise RuntimeError(f"FETC:ADC? answered {payload!r}")
+    return protocol.decode_adc_block(payload)
+
+
+def run(duration: float) -> dict:
+    third = duration / 3
+    cmd = [sys.executable, "-m", "firmware_bridge.emulator", "--seed", "1", "--quiet",
+           "--stats", "--duration", f"{duration + 1.0:g}",
+           "--fault", f"{1.0 + 2 * third:g}:load:1000"]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
+    path = proc.stdout.readline().strip()
+    port = serial.Serial(path, timeout=2)
+    port.reset_input_buffer()
+    blocks: list[protocol.AdcBlock] = []
+    meas: list[float] = []
+    t_start = time.monotonic()
+    _ask(port, "*IDN?")
+    port.write(b"SENS:ADC:RATE %d\nINIT\nSOUR:PWM:DUTY 0.4\nOUTP ON\n" % RATE)
+    phase = 0
+    next_fetch = next_meas = next_step = time.monotonic()
+    step = 0
+    # The emulator applies the light load 1 s after its start + 2/3 of the run.
+    t_end = t_start + duration
+    while (now := time.monotonic()) < t_end:
+        elapsed = now - t_start
+        new_phase = min(int(elapsed / third), 2)
+        if new_phase != phase:
+            phase = new_phase
+            if phase == 1:
+                port.write(b"CONT:RATE 2000\nCONT:VREF 12\nCONT:MODE PID\n")
+            else:
+                port.write(b"CONT:MODE OPEN\nSOUR:PWM:DUTY 0.2\n")
+        if now >= next_step:
+            step += 1
+            if phase == 0:
+                port.write(b"SOUR:PWM:DUTY %s\n" % (b"0.6" if step % 2 else b"0.4"))
+            elif phase == 1:
+                port.write(b"CONT:VREF %s\n" % (b"10" if step % 2 else b"12"))
+            else:
+                port.write(b"SOUR:PWM:DUTY %s\n" % (b"0.3" if step % 2 else b"0.2"))
+            next_step += 0.5
+        if now >= next_fetch:
+            blocks.append(_fetch(port))
+            next_fetch += 0.05
+        if now >= next_meas:
+            meas.append(float(_ask(port, "MEAS:VOLT?")))
+            next_meas += 0.1
+        time.sleep(max(0.0, min(next_fetch, next_meas, next_step) - time.monotonic()))
+    port.write(b"ABOR\nOUTP OFF\n")
+    blocks.append(_fetch(port))
+    errors = _ask(port, "SYST:ERR:COUN?")
+    port.close()
+    out, _ = proc.communicate(timeout=60)
+    stats = json.loads(out.strip().splitlines()[-1])
+    index = np.concatenate([b.indices for b in blocks])
+    gaps = int(np.count_nonzero(np.diff(index) != 1))
+    overflow = any(b.overflow for b in blocks)
+    return {"duration_s": duration, "stats": stats, "samples": int(index.size), "gaps": gaps,
+            "overflow": overflow, "first_index": int(index[0]), "board_errors": int(errors),
+            "meas_min": min(meas), "meas_max": max(meas), "returncode": proc.returncode}
+
+
+def report(result: dict) -> None:
+    s = result["stats"]
+    plant = s["plant"]
+    wall = s["wall_s"]
+    cpu = s["process_cpu_s"]
+    ok = (result["gaps"] == 0 and not result["overflow"] and result["first_index"] == 0
+          and result["board_errors"] == 0 and s["errors"] == 0)
+    print(f"boostsim board emulator, {wall:.1f} s in real time at 100 kHz "
+          f"({plant['periods']:,} switching periods; open loop CCM, on-board PID at 2 kHz, "
+          f"light-load DCM; streaming at {RATE / 1000:g} kHz)")
+    print(f"  CPU use (emulator process time / wall time): {100 * cpu / wall:.1f} % of one core"
+          f"   [{cpu:.2f} s / {wall:.2f} s; serve thread alone {100 * s['cpu_fraction']:.1f} %]")
+    print(f"  worst lag: serve loop {1e3 * s['max_poll_gap']:.1f} ms without running "
+          f"(nominal poll 1 ms); streamed sample computed {1e3 * s['max_sample_lag']:.1f} ms "
+          f"after its time; longest plant call {1e3 * s['max_plant_call']:.1f} ms wall, "
+          f"{1e3 * s['max_plant_cpu']:.1f} ms CPU")
+    over = s["gaps_over_ms"]
+    print(f"  serve-loop gaps over 2 / 5 / 10 ms: {over['2']} / {over['5']} / {over['10']} "
+          f"in {s['polls']:,} polls")
+    print(f"  stream: {result['samples']:,} samples fetched, {result['gaps']} gaps, overflow "
+          f"{result['overflow']}; MEAS:VOLT? {result['meas_min']:.2f}..{result['meas_max']:.2f}"
+          f" V; plant: {plant['references']} exact engine calls, {plant['ccm_maps']} CCM maps")
+    print(f"  slowest plant call: {s['slowest']}")
+    print(f"  kept real time: {'yes' if ok else 'NO'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--duration", type=float, default=30.0, help="seconds (default 30)")
+    parser.add_argument("--json", help="also write the figures to this JSON file")
+    args = parser.parse_args(argv)
+    result = run(args.duration)
+    report(result)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2)
+    return 0 if result["gaps"] == 0 and not result["overflow"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
