@@ -20,7 +20,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import segments as sg
-from .params import BoostParams, broadcast_lanes
+from .drive import check_duty, prepare_drive
+from .params import BoostParams
 from .runahead import RunAhead, ccm_run_ahead
 
 __all__ = ["PeriodView", "SimulationResult", "Step", "simulate"]
@@ -497,55 +498,13 @@ def simulate(params: BoostParams, duty: Any = None, t_end: float | None = None,
     progress : bool
         Show a progress bar.
     """
-    if t_end is None or not np.isfinite(t_end) or t_end <= 0:
-        raise ValueError(f"t_end must be a finite time > 0 [s], got {t_end!r}")
-    if (duty is None) == (controller is None):
-        raise ValueError("give either duty (open loop) or controller (closed loop), not both"
-                         if duty is not None else "give a duty or a controller")
-    schedule = None
-    duty_lanes: Any = 0.0
-    if duty is not None:
-        duty_array = np.asarray(duty, dtype=float)
-        if duty_array.ndim == 2:
-            schedule = duty_array
-            duty_lanes = duty_array[0] if duty_array.shape[1] > 1 else duty_array[0, 0]
-        elif duty_array.ndim > 2:
-            raise ValueError(f"duty must be a scalar, a 1-D array of lanes or a 2-D "
-                             f"(periods, lanes) schedule, got shape {duty_array.shape}")
-        else:
-            duty_lanes = duty_array
-    x0_array = _initial_state(x0)
-    # Lanes may also come from the controller (per-lane gains) or a per-lane constant vref.
-    controller_lanes = max(getattr(controller, "n_lanes", 1),
-                           np.size(vref) if _is_lane_vector(vref) else 1)
-    controller_lanes = np.zeros(controller_lanes) if controller_lanes > 1 else 0.0
-    lanes, n, scalar = _lanes(params, duty_lanes, x0_array[..., 0], controller_lanes, *[
-        v for s in steps for v in (s.vin, s.R, s.i_load) if v is not None])
-    Ts = 1.0 / lanes["fsw"]
-    if dt is None:
-        dt = float(np.min(Ts)) / 50
-    if not np.isfinite(dt) or dt <= 0:
-        raise ValueError(f"dt must be a finite time > 0 [s], got {dt!r}")
-    n_t = int(np.floor(t_end / dt * (1 + 1e-12))) + 1
-    if n_t * n > 2e9:
-        raise ValueError(f"output grid too large: {n} lanes x {n_t} samples; raise dt")
-    t = np.arange(n_t) * dt
-    n_periods = int(np.max(np.ceil(t_end / Ts - 1e-9)))
-    if schedule is not None:
-        schedule = _check_schedule(schedule, n, n_periods)
-    elif duty is not None:
-        constant = _check_duty(np.broadcast_to(duty_lanes, (n,)).astype(float), "duty")
-
-    if vref is not None and controller is None:
-        raise ValueError("vref needs a controller (e.g. boostsim.control.DigitalController)")
-    start = getattr(controller, "start", None)
-    if start is not None:
-        start(lanes, vref)
-    elif vref is not None:
-        raise ValueError("this controller takes no vref (it has no start(lanes, vref) method)")
+    drive = prepare_drive(params, duty, t_end, dt, x0=x0, controller=controller, vref=vref,
+                          steps=steps, default_dt_periods=1 / 50)
+    lanes, n, scalar, Ts, dt = drive.lanes, drive.n, drive.scalar, drive.Ts, drive.dt
+    n_periods, n_t, t = drive.n_periods, drive.n_t, drive.t
+    constant, schedule = drive.constant, drive.schedule
     stepper = Stepper(lanes, steps)
-    il = np.broadcast_to(x0_array[..., 0], (n,)).astype(float)
-    vc = np.broadcast_to(x0_array[..., 1], (n,)).astype(float)
+    il, vc = drive.il0, drive.vc0
     out = _Recorder(n, n_periods, n_t, dt, Ts)
     bar = None
     if progress:
@@ -603,8 +562,8 @@ def simulate(params: BoostParams, duty: Any = None, t_end: float | None = None,
             chunk = _FIRST_CHUNK
         t0 = k * Ts
         if controller is not None:
-            d = _check_duty(np.broadcast_to(np.asarray(controller(k, t0, view), dtype=float),
-                                            (n,)).astype(float), f"controller duty (period {k})")
+            d = check_duty(np.broadcast_to(np.asarray(controller(k, t0, view), dtype=float),
+                                           (n,)).astype(float), f"controller duty (period {k})")
         elif schedule is not None:
             d = schedule[k]
         else:
@@ -733,66 +692,3 @@ class _Recorder:
 def _part(seg: Segment, part: slice) -> Segment:
     return Segment(seg.topology[part], seg.start[part], seg.duration[part], seg.il0[part],
                    seg.vc0[part], seg.coef[:, part])
-
-
-def _is_lane_vector(value: Any) -> bool:
-    """A 1-D sequence of numbers (not a list of (time, value) steps, not a function)."""
-    if value is None or callable(value):
-        return False
-    try:
-        array = np.asarray(value, dtype=float)
-    except (TypeError, ValueError):
-        return False
-    return array.ndim == 1
-
-
-def _initial_state(x0: Any) -> np.ndarray:
-    if x0 is None:
-        return np.zeros(2)
-    array = np.asarray(x0, dtype=float)
-    if array.shape[-1:] != (2,) or array.ndim > 2:
-        raise ValueError(f"x0 must be (il, vc) or an array of shape (lanes, 2), got shape "
-                         f"{array.shape}")
-    if not np.all(np.isfinite(array)):
-        raise ValueError("x0 must be finite")
-    return array
-
-
-def _lanes(params: BoostParams, *extra: Any) -> tuple[dict[str, np.ndarray], int, bool]:
-    """Broadcast parameters and other per-lane inputs; returns (lane arrays, n, all scalar)."""
-    if not isinstance(params, BoostParams):
-        raise TypeError(f"params must be a BoostParams, got {type(params).__name__}")
-    own = {k: getattr(params, k) for k in params.field_names()}
-    named = {**own, **{f"_extra{i}": np.asarray(v) for i, v in enumerate(extra)}}
-    for key, value in named.items():
-        if np.ndim(value) > 1:
-            raise ValueError(f"{key.lstrip('_')}: per-lane values must be 1-D, got shape "
-                             f"{np.shape(value)}")
-    n, arrays = broadcast_lanes(**named)
-    scalar = all(np.ndim(v) == 0 for v in named.values())
-    lanes = {k: np.ascontiguousarray(arrays[k]) for k in own}
-    return lanes, n, scalar
-
-
-def _check_duty(duty: np.ndarray, what: str) -> np.ndarray:
-    bad = ~np.isfinite(duty) | (duty < 0) | (duty >= 1)
-    if np.any(bad):
-        i = int(np.flatnonzero(bad)[0])
-        where = f" (lane {i})" if duty.size > 1 else ""
-        raise ValueError(f"{what} must be in [0, 1), got {float(duty[i])!r}{where}")
-    return duty
-
-
-def _check_schedule(schedule: np.ndarray, n: int, n_periods: int) -> np.ndarray:
-    if schedule.shape[1] not in (1, n):
-        raise ValueError(f"duty schedule has {schedule.shape[1]} columns for {n} lanes")
-    if schedule.shape[0] < n_periods:
-        raise ValueError(f"duty schedule has {schedule.shape[0]} periods but the simulation "
-                         f"needs {n_periods}")
-    full = np.broadcast_to(schedule[:n_periods], (n_periods, n)).astype(float)
-    bad = ~np.isfinite(full) | (full < 0) | (full >= 1)
-    if np.any(bad):
-        k, i = np.argwhere(bad)[0]
-        raise ValueError(f"duty schedule must be in [0, 1), got {full[k, i]!r} at period {k}, "
-                         f"lane {i}")
-    return full

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from .analysis import Metrics, period_metrics
-from .engine import Stepper, _check_duty, _lanes, sample_segments
+from .drive import check_duty, lane_arrays
+from .engine import Stepper, sample_segments
 from .params import BoostParams
 from .theory import ccm_vout
 
@@ -54,8 +55,8 @@ def steady_state(params: BoostParams, duty: Any, *, points: int = 200, tol: floa
     """
     if not isinstance(points, int | np.integer) or points < 1:
         raise ValueError(f"points must be an integer >= 1, got {points!r}")
-    lanes, n, scalar = _lanes(params, np.asarray(duty, dtype=float))
-    d = _check_duty(np.broadcast_to(np.asarray(duty, dtype=float), (n,)).astype(float), "duty")
+    lanes, n, scalar = lane_arrays(params, np.asarray(duty, dtype=float))
+    d = check_duty(np.broadcast_to(np.asarray(duty, dtype=float), (n,)).astype(float), "duty")
     unloaded = ~lanes["synchronous"] & np.isinf(lanes["R"]) & (lanes["i_load"] == 0)
     if np.any(unloaded):
         lane = int(np.flatnonzero(unloaded)[0])

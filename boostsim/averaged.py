@@ -1,0 +1,1651 @@
+"""Averaged models of the boost converter: large-signal (CCM and DCM), DC operating point and
+small-signal transfer functions.
+
+The switching engine (:mod:`boostsim.engine`) is exact; the models here trade the switching
+ripple for speed and for transfer functions a controller can be designed with.
+
+What "averaged" means here
+--------------------------
+The state is the *moving average over one switching period* of the inductor current and the
+capacitor voltage, ``x(t) = (1/Ts) * integral_{t-Ts}^{t} x_switching``. So the value at
+``t = (k+1) Ts`` is the exact mean of the switching waveform over period ``k`` -- what
+:meth:`boostsim.engine.SimulationResult.period_means` computes -- and the two can be compared
+directly (Krein, Bentsman, Bass and Lesieutre [KBBL]). The moving average of the switching
+function ``q(t)`` (1 while the switch is on) is not a staircase starting at the period start:
+with trailing-edge modulation the on-time of period ``k`` is ``[k Ts, (k + d_k) Ts)``, so
+its moving average changes from ``d_{k-1}`` to ``d_k`` around the PWM edge ``t = (k + d) Ts``.
+The model integrates each period in two pieces, ``d_{k-1}`` up to ``(d_{k-1} + d_k) Ts / 2``
+and ``d_k`` after it; that gives the exact period-average of the moving-averaged switching
+function, ``d_k + (d_{k-1}^2 - d_k^2)/2``. In small-signal terms this is the trailing-edge
+modulator delay ``e^{-s D Ts}`` of uniformly sampled PWM (Van de Sype et al. [VdS];
+Corradini et al. [CMMZ]); leaving it out (the textbook staircase) makes the averaged model
+lead the switching converter by ``D Ts``.
+
+Large-signal model: full-order averaging valid in CCM and DCM (Sun et al. [SMGKB])
+---------------------------------------------------------------------------------
+Circuit quantities (per lane): ``g = 1/R`` (0 for an open load), ``a = 1/(1 + r_C g)``,
+``r_x, v_x`` the diode's (or synchronous switch's) resistance and drop, and
+
+* on-path resistance ``r_1 = r_L + r_on``;
+* off-path resistance ``r_2 = r_L + r_x + a r_C`` (the ESR is in series with the output node
+  while the diode feeds it: ``vout = a (vC + r_C (iL - i_load))``);
+* off-interval inductor voltage at zero current ``V_0 = vin - v_x + a r_C i_load - a vC``.
+
+With ``d_1`` the switch duty, ``d_2`` the diode conduction fraction and ``i_c`` the mean
+inductor current *while it conducts* (Sun's correction matrix: in DCM the current flows only
+during ``d_1 + d_2``, so ``i_c = iL / (d_1 + d_2)``)::
+
+    L diL/dt = d_1 (vin - r_1 i_c) + d_2 (V_0 - r_2 i_c)
+    C dvC/dt = a (d_2 i_c - i_load - g vC)
+    vout     = a (vC + r_C (d_2 i_c - i_load))
+
+and the duty-ratio constraint closes the model. The inductor current rises from zero for
+``d_1 Ts`` to ``i_pk = vin d_1 Ts / L * phi1(-r_1 d_1 Ts / L)`` (the exact on-time ramp,
+``phi1(z) = (e^z - 1)/z``) and falls back to zero in ``d_2 Ts``; with straight ramps its
+period mean is ``iL = i_pk (d_1 + d_2) / 2``, hence ::
+
+    d_2 = min(1 - d_1, 2 iL / i_pk - d_1)        ([SMGKB] eq. for d_2, with i_pk of this circuit)
+
+* CCM (``d_2 = 1 - d_1``; always for ``synchronous`` lanes, whose current may reverse, and
+  whenever ``V_0 >= 0``, i.e. the output is below the input so the current cannot fall to
+  zero): the classic state-space average with conduction losses, ``i_c = iL``.
+* DCM (``0 < d_2 < 1 - d_1``): ``i_c = i_pk / 2``; the inductor-current state stays in the
+  model with a fast pole (near ``fsw``), which is Sun's "full-order" model: it reproduces the
+  reduced-order DC and low-frequency results and the high-frequency pole.
+* A current below one on-pulse's worth (``iL < d_1 i_pk / 2``, only transiently) gives
+  ``d_2 = 0`` (nothing reaches the output yet).
+
+``iL`` is kept >= 0 for diode lanes. The right-hand side is continuous across the CCM/DCM
+boundary (only its Jacobian jumps).
+
+Integration: one exponential (Rosenbrock-Euler) step per piece,
+``x1 = x0 + h phi1(h J) f(x0)`` with ``J`` the Jacobian: exact for the CCM model (linear
+within a piece) and second-order, L-stable for the DCM model (whose only nonlinearity is
+``iL vC``), so the fast DCM pole needs no small steps. The 2x2 ``phi1`` is in closed form.
+A period in which a lane crosses the CCM/DCM boundary (where the Jacobian jumps) is redone
+for that lane in 16 sub-steps. Line and load steps act on the moving average half a period
+after their instant (their moving average ramps over one period) and split the period there.
+
+Speed: open-loop runs advance stretches of CCM in closed form -- every period is an exact
+affine map of the state, so a stretch of K periods is built for all periods at once and
+applied in ~sqrt(K) vectorised steps -- and step period by period elsewhere; one lane runs
+on plain floats (a few microseconds per period); closed loops cost one step plus one
+controller call per period. On the default board: 1 s (1e5 periods) open loop in ~0.05 s
+(CCM) or ~0.3 s (DCM), 1 s closed loop with a PID in ~1 s, against ~0.08 s (CCM run-ahead),
+~20 s and ~14 s for the switching engine.
+
+Controllers: :class:`AveragedView` follows the engine's :class:`boostsim.engine.PeriodView`,
+but its ``sample(tau)`` returns the averages *centred* on ``tau`` -- the switching waveform
+at ``tau`` without its ripple, which is what an ADC sees -- so a controller's loop timing is
+the same on both models.
+
+Accuracy against the switching engine (period means, tests/test_averaged.py): CCM within
+0.01 % (vout) and 0.05 % (iL) through startup inrush, duty, load and line steps; lossy DCM
+within 0.2 % and 0.4 %: Sun's model assumes straight current ramps, and the resistance in the
+diode path (r_L + r_d + r_C) bends the fall, so the charge per period is over-estimated by
+about ``r_2 i_pk / (6 (vout - vin))`` (exact for an ideal converter).
+
+Small-signal model
+------------------
+:func:`small_signal` linearises the same equations at the DC operating point
+(:func:`operating_point`): state-space matrices with inputs ``(d, vin, i_load)`` and the
+transfer functions ``Gvd = vout/d``, ``Gvg = vout/vin`` and ``Zout = -vout/i_load``, as
+``scipy.signal.ZerosPolesGain`` objects. In CCM this is the textbook boost model with
+conduction losses and ESR ([EM] Ch. 7-8): the double pole near ``(1-D)/sqrt(LC)``, the ESR
+zero and the right-half-plane zero near ``(1-D)^2 R / L``. In DCM it is the linearised
+full-order model of [SMGKB] (a low-frequency pole near ``2/(R C)`` and a high-frequency pole
+near the switching frequency; the RHP zero moves to high frequency).
+
+Why ``scipy.signal`` and not python-control: scipy is already a dependency and its LTI objects
+cover what is needed (``freqresp``, ``bode``, ``step``, poles/zeros); python-control would be
+a new dependency for little gain -- the loop analysis (:mod:`boostsim.design`) works on the
+exact sampled-data loop, evaluated on the unit circle, which python-control would not give
+either.
+
+References
+----------
+[SMGKB] J. Sun, D. M. Mitchell, M. F. Greuel, P. T. Krein, R. M. Bass, "Averaged modeling of
+        PWM converters operating in discontinuous conduction mode", IEEE Trans. Power
+        Electronics 16(4), 482-492, 2001.
+[KBBL]  P. T. Krein, J. Bentsman, R. M. Bass, B. C. Lesieutre, "On the use of averaging for
+        the analysis of power electronic systems", IEEE Trans. Power Electronics 5(2),
+        182-190, 1990.
+[MC]    R. D. Middlebrook, S. Cuk, "A general unified approach to modelling switching-converter
+        power stages", IEEE PESC 1976 (state-space averaging).
+[EM]    R. W. Erickson, D. Maksimovic, *Fundamentals of Power Electronics*, 3rd ed., Springer
+        2020, Ch. 3 (averaged models with losses), Ch. 7-8 (small-signal, boost Gvd).
+[VdS]   D. M. Van de Sype, K. De Gusseme, F. M. L. L. De Belie, A. P. Van den Bossche,
+        J. A. Melkebeek, "Small-signal Laplace-domain analysis of uniformly-sampled
+        pulse-width modulators", IEEE PESC 2004.
+[CMMZ]  L. Corradini, D. Maksimovic, P. Mattavelli, R. Zane, *Digital Control of
+        High-Frequency Switched-Mode Power Converters*, Wiley-IEEE Press 2015 (DPWM delay).
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from scipy import signal
+
+from .drive import check_duty, lane_arrays, prepare_drive
+from .engine import Step, _step_value
+from .params import BoostParams
+from .segments import phi1
+
+__all__ = [
+    "AveragedMetrics",
+    "AveragedPeriods",
+    "AveragedResult",
+    "AveragedView",
+    "OperatingPoint",
+    "SmallSignal",
+    "duty_for_vout",
+    "operating_point",
+    "simulate_averaged",
+    "small_signal",
+]
+
+CCM, DCM, REST = 0, 1, 2  # REST: DCM with the current not yet reaching the output
+
+
+# -- circuit constants ------------------------------------------------------------------------
+
+class _Circuit:
+    """Per-lane constants of the averaged model under given conditions (vin, R, i_load).
+
+    Arrays have shape (n,) -- or (n, 1) after :meth:`column`, to broadcast against samples.
+    """
+
+    __slots__ = (
+        "C",
+        "L",
+        "Ts",
+        "_column",
+        "a",
+        "a_C",
+        "a_L",
+        "all_sync",
+        "any_sync",
+        "g",
+        "g_aC",
+        "i_load",
+        "inv_L",
+        "k_on",
+        "r_1",
+        "r_2",
+        "r_12",
+        "r_C",
+        "sync",
+        "v_off0",
+        "vin",
+        "vin_Ts_L",
+    )
+
+    def __init__(self, lanes: dict[str, np.ndarray], vin: np.ndarray, R: np.ndarray,
+                 i_load: np.ndarray):
+        sync = np.asarray(lanes["synchronous"], dtype=bool)
+        R = np.asarray(R, dtype=float)
+        with np.errstate(divide="ignore"):
+            g = np.where(np.isinf(R), 0.0, 1.0 / R)
+        r_C = np.asarray(lanes["r_C"], dtype=float)
+        a = 1.0 / (1.0 + r_C * g)
+        r_x = np.where(sync, lanes["r_sync"], lanes["r_d"])
+        v_x = np.where(sync, 0.0, lanes["v_f"])
+        self.L = np.asarray(lanes["L"], dtype=float)
+        self.C = np.asarray(lanes["C"], dtype=float)
+        self.Ts = 1.0 / np.asarray(lanes["fsw"], dtype=float)
+        self.vin = np.asarray(vin, dtype=float)
+        self.g, self.a, self.r_C = g, a, r_C
+        self.i_load = np.asarray(i_load, dtype=float)
+        self.r_1 = lanes["r_L"] + lanes["r_on"]
+        self.r_2 = lanes["r_L"] + r_x + a * r_C
+        self.v_off0 = self.vin - v_x + a * r_C * self.i_load
+        self.k_on = self.r_1 / self.L
+        self.inv_L = 1.0 / self.L
+        self.a_L = a / self.L
+        self.a_C = a / self.C
+        self.g_aC = g * self.a_C
+        self.r_12 = self.r_1 - self.r_2
+        self.vin_Ts_L = self.vin * self.Ts / self.L  # i_pk <= vin_Ts_L * d
+        self.sync = sync
+        self.any_sync = bool(sync.any())
+        self.all_sync = bool(sync.all())
+        self._column = None
+
+    @classmethod
+    def gather(cls, circuits: Sequence[_Circuit], epoch: np.ndarray) -> _Circuit:
+        """Lane i taken from ``circuits[epoch[i]]``."""
+        first = int(epoch[0])
+        if (epoch == first).all():
+            return circuits[first]
+        out = object.__new__(cls)
+        lane = np.arange(epoch.size)
+        for name in cls.__slots__:
+            if name in ("any_sync", "all_sync", "_column"):
+                continue
+            stack = np.stack([getattr(c, name) for c in circuits])
+            setattr(out, name, stack[epoch, lane])
+        out.any_sync, out.all_sync = circuits[0].any_sync, circuits[0].all_sync
+        out._column = None
+        return out
+
+    def column(self) -> _Circuit:
+        """The same constants shaped (n, 1)."""
+        if self._column is None:
+            out = object.__new__(_Circuit)
+            for name in self.__slots__:
+                value = getattr(self, name)
+                if isinstance(value, np.ndarray):
+                    value = value[:, None]
+                setattr(out, name, value)
+            out._column = out
+            self._column = out
+        return self._column
+
+
+class _Field:
+    """The averaged right-hand side at one state and duty: derivatives, Jacobian, outputs."""
+
+    __slots__ = ("d2", "f1", "f2", "i_diode", "j11", "j12", "j21", "j22", "mode", "vout")
+
+    def __init__(self, c: _Circuit, i: np.ndarray, v: np.ndarray, d: np.ndarray):
+        dp = 1.0 - d
+        V0 = c.v_off0 - c.a * v
+        inv_L, a_C = c.inv_L, c.a_C
+        # Continuous conduction (the classic state-space average with losses).
+        r_eq = c.r_2 + d * c.r_12
+        f1 = (d * c.vin + dp * V0 - r_eq * i) * inv_L
+        i_diode = dp * i
+        f2 = a_C * (i_diode - c.i_load) - c.g_aC * v
+        j11 = -r_eq * inv_L
+        j12 = -dp * c.a_L
+        j21 = dp * a_C
+        j22 = -c.g_aC
+        d2_out = dp
+        mode = None
+        # The duty-ratio constraint: d2 = 2 iL / i_pk - d1, the current resting at zero for the
+        # rest of the period when d2 < 1 - d1 (and only if it can fall: V0 < 0). Since
+        # i_pk <= vin d Ts / L, lanes with 2 iL > vin d Ts / L are surely in CCM.
+        if not c.all_sync and not ((2.0 * i > c.vin_Ts_L * d) | (V0 >= 0)).all():
+            tau = d * c.Ts
+            i_pk = c.vin * tau * inv_L * phi1(-c.k_on * tau)
+            safe_pk = np.where(i_pk > 0, i_pk, 1.0)
+            with np.errstate(over="ignore"):  # a vanishing duty: d2 = inf, i.e. CCM
+                d2 = np.where(i_pk > 0, 2.0 * i / safe_pk - d, np.where(i > 0, np.inf, 0.0))
+            dcm = (d2 < dp) & (V0 < 0)
+            if c.any_sync:
+                dcm &= ~c.sync
+            if dcm.any():
+                rest = dcm & (d2 <= 0)
+                i_c = 0.5 * i_pk
+                V1 = V0 - c.r_2 * i_c
+                d2 = np.clip(d2, 0.0, None)
+                e1 = d * (c.vin - c.r_1 * i_c)
+                df1 = (e1 + d2 * V1) * inv_L
+                df2 = a_C * (d2 * i_c - c.i_load) - c.g_aC * v
+                with np.errstate(over="ignore"):  # i_c -> 0 only where rest replaces it
+                    dj11 = V1 / np.where(i_c > 0, i_c, 1.0) * inv_L
+                dj12 = -d2 * c.a_L
+                # d2 = 0: only the on-ramp, f1 = (d vin - r_1 iL)/L, no output current.
+                df1 = np.where(rest, (d * c.vin - c.r_1 * i) * inv_L, df1)
+                dj11 = np.where(rest, -c.r_1 * inv_L, dj11)
+                f1 = np.where(dcm, df1, f1)
+                f2 = np.where(dcm, df2, f2)
+                j11 = np.where(dcm, dj11, j11)
+                j12 = np.where(dcm, dj12, j12)
+                j21 = np.where(dcm, np.where(rest, 0.0, a_C), j21)
+                i_diode = np.where(dcm, d2 * i_c, i_diode)
+                d2_out = np.where(dcm, d2, dp)
+                mode = np.where(dcm, np.where(rest, REST, DCM), CCM).astype(np.int8)
+        shape = np.shape(f1)
+        self.f1, self.f2 = f1, f2
+        self.j11, self.j12 = j11, j12
+        self.j21 = j21 if np.shape(j21) == shape else np.broadcast_to(j21, shape)
+        self.j22 = j22
+        self.i_diode = i_diode
+        self.d2 = d2_out
+        self.vout = c.a * (v + c.r_C * (i_diode - c.i_load))
+        self.mode = np.zeros(shape, dtype=np.int8) if mode is None else mode
+
+
+# -- the 2x2 matrix function phi1 ---------------------------------------------------------------
+
+# Below this size (|s| + |q|) phi1 is summed as a series: the closed form divides by det M,
+# which is ~|M|^2, so at |M| = 1e-3 it still has ~1e-10 relative accuracy, and the 5-term
+# series' truncation error there is |M|^5/6! ~ 1e-18.
+_SMALL = 1e-3
+
+
+def _taylor(s, q2):
+    """(c0, c1) of phi1(M) = c0 I + c1 N from the series sum_k M^k/(k+1)!, k < 5, using
+    M^k = v_k I + u_k N with v_{k+1} = s v_k + q2 u_k, u_{k+1} = v_k + s u_k."""
+    v2, u2 = s * s + q2, 2.0 * s
+    v3, u3 = s * v2 + q2 * u2, v2 + s * u2
+    v4, u4 = s * v3 + q2 * u3, v3 + s * u3
+    c0 = 1.0 + s / 2.0 + v2 / 6.0 + v3 / 24.0 + v4 / 120.0
+    c1 = 0.5 + u2 / 6.0 + u3 / 24.0 + u4 / 120.0
+    return c0, c1
+
+
+def phi1_apply(m11, m12, m21, m22, w1, w2):
+    """``phi1(M) @ w`` for stacks of 2x2 matrices ``M`` given by components (any broadcastable
+    shapes), ``phi1(z) = (e^z - 1)/z``, so that ``x0 + phi1(hJ) (h f)`` is the exact solution
+    of ``x' = J x + b`` after ``h`` from ``x0`` (with ``f = J x0 + b``).
+
+    Closed form: with ``s = tr(M)/2``, ``N = M - s I`` (so ``N^2 = q^2 I``,
+    ``q^2 = s^2 - det M``), ``phi1(M) = c0 I + c1 N`` where
+    ``c1 = (1 + s e^s S - e^s C) / det M``, ``c0 = e^s S - s c1`` and ``C, S`` are
+    ``cosh q, sinh(q)/q`` (``cos, sin`` for ``q^2 < 0``). Where that divides by a small
+    determinant the divided difference over the eigenvalues is used (real eigenvalues, one
+    near zero), and for tiny matrices (``|s| + |q| < 1e-3``) the Taylor series. Accurate to
+    ~1e-10 relative for matrices without fast-growing modes (eigenvalue real parts <~ 1; the
+    averaged model's Jacobians are stable: det >= 0, trace <= 0).
+    """
+    c0, c1, n11 = _phi1_coefficients(m11, m12, m21, m22)
+    nw1 = n11 * w1 + m12 * w2
+    nw2 = m21 * w1 - n11 * w2
+    return c0 * w1 + c1 * nw1, c0 * w2 + c1 * nw2
+
+
+def _phi1_coefficients(m11, m12, m21, m22):
+    """(c0, c1, n11) with phi1(M) = c0 I + c1 N, N = [[n11, m12], [m21, -n11]] (see
+    :func:`phi1_apply`)."""
+    s = 0.5 * (m11 + m22)
+    n11 = 0.5 * (m11 - m22)
+    q2 = n11 * n11 + m12 * m21
+    det = m11 * m22 - m12 * m21
+    root = np.sqrt(np.abs(q2))
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        real = q2 >= 0
+        if real.all():
+            ep = np.exp(s + root)
+            e_s = ep * phi1(-2.0 * root)
+            e_c = ep - root * e_s
+        elif not real.any():  # underdamped everywhere (the usual CCM case): root > 0
+            es = np.exp(s)
+            e_c = es * np.cos(root)
+            e_s = es * np.sin(root) / root
+        else:
+            ep = np.exp(np.where(real, s + root, s))
+            ph = phi1(-2.0 * np.where(real, root, 0.0))
+            e_s = np.where(real, ep * ph, ep * np.sinc(root / np.pi))
+            e_c = np.where(real, ep - root * ep * ph, ep * np.cos(root))
+        c1 = (1.0 + s * e_s - e_c) / det
+        c0 = e_s - s * c1
+        small = np.abs(s) + root < _SMALL
+        fix_small = small.any()
+        if real.any():
+            singular = real & (np.abs(det) < 0.25 * s * s) & ~small
+            fix_singular = singular.any()
+        else:
+            fix_singular = False
+        if fix_small or fix_singular:
+            c0, c1 = np.array(c0, dtype=float, copy=True), np.array(c1, dtype=float, copy=True)
+            s_, q2_ = np.broadcast_to(s, c0.shape), np.broadcast_to(q2, c0.shape)
+        if fix_singular:
+            # Real eigenvalues s +- q, one near zero: Newton's divided-difference form.
+            ss, rr = s_[singular], np.sqrt(q2_[singular])
+            p_plus, p_minus = phi1(ss + rr), phi1(ss - rr)
+            d1 = (p_plus - p_minus) / (2.0 * rr)
+            c1[singular] = d1
+            c0[singular] = p_minus + rr * d1
+        if fix_small:
+            c0[small], c1[small] = _taylor(s_[small], q2_[small])
+    return c0, c1, n11
+
+
+# -- conditions over time (line and load steps) ----------------------------------------------------
+
+class _Conditions:
+    """The circuit constants in each epoch between line/load steps.
+
+    A step at ``t`` changes the switching circuit at once, but its moving average over one
+    period ramps over ``[t, t + Ts]``; to first order (same integral) that is a step at
+    ``t + Ts/2``, which is where the averaged model applies it (``times``, per lane).
+    """
+
+    def __init__(self, lanes: dict[str, np.ndarray], steps: Sequence[Step]):
+        n = lanes["L"].size
+        ordered = sorted(steps, key=lambda s: s.t)
+        Ts = 1.0 / np.asarray(lanes["fsw"], dtype=float)
+        self.times = np.array([s.t for s in ordered], dtype=float).reshape(-1, 1) \
+            + 0.5 * Ts[None, :]
+        vin, R, i_load = (np.asarray(lanes[k], dtype=float) for k in ("vin", "R", "i_load"))
+        self.circuits = [_Circuit(lanes, vin, R, i_load)]
+        for step in ordered:
+            vin = _step_value(step, "vin", step.vin, vin, n)
+            R = _step_value(step, "R", step.R, R, n)
+            i_load = _step_value(step, "i_load", step.i_load, i_load, n)
+            self.circuits.append(_Circuit(lanes, vin, R, i_load))
+
+    def epoch(self, t: np.ndarray) -> np.ndarray:
+        """Number of (shifted) steps at or before time t, per lane."""
+        return (self.times <= t[None, :]).sum(axis=0)
+
+    def circuit(self, epoch: np.ndarray) -> _Circuit:
+        if len(self.circuits) == 1:
+            return self.circuits[0]
+        return _Circuit.gather(self.circuits, epoch)
+
+
+# -- one switching period --------------------------------------------------------------------
+
+class _Piece:
+    """One piece of a period (constant duty and conditions) for every lane."""
+
+    __slots__ = ("circuit", "duty", "end", "field", "i0", "start", "v0")
+
+    def __init__(self, start, end, i0, v0, field, circuit, duty):
+        self.start, self.end, self.i0, self.v0 = start, end, i0, v0
+        self.field, self.circuit, self.duty = field, circuit, duty
+
+
+def _step(field: _Field, i0, v0, h, c: _Circuit):
+    """Exponential-Euler step of length ``h`` (per lane) from (i0, v0)."""
+    di, dv = phi1_apply(field.j11 * h, field.j12 * h, field.j21 * h, field.j22 * h,
+                        field.f1 * h, field.f2 * h)
+    i1 = i0 + di
+    if not c.all_sync:
+        i1 = np.where(c.sync, i1, np.maximum(i1, 0.0)) if c.any_sync else np.maximum(i1, 0.0)
+    return i1, v0 + dv
+
+
+class _Integrator:
+    """Advances every lane one switching period at a time."""
+
+    def __init__(self, lanes: dict[str, np.ndarray], steps: Sequence[Step]):
+        self.n = lanes["L"].size
+        self.Ts = 1.0 / np.asarray(lanes["fsw"], dtype=float)
+        self.conditions = _Conditions(lanes, steps)
+        self.stepped = self.conditions.times.size > 0
+        self._cache: tuple | None = None  # (i, v, d, circuit, field) at the last period end
+
+    def field(self, c: _Circuit, i, v, d) -> _Field:
+        cached = self._cache
+        if (cached is not None and cached[3] is c and cached[0] is i and cached[1] is v
+                and (cached[2] is d or np.array_equal(cached[2], d))):
+            return cached[4]
+        return _Field(c, i, v, d)
+
+    def period(self, k: int, i, v, d_prev, d
+               ) -> tuple[list[_Piece], np.ndarray, np.ndarray, _Field]:
+        """Pieces of period k from state (i, v), the end state and the field there (duty d)."""
+        Ts = self.Ts
+        t0 = k * Ts
+        breaks = []
+        split = d != d_prev
+        any_split = bool(split.any())
+        if any_split:
+            t_edge = np.where(split, 0.5 * (d_prev + d) * Ts, np.inf)
+            breaks.append(t_edge)
+        cond = self.conditions
+        epoch0 = cond.epoch(t0) if self.stepped else None
+        offsets = None
+        if self.stepped:
+            offsets = cond.times - t0[None, :]
+            inside = (offsets > 0) & (offsets < Ts[None, :])
+            if inside.any():
+                offsets = np.where(inside, offsets, np.inf)
+                breaks.extend(offsets)
+            else:
+                offsets = None
+        pieces = []
+        if any_split and offsets is None:
+            # Two pieces: the previous duty up to the edge, the new one after it (lanes whose
+            # duty did not change get an empty second piece).
+            c = cond.circuit(epoch0) if self.stepped else cond.circuits[0]
+            edge = np.minimum(t_edge, Ts)
+            fld = self.field(c, i, v, d_prev)
+            i_e, v_e = _step(fld, i, v, edge, c)
+            pieces.append(_Piece(np.zeros(self.n), edge, i, v, fld, c, d_prev))
+            fld2 = _Field(c, i_e, v_e, d)
+            i1, v1 = _step(fld2, i_e, v_e, Ts - edge, c)
+            pieces.append(_Piece(edge, Ts, i_e, v_e, fld2, c, d))
+        elif not breaks:
+            c = cond.circuit(epoch0) if self.stepped else cond.circuits[0]
+            fld = self.field(c, i, v, d)
+            zero = np.zeros(self.n)
+            i1, v1 = _step(fld, i, v, Ts, c)
+            pieces.append(_Piece(zero, Ts, i, v, fld, c, d))
+        else:
+            bounds = np.sort(np.minimum(np.stack(breaks), Ts[None, :]), axis=0)
+            edges = [np.zeros(self.n), *bounds, Ts]
+            i1, v1 = i, v
+            for j in range(len(edges) - 1):
+                start, end = edges[j], edges[j + 1]
+                duty = np.where(start < t_edge, d_prev, d) if any_split else d
+                if offsets is not None:
+                    epoch = epoch0 + (offsets <= start[None, :]).sum(axis=0)
+                    c = cond.circuit(epoch)
+                else:
+                    c = cond.circuit(epoch0) if self.stepped else cond.circuits[0]
+                fld = self.field(c, i1, v1, duty) if j == 0 else _Field(c, i1, v1, duty)
+                i0, v0 = i1, v1
+                i1, v1 = _step(fld, i0, v0, end - start, c)
+                pieces.append(_Piece(start, end, i0, v0, fld, c, duty))
+        # The field at the period end: the output there (the mean over this period) and the
+        # first field of the next period when neither the duty nor the conditions change.
+        if self.stepped:
+            c_end = cond.circuit(cond.epoch(t0 + Ts))
+        else:
+            c_end = cond.circuits[0]
+        end_field = _Field(c_end, i1, v1, d)
+        if not c_end.all_sync:
+            # A lane that crossed the CCM/DCM boundary inside the period: its Jacobian jumps
+            # there, so one exponential step would overshoot the boundary; integrate those
+            # lanes again in sub-steps, each starting from its own field.
+            changed = end_field.mode != pieces[0].field.mode
+            for p in pieces[1:]:
+                changed |= p.field.mode != pieces[0].field.mode
+            if changed.any():
+                idx = np.flatnonzero(changed)
+                i1, v1 = i1.copy(), v1.copy()
+                i1[idx], v1[idx] = _substeps(pieces, idx, _SUBSTEPS)
+                end_field = _Field(c_end, i1, v1, d)
+        self._cache = (i1, v1, d, c_end, end_field)
+        return pieces, i1, v1, end_field
+
+
+_SUBSTEPS = 16
+
+
+def _substeps(pieces: Sequence[_Piece], idx: np.ndarray, count: int
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """End state of lanes ``idx`` integrated through the pieces in ``count`` sub-steps each."""
+    p0 = pieces[0]
+    i, v = p0.i0[idx], p0.v0[idx]
+    for p in pieces:
+        c = _subset(p.circuit, idx)
+        duty = np.broadcast_to(p.duty, p0.i0.shape)[idx]
+        h = (p.end - p.start)[idx] / count
+        if not (h > 0).any():
+            continue
+        for _ in range(count):
+            i, v = _step(_Field(c, i, v, duty), i, v, h, c)
+    return i, v
+
+
+def _vout(c: _Circuit, i: np.ndarray, v: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """The averaged output alone (``_Field(c, i, v, d).vout``), cheaper where every lane is
+    surely in CCM."""
+    if c.all_sync or ((2.0 * i > c.vin_Ts_L * d) | (c.v_off0 - c.a * v >= 0)).all():
+        return c.a * (v + c.r_C * ((1.0 - d) * i - c.i_load))
+    return _Field(c, i, v, d).vout
+
+
+def _sample_pieces(pieces: Sequence[_Piece], tau: np.ndarray, d_prev: np.ndarray,
+                   d: np.ndarray, Ts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Averaged (il, vc, vout) at offsets ``tau`` (shape (n, m)) into a period."""
+    # Moving average of the switching function at tau (exact for trailing-edge PWM).
+    x = tau / Ts[:, None]
+    duty_now = np.maximum(d_prev[:, None] - x, 0.0) + np.minimum(x, d[:, None])
+    index = None
+    if len(pieces) > 1:
+        index = np.zeros(tau.shape, dtype=np.int64)
+        for j, p in enumerate(pieces[1:], start=1):
+            index[tau >= p.start[:, None]] = j
+        first = index.flat[0]
+        if (index == first).all():
+            pieces, index = [pieces[first]], None
+    if index is None:
+        # Every sample in one piece: no masks.
+        p = pieces[0]
+        fl = p.field
+        if tau.shape[1] == 1:
+            h = tau[:, 0] - p.start
+            di, dv = phi1_apply(fl.j11 * h, fl.j12 * h, fl.j21 * h, fl.j22 * h, fl.f1 * h,
+                                fl.f2 * h)
+            i_t, v_t = p.i0 + di, p.v0 + dv
+            c = p.circuit
+            if not c.all_sync:
+                i_t = np.where(c.sync, i_t, np.maximum(i_t, 0.0))
+            return i_t[:, None], v_t[:, None], _vout(c, i_t, v_t, duty_now[:, 0])[:, None]
+        h = tau - p.start[:, None]
+        j11, j12, j21, j22, f1, f2, i0, v0 = (np.asarray(q)[:, None] for q in (
+            fl.j11, fl.j12, fl.j21, fl.j22, fl.f1, fl.f2, p.i0, p.v0))
+        di, dv = phi1_apply(j11 * h, j12 * h, j21 * h, j22 * h, f1 * h, f2 * h)
+        i_t, v_t = i0 + di, v0 + dv
+        c = p.circuit.column()
+        i_t = np.where(c.sync, i_t, np.maximum(i_t, 0.0))
+        out = _Field(c, i_t, v_t, duty_now)
+        return i_t, v_t, np.broadcast_to(out.vout, tau.shape).copy()
+    il = np.empty(tau.shape)
+    vc = np.empty(tau.shape)
+    vout = np.empty(tau.shape)
+    lanes = np.broadcast_to(np.arange(tau.shape[0])[:, None], tau.shape)
+    for j, p in enumerate(pieces):
+        mask = index == j
+        if not mask.any():
+            continue
+        lane = lanes[mask]
+        fl = p.field
+        h = tau[mask] - p.start[lane]
+        j11, j12, j21, j22, f1, f2, i0, v0 = (np.broadcast_to(q, p.start.shape)[lane] for q in (
+            fl.j11, fl.j12, fl.j21, fl.j22, fl.f1, fl.f2, p.i0, p.v0))
+        di, dv = phi1_apply(j11 * h, j12 * h, j21 * h, j22 * h, f1 * h, f2 * h)
+        i_t, v_t = i0 + di, v0 + dv
+        sub = _subset(p.circuit, lane)
+        i_t = np.where(sub.sync, i_t, np.maximum(i_t, 0.0))
+        out = _Field(sub, i_t, v_t, duty_now[mask])
+        il[mask], vc[mask], vout[mask] = i_t, v_t, out.vout
+    return il, vc, vout
+
+
+def _subset(c: _Circuit, lane: np.ndarray) -> _Circuit:
+    out = object.__new__(_Circuit)
+    for name in _Circuit.__slots__:
+        value = getattr(c, name)
+        if isinstance(value, np.ndarray):
+            value = value[lane]
+        setattr(out, name, value)
+    out._column = None
+    return out
+
+
+# -- results ------------------------------------------------------------------------------------
+
+class AveragedView:
+    """What a controller sees of the period that just ended (same protocol as the engine's
+    :class:`boostsim.engine.PeriodView`): ``k``, ``t_start``, ``duty``, ``il_end``, ``vc_end``
+    and :meth:`sample`, all of the averaged model's state."""
+
+    def __init__(self, k: int, t_start: np.ndarray, duty: np.ndarray, d_prev: np.ndarray,
+                 pieces: list[_Piece], il_end: np.ndarray, vc_end: np.ndarray, Ts: np.ndarray):
+        self.k = k
+        self.t_start = t_start
+        self.duty = duty
+        self._d_prev = d_prev
+        self._pieces = pieces
+        self._Ts = Ts
+        self.il_end = il_end
+        self.vc_end = vc_end
+
+    def sample(self, tau: np.ndarray | float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(il, vc, vout) at offset ``tau`` [s] (scalar or per lane) into the period: the
+        averages over the switching period *centred* on ``tau`` -- the switching waveforms
+        at ``tau`` without their ripple, which is what an ADC sample sees (the trailing
+        average would lag it by half a period and add that delay to a control loop). Past
+        the period end the model is continued with the period's duty."""
+        n = self.il_end.size
+        tau = np.broadcast_to(np.asarray(tau, dtype=float), (n,))[:, None]
+        il, vc, vout = _sample_pieces(self._pieces, tau + 0.5 * self._Ts[:, None],
+                                      self._d_prev, self.duty, self._Ts)
+        return il[:, 0], vc[:, 0], vout[:, 0]
+
+
+@dataclasses.dataclass
+class AveragedPeriods:
+    """Per-period records of :func:`simulate_averaged`, arrays of shape (lanes, periods).
+
+    ``il_mean``, ``vc_mean``, ``vout_mean`` are the model's values at the period end, i.e. its
+    prediction of the switching waveforms' means over the period (compare with
+    :meth:`boostsim.engine.SimulationResult.period_means`). ``d2`` is the diode conduction
+    fraction, ``mode_code`` 0 (CCM), 1 (DCM) or 2 (DCM, the current not yet reaching the
+    output), at the period end.
+    """
+
+    t_start: np.ndarray
+    duty: np.ndarray
+    il_start: np.ndarray
+    vc_start: np.ndarray
+    il_mean: np.ndarray
+    vc_mean: np.ndarray
+    vout_mean: np.ndarray
+    d2: np.ndarray
+    mode_code: np.ndarray
+
+    @property
+    def mode(self) -> np.ndarray:
+        """"CCM" or "DCM" per period."""
+        return np.where(self.mode_code == CCM, "CCM", "DCM")
+
+
+@dataclasses.dataclass
+class AveragedMetrics:
+    """Averages over the last periods of an averaged simulation (per lane; floats for scalar
+    inputs). Powers use the averaged waveforms (no ripple): ``pin = vin * il_mean``,
+    ``pout = vout^2/R + vout i_load`` with the mean output voltage."""
+
+    vout_mean: Any
+    vc_mean: Any
+    il_mean: Any
+    duty: Any
+    d2: Any
+    pin: Any
+    pout: Any
+    efficiency: Any
+    mode: Any
+
+
+@dataclasses.dataclass
+class AveragedResult:
+    """Waveforms and per-period records of :func:`simulate_averaged`.
+
+    ``t`` has shape (n_t,); ``il``, ``vc``, ``vout`` (the moving averages over one switching
+    period, see the module docstring) have shape (lanes, n_t), or (n_t,) for scalar inputs;
+    ``duty`` is the duty of each period, shape (lanes, periods) or (periods,).
+    """
+
+    params: BoostParams
+    t: np.ndarray
+    il: np.ndarray
+    vc: np.ndarray
+    vout: np.ndarray
+    duty: np.ndarray
+    periods: AveragedPeriods
+    il_end: Any
+    vc_end: Any
+    scalar: bool
+    steps: tuple[Step, ...] = ()
+    _lanes: dict[str, np.ndarray] = dataclasses.field(default_factory=dict, repr=False)
+
+    @property
+    def n_lanes(self) -> int:
+        return self.periods.duty.shape[0]
+
+    def period_means(self) -> dict[str, np.ndarray]:
+        """The model's per-period means, keyed like
+        :meth:`boostsim.engine.SimulationResult.period_means` (``t_start``, ``il``, ``vc``,
+        ``vout``), so the two can be compared directly."""
+        rec = self.periods
+        out = {"t_start": rec.t_start, "il": rec.il_mean, "vc": rec.vc_mean,
+               "vout": rec.vout_mean}
+        return {k: v[0] if self.scalar else v for k, v in out.items()}
+
+    def metrics(self, last_periods: int = 20) -> AveragedMetrics:
+        """Averages over the last ``last_periods`` periods."""
+        rec = self.periods
+        n_periods = rec.duty.shape[1]
+        if not 1 <= last_periods <= n_periods:
+            raise ValueError(f"last_periods must be between 1 and {n_periods}, got "
+                             f"{last_periods}")
+        window = slice(n_periods - last_periods, n_periods)
+        vout = rec.vout_mean[:, window].mean(axis=1)
+        il = rec.il_mean[:, window].mean(axis=1)
+        conditions = _Conditions(self._lanes, self.steps)
+        Ts = 1.0 / np.asarray(self._lanes["fsw"], dtype=float)
+        c = conditions.circuit(conditions.epoch(rec.t_start[:, -1] + Ts))
+        pin = c.vin * il
+        pout = vout * (vout * c.g + c.i_load)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            efficiency = pout / pin
+        codes = rec.mode_code[:, window]
+        values = dict(vout_mean=vout, vc_mean=rec.vc_mean[:, window].mean(axis=1), il_mean=il,
+                      duty=rec.duty[:, window].mean(axis=1), d2=rec.d2[:, window].mean(axis=1),
+                      pin=pin, pout=pout, efficiency=efficiency,
+                      mode=np.where((codes != CCM).any(axis=1), "DCM", "CCM"))
+        if self.scalar:
+            values = {k: np.asarray(v)[0].item() for k, v in values.items()}
+        return AveragedMetrics(**values)
+
+
+# -- simulation ---------------------------------------------------------------------------------
+
+def simulate_averaged(params: BoostParams, duty: Any = None, t_end: float | None = None,
+                      dt: float | None = None, *, x0: Any = None, controller: Any = None,
+                      vref: Any = None, steps: Sequence[Step] = (), duty0: Any = None,
+                      progress: bool = False) -> AveragedResult:
+    """Simulate the large-signal averaged model (CCM and DCM) from t = 0 to ``t_end`` [s].
+
+    Same inputs as :func:`boostsim.simulate`, so the two can be swapped: ``duty`` (scalar,
+    per lane, or a 2-D (periods, lanes) schedule) or a ``controller(k, t_start, view)`` called
+    once per switching period with an :class:`AveragedView` of the previous period (its
+    ``sample(tau)`` returns the averaged (il, vc, vout)); a controller with
+    ``start(lanes, vref)`` (e.g. :class:`boostsim.control.DigitalController`) is started
+    first. ``x0`` = (il, vc) is the initial averaged state (the means over the period before
+    t = 0; default zero); ``steps`` are line/load steps.
+
+    ``duty0`` is the duty of the period before t = 0 (default: the first period's duty, i.e.
+    ``x0`` is taken to be consistent with it). It matters for the first period only: the
+    moving average of the switching function moves from ``duty0`` to the first duty at the
+    PWM edge. For a start from a non-switching state (zero, or ``steady_state(p, 0)``) pass
+    ``duty0=0``.
+
+    ``dt`` is the output grid step (default: one switching period of the fastest lane). The
+    waveforms are moving averages over one switching period; ``periods`` holds the per-period
+    records (the model's period means at each period end). Open loop, CCM stretches are
+    advanced in closed form; one lane runs on plain floats (a few microseconds per period plus
+    the controller); several lanes run vectorised.
+    """
+    drive = prepare_drive(params, duty, t_end, dt, x0=x0, controller=controller, vref=vref,
+                          steps=steps, default_dt_periods=1.0)
+    lanes, n, scalar, Ts, dt = drive.lanes, drive.n, drive.scalar, drive.Ts, drive.dt
+    n_periods, n_t = drive.n_periods, drive.n_t
+    duty_source: Any = drive.schedule if drive.schedule is not None else drive.constant
+    il, vc = drive.il0, drive.vc0
+    if not np.all(lanes["synchronous"] | (il >= 0)):
+        raise ValueError("x0: the inductor current of a diode converter cannot be negative")
+    d_prev = None
+    if duty0 is not None:
+        d_prev = check_duty(np.broadcast_to(np.asarray(duty0, dtype=float), (n,)).astype(float),
+                             "duty0")
+    grid = _Grid(n, n_t, dt, Ts)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n_periods, desc="simulate_averaged", unit="period", leave=False)
+    try:
+        if controller is None and grid.stride:
+            rec = _run_open_loop(lanes, steps, n_periods, il, vc, d_prev, duty_source, bar)
+        elif n == 1 and grid.stride:
+            rec = _run_scalar(lanes, steps, n_periods, il, vc, d_prev, duty_source, controller,
+                              bar)
+        else:
+            rec = _run_vector(lanes, steps, n_periods, il, vc, d_prev, duty_source, controller,
+                              grid, bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    if grid.stride:
+        grid.from_records(rec)
+    k_index = np.arange(n_periods)
+    periods = AveragedPeriods(t_start=Ts[:, None] * k_index[None, :], duty=rec.duty.T,
+                              il_start=rec.il_start.T, vc_start=rec.vc_start.T,
+                              il_mean=rec.il_mean.T, vc_mean=rec.vc_mean.T,
+                              vout_mean=rec.vout_mean.T, d2=rec.d2.T, mode_code=rec.mode.T)
+    squeeze = (lambda a: a[0]) if scalar else (lambda a: a)
+    il_end, vc_end = rec.il_mean[-1], rec.vc_mean[-1]
+    return AveragedResult(params=params, t=grid.t, il=squeeze(grid.il), vc=squeeze(grid.vc),
+                          vout=squeeze(grid.vout), duty=squeeze(periods.duty), periods=periods,
+                          il_end=float(il_end[0]) if scalar else il_end,
+                          vc_end=float(vc_end[0]) if scalar else vc_end, scalar=scalar,
+                          steps=tuple(steps), _lanes=lanes)
+
+
+class _Records:
+    """Per-period records, shape (periods, lanes), and the output at t = 0."""
+
+    def __init__(self, n_periods: int, n: int):
+        for name in ("duty", "il_start", "vc_start", "il_mean", "vc_mean", "vout_mean", "d2"):
+            setattr(self, name, np.empty((n_periods, n)))
+        self.mode = np.empty((n_periods, n), dtype=np.int8)
+        self.vout0 = np.empty(n)
+
+
+def _controller_duty(controller, k: int, t0, view, n: int) -> np.ndarray:
+    return check_duty(np.broadcast_to(np.asarray(controller(k, t0, view), dtype=float),
+                                       (n,)).astype(float), f"controller duty (period {k})")
+
+
+def _run_vector(lanes, steps, n_periods, il, vc, d_prev, duty_source, controller, grid,
+                bar) -> _Records:
+    n = il.size
+    Ts = 1.0 / lanes["fsw"]
+    integrator = _Integrator(lanes, steps)
+    rec = _Records(n_periods, n)
+    view = None
+    for k in range(n_periods):
+        t0 = k * Ts
+        if controller is not None:
+            d = _controller_duty(controller, k, t0, view, n)
+        elif duty_source.ndim == 2:
+            d = duty_source[k]
+        else:
+            d = duty_source
+        if d_prev is None:
+            d_prev = d
+        pieces, il1, vc1, end_field = integrator.period(k, il, vc, d_prev, d)
+        if k == 0:
+            rec.vout0[:] = pieces[0].field.vout
+        rec.duty[k], rec.il_start[k], rec.vc_start[k] = d, il, vc
+        rec.il_mean[k], rec.vc_mean[k], rec.vout_mean[k] = il1, vc1, end_field.vout
+        rec.d2[k], rec.mode[k] = end_field.d2, end_field.mode
+        if not grid.stride:
+            grid.record(k, t0, pieces, d_prev, d, final=k == n_periods - 1)
+        if controller is not None:
+            # The period continued with its own duty, for samples centred near its end.
+            c_end = integrator._cache[3]
+            tail = _Piece(Ts, np.full(n, np.inf), il1, vc1, end_field, c_end, d)
+            view = AveragedView(k, t0, d, d_prev, [*pieces, tail], il1, vc1, Ts)
+        il, vc, d_prev = il1, vc1, d
+        if bar is not None:
+            bar.update(1)
+    return rec
+
+
+class _Grid:
+    """Output-grid samples. With a common period and ``dt`` a whole number of periods
+    (``stride``), the samples are period-boundary states taken from the records; otherwise
+    they are evaluated inside each period as it is simulated."""
+
+    def __init__(self, n: int, n_t: int, dt: float, Ts: np.ndarray):
+        self.n, self.n_t, self.dt, self.Ts = n, n_t, dt, Ts
+        self.t = np.arange(n_t) * dt
+        self.il = np.empty((n, n_t))
+        self.vc = np.empty((n, n_t))
+        self.vout = np.empty((n, n_t))
+        common = float(Ts[0]) if (Ts == Ts[0]).all() else None
+        self.stride = 0
+        if common is not None:
+            ratio = dt / common
+            if ratio >= 1 - 1e-9 and abs(ratio - round(ratio)) <= 1e-9 * ratio:
+                self.stride = round(ratio)
+
+    def from_records(self, rec: _Records) -> None:
+        """Fill a period-boundary grid: the state at t = k Ts is the mean over period k-1."""
+        il = np.concatenate([rec.il_start[:1], rec.il_mean])
+        vc = np.concatenate([rec.vc_start[:1], rec.vc_mean])
+        vout = np.concatenate([rec.vout0[None, :], rec.vout_mean])
+        rows = np.arange(self.n_t) * self.stride
+        self.il[:], self.vc[:], self.vout[:] = il[rows].T, vc[rows].T, vout[rows].T
+
+    def record(self, k: int, t0: np.ndarray, pieces, d_prev, d, final: bool) -> None:
+        dt, n_t, Ts = self.dt, self.n_t, self.Ts
+        first = np.ceil(t0 / dt - 1e-9).astype(np.int64)
+        end = np.floor((t0 + Ts) / dt + 1e-9) + 1 if final else np.ceil((t0 + Ts) / dt - 1e-9)
+        last = np.minimum(end.astype(np.int64), n_t)
+        m = int((last - first).max(initial=0))
+        if m <= 0:
+            return
+        j = first[:, None] + np.arange(m)[None, :]
+        valid = j < last[:, None]
+        tau = np.minimum(np.where(valid, j, first[:, None]) * dt - t0[:, None], Ts[:, None])
+        il, vc, vout = _sample_pieces(pieces, tau, d_prev, d, Ts)
+        r = np.broadcast_to(np.arange(self.n)[:, None], j.shape)[valid]
+        jj = j[valid]
+        self.il[r, jj], self.vc[r, jj], self.vout[r, jj] = il[valid], vc[valid], vout[valid]
+
+
+# -- open loop: closed-form run-ahead through stretches of continuous conduction -----------------
+
+def _ccm_piece(c: _Circuit, d: np.ndarray, h: np.ndarray) -> tuple:
+    """The exact affine map x -> E x + g of the CCM averaged model over ``h`` at duty ``d``
+    (arrays broadcasting with the lanes): (e11, e12, e21, e22, g1, g2)."""
+    dp = 1.0 - d
+    r_eq = c.r_2 + d * c.r_12
+    m11, m12, m21, m22 = -r_eq * c.inv_L * h, -dp * c.a_L * h, dp * c.a_C * h, -c.g_aC * h
+    b1 = (d * c.vin + dp * c.v_off0) * c.inv_L * h
+    b2 = -c.a_C * c.i_load * h
+    c0, c1, n11 = _phi1_coefficients(m11, m12, m21, m22)
+    # phi1(M) = c0 I + c1 N; e^M = I + M phi1(M) = (1 + s c0 + q^2 c1) I + (c0 + s c1) N.
+    s = 0.5 * (m11 + m22)
+    q2 = n11 * n11 + m12 * m21
+    e0 = 1.0 + s * c0 + q2 * c1
+    e1 = c0 + s * c1
+    return (e0 + e1 * n11, e1 * m12, e1 * m21, e0 - e1 * n11,
+            c0 * b1 + c1 * (n11 * b1 + m12 * b2), c0 * b2 + c1 * (m21 * b1 - n11 * b2))
+
+
+def _compose(outer: tuple, inner: tuple) -> tuple:
+    """The affine map ``outer o inner``, componentwise."""
+    a11, a12, a21, a22, a1, a2 = outer
+    b11, b12, b21, b22, b1, b2 = inner
+    return (a11 * b11 + a12 * b21, a11 * b12 + a12 * b22, a21 * b11 + a22 * b21,
+            a21 * b12 + a22 * b22, a11 * b1 + a12 * b2 + a1, a21 * b1 + a22 * b2 + a2)
+
+
+def _surely_ccm(c: _Circuit, i: np.ndarray, v: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """Lanes whose averaged state is certainly in CCM (see :class:`_Field`)."""
+    return c.sync | (2.0 * i > c.vin_Ts_L * d) | (c.v_off0 - c.a * v >= 0)
+
+
+def _ccm_run_ahead(c: _Circuit, il: np.ndarray, vc: np.ndarray, d_prev: np.ndarray,
+                   duty: np.ndarray, Ts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """States at the starts of K periods and after the last, shape (K + 1, n), assuming CCM,
+    and the number of leading periods (per lane) that really stay in CCM.
+
+    Each period is two exact affine pieces (the previous duty up to the PWM edge, the new one
+    after it); the K period maps are computed at once, then applied in two levels: the maps of
+    blocks of ~sqrt(K) periods (composed in parallel over the blocks), the block start states
+    in sequence, and the states inside all blocks in parallel. The arithmetic is the period
+    stepper's, to rounding."""
+    K, n = duty.shape
+    dp = np.concatenate([d_prev[None, :], duty[:-1]])
+    split = dp != duty
+    edge = np.where(split, 0.5 * (dp + duty) * Ts, Ts)
+    if (duty == duty[0]).all():
+        # A constant duty: one period map (and the first period's, if the duty just changed).
+        whole = _ccm_piece(c, duty[0], Ts)
+        maps = [np.repeat(m[None, :], K, axis=0) for m in whole]
+        first = tuple(np.broadcast_to(m, (K, n)) for m in whole)
+        if split[0].any():
+            head = _ccm_piece(c, dp[0], edge[0])
+            row = _compose(_ccm_piece(c, duty[0], Ts - edge[0]), head)
+            first = [np.array(m) for m in first]
+            for m, f, value, h in zip(maps, first, row, head, strict=True):
+                m[0], f[0] = value, h
+    else:
+        first = _ccm_piece(c, dp, edge)
+        maps = list(_compose(_ccm_piece(c, duty, Ts - edge), first))
+    S = max(1, math.isqrt(K))
+    B = -(-K // S)
+    pad = B * S - K
+    identity = (1.0, 0.0, 0.0, 1.0, 0.0, 0.0)
+    blocks = [np.concatenate([np.broadcast_to(m, (K, n)), np.full((pad, n), e)]).reshape(B, S, n)
+              for m, e in zip(maps, identity, strict=True)]
+    # Block maps: compose the S period maps of every block, all blocks at once.
+    total = tuple(m[:, 0] for m in blocks)
+    for j in range(1, S):
+        total = _compose(tuple(m[:, j] for m in blocks), total)
+    # Block start states in sequence.
+    i_start, v_start = np.empty((B, n)), np.empty((B, n))
+    i, v = il, vc
+    for b in range(B):
+        i_start[b], v_start[b] = i, v
+        t = [m[b] for m in total]
+        i, v = t[0] * i + t[1] * v + t[4], t[2] * i + t[3] * v + t[5]
+    # States inside the blocks, all blocks at once.
+    il_all, vc_all = np.empty((B, S + 1, n)), np.empty((B, S + 1, n))
+    il_all[:, 0], vc_all[:, 0] = i_start, v_start
+    for j in range(S):
+        m11, m12, m21, m22, g1, g2 = (m[:, j] for m in blocks)
+        ij, vj = il_all[:, j], vc_all[:, j]
+        il_all[:, j + 1] = m11 * ij + m12 * vj + g1
+        vc_all[:, j + 1] = m21 * ij + m22 * vj + g2
+    il_all = np.concatenate([il_all[:, :S].reshape(B * S, n)[:K], il_all[-1:, S - pad]])
+    vc_all = np.concatenate([vc_all[:, :S].reshape(B * S, n)[:K], vc_all[-1:, S - pad]])
+    e11, e12, e21, e22, h1, h2 = first
+    il_edge = e11 * il_all[:-1] + e12 * vc_all[:-1] + h1
+    vc_edge = e21 * il_all[:-1] + e22 * vc_all[:-1] + h2
+    d_max = np.maximum(dp, duty)
+    ok = (_surely_ccm(c, il_all[:-1], vc_all[:-1], d_max) & _surely_ccm(c, il_edge, vc_edge, d_max)
+          & _surely_ccm(c, il_all[1:], vc_all[1:], d_max))
+    valid = np.where(ok.all(axis=0), K, np.argmin(ok, axis=0))
+    return il_all, vc_all, valid
+
+
+_FIRST_CHUNK, _MAX_CHUNK, _MAX_CHUNK_ELEMENTS, _MAX_BACKOFF = 8, 8192, 1 << 18, 1024
+
+
+def _run_open_loop(lanes, steps, n_periods, il, vc, d_prev, duty_source, bar) -> _Records:
+    """Open loop: closed-form run-ahead through CCM stretches, stepping elsewhere."""
+    n = il.size
+    Ts = 1.0 / lanes["fsw"]
+    single = n == 1
+    stepper = _ScalarIntegrator(lanes, steps) if single else _Integrator(lanes, steps)
+    conditions = _Conditions(lanes, steps)
+    schedule = duty_source if duty_source.ndim == 2 else None
+    rec = _Records(n_periods, n)
+
+    def duties(k: int, count: int) -> np.ndarray:
+        if schedule is not None:
+            return schedule[k:k + count]
+        return np.broadcast_to(duty_source, (count, n))
+
+    if d_prev is None:
+        d_prev = duties(0, 1)[0].copy()
+    rec.vout0[:] = _vout(conditions.circuit(conditions.epoch(np.zeros(n))), il, vc, d_prev)
+    k, chunk, backoff, failures = 0, _FIRST_CHUNK, 0, 0
+    while k < n_periods:
+        K = min(chunk, n_periods - k, max(1, _MAX_CHUNK_ELEMENTS // n))
+        if conditions.times.size:
+            # Stop the stretch before the period holding the next (shifted) step.
+            t0 = k * Ts
+            ahead = (conditions.times - t0[None, :]) / Ts[None, :]
+            ahead = np.where(ahead > 0, np.floor(ahead), np.inf)
+            K = int(min(K, np.min(ahead)))
+        if backoff == 0 and K > 1:
+            c = conditions.circuit(conditions.epoch(k * Ts))
+            D = np.ascontiguousarray(duties(k, K))
+            il_all, vc_all, valid = _ccm_run_ahead(c, il, vc, d_prev, D, Ts)
+            common = int(valid.min())
+            if common >= 1:
+                block = slice(k, k + common)
+                rec.duty[block] = D[:common]
+                rec.il_start[block], rec.vc_start[block] = il_all[:common], vc_all[:common]
+                i_end, v_end = il_all[1:common + 1], vc_all[1:common + 1]
+                rec.il_mean[block], rec.vc_mean[block] = i_end, v_end
+                rec.vout_mean[block] = c.a * (v_end + c.r_C * ((1.0 - D[:common]) * i_end
+                                                               - c.i_load))
+                rec.d2[block] = 1.0 - D[:common]
+                rec.mode[block] = CCM
+                il, vc, d_prev = il_all[common].copy(), vc_all[common].copy(), D[common - 1]
+                stepper._cache = None
+                chunk = min(2 * chunk, _MAX_CHUNK) if common == K else max(_FIRST_CHUNK, common)
+                failures = 0
+                k += common
+                if bar is not None:
+                    bar.update(common)
+                continue
+            failures += 1
+            backoff = min(2 ** failures, _MAX_BACKOFF)
+            chunk = _FIRST_CHUNK
+        # Step period by period: the rest of the backoff (at least one period).
+        count = min(max(backoff, 1), n_periods - k)
+        if conditions.times.size:
+            count = max(1, min(count, K))
+        D = duties(k, count)
+        if single:
+            i, v, dprev = float(il[0]), float(vc[0]), float(d_prev[0])
+            rows = []
+            for j, d in enumerate(D[:, 0].tolist()):
+                _, i1, v1, end = stepper.period(k + j, i, v, dprev, d)
+                rows.append((i, v, i1, v1, end[6], end[8], end[7]))
+                i, v, dprev = i1, v1, d
+            table = np.array(rows)
+            block = slice(k, k + count)
+            rec.duty[block] = D
+            for column, name in enumerate(("il_start", "vc_start", "il_mean", "vc_mean",
+                                           "vout_mean", "d2")):
+                getattr(rec, name)[block, 0] = table[:, column]
+            rec.mode[block, 0] = table[:, 6]
+            il, vc, d_prev = np.array([i]), np.array([v]), D[-1]
+        else:
+            for j in range(count):
+                d = D[j]
+                _, il1, vc1, end = stepper.period(k + j, il, vc, d_prev, d)
+                rec.duty[k + j], rec.il_start[k + j], rec.vc_start[k + j] = d, il, vc
+                rec.il_mean[k + j], rec.vc_mean[k + j] = il1, vc1
+                rec.vout_mean[k + j], rec.d2[k + j], rec.mode[k + j] = end.vout, end.d2, end.mode
+                il, vc, d_prev = il1, vc1, d
+        k += count
+        backoff = 0
+        if bar is not None:
+            bar.update(count)
+    return rec
+
+
+# -- single-lane fast path: the same model on plain floats ---------------------------------------
+
+class _ScalarCircuit:
+    """Lane ``lane`` of a :class:`_Circuit` as Python floats."""
+
+    __slots__ = ("C", "L", "Ts", "a", "g", "i_load", "k_on", "r_1", "r_2", "r_C", "sync",
+                 "v_off0", "vin")
+
+    def __init__(self, c: _Circuit, lane: int = 0):
+        for name in self.__slots__:
+            value = getattr(c, name)[lane]
+            setattr(self, name, bool(value) if name == "sync" else float(value))
+
+
+def _phi1_scalar(z: float) -> float:
+    return math.expm1(z) / z if z != 0.0 else 1.0
+
+
+def _field_scalar(c: _ScalarCircuit, i: float, v: float, d: float) -> tuple:
+    """:class:`_Field` for one lane: (f1, f2, j11, j12, j21, j22, vout, mode, d2)."""
+    dp = 1.0 - d
+    V0 = c.v_off0 - c.a * v
+    inv_L = 1.0 / c.L
+    a_C = c.a / c.C
+    mode = CCM
+    if not c.sync and V0 < 0.0:
+        tau = d * c.Ts
+        i_pk = c.vin * tau * inv_L * _phi1_scalar(-c.k_on * tau)
+        if i_pk > 0.0:
+            d2 = 2.0 * i / i_pk - d
+        else:
+            d2 = math.inf if i > 0.0 else 0.0
+        if d2 < dp:
+            mode = REST if d2 <= 0.0 else DCM
+    if mode == CCM:
+        r_eq = d * c.r_1 + dp * c.r_2
+        f1 = (d * c.vin + dp * V0 - r_eq * i) * inv_L
+        f2 = a_C * (dp * i - c.i_load - c.g * v)
+        j11, j12, j21 = -r_eq * inv_L, -dp * c.a * inv_L, dp * a_C
+        d2, i_diode = dp, dp * i
+    elif mode == DCM:
+        i_c = 0.5 * i_pk
+        V1 = V0 - c.r_2 * i_c
+        f1 = (d * (c.vin - c.r_1 * i_c) + d2 * V1) * inv_L
+        f2 = a_C * (d2 * i_c - c.i_load - c.g * v)
+        j11, j12, j21 = V1 / i_c * inv_L, -d2 * c.a * inv_L, a_C
+        i_diode = d2 * i_c
+    else:
+        f1 = (d * c.vin - c.r_1 * i) * inv_L
+        f2 = a_C * (-c.i_load - c.g * v)
+        j11, j12, j21 = -c.r_1 * inv_L, 0.0, 0.0
+        d2 = i_diode = 0.0
+    vout = c.a * (v + c.r_C * (i_diode - c.i_load))
+    return f1, f2, j11, j12, j21, -c.g * a_C, vout, mode, d2
+
+
+def _phi1_apply_scalar(m11: float, m12: float, m21: float, m22: float, w1: float, w2: float
+                       ) -> tuple[float, float]:
+    """:func:`phi1_apply` for one matrix (same formulas and regimes)."""
+    s = 0.5 * (m11 + m22)
+    n11 = 0.5 * (m11 - m22)
+    q2 = n11 * n11 + m12 * m21
+    det = m11 * m22 - m12 * m21
+    root = math.sqrt(abs(q2))
+    if abs(s) + root < _SMALL:
+        c0, c1 = _taylor(s, q2)
+    elif q2 >= 0.0 and abs(det) < 0.25 * s * s:
+        p_plus, p_minus = _phi1_scalar(s + root), _phi1_scalar(s - root)
+        c1 = (p_plus - p_minus) / (2.0 * root)
+        c0 = p_minus + root * c1
+    else:
+        if q2 >= 0.0:
+            ep = math.exp(s + root)
+            e_s = ep * _phi1_scalar(-2.0 * root)
+            e_c = ep - root * e_s
+        else:
+            es = math.exp(s)
+            e_c = es * math.cos(root)
+            e_s = es * math.sin(root) / root
+        c1 = (1.0 + s * e_s - e_c) / det
+        c0 = e_s - s * c1
+    return (c0 * w1 + c1 * (n11 * w1 + m12 * w2), c0 * w2 + c1 * (m21 * w1 - n11 * w2))
+
+
+def _step_scalar(field: tuple, i0: float, v0: float, h: float, sync: bool
+                 ) -> tuple[float, float]:
+    f1, f2, j11, j12, j21, j22 = field[:6]
+    di, dv = _phi1_apply_scalar(j11 * h, j12 * h, j21 * h, j22 * h, f1 * h, f2 * h)
+    i1 = i0 + di
+    if not sync and i1 < 0.0:
+        i1 = 0.0
+    return i1, v0 + dv
+
+
+class _ScalarIntegrator:
+    """:class:`_Integrator` for a single lane on Python floats."""
+
+    def __init__(self, lanes: dict[str, np.ndarray], steps: Sequence[Step]):
+        cond = _Conditions(lanes, steps)
+        self.circuits = [_ScalarCircuit(c) for c in cond.circuits]
+        self.times = [float(t) for t in cond.times[:, 0]]
+        self.Ts = float(1.0 / lanes["fsw"][0])
+        self._cache: tuple | None = None
+
+    def period(self, k: int, i: float, v: float, d_prev: float, d: float):
+        Ts = self.Ts
+        t0 = k * Ts
+        times = self.times
+        if d == d_prev and not times:
+            # The common case: one piece, no line/load step.
+            c = self.circuits[0]
+            cached = self._cache
+            if cached is not None and cached[0] == i and cached[1] == v and cached[2] == d:
+                field = cached[4]
+            else:
+                field = _field_scalar(c, i, v, d)
+            i1, v1 = _step_scalar(field, i, v, Ts, c.sync)
+            end_field = _field_scalar(c, i1, v1, d)
+            pieces = [(0.0, Ts, i, v, field, c, d)]
+            if c.sync or field[7] == end_field[7]:
+                self._cache = (i1, v1, d, c, end_field)
+                return pieces, i1, v1, end_field
+        epoch0 = bisect.bisect_right(times, t0)
+        t_edge = 0.5 * (d_prev + d) * Ts if d != d_prev else math.inf
+        offsets = [t - t0 for t in times[epoch0:] if t - t0 < Ts]
+        edges = [0.0]
+        if t_edge < Ts:
+            edges.append(t_edge)
+        edges.extend(offsets)
+        edges.sort()
+        edges.append(Ts)
+        pieces = []
+        i1, v1 = i, v
+        cached = self._cache
+        for j in range(len(edges) - 1):
+            start, end = edges[j], edges[j + 1]
+            duty = d_prev if start < t_edge else d
+            c = self.circuits[epoch0 + sum(1 for o in offsets if o <= start)]
+            if (j == 0 and cached is not None and cached[0] == i and cached[1] == v
+                    and cached[2] == duty and cached[3] is c):
+                field = cached[4]
+            else:
+                field = _field_scalar(c, i1, v1, duty)
+            i0, v0 = i1, v1
+            if end > start:
+                i1, v1 = _step_scalar(field, i0, v0, end - start, c.sync)
+            pieces.append((start, end, i0, v0, field, c, duty))
+        c_end = self.circuits[bisect.bisect_right(times, t0 + Ts)]
+        end_field = _field_scalar(c_end, i1, v1, d)
+        if not c_end.sync and any(p[4][7] != end_field[7] for p in pieces):
+            # Crossed the CCM/DCM boundary: sub-steps (see _Integrator.period).
+            i1, v1 = pieces[0][2], pieces[0][3]
+            for start, end, _, _, _, c, duty in pieces:
+                h = (end - start) / _SUBSTEPS
+                if h > 0.0:
+                    for _ in range(_SUBSTEPS):
+                        i1, v1 = _step_scalar(_field_scalar(c, i1, v1, duty), i1, v1, h, c.sync)
+            end_field = _field_scalar(c_end, i1, v1, d)
+        self._cache = (i1, v1, d, c_end, end_field)
+        return pieces, i1, v1, end_field
+
+
+def _sample_scalar(pieces: list, tau: float, d_prev: float, d: float, Ts: float
+                   ) -> tuple[float, float, float]:
+    """(il, vc, vout) at offset ``tau`` into a period of the single-lane integrator."""
+    piece = pieces[0]
+    for p in pieces[1:]:
+        if tau >= p[0]:
+            piece = p
+    start, _, i0, v0, field, c, _ = piece
+    h = tau - start
+    f1, f2, j11, j12, j21, j22 = field[:6]
+    di, dv = _phi1_apply_scalar(j11 * h, j12 * h, j21 * h, j22 * h, f1 * h, f2 * h)
+    i = i0 + di
+    if not c.sync and i < 0.0:
+        i = 0.0
+    v = v0 + dv
+    x = tau / Ts
+    duty_now = max(d_prev - x, 0.0) + min(x, d)
+    return i, v, _field_scalar(c, i, v, duty_now)[6]
+
+
+class _ScalarView:
+    """:class:`AveragedView` of the single-lane integrator (arrays of one lane, as the
+    engine's view gives)."""
+
+    def __init__(self, k: int, t_start: np.ndarray, d: float, d_prev: float, pieces: list,
+                 il_end: float, vc_end: float, Ts: float):
+        self.k = k
+        self.t_start = t_start
+        self.duty = np.array([d])
+        self.il_end = np.array([il_end])
+        self.vc_end = np.array([vc_end])
+        self._d, self._d_prev, self._pieces, self._Ts = d, d_prev, pieces, Ts
+
+    def sample(self, tau: np.ndarray | float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(il, vc, vout) centred at offset ``tau`` [s] (see :meth:`AveragedView.sample`)."""
+        tau = float(np.asarray(tau, dtype=float).reshape(-1)[0]) + 0.5 * self._Ts
+        il, vc, vout = _sample_scalar(self._pieces, tau, self._d_prev, self._d, self._Ts)
+        return np.array([il]), np.array([vc]), np.array([vout])
+
+
+def _run_scalar(lanes, steps, n_periods, il, vc, d_prev, duty_source, controller,
+                bar) -> _Records:
+    integrator = _ScalarIntegrator(lanes, steps)
+    Ts = integrator.Ts
+    i, v = float(il[0]), float(vc[0])
+    dp = None if d_prev is None else float(d_prev[0])
+    rows = []
+    append = rows.append
+    view = None
+    schedule = None
+    constant = None
+    if controller is None:
+        if duty_source.ndim == 2:
+            schedule = duty_source[:, 0].tolist()
+        else:
+            constant = float(duty_source[0])
+    vout0 = None
+    for k in range(n_periods):
+        if controller is not None:
+            t0 = np.array([k * Ts])
+            out = controller(k, t0, view)
+            d = float(np.asarray(out, dtype=float).reshape(-1)[0]) \
+                if not isinstance(out, float) else out
+            if not 0.0 <= d < 1.0:
+                check_duty(np.array([d]), f"controller duty (period {k})")
+        else:
+            d = constant if schedule is None else schedule[k]
+        if dp is None:
+            dp = d
+        pieces, i1, v1, end_field = integrator.period(k, i, v, dp, d)
+        if vout0 is None:
+            vout0 = pieces[0][4][6]
+        append((d, i, v, i1, v1, end_field[6], end_field[8], end_field[7]))
+        if controller is not None:
+            tail = (Ts, math.inf, i1, v1, end_field, integrator._cache[3], d)
+            view = _ScalarView(k, t0, d, dp, [*pieces, tail], i1, v1, Ts)
+        i, v, dp = i1, v1, d
+        if bar is not None:
+            bar.update(1)
+    rec = _Records(n_periods, 1)
+    table = np.array(rows, dtype=float)
+    for column, name in enumerate(("duty", "il_start", "vc_start", "il_mean", "vc_mean",
+                                   "vout_mean", "d2")):
+        getattr(rec, name)[:, 0] = table[:, column]
+    rec.mode[:, 0] = table[:, 7].astype(np.int8)
+    rec.vout0[0] = vout0
+    return rec
+
+
+# -- DC operating point ---------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class OperatingPoint:
+    """DC solution of the averaged model (per lane; floats for scalar inputs).
+
+    ``il``: mean inductor current [A]; ``vc``, ``vout`` [V] (equal at DC: the capacitor carries
+    no mean current); ``d2``: diode conduction fraction (``1 - duty`` in CCM); ``i_pk``: peak
+    inductor current of a DCM period [A] (NaN in CCM); ``mode``: "CCM" or "DCM";
+    ``pin = vin il``, ``pout`` into R and i_load [W] (ripple losses not included).
+    """
+
+    duty: Any
+    vin: Any
+    il: Any
+    vc: Any
+    vout: Any
+    d2: Any
+    i_pk: Any
+    mode: Any
+    pin: Any
+    pout: Any
+    efficiency: Any
+
+
+def _dc_solution(c: _Circuit, d: np.ndarray) -> dict[str, np.ndarray]:
+    """Closed-form DC solution of f(x) = 0 in CCM and DCM (see :func:`operating_point`)."""
+    dp = 1.0 - d
+    # CCM: dp iL = i_load + g v  and  d vin + dp (v_off0 - a v) = r_eq iL.
+    r_eq = d * c.r_1 + dp * c.r_2
+    v = (d * c.vin + dp * c.v_off0 - r_eq * c.i_load / dp) / (dp * c.a + r_eq * c.g / dp)
+    i = (c.i_load + c.g * v) / dp
+    d2 = dp.copy()
+    i_pk_all = c.vin * d * c.Ts / c.L * phi1(-c.k_on * d * c.Ts)
+    i_pk = np.full(d.shape, np.nan)
+    mode = np.zeros(d.shape, dtype=np.int8)
+    dcm = ~c.sync & (c.v_off0 - c.a * v < 0) & (i < 0.5 * i_pk_all)
+    if dcm.any():
+        # DCM: d2 i_c = i_load + g v (charge) and d (vin - r_1 i_c) + d2 (W - a v) = 0 with
+        # i_c = i_pk/2, W = v_off0 - r_2 i_c (volt-seconds): a quadratic in v.
+        i_c = 0.5 * i_pk_all
+        W = c.v_off0 - c.r_2 * i_c
+        E = d * (c.vin - c.r_1 * i_c)
+        A2 = c.a * c.g
+        B2 = -(c.g * W - c.a * c.i_load)
+        C2 = -(c.i_load * W + E * i_c)
+        root = np.sqrt(np.maximum(B2 * B2 - 4.0 * A2 * C2, 0.0))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            v_dcm = np.where(B2 > 0, -2.0 * C2 / (B2 + root), (root - B2) / (2.0 * A2))
+            d2_dcm = (c.i_load + c.g * v_dcm) / i_c
+        v = np.where(dcm, v_dcm, v)
+        i = np.where(dcm, (d + d2_dcm) * i_c, i)
+        d2 = np.where(dcm, d2_dcm, d2)
+        i_pk = np.where(dcm, i_pk_all, i_pk)
+        mode = np.where(dcm, DCM, CCM).astype(np.int8)
+    return {"il": i, "vc": v, "vout": v, "d2": d2, "i_pk": i_pk, "mode": mode}
+
+
+def _lane_circuit(params: BoostParams, duty: Any) -> tuple[_Circuit, np.ndarray, bool]:
+    lanes, n, scalar = lane_arrays(params, np.asarray(duty, dtype=float))
+    d = check_duty(np.broadcast_to(np.asarray(duty, dtype=float), (n,)).astype(float), "duty")
+    unloaded = ~lanes["synchronous"] & np.isinf(lanes["R"]) & (lanes["i_load"] == 0)
+    if np.any(unloaded):
+        lane = int(np.flatnonzero(unloaded)[0])
+        raise ValueError(f"no operating point without a load (R=inf and i_load=0, lane "
+                         f"{lane}): the output charges up without limit")
+    return _Circuit(lanes, lanes["vin"], lanes["R"], lanes["i_load"]), d, scalar
+
+
+def operating_point(params: BoostParams, duty: Any) -> OperatingPoint:
+    """DC operating point of the averaged model at a constant ``duty`` (CCM or DCM).
+
+    Closed form: in CCM ``vout = (d vin + d' V_off - r_eq i_load/d') / (d' a + r_eq/(R d'))``
+    (``r_eq = d r_1 + d' r_2``; this is [EM] Ch. 3's lossy boost, with the diode drop, ESR
+    and constant-current load), in DCM the root of a quadratic from volt-second and charge
+    balance with the duty-ratio constraint. ``duty`` broadcasts with the parameter lanes.
+    Ripple-dependent losses are not in the averaged model, so this differs from
+    :func:`boostsim.steady_state` by a few 0.01 % in CCM and up to a few 0.1 % in lossy DCM.
+    """
+    c, d, scalar = _lane_circuit(params, duty)
+    sol = _dc_solution(c, d)
+    pin = c.vin * sol["il"]
+    pout = sol["vout"] * (sol["vout"] * c.g + c.i_load)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        efficiency = pout / pin
+    values = dict(duty=d, vin=c.vin, il=sol["il"], vc=sol["vc"], vout=sol["vout"], d2=sol["d2"],
+                  i_pk=sol["i_pk"], mode=np.where(sol["mode"] == CCM, "CCM", "DCM"), pin=pin,
+                  pout=pout, efficiency=efficiency)
+    if scalar:
+        values = {k: np.asarray(v)[0].item() for k, v in values.items()}
+    return OperatingPoint(**values)
+
+
+def duty_for_vout(params: BoostParams, vout: Any, *, d_max: float = 0.98) -> Any:
+    """Duty at which the averaged model's DC output is ``vout`` [V] (per lane).
+
+    The output rises with the duty up to a maximum set by the losses (then falls); the duty
+    returned is on the rising branch, found by bisection to 1e-12. Raises ``ValueError``
+    when ``vout`` is below the output at zero duty or above the maximum (naming both).
+    """
+    target = np.asarray(vout, dtype=float)
+    _, n, scalar = lane_arrays(params, target)
+    target = np.broadcast_to(target, (n,)).astype(float)
+    c, _, _ = _lane_circuit(params, np.zeros(n) if n > 1 else 0.0)
+    grid = np.linspace(0.0, d_max, 981)
+    curve = np.stack([_dc_solution(c, np.full(n, g))["vout"] for g in grid])  # (grid, n)
+    peak = np.argmax(curve, axis=0)
+    lanes_idx = np.arange(n)
+    v_low, v_high = curve[0], curve[peak, lanes_idx]
+    bad = ~np.isfinite(target) | (target < v_low) | (target > v_high)
+    if np.any(bad):
+        i = int(np.flatnonzero(bad)[0])
+        where = f" (lane {i})" if n > 1 else ""
+        raise ValueError(f"vout {target[i]:g} V is not reachable{where}: the averaged model "
+                         f"gives {v_low[i]:.4g} V at duty 0 and at most {v_high[i]:.4g} V "
+                         f"(at duty {grid[peak[i]]:.3f})")
+    lo, hi = np.zeros(n), grid[peak]
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        above = _dc_solution(c, mid)["vout"] >= target
+        hi = np.where(above, mid, hi)
+        lo = np.where(above, lo, mid)
+    duty = 0.5 * (lo + hi)
+    return float(duty[0]) if scalar else duty
+
+
+# -- small-signal model ---------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class SmallSignal:
+    """Small-signal model of one converter at a DC operating point.
+
+    State ``x = (iL, vC)``, inputs ``u = (d, vin, i_load)``, output ``vout``:
+    ``x' = A x + B u``, ``vout = C x + D u`` (``ss`` is the ``scipy.signal.StateSpace``).
+    ``gvd`` (vout/d [V]), ``gvg`` (vout/vin), ``zout`` (-vout/i_load [ohm]) are
+    ``scipy.signal.ZerosPolesGain`` objects (continuous time). ``rhp_zero_hz``: the
+    right-half-plane zero of ``gvd`` (inf if none); ``resonance_hz`` and ``q_factor``: the
+    natural frequency and Q of complex poles (NaN for real poles, as in DCM); ``poles_hz``:
+    the poles / 2 pi. ``op`` is the :class:`OperatingPoint`, ``mode`` its conduction mode.
+    """
+
+    op: OperatingPoint
+    mode: str
+    A: np.ndarray
+    B: np.ndarray
+    C: np.ndarray
+    D: np.ndarray
+    ss: Any
+    gvd: Any
+    gvg: Any
+    zout: Any
+    rhp_zero_hz: float
+    resonance_hz: float
+    q_factor: float
+    poles_hz: np.ndarray
+
+    def response(self, f: Any, which: str = "gvd") -> np.ndarray:
+        """Complex frequency response at ``f`` [Hz] of "gvd", "gvg" or "zout", computed from
+        the state-space matrices (well conditioned at any frequency)."""
+        column = {"gvd": 0, "gvg": 1, "zout": 2}
+        if which not in column:
+            raise ValueError(f"which must be 'gvd', 'gvg' or 'zout', got {which!r}")
+        j = column[which]
+        s = 2j * np.pi * np.atleast_1d(np.asarray(f, dtype=float))
+        A, B, C, D = self.A, self.B[:, j], self.C[0], self.D[0, j]
+        # (sI - A)^-1 B for a 2x2 A, in closed form.
+        det = (s - A[0, 0]) * (s - A[1, 1]) - A[0, 1] * A[1, 0]
+        x1 = ((s - A[1, 1]) * B[0] + A[0, 1] * B[1]) / det
+        x2 = (A[1, 0] * B[0] + (s - A[0, 0]) * B[1]) / det
+        h = C[0] * x1 + C[1] * x2 + D
+        h = -h if which == "zout" else h
+        return h if np.ndim(f) else h[0]
+
+
+def _linearise(c: _ScalarCircuit, d: float, i: float, v: float, mode: int
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Jacobians of the averaged model w.r.t. x = (iL, vC) and u = (d, vin, i_load), and of
+    vout; analytic (checked against finite differences of the large-signal model in tests)."""
+    L, C, a, g, r_C = c.L, c.C, c.a, c.g, c.r_C
+    dp = 1.0 - d
+    V0 = c.v_off0 - a * v
+    if mode == CCM:
+        r_eq = d * c.r_1 + dp * c.r_2
+        F1 = [-r_eq, -dp * a, c.vin - V0 - (c.r_1 - c.r_2) * i, 1.0, dp * a * r_C]
+        F2 = [dp, -c.g, -i, 0.0, -1.0]
+        Y = [a * r_C * dp, a, -a * r_C * i, 0.0, -a * r_C]
+    else:
+        tau = d * c.Ts
+        i_pk = c.vin * tau / L * _phi1_scalar(-c.k_on * tau)
+        i_c = 0.5 * i_pk
+        d2 = i / i_c - d
+        V1 = V0 - c.r_2 * i_c
+        dic_dd = 0.5 * c.vin * c.Ts / L * math.exp(-c.k_on * tau)
+        dic_dvin = i_c / c.vin
+        F1_ic = -d * c.r_1 - (i / (i_c * i_c)) * V1 - d2 * c.r_2
+        F2_ic = -d
+        Y_ic = -a * r_C * d
+        F1 = [V1 / i_c, -a * d2, (c.vin - c.r_1 * i_c) - V1 + F1_ic * dic_dd,
+              d + d2 + F1_ic * dic_dvin, d2 * a * r_C]
+        F2 = [1.0, -g, -i_c + F2_ic * dic_dd, F2_ic * dic_dvin, -1.0]
+        Y = [a * r_C, a, -a * r_C * i_c + Y_ic * dic_dd, Y_ic * dic_dvin, -a * r_C]
+    A = np.array([[F1[0] / L, F1[1] / L], [a * F2[0] / C, a * F2[1] / C]])
+    B = np.array([[F1[2] / L, F1[3] / L, F1[4] / L], [a * F2[2] / C, a * F2[3] / C,
+                                                       a * F2[4] / C]])
+    Cm = np.array([[Y[0], Y[1]]])
+    Dm = np.array([[Y[2], Y[3], Y[4]]])
+    return A, B, Cm, Dm
+
+
+def small_signal(params: BoostParams, duty: float) -> SmallSignal:
+    """Small-signal (linearised averaged) model of one converter at ``duty``.
+
+    CCM: the state-space averaged model with r_L, r_on, v_f, r_d (or r_sync), r_C and i_load
+    ([MC], [EM] Ch. 7-8): ``Gvd`` has the LC double pole near ``(1-D)/sqrt(LC)``, the ESR
+    zero and the right-half-plane zero near ``(1-D)^2 R / L`` (exactly as the losses place
+    them). DCM: the linearised full-order model of [SMGKB] (real poles, one near the
+    switching frequency). Needs scalar parameters (use ``params.lane(i)`` for a batch).
+    """
+    if params.n_lanes != 1:
+        raise ValueError(f"small_signal needs one converter, got {params.n_lanes} lanes; use "
+                         f"params.lane(i)")
+    if np.ndim(duty) != 0:
+        raise ValueError(f"duty must be a scalar, got shape {np.shape(duty)}")
+    op = operating_point(params, float(duty))
+    op = op if isinstance(op.il, float) else OperatingPoint(
+        **{k: np.asarray(v).ravel()[0].item() for k, v in dataclasses.asdict(op).items()})
+    c_vec, _, _ = _lane_circuit(params, float(duty))
+    c = _ScalarCircuit(c_vec)
+    mode = CCM if op.mode == "CCM" else DCM
+    A, B, Cm, Dm = _linearise(c, float(duty), op.il, op.vc, mode)
+    ss = signal.StateSpace(A, B, Cm, Dm)
+
+    poles = np.linalg.eigvals(A)
+
+    def zpk(j: int, sign: float = 1.0):
+        # Numerator of C (sI - A)^-1 B + D for two states:
+        # D s^2 + (C.B - D tr A) s + (D det A + C adj(-A) B).
+        b, c0, c1, dd = B[:, j], Cm[0, 0], Cm[0, 1], Dm[0, j]
+        const = (c0 * (-A[1, 1] * b[0] + A[0, 1] * b[1])
+                 + c1 * (A[1, 0] * b[0] - A[0, 0] * b[1]))
+        num = np.array([dd, c0 * b[0] + c1 * b[1] - dd * np.trace(A),
+                        dd * np.linalg.det(A) + const])
+        num = np.trim_zeros(num, "f")
+        zeros = np.roots(num) if num.size > 1 else np.array([])
+        gain = num[0] if num.size else 0.0
+        return signal.ZerosPolesGain(zeros, poles, sign * gain)
+
+    gvd = zpk(0)
+    rhp = [z for z in gvd.zeros if z.real > 0]
+    rhp_zero_hz = float(min(abs(z) for z in rhp) / (2 * np.pi)) if rhp else math.inf
+    det, trace = float(np.linalg.det(A)), float(np.trace(A))
+    complex_poles = bool(np.any(np.abs(poles.imag) > 0))
+    resonance_hz = math.sqrt(det) / (2 * np.pi) if complex_poles else math.nan
+    q_factor = math.sqrt(det) / -trace if complex_poles else math.nan
+    return SmallSignal(op=op, mode=op.mode, A=A, B=B, C=Cm, D=Dm, ss=ss, gvd=gvd, gvg=zpk(1),
+                       zout=zpk(2, -1.0), rhp_zero_hz=rhp_zero_hz, resonance_hz=resonance_hz,
+                       q_factor=q_factor, poles_hz=poles / (2 * np.pi))
