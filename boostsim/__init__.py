@@ -6,12 +6,18 @@
 23.99
 """
 
-from .analysis import Metrics
+from .analysis import Metrics, step_response
+from .averaged import operating_point, simulate_averaged, small_signal
+from .control import ADC, PWM, DigitalController
+from .design import loop_gain, tune_pid
 from .engine import SimulationResult, Step, simulate
 from .params import BoostParams, default_board
+from .pid import PID
 from .steady import SteadyState, steady_state
 
 __version__ = "0.1.0"
 
-__all__ = ["BoostParams", "Metrics", "SimulationResult", "SteadyState", "Step", "__version__",
-           "default_board", "simulate", "steady_state"]
+__all__ = ["ADC", "PID", "PWM", "BoostParams", "DigitalController", "Metrics",
+           "SimulationResult", "SteadyState", "Step", "__version__", "default_board",
+           "loop_gain", "operating_point", "simulate", "simulate_averaged", "small_signal",
+           "steady_state", "step_response", "tune_pid"]
