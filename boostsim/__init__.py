@@ -3,7 +3,7 @@
 >>> from boostsim import BoostParams, simulate, steady_state
 >>> p = BoostParams(vin=12, L=100e-6, C=100e-6, R=10, fsw=100e3)
 >>> round(steady_state(p, duty=0.5).vout_mean, 2)
-23.99
+24.0
 """
 
 from .analysis import Metrics, step_response
