@@ -61,11 +61,19 @@ class PWM:
 
     def quantize(self, duty: Any, fsw: np.ndarray | float) -> np.ndarray:
         """The duty the timer really produces: limited, then rounded to a counter step."""
+        return self.quantizer(fsw)(duty)
+
+    def quantizer(self, fsw: np.ndarray | float) -> Callable[[Any], np.ndarray]:
+        """``quantize`` with the counter limits worked out once for these frequencies."""
         steps = self.steps(fsw)
-        limited = np.clip(np.asarray(duty, dtype=float), self.duty_min, self.duty_max)
-        counts = np.clip(np.rint(limited * steps), np.ceil(self.duty_min * steps - 1e-9),
-                         np.floor(self.duty_max * steps + 1e-9))
-        return counts / steps
+        lowest = np.ceil(self.duty_min * steps - 1e-9)
+        highest = np.floor(self.duty_max * steps + 1e-9)
+
+        def quantize(duty: Any) -> np.ndarray:
+            return np.clip(np.rint(np.asarray(duty, dtype=float) * steps), lowest,
+                           highest) / steps
+
+        return quantize
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,6 +130,8 @@ class ADC:
             centre = 0.5 * duty * Ts
         else:
             centre = float(self.sample_at) * Ts
+        if self.oversample == 1:
+            return centre[None, :]
         offsets = (np.arange(self.oversample) - 0.5 * (self.oversample - 1)) * self.spacing
         return np.clip(centre[None, :] + offsets[:, None], 0.0, Ts * (1 - 1e-12))
 
@@ -130,7 +140,8 @@ class ADC:
         v_pin = np.asarray(vout, dtype=float) / self.divider
         if self.noise_rms > 0:
             v_pin = v_pin + rng.normal(0.0, self.noise_rms, size=v_pin.shape)
-        ideal = v_pin * (1.0 + self.gain_error) / self.vref * self.full_scale + self.offset_codes
+        ideal = v_pin * ((1.0 + self.gain_error) / self.vref * self.full_scale) \
+            + self.offset_codes
         return np.clip(np.rint(ideal), 0, self.full_scale - 1)
 
     def volts(self, codes: np.ndarray) -> np.ndarray:
@@ -239,10 +250,12 @@ class DigitalController:
                              f"({np.max(sample_period):g} s): the PID runs every {self.every} "
                              f"switching period(s)")
         self._fsw = fsw
+        self._Ts = 1.0 / fsw
+        self._quantize = self.pwm.quantizer(fsw)
         self._rng = np.random.default_rng(self.adc.seed)
         self._rows = []
         n = fsw.size
-        self._duty = self.pwm.quantize(np.full(n, self.initial_duty), fsw)
+        self._duty = self._quantize(np.full(n, self.initial_duty))
         self.pid.reset(output=self._duty.copy() if n > 1 else float(self._duty[0]))
 
     def __call__(self, k: int, t_start: np.ndarray, view) -> np.ndarray:
@@ -251,19 +264,22 @@ class DigitalController:
                                "to boostsim.simulate")
         if view is None or k % self.every != 0:
             return self._duty
-        Ts = 1.0 / self._fsw
+        Ts = self._Ts
         if self.pwm.update == "immediate":
             instants = np.broadcast_to(Ts * (1 - 1e-12), (self.adc.oversample, Ts.size))
         else:
             instants = self.adc.instants(view.duty, Ts)
-        samples = np.stack([view.sample(tau)[2] for tau in instants])
-        codes = self.adc.codes(samples, self._rng).mean(axis=0)
+        if self.adc.oversample == 1:
+            codes = self.adc.codes(view.sample(instants[0])[2], self._rng)
+        else:
+            samples = np.stack([view.sample(tau)[2] for tau in instants])
+            codes = self.adc.codes(samples, self._rng).mean(axis=0)
         measured = self.adc.volts(codes)
-        setpoint = np.broadcast_to(self.reference(t_start), Ts.shape).astype(float)
+        setpoint = np.broadcast_to(self.reference(t_start), Ts.shape)
         n = Ts.size
         command = self.pid.update(setpoint if n > 1 else float(setpoint[0]),
                                   measured if n > 1 else float(measured[0]))
-        self._duty = self.pwm.quantize(command, self._fsw)
+        self._duty = self._quantize(command)
         pid = self.pid
         self._rows.append((k, t_start, pid.ramped_setpoint, codes, measured, pid.integral,
                            command, self._duty))
