@@ -299,16 +299,21 @@ class StepMetrics:
 
 def step_response(t: np.ndarray, y: np.ndarray, t_step: float, *, reference: float | None = None,
                   band: float = 0.02, duty: np.ndarray | None = None,
-                  duty_limits: tuple[float, float] | None = None) -> StepMetrics:
+                  duty_limits: tuple[float, float] | None = None,
+                  kind: str = "auto") -> StepMetrics:
     """Rise time, overshoot/undershoot, ``band`` settling time, steady-state error and time in
     duty saturation of a response ``y`` (shape (n_t,) or (lanes, n_t)) to a step at ``t_step``.
 
     Pass a smooth signal (e.g. per-period means from ``SimulationResult.period_means``): the
     switching ripple is not part of a step response. The band is ``band`` times the step size,
     or times the final value when the step hardly moves the output (load or line steps under
-    closed-loop regulation). ``duty`` (same time axis) with ``duty_limits`` gives the time
-    spent in saturation after the step.
+    closed-loop regulation). ``kind`` says which: "reference" (a setpoint step: figures relative
+    to the step size however small), "disturbance" (relative to the final value), or "auto"
+    (disturbance when the output moves less than ``band`` of its final value). ``duty`` (same
+    time axis) with ``duty_limits`` gives the time spent in saturation after the step.
     """
+    if kind not in ("auto", "reference", "disturbance"):
+        raise ValueError(f"kind must be 'auto', 'reference' or 'disturbance', got {kind!r}")
     t = np.asarray(t, dtype=float)
     y2 = np.atleast_2d(np.asarray(y, dtype=float))
     if t.ndim != 1 or y2.shape[-1] != t.size:
@@ -324,7 +329,12 @@ def step_response(t: np.ndarray, y: np.ndarray, t_step: float, *, reference: flo
     final = ya[:, -tail:].mean(axis=1)
     delta = final - initial
     size = np.abs(delta)
-    disturbance = size < band * np.abs(final)
+    if kind == "auto":
+        disturbance = size < band * np.abs(final)
+    else:
+        disturbance = np.full(final.shape, kind == "disturbance")
+    if np.any(~disturbance & (size == 0)):
+        raise ValueError("a reference step needs the output to move (final == initial)")
     scale = np.where(disturbance, np.abs(final), size)
     direction = np.where(delta >= 0, 1.0, -1.0)
     excess = (ya - final[:, None]) * direction[:, None]

@@ -312,7 +312,8 @@ def _continuous(loop: LoopGain, order: int) -> signal.TransferFunction:
 
 
 def loop_gain(params: BoostParams, duty: float, pid: Any, *, sensor_gain: float = 1.0,
-              delay_periods: float = 1.0, sample_period: float | None = None, zoh: bool = True,
+              delay_periods: float | None = None, sample_period: float | None = None,
+              zoh: bool = True,
               pade_order: int | None = None, sampling: str = "instant",
               pwm_delay: bool = True) -> LoopGain:
     """The voltage loop gain at ``duty`` with the discrete PID ``pid``.
@@ -320,7 +321,9 @@ def loop_gain(params: BoostParams, duty: float, pid: Any, *, sensor_gain: float 
     ``pid``: a :class:`boostsim.pid.PID` or anything with ``kp, ki, kd, tf, ts`` (e.g. a
     :class:`PIDGains`). ``sensor_gain``: measurement units per volt of output (1 when the
     firmware converts the ADC reading back to volts). ``delay_periods``: switching periods from
-    the ADC sample to the start of the period that uses the new duty. ``sample_period``: the
+    the ADC sample to the start of the period that uses the new duty (default ``1 - D/2``:
+    :class:`~boostsim.control.DigitalController`'s mid-on-time sample with the duty applied
+    from the next period). ``sample_period``: the
     PID's period (default ``pid.ts``), a whole number of switching periods. ``zoh``,
     ``pade_order``, ``sampling``, ``pwm_delay`` (the trailing-edge modulator delay ``D Ts``):
     see the module docstring.
@@ -335,6 +338,8 @@ def loop_gain(params: BoostParams, duty: float, pid: Any, *, sensor_gain: float 
     if T <= 0 or abs(ratio - round(ratio)) > 1e-6 * max(ratio, 1.0) or round(ratio) < 1:
         raise ValueError(f"sample_period must be a whole number of switching periods "
                          f"({Ts:g} s), got {T!r}")
+    if delay_periods is None:
+        delay_periods = 1.0 - 0.5 * duty
     if delay_periods < 0:
         raise ValueError(f"delay_periods must be >= 0, got {delay_periods!r}")
     tau = _effective_delay(duty, Ts, delay_periods, sampling, pwm_delay)
@@ -378,8 +383,9 @@ class PIDGains:
     overshoot: float
     loop: LoopGain = dataclasses.field(repr=False)
 
-    def pid(self, out_min: float = 0.0, out_max: float = 0.9, **kwargs: Any):
-        """A :class:`boostsim.pid.PID` with these gains (extra arguments passed on)."""
+    def pid(self, out_min: float = 0.0, out_max: float = 0.85, **kwargs: Any):
+        """A :class:`boostsim.pid.PID` with these gains (extra arguments passed on); the default
+        output ceiling is :class:`boostsim.control.PWM`'s default duty_max."""
         from .pid import PID
 
         return PID(self.kp, self.ki, self.kd, self.ts, out_min=out_min, out_max=out_max,
@@ -397,7 +403,8 @@ def _overshoot(loop: LoopGain) -> float:
 
 def tune_pid(params: BoostParams, vref: float, crossover: float, phase_margin: float = 50.0, *,
              sample_period: float | None = None, sensor_gain: float = 1.0,
-             delay_periods: float = 1.0, integral_ratio: float = 5.0, filter_ratio: float = 5.0,
+             delay_periods: float | None = None, integral_ratio: float = 5.0,
+             filter_ratio: float = 5.0,
              sampling: str = "instant", rhp_fraction: float = 1.0 / 3.0) -> PIDGains:
     """PID gains giving a loop crossover at ``crossover`` [Hz] with ``phase_margin`` [deg]
     at the operating point where the averaged output is ``vref`` [V].
@@ -429,6 +436,9 @@ def tune_pid(params: BoostParams, vref: float, crossover: float, phase_margin: f
                  f"a tenth of the {1 / T:.0f} Hz sample rate")
         raise ValueError(f"crossover {crossover:.0f} Hz is above the {limit:.0f} Hz limit "
                          f"({which}); choose a crossover <= {limit:.0f} Hz")
+    if crossover < plant.resonance_hz / 2:
+        return _tune_integral(params, vref, duty, plant, crossover, phase_margin, T,
+                              sensor_gain, delay_periods, sampling, limit)
     wc = 2 * math.pi * crossover
     tf = max(1.0 / (2 * math.pi * crossover * filter_ratio), T / (2 * math.pi * 0.2))
     probe = SimpleNamespace(kp=1.0, ki=0.0, kd=0.0, tf=tf, ts=T)
@@ -462,12 +472,50 @@ def tune_pid(params: BoostParams, vref: float, crossover: float, phase_margin: f
                      sample_period=T, sampling=sampling)
     m = loop.margins()
     if not m.stable or not m.gain_margin_db >= 3.0:
-        raise ValueError(f"the PID for {crossover:.0f} Hz / {phase_margin:g} deg is not robust "
-                         f"on the sampled loop (stable={m.stable}, gain margin "
-                         f"{m.gain_margin_db:.1f} dB); lower the crossover (limit "
-                         f"{limit:.0f} Hz)")
+        problem = ("is unstable on the sampled loop" if not m.stable else
+                   f"leaves only {m.gain_margin_db:.1f} dB of gain margin")
+        raise ValueError(f"the PID for {crossover:.0f} Hz / {phase_margin:g} deg {problem}; "
+                         f"try a lower phase margin or a crossover further from the LC "
+                         f"resonance at {plant.resonance_hz:.0f} Hz (at most {limit:.0f} Hz)")
     return PIDGains(kp=gains.kp, ki=gains.ki, kd=gains.kd, tf=tf, ts=T, duty=duty,
                     vref=float(vref), crossover_hz=m.crossover_hz,
                     phase_margin_deg=m.phase_margin_deg, gain_margin_db=m.gain_margin_db,
                     rhp_zero_hz=plant.rhp_zero_hz, crossover_limit_hz=limit,
                     overshoot=_overshoot(loop), loop=loop)
+
+
+def _tune_integral(params: BoostParams, vref: float, duty: float, plant: Any, crossover: float,
+                   phase_margin: float, T: float, sensor_gain: float,
+                   delay_periods: float | None, sampling: str, limit: float) -> PIDGains:
+    """A low-bandwidth loop well below the LC resonance: integral action only.
+
+    Below the resonance the plant is its DC gain, so ``C(z) = ki T/(z-1)`` crosses over where
+    ``ki = 1/|T/(z-1) P|`` and the phase margin (about 90 deg less the plant's lag) follows;
+    the resonance's peak must stay under 0 dB with 3 dB to spare. This is the design for the
+    board's own slow loops (MicroPython PID at 0.1-2 kHz).
+    """
+    z = np.exp(2j * math.pi * crossover * T)
+    probe = SimpleNamespace(kp=1.0, ki=0.0, kd=0.0, tf=0.0, ts=T)
+    base = loop_gain(params, duty, probe, sensor_gain=sensor_gain, delay_periods=delay_periods,
+                     sample_period=T, sampling=sampling)
+    p = complex(base.plant_response(crossover))
+    ki = 1.0 / abs(T / (z - 1.0) * p)
+    gains = SimpleNamespace(kp=0.0, ki=float(ki), kd=0.0, tf=0.0, ts=T)
+    loop = loop_gain(params, duty, gains, sensor_gain=sensor_gain, delay_periods=delay_periods,
+                     sample_period=T, sampling=sampling)
+    m = loop.margins()
+    peak_limit = plant.resonance_hz / max(plant.q_factor, 1.0)
+    if not m.stable or not m.gain_margin_db >= 3.0:
+        raise ValueError(f"an integral loop at {crossover:.0f} Hz lets the LC resonance "
+                         f"({plant.resonance_hz:.0f} Hz, Q {plant.q_factor:.1f}) through "
+                         f"(gain margin {m.gain_margin_db:.1f} dB); below the resonance choose "
+                         f"a crossover under about {peak_limit / 2:.0f} Hz, or cross over above "
+                         f"it")
+    if m.phase_margin_deg < phase_margin:
+        raise ValueError(f"an integral loop at {crossover:.0f} Hz reaches only "
+                         f"{m.phase_margin_deg:.0f} deg of phase margin; lower the crossover "
+                         f"or the phase margin")
+    return PIDGains(kp=0.0, ki=float(ki), kd=0.0, tf=0.0, ts=T, duty=duty, vref=float(vref),
+                    crossover_hz=m.crossover_hz, phase_margin_deg=m.phase_margin_deg,
+                    gain_margin_db=m.gain_margin_db, rhp_zero_hz=plant.rhp_zero_hz,
+                    crossover_limit_hz=limit, overshoot=_overshoot(loop), loop=loop)

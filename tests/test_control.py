@@ -194,3 +194,19 @@ def test_per_lane_references_make_lanes():
     res = simulate(BOARD, controller=ctl, vref=np.array([10.0, 12.0]), t_end=20e-3, dt=TS)
     means = res.period_means()["vout"]
     np.testing.assert_allclose(means[:, -100:].mean(axis=1), [10.0, 12.0], atol=0.03)
+
+
+def test_small_reference_steps_can_be_measured_as_reference_steps():
+    t = np.linspace(-1e-3, 20e-3, 21001)
+    zeta, wn = 0.5, 2e3
+    wd = wn * math.sqrt(1 - zeta**2)
+    tt = np.maximum(t, 0)
+    unit = np.where(t < 0, 0.0, 1 - np.exp(-zeta * wn * tt) * (
+        np.cos(wd * tt) + zeta / math.sqrt(1 - zeta**2) * np.sin(wd * tt)))
+    y = 12.0 + 0.1 * unit  # a 0.1 V step at 12 V: smaller than 2 % of the output
+    expected = 100 * math.exp(-math.pi * zeta / math.sqrt(1 - zeta**2))
+    assert step_response(t, y, 0.0, kind="reference").overshoot == pytest.approx(expected,
+                                                                                 rel=1e-3)
+    assert step_response(t, y, 0.0).overshoot < 1  # auto: read as a disturbance of 12 V
+    with pytest.raises(ValueError, match="kind"):
+        step_response(t, y, 0.0, kind="ramp")

@@ -27,6 +27,7 @@ import pytest
 
 from boostsim import Step, default_board, simulate, steady_state
 from boostsim.averaged import duty_for_vout, operating_point, simulate_averaged
+from boostsim.control import DigitalController
 from boostsim.design import loop_gain, tune_pid
 from boostsim.pid import PID
 
@@ -229,3 +230,22 @@ def test_averaged_model_predicts_the_same_closed_loop(gains):
     rise = avg.periods.vout_mean[0, 100:] - op.vout
     assert np.max(rise) / np.mean(rise[-50:]) - 1 == pytest.approx(gains.overshoot, abs=0.015)
     assert math.isfinite(gains.gain_margin_db)
+
+
+def test_slow_loops_below_the_resonance_get_an_integral_design():
+    # The board's own MicroPython loop runs at 0.5-2 kHz: far below the LC resonance.
+    board = default_board()
+    gains = tune_pid(board, 12.0, 20.0, 50.0, sample_period=1 / 500)
+    assert gains.kp == 0.0 and gains.kd == 0.0 and gains.ki > 0
+    assert gains.crossover_hz == pytest.approx(20.0, rel=1e-3)
+    assert gains.phase_margin_deg >= 50.0 and gains.gain_margin_db >= 3.0
+    with pytest.raises(ValueError, match="LC resonance"):
+        tune_pid(board, 12.0, 150.0, 50.0)
+    # It regulates on the averaged model with the loop running every 200 periods.
+    pid = gains.pid(setpoint_rate=None)
+    pid.reset(output=0.6)
+    controller = DigitalController(pid, every=200, initial_duty=0.6)
+    res = simulate_averaged(board, controller=controller, vref=12.0, t_end=0.25,
+                            x0=(0.63, 12.0))
+    vout = res.period_means()["vout"]
+    assert np.mean(vout[-2000:]) == pytest.approx(12.0, abs=0.03)
