@@ -112,13 +112,14 @@ def write_json(target: str | Path | TextIO, document: Any) -> None:
         target.write(text)
 
 
-def _header_lines(meta: Mapping[str, Any]) -> list[str]:
+def metadata_lines(meta: Mapping[str, Any]) -> list[str]:
+    """``# key: value`` header lines (JSON values; text on one line) for CSV files."""
     lines = []
     for key, value in meta.items():
         if key == "boostsim":
             lines.append(f"# boostsim {value}")
         elif isinstance(value, str):
-            lines.append(f"# {key}: {value}")
+            lines.append(f"# {key}: {' '.join(value.splitlines())}")
         else:
             text = json.dumps(jsonable(value), allow_nan=False, ensure_ascii=False)
             lines.append(f"# {key}: {text}")
@@ -150,7 +151,7 @@ def write_csv(path: str | Path, columns: Mapping[str, np.ndarray],
                    delay=1.0, leave=False)
     block = 50_000
     with open(path, "w", encoding="utf-8", newline="\n") as f:
-        for line in _header_lines(meta or {}):
+        for line in metadata_lines(meta or {}):
             f.write(line + "\n")
         f.write(",".join(column_label(k) for k in arrays) + "\n")
         for start in range(0, n, block):

@@ -11,12 +11,32 @@ trickles bytes cannot hang the host). The context manager turns the output off o
 on any exception, on Ctrl-C and on SIGTERM. If the link is lost the driver raises
 :class:`LinkError` and records the output state as *unknown* (``output_state is None``), never
 as off; the board's own watchdog (``watchdog=`` seconds) is what turns the output off then.
+
+Link faults and resets
+----------------------
+* ``retries=N``: a garbled or missing answer (or a command the board received corrupted: a
+  -1xx SCPI command error, which the host's validated commands never cause) is retried up to
+  N times after :meth:`Board.resync` (skip stale bytes, re-identify the board). The duty is
+  also read back after each :meth:`Board.set_duty`, so a corrupted digit cannot silently set
+  a wrong duty.
+* A board **reset** (soft reboot, hardware watchdog, power glitch) loses its settings and turns
+  the output off. The driver notices it by the reboot banner, by the settings it made itself
+  (OVP level, watchdog, calibration, PWM frequency, duty limit) reading back at their power-up
+  values, or by the output found off without a latched trip; it then re-applies those
+  settings and raises :class:`BoardResetError` (never silently carries on: the experiment
+  decides whether to resume). :meth:`Board.reconnect` reopens the port (a real Pico
+  re-enumerates on USB after a hardware reset).
+* :meth:`Board.check` / :meth:`Board.hold` (a wait that keeps the link and the host watchdog
+  alive) raise :class:`TripError` when the board tripped (OVP or host watchdog).
+* Streaming: the sample index is tracked from ``INIT`` on, so samples lost between two
+  :meth:`Board.fetch` calls (ring-buffer overflow, a garbled block) appear in ``gaps`` too.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import signal
 import threading
 import time
@@ -30,11 +50,24 @@ from serial.tools import list_ports
 from . import protocol
 from .firmware import config
 
-__all__ = ["PICO_VID_PID", "Acquisition", "Board", "BoardError", "Identity", "LinkError",
-           "find_ports"]
+__all__ = ["PICO_VID_PID", "Acquisition", "Board", "BoardError", "BoardResetError", "Identity",
+           "LinkError", "TripError", "find_ports"]
 
 #: USB vendor:product of MicroPython on a Raspberry Pi Pico.
 PICO_VID_PID = (0x2E8A, 0x0005)
+
+#: Lines a (re)booting MicroPython board prints; seeing one means the board was reset.
+_BOOT_MARKERS = (b"soft reboot", b"MicroPython", b"MPY:", b"raw REPL", b"Traceback")
+
+#: Prefix of every checked exchange: the error queue then holds only that exchange's errors.
+_CLS = b"*CLS\n"
+
+#: Word answers that must be one of a few values (by the command's query handler).
+_WORDS = {"q_trip": ("NONE", "OVP", "WDOG"), "q_cont_mode": ("OPEN", "PID")}
+
+#: Settings the host re-applies after a board reset: header -> query header.
+_RESTORABLE = ("PROT:OVP:LEV", "SYST:WDOG:TIM", "CAL:VOUT", "SOUR:PWM:FREQ",
+               "SOUR:PWM:DUTY:LIM")
 
 
 class BoardError(Exception):
@@ -50,6 +83,21 @@ class BoardError(Exception):
 class LinkError(BoardError):
     """No valid answer from the board (timeout, garbled bytes, port gone). The output state is
     unknown afterwards."""
+
+
+class BoardResetError(LinkError):
+    """The board was reset: its settings were lost and its output is off. The driver has
+    re-applied the settings it made (protections, calibration); the experiment's own state
+    (duty, output, acquisition) is gone."""
+
+
+class TripError(BoardError):
+    """The board's protection tripped (``cause``: "OVP" or "WDOG"); the output is off and stays
+    off until :meth:`Board.clear_trip`."""
+
+    def __init__(self, message: str, cause: str, command: str | None = None):
+        super().__init__(message, None, command)
+        self.cause = cause
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +119,9 @@ class Acquisition:
 
     ``index`` (int64), ``t`` [s] board time, ``volts`` [V] calibrated output, ``codes`` raw;
     ``gaps`` lists ``(first_missing_index, count)`` for samples the board lost (ring-buffer
-    overflow); ``flags`` holds the OR of the blocks' overflow/ovp/wdog/running bits.
+    overflow), also across consecutive :meth:`Board.fetch` calls (the index is tracked from
+    ``INIT``); ``overflow``, ``ovp_tripped``, ``wdog_tripped``: any block had the flag;
+    ``running``: the last block's flag (False once the acquisition stopped, e.g. by a reset).
     """
 
     index: np.ndarray
@@ -85,6 +135,15 @@ class Acquisition:
     running: bool
     period: float  # [s]
 
+    @property
+    def count(self) -> int:
+        return int(self.index.size)
+
+    @property
+    def lost(self) -> int:
+        """Samples lost in the gaps."""
+        return int(sum(n for _, n in self.gaps))
+
 
 def find_ports(vid_pid: tuple[int, int] = PICO_VID_PID) -> list[Any]:
     """Serial ports whose USB vendor:product matches (``serial.tools.list_ports`` entries)."""
@@ -93,24 +152,37 @@ def find_ports(vid_pid: tuple[int, int] = PICO_VID_PID) -> list[Any]:
 
 
 class _DeadlineReader:
-    """``read(n)`` for the protocol parser: returns what arrives before the deadline."""
+    """``read(n)`` for the protocol parser: returns what arrives before the deadline.
+    ``buffer`` (the board's receive buffer) keeps bytes read ahead for the next response."""
 
-    def __init__(self, port: serial.SerialBase, timeout: float):
+    def __init__(self, port: serial.SerialBase, timeout: float,
+                 buffer: bytearray | None = None):
         self.port = port
         self.deadline = time.monotonic() + timeout
-        self.buffer = bytearray()
+        self.buffer = bytearray() if buffer is None else buffer
 
     def __call__(self, n: int) -> bytes:
         while not self.buffer:
             remaining = self.deadline - time.monotonic()
             if remaining <= 0:
                 return b""
-            self.port.timeout = min(remaining, 0.05)
+            wait = 0.05 if remaining > 0.05 else remaining
+            if self.port.timeout != wait:  # reconfiguring a port costs system calls
+                self.port.timeout = wait
             chunk = self.port.read(max(1, self.port.in_waiting))
             self.buffer += chunk
         out = bytes(self.buffer[:n])
         del self.buffer[:n]
         return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Settings equal to the board's %.6g response precision."""
+    a = a if isinstance(a, tuple) else (a,)
+    b = b if isinstance(b, tuple) else (b,)
+    return len(a) == len(b) and all(
+        math.isclose(float(x), float(y), rel_tol=2e-6, abs_tol=1e-9) for x, y in zip(a, b,
+                                                                                    strict=True))
 
 
 class Board:
@@ -121,46 +193,61 @@ class Board:
     programs the board's over-voltage trip no higher than that and turns the output off when a
     measurement exceeds it. ``watchdog`` [s] arms the board's host watchdog (0: leave as is).
     ``timeout`` bounds every reply [s]; ``connect_timeout`` bounds the handshake, which retries
-    ``*IDN?`` through a boot banner or a reset on open.
+    ``*IDN?`` through a boot banner or a reset on open. ``retries``: how often a garbled or
+    missing answer is retried after a resync (see the module docstring); 0 raises at once.
+    ``stats`` counts retries, resyncs and detected resets.
     """
 
     def __init__(self, port: str | None = None, *, timeout: float = 2.0,
                  connect_timeout: float = 5.0, max_duty: float | None = None,
                  max_vout: float | None = None, watchdog: float = 0.0,
-                 vid_pid: tuple[int, int] = PICO_VID_PID):
+                 vid_pid: tuple[int, int] = PICO_VID_PID, retries: int = 0):
         if max_duty is not None and not 0 < max_duty < 1:
             raise ValueError(f"max_duty must be in (0, 1), got {max_duty!r}")
         if max_vout is not None and not max_vout > 0:
             raise ValueError(f"max_vout must be > 0 [V], got {max_vout!r}")
+        if not (isinstance(retries, int) and retries >= 0):
+            raise ValueError(f"retries must be an integer >= 0, got {retries!r}")
+        if not (timeout > 0 and connect_timeout > 0):
+            raise ValueError("timeout and connect_timeout must be > 0 [s]")
         self.timeout = timeout
+        self.connect_timeout = connect_timeout
         self.max_duty = max_duty
         self.max_vout = max_vout
+        self.retries = retries
         self.output_state: bool | None = None
+        self.stats = {"retries": 0, "resyncs": 0, "resets": 0, "reconnects": 0}
+        self._vid_pid = vid_pid
+        self._discovered = port is None
         self.port_name = port if port is not None else self._discover(vid_pid)
         self._lock = threading.RLock()
-        try:
-            self._port = serial.serial_for_url(self.port_name, baudrate=115200, timeout=0.05,
-                                               write_timeout=timeout, exclusive=True)
-        except serial.SerialException as exc:
-            raise LinkError(f"cannot open {self.port_name}: {exc}") from None
-        except (OSError, ValueError) as exc:
-            raise LinkError(f"cannot open {self.port_name}: {exc}") from None
+        self._settings: dict[str, tuple] = {}   # host-made settings re-applied after a reset
+        self._cal: tuple[float, float] | None = None
+        self._next_index: int | None = None     # expected next sample index since INIT
+        self._banner = False
+        self._previous_sigterm = None
+        self._rx = bytearray()                  # bytes read ahead (pipelined answers)
+        self._port = self._open_port()
         try:
             self.identity = self._handshake(connect_timeout)
             self.output_state = bool(self.query("OUTP?"))
             if max_vout is not None:
                 level = min(max_vout, self.query("PROT:OVP:LEV?"))
                 self.send("PROT:OVP:LEV", level)
+                self._settings["PROT:OVP:LEV"] = (level,)
             if watchdog:
-                self.send("SYST:WDOG:TIM", watchdog)
+                self.set_watchdog(watchdog)
         except BaseException:
             self._port.close()
             raise
 
     # -- connection ------------------------------------------------------------------------
     @staticmethod
-    def _discover(vid_pid: tuple[int, int]) -> str:
+    def _discover(vid_pid: tuple[int, int], serial_number: str | None = None) -> str:
         ports = find_ports(vid_pid)
+        if serial_number is not None:
+            same = [p for p in ports if (p.serial_number or "").upper() == serial_number.upper()]
+            ports = same or ports
         if len(ports) == 1:
             return ports[0].device
         wanted = f"{vid_pid[0]:04X}:{vid_pid[1]:04X}"
@@ -170,39 +257,188 @@ class Board:
         names = ", ".join(p.device for p in ports)
         raise LinkError(f"several boards found (USB {wanted}): {names}; give the port")
 
-    def _handshake(self, timeout: float) -> Identity:
-        """Ask ``*IDN?`` until a valid identity comes back, skipping a boot banner or noise."""
+    def _open_port(self) -> serial.SerialBase:
+        try:
+            return serial.serial_for_url(self.port_name, baudrate=115200, timeout=0.05,
+                                         write_timeout=self.timeout, exclusive=True)
+        except serial.SerialException as exc:
+            text = str(exc)
+            if "exclusively lock" in text or "Resource temporarily unavailable" in text:
+                raise LinkError(f"cannot open {self.port_name}: the port is in use by another "
+                                f"program (another boostsim, a terminal, mpremote?); close it "
+                                f"first") from None
+            raise LinkError(f"cannot open {self.port_name}: {text}") from None
+        except (OSError, ValueError) as exc:
+            raise LinkError(f"cannot open {self.port_name}: {exc}") from None
+
+    def _handshake(self, timeout: float, expect: Identity | None = None) -> Identity:
+        """Ask ``*IDN?`` until a valid identity comes back (``expect``: that one, so a
+        corrupted answer is not taken for another board), skipping a boot banner or noise
+        (a boot banner sets ``_banner``)."""
         deadline = time.monotonic() + timeout
         port = self._port
+        attempts = 0
+        others: dict[Identity, int] = {}
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
+                other = max(others, key=others.get) if others else None
+                if other is not None and others[other] >= 2:  # not just a corrupted answer
+                    self.output_state = None
+                    raise LinkError(f"{self.port_name}: a different board answered ({other}, "
+                                    f"expected {expect})")
                 raise LinkError(f"{self.port_name}: no valid *IDN? answer within {timeout:g} s "
                                 f"(is it a boostsim board, and is the firmware running?)")
-            port.reset_input_buffer()
-            port.write(b"\n*IDN?\n")
+            try:
+                if any(m in self._rx + port.read(port.in_waiting) for m in _BOOT_MARKERS):
+                    self._banner = True
+                self._rx.clear()
+                port.write(b"\n*IDN?\n")
+            except (serial.SerialException, OSError) as exc:
+                raise LinkError(f"{self.port_name}: link lost ({exc})") from None
+            attempts += 1
             reader = _DeadlineReader(port, min(remaining, 0.5))
             with contextlib.suppress(protocol.ProtocolError):
                 while True:
-                    line = protocol.read_line(reader).decode("ascii", "replace")
-                    fields = line.split(",")
+                    raw = protocol.read_line(reader)
+                    if any(m in raw for m in _BOOT_MARKERS):
+                        self._banner = True
+                    fields = raw.decode("ascii", "replace").split(",")
                     if len(fields) == 4 and fields[0] == config.MAKER:
-                        # Drain anything else queued (e.g. a second answer), then clear errors.
-                        port.reset_input_buffer()
+                        if expect is not None and Identity(*fields) != expect:
+                            other = Identity(*fields)
+                            others[other] = others.get(other, 0) + 1
+                            break
+                        # Drain anything else queued (e.g. answers to earlier attempts: wait
+                        # for a quiet line), then clear errors.
+                        self._drain_input(0.03 if attempts > 1 else 0.0)
                         self._command_line(b"*CLS\n")
                         return Identity(*fields)
 
-    def close(self) -> None:
-        """Turn the output off (if the link allows) and close the port."""
+    def _drain_input(self, quiet: float) -> None:
+        port = self._port
+        self._rx.clear()
+        port.reset_input_buffer()
+        if quiet <= 0:
+            return
+        end = time.monotonic() + 1.0
+        while time.monotonic() < end:
+            time.sleep(quiet)
+            if not port.in_waiting:
+                return
+            port.reset_input_buffer()
+
+    def resync(self, timeout: float | None = None) -> bool:
+        """Re-establish the exchange after a link error: skip stale or garbled bytes and
+        re-identify the board (``*IDN?``, same serial number); if the board was reset,
+        re-apply the host's settings. Returns True if a reset was detected. Falls back to
+        :meth:`reconnect` if the port itself is gone."""
+        with self._lock:
+            self.stats["resyncs"] += 1
+            deadline = time.monotonic() + (timeout or max(self.timeout, 1.0))
+            while True:
+                try:
+                    identity = self._handshake(max(0.05, deadline - time.monotonic()),
+                                               self.identity)
+                    return self._after_handshake(identity)
+                except BoardResetError:
+                    raise
+                except LinkError:
+                    if not self._port_alive():
+                        return self.reconnect()
+                    if time.monotonic() >= deadline:
+                        raise
+
+    def reconnect(self, timeout: float | None = None) -> bool:
+        """Close and reopen the port (a board that re-enumerated on USB after a hardware
+        reset comes back, possibly under another name when it was auto-discovered), then
+        re-identify it like :meth:`resync`. Returns True if a reset was detected."""
+        with self._lock:
+            self.stats["reconnects"] += 1
+            with contextlib.suppress(Exception):
+                self._port.close()
+            deadline = time.monotonic() + (timeout or self.connect_timeout)
+            last: Exception | None = None
+            while time.monotonic() < deadline:
+                try:
+                    if self._discovered:
+                        self.port_name = self._discover(self._vid_pid, self.identity.serial)
+                    self._port = self._open_port()
+                    self._rx.clear()
+                    identity = self._handshake(max(0.2, deadline - time.monotonic()),
+                                               self.identity)
+                    return self._after_handshake(identity)
+                except LinkError as exc:
+                    last = exc
+                    with contextlib.suppress(Exception):
+                        self._port.close()
+                    time.sleep(0.1)
+            self.output_state = None
+            raise LinkError(f"{self.port_name}: could not reconnect ({last}); output state "
+                            f"unknown") from None
+
+    def _port_alive(self) -> bool:
+        try:
+            return bool(self._port.is_open) and self._port.in_waiting >= 0
+        except (serial.SerialException, OSError):
+            return False
+
+    def _after_handshake(self, identity: Identity) -> bool:
+        if identity.serial != self.identity.serial:
+            self.output_state = None
+            raise LinkError(f"{self.port_name}: a different board answered ({identity}, "
+                            f"expected serial {self.identity.serial})")
+        reset = self._banner or self._settings_lost()
+        self._banner = False
+        if reset:
+            self.stats["resets"] += 1
+            self._restore_settings()
+            self._next_index = None
+        self._cal = None
+        self.output_state = bool(self._query_once("OUTP?", ()))
+        return reset
+
+    def _settings_lost(self) -> bool:
+        for header, args in self._settings.items():
+            value = self._query_once(header + "?", ())
+            if not _same(value, args):
+                return True
+        return False
+
+    def _restore_settings(self) -> None:
+        for header, args in self._settings.items():
+            self._send_once(header, args)
+
+    def close(self, timeout: float = 3.0) -> None:
+        """Turn the output off (if the link allows: after a link error it keeps trying to
+        resync for ``timeout`` s, e.g. while a board reboots) and close the port. Afterwards
+        ``output_state`` is False if the board confirmed the output off, None if unknown."""
         with self._lock:
             if not self._port.is_open:
                 return
             try:
-                self.output(False)
+                try:
+                    self.output(False)
+                except BoardResetError:
+                    self.output(False)
+                except LinkError:
+                    deadline = time.monotonic() + timeout
+                    while time.monotonic() < deadline:
+                        try:
+                            self.resync(timeout=max(0.2, deadline - time.monotonic()))
+                            self.output(False)
+                            break
+                        except BoardError:
+                            continue
             except BoardError:
                 pass
             finally:
-                self._port.close()
+                with contextlib.suppress(Exception):
+                    self._port.close()
+
+    @property
+    def is_open(self) -> bool:
+        return bool(self._port.is_open)
 
     def __enter__(self) -> Board:
         self._previous_sigterm = None
@@ -219,6 +455,7 @@ class Board:
         finally:
             if self._previous_sigterm is not None:
                 signal.signal(signal.SIGTERM, self._previous_sigterm)
+                self._previous_sigterm = None
 
     # -- raw exchange -------------------------------------------------------------------
     def _command_line(self, line: bytes) -> None:
@@ -231,11 +468,12 @@ class Board:
                             command=line.decode("ascii", "replace").strip()) from None
 
     def _response(self, what: str) -> tuple[str, bytes]:
-        reader = _DeadlineReader(self._port, self.timeout)
+        reader = _DeadlineReader(self._port, self.timeout, self._rx)
         try:
             return protocol.read_response(reader)
         except protocol.ProtocolError as exc:
             self.output_state = None
+            self._rx.clear()
             raise LinkError(f"{self.port_name}: no valid answer to {what} within "
                             f"{self.timeout:g} s ({exc}); output state unknown",
                             command=what) from None
@@ -244,36 +482,152 @@ class Board:
             raise LinkError(f"{self.port_name}: link lost during {what} ({exc}); output "
                             f"state unknown", command=what) from None
 
+    def _retrying(self, what: str, action, ok_on_retry: tuple[int, ...] = ()) -> Any:
+        attempt = 0
+        while True:
+            try:
+                return action()
+            except BoardResetError:
+                raise
+            except LinkError as exc:
+                if attempt >= self.retries:
+                    if attempt:
+                        raise LinkError(f"{exc} (after {attempt} retr"
+                                        f"{'y' if attempt == 1 else 'ies'})",
+                                        exc.code, exc.command) from None
+                    raise
+                attempt += 1
+                self.stats["retries"] += 1
+                try:
+                    reset = self.resync()
+                except LinkError as again:
+                    raise LinkError(f"{exc}; no recovery: {again}", exc.code,
+                                    exc.command) from None
+                if reset:
+                    raise BoardResetError(
+                        f"{self.port_name}: the board was reset during {what} (settings lost, "
+                        f"output off; the host's protection settings were re-applied)",
+                        command=what) from None
+            except BoardError as exc:
+                if attempt and exc.code in ok_on_retry:
+                    return None
+                raise
+
     def query(self, header: str, *args: Any) -> Any:
         """Send a query and return its parsed answer; a refused query raises BoardError."""
         with self._lock:
-            line = self._line(header, args)
-            self._command_line(line)
-            kind, data = self._response(header)
-            if kind == "block":
-                return data
-            if not data.strip():
-                self._raise_queued(header)
-            try:
-                return protocol.parse_response(header, data)
-            except (ValueError, protocol.ProtocolError):
+            return self._retrying(header, lambda: self._query_once(header, args))
+
+    def _query_once(self, header: str, args: tuple) -> Any:
+        cmd, _ = self._lookup(header)
+        line = self._line(header, args)
+        self._command_line(_CLS + line)  # an empty queue: a failure's error is its own
+        kind, data = self._response(header)
+        if kind == "block":
+            if cmd.resp != "block":
                 self.output_state = None
-                raise LinkError(f"{self.port_name}: garbled answer to {header}: {data!r}; "
-                                f"output state unknown", command=header) from None
+                raise LinkError(f"{self.port_name}: garbled answer to {header} (a block); "
+                                f"output state unknown", command=header)
+            return data
+        if not data.strip():
+            self._raise_queued(header)
+        if cmd.resp == "block":
+            self.output_state = None
+            raise LinkError(f"{self.port_name}: garbled answer to {header}: {data[:40]!r}; "
+                            f"output state unknown", command=header)
+        return self._parse(header, cmd, data)
+
+    def _parse(self, header: str, cmd, data: bytes) -> Any:
+        """A response line, checked strictly: a boot banner or a value of the wrong form is
+        not taken for an answer (it would put every later answer one off)."""
+        if any(m in data for m in _BOOT_MARKERS):
+            self._banner = True
+            self.output_state = None
+            raise LinkError(f"{self.port_name}: the board printed {data[:40]!r} instead of "
+                            f"answering {header} (it rebooted?); output state unknown",
+                            command=header)
+        try:
+            if cmd.resp == "bool" and data.strip() not in (b"0", b"1"):
+                raise ValueError(data)
+            value = protocol.parse_response(header, data)
+            expected = _WORDS.get(cmd.query)
+            if expected is not None and value not in expected:
+                raise ValueError(data)
+            return value
+        except (ValueError, protocol.ProtocolError, UnicodeDecodeError):
+            self.output_state = None
+            raise LinkError(f"{self.port_name}: garbled answer to {header}: {data[:40]!r}; "
+                            f"output state unknown", command=header) from None
 
     def send(self, header: str, *args: Any) -> None:
         """Send a set command and check the error queue: a refusal raises BoardError."""
+        if header.lstrip(":").upper().startswith("CAL"):
+            self._cal = None  # fetch() converts codes with the calibration it caches
+        with self._lock:
+            self._retrying(header, lambda: self._send_once(header, args),
+                           ok_on_retry=(-213,) if header.upper().startswith("INIT") else ())
+
+    def _send_once(self, header: str, args: tuple) -> None:
+        # One write, one round trip: clear the queue, the command, read its error.
+        self._command_line(_CLS + self._line(header, args) + protocol.command("SYST:ERR?"))
+        _, data = self._response("SYST:ERR?")
+        code, message = self._parse_error(data)
+        if code != 0:
+            self._raise(header, [(code, message), *self._drain_errors()], "refused")
+
+    def pipeline(self, *commands: tuple) -> list[Any]:
+        """Several commands in one write, the queries' answers read back in order: one round
+        trip. ``board.pipeline(("SOUR:PWM:DUTY?",), ("MEAS:VOLT?",))`` -> ``[0.5, 9.58]``.
+        Set commands are *not* checked against the error queue (read the setting back in the
+        same pipeline instead); an empty answer raises BoardError; no retries (call
+        :meth:`resync` after a LinkError)."""
+        with self._lock:
+            headers = [c[0] for c in commands]
+            self._command_line(_CLS + b"".join(self._line(c[0], tuple(c[1:]))
+                                               for c in commands))
+            answers = []
+            for i, header in enumerate(headers):
+                if not protocol.is_query(header):
+                    continue
+                kind, data = self._response(header)
+                cmd, _ = self._lookup(header)
+                if kind == "block" and cmd.resp == "block":
+                    answers.append(data)
+                    continue
+                if kind == "line" and not data.strip():
+                    # Read the remaining answers first, so the stream stays in step.
+                    for rest in headers[i + 1:]:
+                        if protocol.is_query(rest):
+                            self._response(rest)
+                    self._raise_queued(header)
+                answers.append(self._parse(header, cmd, data))
+            return answers
+
+    def write_nowait(self, header: str, *args: Any) -> None:
+        """Send a set command without waiting or checking the error queue (for fast loops;
+        verify the effect with a later read-back: the next checked command clears the
+        queue)."""
         with self._lock:
             self._command_line(self._line(header, args))
-            _, data = self._exchange("SYST:ERR?")
-            code, message = protocol.parse_error(data)
-            if code != 0:
-                self._drain()
-                raise BoardError(f"{header} refused: {code},{message}", code, header)
 
     def _exchange(self, header: str) -> tuple[str, bytes]:
         self._command_line(protocol.command(header))
         return self._response(header)
+
+    def _parse_error(self, data: bytes) -> tuple[int, str]:
+        try:
+            return protocol.parse_error(data)
+        except (protocol.ProtocolError, UnicodeDecodeError):
+            self.output_state = None
+            raise LinkError(f"{self.port_name}: garbled answer to SYST:ERR?: {data[:40]!r}; "
+                            f"output state unknown", command="SYST:ERR?") from None
+
+    @staticmethod
+    def _lookup(header: str):
+        try:
+            return protocol.lookup(header)
+        except protocol.ScpiError as exc:
+            raise BoardError(f"{header}: {exc}", getattr(exc, "code", None), header) from None
 
     def _line(self, header: str, args: tuple) -> bytes:
         try:
@@ -282,22 +636,44 @@ class Board:
             raise BoardError(f"{header}: {exc}", getattr(exc, "code", None), header) from None
 
     def _raise_queued(self, header: str) -> None:
-        _, data = self._exchange("SYST:ERR?")
-        code, message = protocol.parse_error(data)
-        self._drain()
-        raise BoardError(f"{header} failed: {code},{message}", code, header)
+        errors = self._drain_errors()
+        if not errors:
+            self.output_state = None
+            raise LinkError(f"{self.port_name}: empty answer to {header} and no error queued "
+                            f"(garbled link?); output state unknown", command=header)
+        self._raise(header, errors, "failed")
 
-    def _drain(self) -> None:
+    def _raise(self, header: str, errors: list[tuple[int, str]], how: str) -> None:
+        """Raise for the errors queued by one exchange (the queue was cleared before it)."""
+        corrupted = [(c, m) for c, m in errors if -199 <= c <= -100]
+        if corrupted:
+            # The host sends only validated commands: a command error means a line arrived
+            # corrupted.
+            code, message = corrupted[-1]
+            self.output_state = None
+            raise LinkError(f"{self.port_name}: {header} arrived corrupted ({code},{message}); "
+                            f"output state unknown", code, header)
+        code, message = errors[-1]
+        raise BoardError(f"{header} {how}: {code},{message}", code, header)
+
+    def _drain_errors(self) -> list[tuple[int, str]]:
+        """Read the error queue empty; the errors, oldest first."""
+        errors = []
         for _ in range(config.ERR_QUEUE_LEN + 1):
             _, data = self._exchange("SYST:ERR?")
-            if protocol.parse_error(data)[0] == 0:
-                return
+            code, message = self._parse_error(data)
+            if code == 0:
+                break
+            errors.append((code, message))
+        return errors
 
     # -- settings ----------------------------------------------------------------------
     def reset(self) -> None:
         """``*RST``: output off, duty 0, acquisition stopped (protections kept)."""
         self.send("*RST")
         self.output_state = False
+        self._next_index = None
+        self._settings.pop("SOUR:PWM:FREQ", None)  # *RST restores the default frequency
 
     def output(self, on: bool) -> None:
         """Switch the gate drive on or off (verified with ``OUTP?``)."""
@@ -311,16 +687,29 @@ class Board:
             return
         self.send("OUTP", "ON")
         self.output_state = bool(self.query("OUTP?"))
+        if not self.output_state:
+            raise BoardError("the board did not turn its output on", None, "OUTP ON")
 
-    def set_duty(self, duty: float) -> None:
-        """Set the PWM duty (refused above the host's ``max_duty`` or the board's limit)."""
+    def set_duty(self, duty: float, *, verify: bool = True) -> None:
+        """Set the PWM duty (refused above the host's ``max_duty`` or the board's limit);
+        ``verify`` reads it back (a corrupted digit on the link cannot go unnoticed)."""
         if not np.isfinite(duty) or duty < 0:
             raise BoardError(f"duty must be a finite number >= 0, got {duty!r}", None,
                              "SOUR:PWM:DUTY")
         if self.max_duty is not None and duty > self.max_duty:
             raise BoardError(f"duty {duty:g} above the host limit max_duty={self.max_duty:g}",
                              None, "SOUR:PWM:DUTY")
-        self.send("SOUR:PWM:DUTY", float(duty))
+        duty = round(float(duty), 6)
+        with self._lock:
+            was_on = self.output_state is True
+            for _ in range(self.retries + 1):
+                self.send("SOUR:PWM:DUTY", duty)
+                if not verify or _same(self.query("SOUR:PWM:DUTY?"), duty):
+                    return
+                self.check(expect_on=was_on)  # a trip zeroes the duty: report that instead
+                self.stats["retries"] += 1
+            raise LinkError(f"{self.port_name}: the duty reads back differently from {duty:g} "
+                            f"(corrupted link?)", None, "SOUR:PWM:DUTY")
 
     @property
     def duty(self) -> float:
@@ -333,6 +722,7 @@ class Board:
     @duty_limit.setter
     def duty_limit(self, value: float) -> None:
         self.send("SOUR:PWM:DUTY:LIM", float(value))
+        self._settings["SOUR:PWM:DUTY:LIM"] = (float(value),)
 
     @property
     def frequency(self) -> float:
@@ -342,6 +732,7 @@ class Board:
     @frequency.setter
     def frequency(self, hz: float) -> None:
         self.send("SOUR:PWM:FREQ", float(hz))
+        self._settings["SOUR:PWM:FREQ"] = (float(hz),)
 
     # -- measurements ------------------------------------------------------------------
     def measure_vout(self) -> float:
@@ -363,7 +754,7 @@ class Board:
         return self.query("MEAS:CURR?")
 
     def _check_vout(self, volts: float | np.ndarray) -> None:
-        if self.max_vout is not None and np.max(volts) > self.max_vout:
+        if self.max_vout is not None and np.size(volts) and np.max(volts) > self.max_vout:
             self.output(False)
             raise BoardError(f"output {np.max(volts):.3f} V above the host limit "
                              f"max_vout={self.max_vout:g} V: output turned off", None,
@@ -376,11 +767,18 @@ class Board:
             raise BoardError(f"OVP {volts:g} V above the host limit max_vout="
                              f"{self.max_vout:g} V", None, "PROT:OVP:LEV")
         self.send("PROT:OVP:LEV", float(volts))
+        self._settings["PROT:OVP:LEV"] = (float(volts),)
 
     def set_watchdog(self, seconds: float) -> None:
         """Host watchdog [s]: the board turns the output off if no valid command arrives for
         this long while the output is on (0 disables)."""
         self.send("SYST:WDOG:TIM", float(seconds))
+        self._settings["SYST:WDOG:TIM"] = (float(seconds),)
+
+    @property
+    def watchdog(self) -> float:
+        """The board's host watchdog [s] (0: off)."""
+        return self.query("SYST:WDOG:TIM?")
 
     def trip(self) -> str:
         """Latched trip: "NONE", "OVP" or "WDOG"."""
@@ -392,11 +790,60 @@ class Board:
     def calibrate_vout(self, gain: float, offset: float) -> None:
         """``v = gain * v_divider + offset`` for MEAS:VOLT?, OVP, the PID and fetched volts."""
         self.send("CAL:VOUT", float(gain), float(offset))
+        self._settings["CAL:VOUT"] = (float(gain), float(offset))
+        self._cal = None
 
     @property
     def calibration(self) -> tuple[float, float]:
         gain, offset = self.query("CAL:VOUT?")
+        self._cal = (gain, offset)
         return gain, offset
+
+    # -- state checks --------------------------------------------------------------------
+    def check(self, expect_on: bool | None = None) -> bool:
+        """Query the output state; with ``expect_on`` True, an output found off raises
+        :class:`TripError` (a latched OVP/WDOG trip) or :class:`BoardResetError` (no trip: the
+        board was reset). Returns the output state."""
+        with self._lock:
+            on = bool(self.query("OUTP?"))
+            self.output_state = on
+            if on or not expect_on:
+                return on
+            cause = self.trip()
+            if cause != "NONE":
+                what = ("over-voltage protection" if cause == "OVP" else
+                        "host watchdog (no command from the host for "
+                        f"{self._settings.get('SYST:WDOG:TIM', ('?',))[0]} s)")
+                raise TripError(f"the board tripped: {cause} ({what}); its output is off",
+                                cause, "OUTP?")
+            if self._settings_lost():
+                self.stats["resets"] += 1
+                self._restore_settings()
+                self._next_index = None
+                raise BoardResetError(f"{self.port_name}: the board was reset (settings lost, "
+                                      f"output off; the host's protection settings were "
+                                      f"re-applied)", command="OUTP?")
+            raise BoardResetError(f"{self.port_name}: the output went off without a trip "
+                                  f"(board reset?)", command="OUTP?")
+
+    def hold(self, seconds: float, *, expect_on: bool | None = None,
+             interval: float | None = None) -> None:
+        """Wait ``seconds`` while keeping the link and the board's host watchdog alive: the
+        output state is polled every ``interval`` (default 0.1 s, or a quarter of the
+        watchdog if shorter), and :meth:`check` raises if it went off while ``expect_on``
+        (default: the output was on when the wait began)."""
+        if expect_on is None:
+            expect_on = self.output_state is True
+        if interval is None:
+            wdog = self._settings.get("SYST:WDOG:TIM", (0.0,))[0]
+            interval = min(0.1, wdog / 4) if wdog > 0 else 0.1
+        deadline = time.monotonic() + max(0.0, seconds)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            time.sleep(min(remaining, interval))
+            self.check(expect_on)
 
     # -- streaming acquisition ---------------------------------------------------------
     def configure_acquisition(self, rate: float) -> float:
@@ -407,23 +854,65 @@ class Board:
     def start_acquisition(self) -> None:
         """``INIT``: clear the board's buffer and start streaming (sample index from 0)."""
         self.send("INIT")
+        self._next_index = 0
 
     def stop_acquisition(self) -> None:
         self.send("ABOR")
 
     def fetch(self, count: int | None = None, *, max_blocks: int = 64) -> Acquisition:
         """Everything unread (up to ``max_blocks`` blocks of ``count`` samples), as volts with
-        board-clock times; lost samples appear as gaps in ``index``."""
-        gain, offset = self.calibration
-        blocks = []
-        for _ in range(max_blocks):
-            payload = self.query("FETC:ADC?", *(() if count is None else (int(count),)))
-            block = protocol.decode_adc_block(payload)
-            blocks.append(block)
-            if block.count == 0 or (count is not None and block.count < count) or (
-                    count is None and block.count < config.FETCH_MAX):
-                break
-        return _merge_blocks(blocks, gain, offset)
+        board-clock times; lost samples (also between two fetches) appear in ``gaps``."""
+        with self._lock:
+            gain, offset = self._cal if self._cal is not None else self.calibration
+            blocks = []
+            limit = count if count is not None else config.FETCH_MAX
+            for _ in range(max_blocks):
+                payload = self.query("FETC:ADC?", *(() if count is None else (int(count),)))
+                try:
+                    block = protocol.decode_adc_block(payload)
+                except protocol.ProtocolError as exc:
+                    self.output_state = None
+                    raise LinkError(f"{self.port_name}: garbled FETC:ADC? block ({exc})",
+                                    command="FETC:ADC?") from None
+                blocks.append(block)
+                if block.count < limit:
+                    break
+            acq = _merge_blocks(blocks, gain, offset, self._next_index)
+            if acq.count:
+                expected, first = self._next_index, int(acq.index[0])
+                if expected is not None and first < expected:
+                    self._next_index = None
+                    raise BoardResetError(
+                        f"{self.port_name}: the sample index went back to {first} (expected "
+                        f"{expected}): the acquisition was restarted (board reset?)",
+                        command="FETC:ADC?")
+                self._next_index = int(acq.index[-1]) + 1
+            return acq
+
+    def send_marked(self, header: str, *args: Any) -> tuple[Acquisition, int]:
+        """While streaming: send a set command and ``FETC:ADC?`` in one write, so the fetched
+        samples end where the command took effect on the board. Returns (the samples fetched,
+        the index of the first sample taken after the command). The error queue is checked
+        afterwards (BoardError if the command was refused). Fetch first so that fewer than
+        ``FETCH_MAX`` samples are pending, or the mark is late."""
+        with self._lock:
+            gain, offset = self._cal if self._cal is not None else self.calibration
+            payload = self.pipeline((header, *args), ("FETC:ADC?",))[0]
+            try:
+                block = protocol.decode_adc_block(payload)
+            except protocol.ProtocolError as exc:
+                self.output_state = None
+                raise LinkError(f"{self.port_name}: garbled FETC:ADC? block ({exc})",
+                                command="FETC:ADC?") from None
+            acq = _merge_blocks([block], gain, offset, self._next_index)
+            mark = block.first_index + block.count
+            if self._next_index is not None:
+                self._next_index = int(mark)
+            _, data = self._exchange("SYST:ERR?")
+            code, message = self._parse_error(data)
+            if code != 0:
+                self._raise(header, [(code, message), *self._drain_errors()], "refused")
+            return acq, int(mark)
 
     @contextlib.contextmanager
     def acquisition(self, rate: float) -> Iterator[float]:
@@ -437,19 +926,19 @@ class Board:
                 self.stop_acquisition()
 
 
-def _merge_blocks(blocks: list[protocol.AdcBlock], gain: float, offset: float) -> Acquisition:
+def _merge_blocks(blocks: list[protocol.AdcBlock], gain: float, offset: float,
+                  expected: int | None = None) -> Acquisition:
     index = np.concatenate([b.indices for b in blocks]) if blocks else np.zeros(0, np.int64)
     codes = np.concatenate([b.codes for b in blocks]) if blocks else np.zeros(0, np.uint16)
     volts = np.concatenate([b.volts(gain, offset) for b in blocks]) if blocks else np.zeros(0)
     times_us = np.concatenate([b.times_us for b in blocks]) if blocks else np.zeros(0)
     gaps = []
+    if expected is not None and index.size and index[0] > expected:
+        gaps.append((int(expected), int(index[0] - expected)))
     if index.size > 1:
         jumps = np.flatnonzero(np.diff(index) != 1)
-        gaps = [(int(index[j] + 1), int(index[j + 1] - index[j] - 1)) for j in jumps]
+        gaps += [(int(index[j] + 1), int(index[j + 1] - index[j] - 1)) for j in jumps]
     period = blocks[-1].period_us * 1e-6 if blocks else 0.0
-    flags = 0
-    for b in blocks:
-        flags |= b.flags
     last = blocks[-1] if blocks else None
     return Acquisition(index=index, t=times_us * 1e-6, volts=volts, codes=codes, gaps=gaps,
                        overflow=any(b.overflow for b in blocks),

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 import serial
 import test_protocol_conformance as conformance
+from waiting import wait_until
 
 from boostsim import default_board, steady_state
 from firmware_bridge import protocol
@@ -72,14 +73,6 @@ def fetch(port: serial.Serial, count: int | None = None) -> protocol.AdcBlock:
     assert kind == "block", payload
     return protocol.decode_adc_block(payload)
 
-
-def wait_until(predicate, timeout: float, step: float = 0.01):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(step)
 
 
 # ------------------------------------------------------------------ conformance over the pty
