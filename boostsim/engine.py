@@ -511,72 +511,46 @@ def simulate(params: BoostParams, duty: Any = None, t_end: float | None = None,
         from tqdm.auto import tqdm
 
         bar = tqdm(total=n_periods, desc="simulate", unit="period", leave=False)
-    view = None
+    constant_runner = _ConstantDuty(stepper, out, Ts, dt, bar, run_ahead)
     everyone = np.arange(n)
-    run_ahead = run_ahead and controller is None and schedule is None
-    chunk = _FIRST_CHUNK
-    samples_per_period = int(np.ceil(np.max(Ts) / dt)) + 1
-    k = 0
-    backoff = 0  # periods to step one by one before trying to run ahead again
-    failures = 0
-    while k < n_periods:
-        K = min(chunk, n_periods - k, max(1, _MAX_CHUNK_SAMPLES // (n * samples_per_period)))
-        if (run_ahead and backoff == 0 and K > 1
-                and not stepper.has_steps_between(k * Ts, (k + K) * Ts)):
-            # Open loop at constant duty: advance stretches of CCM in closed form.
-            ahead = ccm_run_ahead(stepper, k, K, il, vc, constant)
-            common = int(ahead.valid_periods.min())
-            good = ahead.valid_periods >= K
-            if common >= 1:
-                ahead = ahead.first(common)
-                out.run_ahead(everyone, k, common, ahead, np.ones(n, dtype=bool), constant,
-                              stepper)
-                il, vc = ahead.il[common], ahead.vc[common]
-                chunk = min(2 * chunk, _MAX_CHUNK) if common == K else max(_FIRST_CHUNK, common)
-                failures = 0
-                k += common
-                if bar is not None:
-                    bar.update(common)
-                continue
-            if good.any() and np.count_nonzero(good) >= n // 2:
-                # Most lanes stay in CCM: run them ahead, step the others period by period.
-                il, vc = il.copy(), vc.copy()
-                rows = everyone[good]
-                out.run_ahead(rows, k, K, ahead, good, constant[good], stepper.subset(rows))
-                il[good], vc[good] = ahead.il[K, good], ahead.vc[K, good]
-                rows = everyone[~good]
-                sub = stepper.subset(rows)
-                il_b, vc_b = il[rows], vc[rows]
-                for j in range(k, k + K):
-                    period = sub.period(j, il_b, vc_b, constant[rows])
-                    out.period(rows, j, constant[rows], il_b, vc_b, period)
-                    il_b, vc_b = period.il_end, period.vc_end
-                il[rows], vc[rows] = il_b, vc_b
-                k += K
-                if bar is not None:
-                    bar.update(K)
-                continue
-            # Mostly discontinuous conduction: step for a while before trying again.
-            failures += 1
-            backoff = min(2 ** failures, _MAX_BACKOFF)
-            chunk = _FIRST_CHUNK
-        t0 = k * Ts
-        if controller is not None:
+    every = int(getattr(controller, "every", 1)) if controller is not None else 1
+    if controller is None and schedule is None:
+        il, vc = constant_runner.advance(0, n_periods, il, vc, constant)
+    elif controller is not None and every > 1:
+        # The controller acts every `every` periods and holds its duty in between: run the
+        # held stretch at constant duty and step its last period for the controller's view.
+        view = None
+        k = 0
+        while k < n_periods:
+            t0 = k * Ts
             d = check_duty(np.broadcast_to(np.asarray(controller(k, t0, view), dtype=float),
                                            (n,)).astype(float), f"controller duty (period {k})")
-        elif schedule is not None:
-            d = schedule[k]
-        else:
-            d = constant
-        period = stepper.period(k, il, vc, d)
-        out.period(everyone, k, d, il, vc, period)
-        il, vc = period.il_end, period.vc_end
-        if controller is not None:
-            view = PeriodView(k, t0, d, period)
-        k += 1
-        backoff = max(backoff - 1, 0)
-        if bar is not None:
-            bar.update(1)
+            last = min(k + every, n_periods) - 1
+            il, vc = constant_runner.advance(k, last, il, vc, d)
+            period = stepper.period(last, il, vc, d)
+            out.period(everyone, last, d, il, vc, period)
+            il, vc = period.il_end, period.vc_end
+            view = PeriodView(last, last * Ts, d, period)
+            k = last + 1
+            if bar is not None:
+                bar.update(1)
+    else:
+        view = None
+        for k in range(n_periods):
+            t0 = k * Ts
+            if controller is not None:
+                d = check_duty(np.broadcast_to(np.asarray(controller(k, t0, view), dtype=float),
+                                               (n,)).astype(float),
+                               f"controller duty (period {k})")
+            else:
+                d = schedule[k]
+            period = stepper.period(k, il, vc, d)
+            out.period(everyone, k, d, il, vc, period)
+            il, vc = period.il_end, period.vc_end
+            if controller is not None:
+                view = PeriodView(k, t0, d, period)
+            if bar is not None:
+                bar.update(1)
     if bar is not None:
         bar.close()
     squeeze = (lambda a: a[0]) if scalar else (lambda a: a)
@@ -591,6 +565,79 @@ _FIRST_CHUNK = 8
 _MAX_CHUNK = 4096
 _MAX_BACKOFF = 32
 _MAX_CHUNK_SAMPLES = 1 << 19  # lane-periods x samples per period in one stretch
+
+
+class _ConstantDuty:
+    """Advances all lanes through stretches of periods at a constant duty: closed-form CCM
+    run-ahead where it applies (adaptive chunks, backing off while lanes are in DCM), period
+    by period elsewhere."""
+
+    def __init__(self, stepper: Stepper, out: _Recorder, Ts: np.ndarray, dt: float, bar: Any,
+                 run_ahead: bool):
+        self.stepper, self.out, self.Ts, self.bar = stepper, out, Ts, bar
+        self.run_ahead = run_ahead
+        n = stepper.n
+        self.everyone = np.arange(n)
+        self.max_chunk = max(1, _MAX_CHUNK_SAMPLES // (n * (int(np.ceil(np.max(Ts) / dt)) + 1)))
+        self.chunk = _FIRST_CHUNK
+        self.backoff = 0  # periods to step one by one before trying to run ahead again
+        self.failures = 0
+
+    def advance(self, k: int, k_end: int, il: np.ndarray, vc: np.ndarray, duty: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """Periods [k, k_end) at ``duty``; returns the state at the start of ``k_end``."""
+        stepper, out, Ts, everyone = self.stepper, self.out, self.Ts, self.everyone
+        n = stepper.n
+        while k < k_end:
+            K = min(self.chunk, k_end - k, self.max_chunk)
+            if (self.run_ahead and self.backoff == 0 and K > 1
+                    and not stepper.has_steps_between(k * Ts, (k + K) * Ts)):
+                ahead = ccm_run_ahead(stepper, k, K, il, vc, duty)
+                common = int(ahead.valid_periods.min())
+                good = ahead.valid_periods >= K
+                if common >= 1:
+                    ahead = ahead.first(common)
+                    out.run_ahead(everyone, k, common, ahead, np.ones(n, dtype=bool), duty,
+                                  stepper)
+                    il, vc = ahead.il[common], ahead.vc[common]
+                    self.chunk = (min(2 * self.chunk, _MAX_CHUNK) if common == K
+                                  else max(_FIRST_CHUNK, common))
+                    self.failures = 0
+                    k += common
+                    self._progress(common)
+                    continue
+                if good.any() and np.count_nonzero(good) >= n // 2:
+                    # Most lanes stay in CCM: run them ahead, step the others one by one.
+                    il, vc = il.copy(), vc.copy()
+                    rows = everyone[good]
+                    out.run_ahead(rows, k, K, ahead, good, duty[good], stepper.subset(rows))
+                    il[good], vc[good] = ahead.il[K, good], ahead.vc[K, good]
+                    rows = everyone[~good]
+                    sub = stepper.subset(rows)
+                    il_b, vc_b = il[rows], vc[rows]
+                    for j in range(k, k + K):
+                        period = sub.period(j, il_b, vc_b, duty[rows])
+                        out.period(rows, j, duty[rows], il_b, vc_b, period)
+                        il_b, vc_b = period.il_end, period.vc_end
+                    il[rows], vc[rows] = il_b, vc_b
+                    k += K
+                    self._progress(K)
+                    continue
+                # Mostly discontinuous conduction: step for a while before trying again.
+                self.failures += 1
+                self.backoff = min(2 ** self.failures, _MAX_BACKOFF)
+                self.chunk = _FIRST_CHUNK
+            period = stepper.period(k, il, vc, duty)
+            out.period(everyone, k, duty, il, vc, period)
+            il, vc = period.il_end, period.vc_end
+            k += 1
+            self.backoff = max(self.backoff - 1, 0)
+            self._progress(1)
+        return il, vc
+
+    def _progress(self, periods: int) -> None:
+        if self.bar is not None:
+            self.bar.update(periods)
 
 
 class _Recorder:

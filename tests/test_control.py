@@ -210,3 +210,18 @@ def test_small_reference_steps_can_be_measured_as_reference_steps():
     assert step_response(t, y, 0.0).overshoot < 1  # auto: read as a disturbance of 12 V
     with pytest.raises(ValueError, match="kind"):
         step_response(t, y, 0.0, kind="ramp")
+
+
+def test_slow_loop_runs_ahead_between_control_steps_with_the_same_result():
+    def run(run_ahead):
+        pid = PID(kp=0.0, ki=10.0, kd=0.0, ts=50 * TS, out_min=0.0, out_max=0.8)
+        ctl = DigitalController(pid, every=50, initial_duty=0.5, adc=ADC(noise_rms=0.001))
+        res = simulate(BOARD, controller=ctl, vref=12.0, t_end=20e-3, dt=TS,
+                       x0=(0.5, 10.0), run_ahead=run_ahead)
+        return res, ctl.log()
+
+    fast, fast_log = run(True)
+    slow, slow_log = run(False)
+    np.testing.assert_allclose(fast.vout, slow.vout, rtol=0, atol=1e-10 * np.max(slow.vout))
+    np.testing.assert_array_equal(fast_log.duty, slow_log.duty)
+    assert fast_log.period[:2].tolist() == [50, 100]  # the PID ran every 50 periods
