@@ -212,22 +212,46 @@ def _quadrature(seg: Segment) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nd
     return il, vc, sg.vout_of(cc, topo2, il, vc), weights
 
 
-def period_means(stepper: Stepper, records) -> dict[str, np.ndarray]:
+def period_means(stepper: Stepper, records, *, batch: int = 50_000) -> dict[str, np.ndarray]:
     """Exact time averages of iL, vC and vout over every recorded period, shape (lanes,
-    periods), re-stepped from the records."""
+    periods), re-stepped from the records.
+
+    Every period starts from its recorded state, so the periods are independent: they are
+    re-stepped together, ``batch`` lane-periods at a time, as lanes of one larger stepper.
+    """
     n, n_periods = records.duty.shape
-    out = {name: np.empty((n_periods, n)) for name in ("il", "vc", "vout")}
-    for k in range(n_periods):
-        period = stepper.period(k, records.il_start[:, k], records.vc_start[:, k],
+    out = {name: np.empty((n, n_periods)) for name in ("il", "vc", "vout")}
+    per_lane_steps = any(np.ndim(getattr(step, name)) > 0 for step in stepper.steps
+                         for name in ("vin", "R", "i_load"))
+    if per_lane_steps:
+        # Step values differ per lane: they cannot be repeated along a period axis.
+        for k in range(n_periods):
+            sums = _period_sums(stepper, k, records.il_start[:, k], records.vc_start[:, k],
                                 records.duty[:, k])
-        sums = np.zeros((3, n))
-        for seg in period.segments:
-            il, vc, vout, weights = _quadrature(seg)
-            sums += [np.sum(il * weights, axis=1), np.sum(vc * weights, axis=1),
-                     np.sum(vout * weights, axis=1)]
-        T = stepper.Ts
-        out["il"][k], out["vc"][k], out["vout"][k] = sums / T
-    return {name: value.T for name, value in out.items()}
+            for name, value in zip(("il", "vc", "vout"), sums, strict=True):
+                out[name][:, k] = value
+        return out
+    chunk = max(1, batch // n)
+    for first in range(0, n_periods, chunk):
+        ks = np.arange(first, min(n_periods, first + chunk))
+        lanes = {name: np.repeat(value, ks.size) for name, value in stepper.lanes.items()}
+        wide = Stepper(lanes, stepper.steps)
+        sums = _period_sums(wide, np.tile(ks, n), records.il_start[:, ks].ravel(),
+                            records.vc_start[:, ks].ravel(), records.duty[:, ks].ravel())
+        for name, value in zip(("il", "vc", "vout"), sums, strict=True):
+            out[name][:, ks] = value.reshape(n, ks.size)
+    return out
+
+
+def _period_sums(stepper: Stepper, k, il0, vc0, duty) -> np.ndarray:
+    """Means of iL, vC, vout over one period per lane (rows of a (3, n) array)."""
+    period = stepper.period(k, il0, vc0, duty)
+    sums = np.zeros((3, il0.size))
+    for seg in period.segments:
+        il, vc, vout, weights = _quadrature(seg)
+        sums += [np.sum(il * weights, axis=1), np.sum(vc * weights, axis=1),
+                 np.sum(vout * weights, axis=1)]
+    return sums / stepper.Ts
 
 
 def _diode_extrema(c: np.ndarray, il0: np.ndarray, vc0: np.ndarray, dur: np.ndarray

@@ -132,6 +132,7 @@ class Stepper:
         self.lanes = lanes
         self.n = lanes["L"].size
         self.Ts = 1.0 / lanes["fsw"]
+        self.steps = tuple(steps)
         self.conditions = Conditions(lanes, steps)
         self.sync = lanes["synchronous"].astype(bool)
         self.any_sync = bool(self.sync.any())
@@ -168,12 +169,14 @@ class Stepper:
         sub.sync = self.sync[idx]
         sub.any_sync = bool(sub.sync.any())
         sub._on_cache = None
+        sub.steps = self.steps
         sub.conditions = self.conditions.subset(idx)
         return sub
 
-    def period(self, k: int, il: np.ndarray, vc: np.ndarray, duty: np.ndarray,
+    def period(self, k: int | np.ndarray, il: np.ndarray, vc: np.ndarray, duty: np.ndarray,
                jacobian: bool = False) -> Period:
-        """Simulate period ``k`` (starting at ``k * Ts``) from state (il, vc) with ``duty``."""
+        """Simulate period ``k`` (starting at ``k * Ts``; ``k`` may differ per lane) from state
+        (il, vc) with ``duty``."""
         n, Ts = self.n, self.Ts
         t0 = k * Ts
         cond = self.conditions
