@@ -19,7 +19,8 @@ from .params import FIELDS, BoostParams
 from .theory import ccm_vout, vout_ideal
 from .units import format_si
 
-__all__ = ["monte_carlo_figure", "save", "steady_figure", "sweep_figure", "waveform_figure"]
+__all__ = ["averaged_figure", "bode_figure", "bode_phase", "monte_carlo_figure", "save",
+           "steady_figure", "sweep_figure", "waveform_figure"]
 
 _DCM_COLOR = "#f4a261"
 _LIMIT_COLOR = "#d62828"
@@ -573,3 +574,170 @@ def _plain():
     fmt = ScalarFormatter(useOffset=False)
     return fmt
 
+
+
+# -- loop gain ------------------------------------------------------------------------------
+
+_T_COLOR = "C0"
+_PLANT_COLOR = "C2"
+_CTRL_COLOR = "C1"
+_MARK_COLOR = "#d62828"
+
+
+def bode_phase(h: np.ndarray, start: float = 0.0) -> np.ndarray:
+    """Unwrapped phase of ``h`` [deg], shifted by whole turns so that the first point lies
+    within 180 deg of ``start`` (e.g. -90 for a loop with an integrator, 0 for Gvd)."""
+    phase = np.degrees(np.unwrap(np.angle(np.asarray(h, dtype=complex))))
+    if phase.size:
+        phase -= 360.0 * np.round((phase[0] - start) / 360.0)
+    return phase
+
+
+def _db(h: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore"):
+        return 20.0 * np.log10(np.abs(np.asarray(h, dtype=complex)))
+
+
+def _freq_text(f: float) -> str:
+    return format_si(float(f), "Hz", digits=3)
+
+
+def bode_figure(f: Any, *, loop: Any = None, plant: Any = None, controller: Any = None,
+                margins: Any = None, rhp_zero_hz: float | None = None,
+                resonance_hz: float | None = None, title: str | None = None,
+                subtitle: str | None = None) -> Figure:
+    """Bode plot (magnitude [dB] and phase [deg] against frequency [Hz], logarithmic).
+
+    ``loop``: the loop gain ``T`` (complex, solid); ``plant`` (``Gvd``) and ``controller``
+    (``C``): drawn dashed beside it, or the plant alone (solid) when there is no loop.
+    ``margins`` (:class:`boostsim.design.Margins`): the crossover, phase margin and gain
+    margin are marked and annotated; ``rhp_zero_hz`` and ``resonance_hz`` are marked with
+    vertical lines when inside the frequency range.
+    """
+    f = np.asarray(f, dtype=float)
+    fig = Figure(figsize=(10, 8), layout="constrained")
+    ax_m, ax_p = fig.subplots(2, 1, sharex=True, height_ratios=(1.15, 1))
+    curves = []
+    if loop is not None:
+        curves.append((loop, "loop gain T = C·Gvd", _T_COLOR, "-", 2.2, -90.0))
+        if plant is not None:
+            curves.append((plant, "plant Gvd (sampled, with delay)", _PLANT_COLOR, "--", 1.4,
+                           0.0))
+        if controller is not None:
+            curves.append((controller, "controller C (PID)", _CTRL_COLOR, "--", 1.4, -90.0))
+    elif plant is not None:
+        curves.append((plant, "plant Gvd (duty to output voltage)", _T_COLOR, "-", 2.2, 0.0))
+    phases = {}
+    for h, label, color, ls, lw, start in curves:
+        phase = bode_phase(h, start)
+        phases[label] = phase
+        ax_m.semilogx(f, _db(h), color=color, ls=ls, lw=lw, label=label)
+        ax_p.semilogx(f, phase, color=color, ls=ls, lw=lw, label=label)
+    ax_m.axhline(0.0, color="k", lw=0.8, alpha=0.6)
+    if loop is not None:
+        ax_p.axhline(-180.0, color="k", lw=0.8, alpha=0.6)
+    lo, hi = (float(f[0]), float(f[-1])) if f.size else (1.0, 1.0)
+
+    def vline(x: float | None, label: str, ls: str) -> None:
+        if x is None or not np.isfinite(x) or not lo <= x <= hi:
+            return
+        for ax in (ax_m, ax_p):
+            ax.axvline(x, color="0.35", ls=ls, lw=1.1, label=label if ax is ax_m else None)
+        ax_m.annotate(label, (x, 1.0), xycoords=("data", "axes fraction"), xytext=(3, -12),
+                      textcoords="offset points", fontsize=8, color="0.25")
+
+    vline(rhp_zero_hz, f"RHP zero {_freq_text(rhp_zero_hz)}" if rhp_zero_hz else "", ":")
+    vline(resonance_hz, f"LC resonance {_freq_text(resonance_hz)}" if resonance_hz else "",
+          "-.")
+    if loop is not None and margins is not None:
+        t_phase = phases[curves[0][1]]
+        fc = float(margins.crossover_hz)
+        if np.isfinite(fc) and lo <= fc <= hi:
+            pc = float(np.interp(np.log(fc), np.log(f), t_phase))
+            # Show the margin from the -180 deg line nearest below the curve.
+            floor = pc - float(margins.phase_margin_deg)
+            ax_m.plot([fc], [0.0], "o", color=_MARK_COLOR, ms=7, zorder=5)
+            ax_m.annotate(f"crossover {_freq_text(fc)}", (fc, 0.0), xytext=(-8, -16),
+                          textcoords="offset points", fontsize=9, color=_MARK_COLOR,
+                          fontweight="bold", ha="right",
+                          bbox=dict(boxstyle="round,pad=0.2", fc="white", ec="none",
+                                    alpha=0.8))
+            ax_p.axvline(fc, color=_MARK_COLOR, ls=":", lw=1)
+            ax_p.annotate("", (fc, pc), xytext=(fc, floor),
+                          arrowprops=dict(arrowstyle="<->", color=_MARK_COLOR, lw=1.6))
+            ax_p.annotate(f"phase margin {margins.phase_margin_deg:.1f}°",
+                          (fc, 0.5 * (pc + floor)), xytext=(8, 0), textcoords="offset points",
+                          fontsize=9, color=_MARK_COLOR, fontweight="bold", va="center",
+                          bbox=dict(boxstyle="round,pad=0.2", fc="white", ec="none",
+                                    alpha=0.8))
+            ax_m.axvline(fc, color=_MARK_COLOR, ls=":", lw=1)
+        fg, gm = float(margins.phase_crossover_hz), float(margins.gain_margin_db)
+        if np.isfinite(fg) and np.isfinite(gm) and lo <= fg <= hi:
+            ax_m.annotate("", (fg, 0.0), xytext=(fg, -gm),
+                          arrowprops=dict(arrowstyle="<->", color="#7b2cbf", lw=1.6))
+            ax_m.annotate(f"gain margin {gm:.1f} dB", (fg, -0.5 * gm), xytext=(8, 0),
+                          textcoords="offset points", fontsize=9, color="#7b2cbf",
+                          fontweight="bold", va="center", ha="left",
+                          bbox=dict(boxstyle="round,pad=0.2", fc="white", ec="none",
+                                    alpha=0.8))
+            ax_p.plot([fg], [float(np.interp(np.log(fg), np.log(f), t_phase))], "o",
+                      color="#7b2cbf", ms=6)
+        if not margins.stable:
+            ax_m.text(0.5, 0.5, "closed loop UNSTABLE", transform=ax_m.transAxes,
+                      ha="center", va="center", fontsize=16, color=_MARK_COLOR, alpha=0.6)
+    # Keep the magnitude axis readable: the controller's integrator can reach +100 dB.
+    mags = [_db(h) for h, *_ in curves]
+    if mags:
+        finite = np.concatenate([m[np.isfinite(m)] for m in mags]) if mags else np.array([])
+        if finite.size:
+            top = min(float(finite.max()), 100.0)
+            bottom = max(float(finite.min()), -100.0)
+            pad = 0.06 * (top - bottom or 1.0)
+            ax_m.set_ylim(bottom - pad, top + pad)
+    ax_m.set_ylabel("magnitude [dB]")
+    ax_p.set_ylabel("phase [deg]")
+    ax_p.set_xlabel("frequency [Hz]")
+    from matplotlib.ticker import EngFormatter, MultipleLocator
+
+    ax_p.xaxis.set_major_formatter(EngFormatter(sep=""))
+    ax_p.yaxis.set_major_locator(MultipleLocator(90 if np.ptp(np.concatenate(
+        list(phases.values()) or [np.zeros(1)])) > 270 else 45))
+    if f.size:
+        ax_p.set_xlim(lo, hi)
+    for ax in (ax_m, ax_p):
+        ax.grid(True, which="major", alpha=0.35)
+        ax.grid(True, which="minor", alpha=0.12)
+    ax_m.legend(fontsize=8, loc="lower left")
+    head = title or ("Loop gain" if loop is not None else "Plant Gvd (open loop)")
+    fig.suptitle(head + (f"\n{subtitle}" if subtitle else ""), fontsize=12)
+    return fig
+
+
+def averaged_figure(result, *, title: str | None = None) -> Figure:
+    """Inductor current, output voltage (switching-period averages) and duty of one
+    :func:`boostsim.averaged.simulate_averaged` run, steps marked."""
+    t = np.asarray(result.t, dtype=float)
+    il, vout = np.atleast_2d(result.il)[0], np.atleast_2d(result.vout)[0]
+    rec = result.periods
+    t_start, duty = np.atleast_2d(rec.t_start)[0], np.atleast_2d(rec.duty)[0]
+    scale, unit = _time_scale(float(t[-1]) if t.size else 1.0)
+    fig = Figure(figsize=(10, 7.5), layout="constrained")
+    ax_i, ax_v, ax_d = fig.subplots(3, 1, sharex=True)
+    ax_i.plot(t / scale, il, color="C0", lw=1.4)
+    ax_v.plot(t / scale, vout, color="C3", lw=1.4)
+    if t_start.size:
+        end = t_start[-1] + (t_start[-1] - t_start[-2] if t_start.size > 1 else t[-1])
+        ax_d.stairs(duty, np.r_[t_start, end] / scale, color="C2", lw=1.5, baseline=None)
+    ax_d.set_ylim(-0.05, 1.05)
+    for step in result.steps:
+        for ax in (ax_i, ax_v, ax_d):
+            ax.axvline(step.t / scale, color="k", ls="--", lw=1, alpha=0.7)
+    ax_i.set_ylabel("inductor current iL [A]\n(period average)")
+    ax_v.set_ylabel("output voltage [V]\n(period average)")
+    ax_d.set_ylabel("duty")
+    ax_d.set_xlabel(f"time [{unit}]")
+    for ax in (ax_i, ax_v, ax_d):
+        ax.grid(True, alpha=0.3)
+    fig.suptitle(title or f"Averaged-model simulation: {board_text(result.params)}",
+                 fontsize=12)
+    return fig

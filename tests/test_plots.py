@@ -137,3 +137,35 @@ def test_save_rejects_unknown_formats(tmp_path):
     fig = steady_figure(steady_state(BOARD, 0.5), BOARD)
     with pytest.raises(ValueError, match="unknown image format"):
         save(fig, tmp_path / "x.bmpx")
+
+
+def test_bode_figure_marks_margins_rhp_zero_and_resonance(tmp_path):
+    from boostsim.averaged import small_signal
+    from boostsim.design import tune_pid
+    from boostsim.plots import bode_figure
+
+    gains = tune_pid(BOARD, 12.0, 2000.0)
+    loop, m = gains.loop, gains.loop.margins()
+    f = np.geomspace(20, 0.49 / loop.sample_period, 300)
+    fig = bode_figure(f, loop=loop.frequency_response(f), plant=loop.plant_response(f),
+                      controller=loop.controller_response(f), margins=m,
+                      rhp_zero_hz=gains.rhp_zero_hz, title="Loop gain")
+    xlabels, ylabels, legend = _labels(fig)
+    assert ylabels == ["magnitude [dB]", "phase [deg]"] and "frequency [Hz]" in xlabels
+    assert any(t.startswith("loop gain T") for t in legend)
+    assert any(t.startswith("plant Gvd") for t in legend)
+    assert any(t.startswith("controller C") for t in legend)
+    assert any(t.startswith("RHP zero") for t in legend)
+    texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert any(t.startswith("crossover 2") for t in texts)
+    assert any(t.startswith("phase margin 50.0") for t in texts)
+    assert any(t.startswith("gain margin") for t in texts)
+    assert _saved(fig, tmp_path).startswith(PNG)
+    plant = small_signal(BOARD, 0.6)
+    f = np.geomspace(10, 50e3, 200)
+    fig = bode_figure(f, plant=plant.response(f), rhp_zero_hz=plant.rhp_zero_hz,
+                      resonance_hz=plant.resonance_hz)
+    legend = _labels(fig)[2]
+    assert any(t.startswith("LC resonance") for t in legend)
+    assert any(t.startswith("plant Gvd") for t in legend)
+    assert _saved(fig, tmp_path, "plant.png").startswith(PNG)
