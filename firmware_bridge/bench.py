@@ -789,6 +789,8 @@ def run_live(board: Board, *, vref: float, kp: float, ki: float, kd: float = 0.0
         t0 = perf()
         next_tick = t0
         next_status = t0
+        y_prev = None
+        jump = 0.05 * max(float(np.max(ref(0.0))), 1.0)  # [V] per tick worth a second reading
         while True:
             if should_stop is not None and should_stop():
                 stopped = "stopped"
@@ -815,8 +817,12 @@ def run_live(board: Board, *, vref: float, kp: float, ki: float, kd: float = 0.0
                 board.write_nowait("SOUR:PWM:DUTY", u_sent)
                 next_tick += ts
                 continue
-            t_meas = perf()
             consecutive = 0
+            if y_prev is not None and abs(y - y_prev) > jump:
+                # A corrupted digit can still parse as a number: confirm a large jump.
+                y = board.query("MEAS:VOLT?")
+            y_prev = y
+            t_meas = perf()
             if not on:
                 board.check(expect_on=True)  # raises TripError / BoardResetError
             if abs(duty_rb - u_sent) > 2e-6:
