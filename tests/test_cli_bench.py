@@ -366,7 +366,7 @@ def test_a_reset_mid_sweep_is_resumed(emu, tmp_path):
     assert proc.returncode == 0, err
     summary = json.loads(out)
     assert summary["resets"] == 1 and summary["points"] == 11
-    assert summary["error_max_V"] < 0.5 * LSB
+    assert summary["error_max_V"] < LSB  # the resumed point: within one ADC code
 
 
 def test_a_port_in_use_is_a_clear_error(emu, tmp_path):
