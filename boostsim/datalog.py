@@ -22,7 +22,6 @@ tolerates a torn last line (a file copied while being written, or a disk full).
 from __future__ import annotations
 
 import datetime
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -31,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from .outputs import metadata_lines
+from .outputs import metadata_lines, read_csv
 
 __all__ = ["SampleLog", "read_log", "utc_timestamp"]
 
@@ -161,40 +160,6 @@ class SampleLog:
 
 
 def read_log(path: str | Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Read a log (or any :mod:`boostsim.outputs` CSV): (metadata, {label: column}).
-
-    Like :func:`boostsim.outputs.read_csv`, but a torn last line (fewer cells than columns,
-    or no line end) is dropped instead of failing.
-    """
-    with open(path, encoding="utf-8", newline="") as f:
-        text = f.read()
-    # The piece after the last line end is empty, or a torn line: drop it either way.
-    lines = text.split("\n")[:-1]
-    meta: dict[str, Any] = {}
-    body = len(lines)
-    for i, line in enumerate(lines):
-        if not line.startswith("#"):
-            body = i
-            break
-        content = line[1:].strip()
-        if content.startswith("boostsim ") and ":" not in content:
-            meta["boostsim"] = content.split(None, 1)[1]
-            continue
-        key, _, value = content.partition(":")
-        try:
-            meta[key.strip()] = json.loads(value.strip())
-        except json.JSONDecodeError:
-            meta[key.strip()] = value.strip()
-    if body >= len(lines):
-        raise ValueError(f"{str(path)!r}: no column header line")
-    labels = lines[body].rstrip("\r").split(",")
-    rows = [line.rstrip("\r").split(",") for line in lines[body + 1:] if line]
-    rows = [r for r in rows if len(r) == len(labels)]
-    columns: dict[str, np.ndarray] = {}
-    for j, label in enumerate(labels):
-        raw = [r[j] for r in rows]
-        try:
-            columns[label] = np.array(raw, dtype=float)
-        except ValueError:
-            columns[label] = np.array(raw)
-    return meta, columns
+    """Read a log (or any :mod:`boostsim.outputs` CSV): (metadata, {label: column}); a torn
+    last line (the run was killed while writing it) is dropped."""
+    return read_csv(path, partial=True)

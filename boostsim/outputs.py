@@ -164,30 +164,43 @@ def write_csv(path: str | Path, columns: Mapping[str, np.ndarray],
         bar.close()
 
 
-def read_csv(path: str | Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Read a file written by :func:`write_csv`: (metadata, {label: column}).
+def read_csv(path: str | Path, *, partial: bool = False
+             ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Read a file written by :func:`write_csv` (or a :mod:`boostsim.datalog` log):
+    (metadata, {label: column}).
 
-    Numeric columns come back as float arrays, others (``mode``) as string arrays.
+    Numeric columns come back as float arrays, others (``mode``) as string arrays. With
+    ``partial`` a torn last line (a run killed while writing: fewer cells, or no line end) is
+    dropped instead of failing.
     """
+    with open(path, encoding="utf-8", newline="") as f:
+        text = f.read()
+    if partial:
+        # The piece after the last line end is empty, or a torn line: drop it either way.
+        lines = [line.rstrip("\r") for line in text.split("\n")[:-1]]
+    else:
+        lines = text.splitlines()
     meta: dict[str, Any] = {}
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().splitlines()
-    body = 0
-    for body, line in enumerate(lines):  # noqa: B007 - the index is used after the loop
+    body = len(lines)
+    for i, line in enumerate(lines):
         if not line.startswith("#"):
+            body = i
             break
-        text = line[1:].strip()
-        if text.startswith("boostsim ") and ":" not in text:
-            meta["boostsim"] = text.split(None, 1)[1]
+        content = line[1:].strip()
+        if content.startswith("boostsim ") and ":" not in content:
+            meta["boostsim"] = content.split(None, 1)[1]
             continue
-        key, _, value = text.partition(":")
-        value = value.strip()
+        key, _, value = content.partition(":")
         try:
-            meta[key.strip()] = json.loads(value)
+            meta[key.strip()] = json.loads(value.strip())
         except json.JSONDecodeError:
-            meta[key.strip()] = value
+            meta[key.strip()] = value.strip()
+    if body >= len(lines):
+        raise ValueError(f"{str(path)!r}: no column header line")
     labels = lines[body].split(",")
     rows = [line.split(",") for line in lines[body + 1:] if line]
+    if partial:
+        rows = [r for r in rows if len(r) == len(labels)]
     columns: dict[str, np.ndarray] = {}
     for j, label in enumerate(labels):
         raw = [r[j] for r in rows]

@@ -16,9 +16,9 @@ from importlib import resources
 
 import numpy as np
 import pytest
+from cli_helpers import cli, one_line_error
 
 from boostsim import __version__
-from boostsim.cli import main
 from boostsim.outputs import read_csv
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -34,19 +34,6 @@ def run(*args: str, cwd=None, timeout: float = 120) -> subprocess.CompletedProce
                           stdin=subprocess.DEVNULL)
 
 
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    """Run the command in this process: (exit status, stdout, stderr)."""
-    status = main(list(args))
-    out, err = capsys.readouterr()
-    return status, out, err
-
-
-def one_line_error(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("boostsim: error: "), err
-    assert "Traceback" not in err
-    return lines[0]
 
 
 def body(path) -> list[str]:

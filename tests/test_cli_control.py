@@ -13,25 +13,13 @@ import sys
 import tomllib
 
 import pytest
+from cli_helpers import cli, one_line_error
 
-from boostsim.cli import main
 from boostsim.outputs import read_csv
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    status = main(list(args))
-    out, err = capsys.readouterr()
-    return status, out, err
-
-
-def one_line_error(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("boostsim: error: "), err
-    assert "Traceback" not in err
-    return lines[0]
 
 
 def header(path) -> list[str]:
