@@ -10,9 +10,10 @@ from .analysis import Metrics, step_response
 from .averaged import operating_point, simulate_averaged, small_signal
 from .control import ADC, PWM, DigitalController
 from .design import loop_gain, tune_pid
-from .engine import SimulationResult, Step, simulate
+from .engine import Step
 from .params import BoostParams, default_board
 from .pid import PID
+from .simulation import SimulationResult, simulate
 from .steady import SteadyState, steady_state
 
 __version__ = "0.1.0"

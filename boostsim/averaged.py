@@ -9,7 +9,7 @@ What "averaged" means here
 The state is the *moving average over one switching period* of the inductor current and the
 capacitor voltage, ``x(t) = (1/Ts) * integral_{t-Ts}^{t} x_switching``. So the value at
 ``t = (k+1) Ts`` is the exact mean of the switching waveform over period ``k`` -- what
-:meth:`boostsim.engine.SimulationResult.period_means` computes -- and the two can be compared
+:meth:`boostsim.simulation.SimulationResult.period_means` computes -- and the two can be compared
 directly (Krein, Bentsman, Bass and Lesieutre [KBBL]). The moving average of the switching
 function ``q(t)`` (1 while the switch is on) is not a staircase starting at the period start:
 with trailing-edge modulation the on-time of period ``k`` is ``[k Ts, (k + d_k) Ts)``, so
@@ -684,7 +684,7 @@ class AveragedPeriods:
 
     ``il_mean``, ``vc_mean``, ``vout_mean`` are the model's values at the period end, i.e. its
     prediction of the switching waveforms' means over the period (compare with
-    :meth:`boostsim.engine.SimulationResult.period_means`). ``d2`` is the diode conduction
+    :meth:`boostsim.simulation.SimulationResult.period_means`). ``d2`` is the diode conduction
     fraction, ``mode_code`` 0 (CCM), 1 (DCM) or 2 (DCM, the current not yet reaching the
     output), at the period end.
     """
@@ -750,7 +750,7 @@ class AveragedResult:
 
     def period_means(self) -> dict[str, np.ndarray]:
         """The model's per-period means, keyed like
-        :meth:`boostsim.engine.SimulationResult.period_means` (``t_start``, ``il``, ``vc``,
+        :meth:`boostsim.simulation.SimulationResult.period_means` (``t_start``, ``il``, ``vc``,
         ``vout``), so the two can be compared directly."""
         rec = self.periods
         out = {"t_start": rec.t_start, "il": rec.il_mean, "vc": rec.vc_mean,

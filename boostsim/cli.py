@@ -1228,7 +1228,7 @@ def _drive(ctx: Context, params: BoostParams) -> tuple[dict[str, Any], dict[str,
 
 def cmd_simulate(ctx: Context) -> int:
     from .averaged import simulate_averaged
-    from .engine import simulate
+    from .simulation import simulate
 
     a = ctx.args
     drive, loop = _drive(ctx, ctx.board())

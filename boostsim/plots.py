@@ -435,7 +435,7 @@ def _time_scale(span: float) -> tuple[float, str]:
 
 def waveform_figure(sim, *, zoom_periods: int = 4, title: str | None = None) -> Figure:
     """Inductor current, output voltage and switch state of one simulated converter
-    (:class:`boostsim.engine.SimulationResult` with scalar inputs), over the whole run (left;
+    (:class:`boostsim.simulation.SimulationResult` with scalar inputs), over the whole run (left;
     long records drawn as their min/max envelope) and zoomed on the last ``zoom_periods``
     periods (right). Line and load steps are marked."""
     t, il, vout = sim.t, np.atleast_2d(sim.il)[0], np.atleast_2d(sim.vout)[0]

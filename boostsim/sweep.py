@@ -17,7 +17,7 @@ bit-identical columns with any number of workers or a Dask cluster (the samples 
 not depend on ``chunk_size`` either).
 
 Each point is solved by :func:`boostsim.steady.steady_state` (periodic steady state, fast), or
-with ``transient=Transient(t_end)`` by :func:`boostsim.engine.simulate` from rest, measured over
+with ``transient=Transient(t_end)`` by :func:`boostsim.simulation.simulate` from rest, measured over
 the last periods (slow, for checking that the converter really gets there).
 
 Example::
@@ -585,7 +585,7 @@ def _steady_columns(params: BoostParams, duty: np.ndarray) -> dict[str, np.ndarr
 
 def _transient_columns(params: BoostParams, duty: np.ndarray, spec: Transient,
                        progress: bool = False) -> dict[str, np.ndarray]:
-    from .engine import simulate
+    from .simulation import simulate
 
     periods = int(np.ceil(spec.t_end * np.max(np.atleast_1d(params.fsw)) - 1e-9))
     if periods < 2 * spec.last_periods:
