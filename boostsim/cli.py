@@ -2520,19 +2520,8 @@ def cmd_bench_step(ctx: Context) -> int:
             emu = session.emulator
             change = a.load_step
 
-            def in_board_thread() -> float:
-                # Take the streamed samples due before the change first (the emulator's
-                # set_load does not, so samples up to a poll interval early would show the new
-                # load), then change the load and note the board time.
-                catch_up = getattr(emu.hal, "_catch_up", None)
-                if catch_up is not None:
-                    catch_up()
-                when = emu.hal.ticks_us() * 1e-6  # set_load applies it at its start
-                emu.set_load(**change)
-                return when
-
             def apply() -> float:
-                return emu.call(in_board_thread)
+                return emu.set_load(**change)  # the board time of the change
         try:
             step = bench.run_step(board, d1, duty_after=d2, load_change=a.load_step,
                                   apply_load=apply, rate=a.rate, pre=a.pre, post=a.post,

@@ -655,18 +655,29 @@ class Emulator:
             raise ValueError(f"stall seconds must be >= 0, got {seconds!r}")
         self.call(lambda: self._apply_fault("stall", seconds))
 
-    def set_load(self, R: float | None = None, i_load: float | None = None) -> None:
-        """Change the load resistance (``math.inf``: disconnected) and/or constant current."""
+    def set_load(self, R: float | None = None, i_load: float | None = None) -> float:
+        """Change the load resistance (``math.inf``: disconnected) and/or constant current;
+        returns the board time of the change [s] (the clock of streamed samples)."""
         changes = {k: v for k, v in (("R", R), ("i_load", i_load)) if v is not None}
-        self.call(lambda: self.plant.set_conditions(self._clock(), **changes))
+        return self._change_conditions(**changes)
 
-    def disconnect_load(self) -> None:
+    def disconnect_load(self) -> float:
         """Open the load: with the switch running, vout rises until the OVP trips."""
-        self.set_load(R=math.inf)
+        return self.set_load(R=math.inf)
 
-    def set_vin(self, vin: float) -> None:
-        """Line step: change the input voltage."""
-        self.call(lambda: self.plant.set_conditions(self._clock(), vin=vin))
+    def set_vin(self, vin: float) -> float:
+        """Line step: change the input voltage; returns the board time of the change [s]."""
+        return self._change_conditions(vin=vin)
+
+    def _change_conditions(self, **changes: float) -> float:
+        def change() -> float:
+            # Streamed samples due before the change must see the old conditions.
+            self.hal._catch_up()
+            when = self.hal.ticks_us() * 1e-6
+            self.plant.set_conditions(self._clock(), **changes)
+            return when
+
+        return self.call(change)
 
     def faults(self, *, drop: float | None = None, corrupt: float | None = None,
                direction: str = "both") -> None:
