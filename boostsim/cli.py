@@ -1121,14 +1121,17 @@ def _loop_options(g) -> None:
                    help="proportional gain [duty/V]")
     g.add_argument("--ki", type=_gain("--ki"), default=None, metavar="K",
                    help="integral gain [duty/(V s)]")
-    g.add_argument("--kd", type=_gain("--kd"), default=0.0, metavar="K",
+    g.add_argument("--kd", type=_gain("--kd"), default=None, metavar="K",
                    help="derivative gain [duty s/V] (default 0)")
     g.add_argument("--rate", type=_positive("--rate", "Hz"), default=None, metavar="HZ",
                    help="loop rate (default 200 Hz, with --tune fsw; the PID runs every "
                         "fsw/rate periods)")
-    g.add_argument("--tf", type=_nonnegative("--tf"), default=0.0, metavar="S",
+    g.add_argument("--tf", type=_nonnegative("--tf"), default=None, metavar="S",
                    help="derivative filter time constant [s] (default 0; 'boostsim tune' "
                         "prints it)")
+    g.add_argument("--pid-config", metavar="FILE",
+                   help="take kp, ki, kd, tf and rate from the [pid] table of FILE (as written "
+                        "by 'boostsim tune --out gains.toml'); --kp etc. override it")
     g.add_argument("--slew", type=_positive("--slew", "V/s"), default=None, metavar="V/S",
                    help="setpoint slew limit for a soft start (default: steps)")
     g.add_argument("--duty-max", type=_duty_value, default=None, metavar="D",
@@ -1181,9 +1184,10 @@ def _drive(ctx: Context, params: BoostParams) -> tuple[dict[str, Any], dict[str,
     if a.vref is None:
         if a.tune:
             raise _UsageError("--tune needs --vref V (the closed loop's setpoint)")
-        for name in ("kp", "ki"):
+        for name in ("kp", "ki", "pid_config"):
             if getattr(a, name) is not None:
-                raise _UsageError(f"--{name} needs --vref (the closed loop's setpoint)")
+                raise _UsageError(f"--{name.replace('_', '-')} needs --vref (the closed loop's "
+                                  f"setpoint)")
         if a.duty is None:
             raise _UsageError("give the open-loop duty, e.g. --duty 0.6, or a closed loop, "
                               "e.g. --vref 12 --kp 0.01 --ki 5")
@@ -1197,20 +1201,27 @@ def _drive(ctx: Context, params: BoostParams) -> tuple[dict[str, Any], dict[str,
         raise CliError("the closed loop needs a single converter (no per-lane parameters)")
     tuned = None
     if a.tune:
-        for name in ("kp", "ki"):
+        for name in ("kp", "ki", "pid_config"):
             if getattr(a, name) is not None:
-                raise _UsageError(f"--tune computes the gains: do not give --{name}")
+                raise _UsageError(f"--tune computes the gains: do not give "
+                                  f"--{name.replace('_', '-')}")
         if a.crossover is None:
             raise _UsageError("--tune needs the loop's crossover frequency, e.g. --crossover 2k")
         tuned, _ = _tune(ctx, params, a.vref, a.crossover, a.phase_margin, a.rate, a.delay)
         kp, ki, kd, tf = tuned.kp, tuned.ki, tuned.kd, tuned.tf
         rate = 1.0 / tuned.ts
     else:
-        if a.kp is None or a.ki is None:
+        table = _pid_table(a.pid_config) if a.pid_config else {}
+
+        def pick(name: str, default: float | None) -> float | None:
+            given = getattr(a, name)
+            return given if given is not None else table.get(name, default)
+
+        kp, ki, kd, tf = pick("kp", None), pick("ki", None), pick("kd", 0.0), pick("tf", 0.0)
+        if kp is None or ki is None:
             raise _UsageError("the closed loop needs its gains: --kp K --ki K (and optionally "
-                              "--kd), or --tune --crossover F")
-        kp, ki, kd, tf = a.kp, a.ki, a.kd, a.tf
-        rate = a.rate if a.rate is not None else 200.0
+                              "--kd), --pid-config gains.toml, or --tune --crossover F")
+        rate = pick("rate", 200.0)
     duty_max = a.duty_max if a.duty_max is not None else fw.DUTY_LIMIT_DEFAULT
     controller, every, ts = host_loop_controller(
         params, kp=kp, ki=ki, kd=kd, tf=tf, rate=rate, duty_max=duty_max, slew=a.slew,
@@ -1224,6 +1235,33 @@ def _drive(ctx: Context, params: BoostParams) -> tuple[dict[str, Any], dict[str,
     if tuned is not None:
         loop["tuned"] = _predicted(tuned, a.crossover)
     return {"controller": controller, "vref": a.vref}, loop
+
+
+def _pid_table(path: str) -> dict[str, float]:
+    """The [pid] table of a TOML file (kp, ki, kd, tf [s], rate [Hz]), checked."""
+    try:
+        document = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise CliError(f"cannot read {path!r}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise CliError(f"{path}: not valid TOML: {exc}") from None
+    table = document.get("pid")
+    if not isinstance(table, dict):
+        raise CliError(f"{path}: no [pid] table (write one with 'boostsim tune --out FILE')")
+    unknown = set(table) - {"kp", "ki", "kd", "tf", "rate"}
+    if unknown:
+        raise CliError(f"{path}: unknown [pid] key(s) {sorted(unknown)}; known: kp, ki, kd, tf, "
+                       f"rate")
+    out = {}
+    for key, value in table.items():
+        try:
+            number = parse_si(value, name=f"[pid] {key}")
+        except ValueError as exc:
+            raise CliError(f"{path}: {exc}") from None
+        if not math.isfinite(number) or number < 0 or (key == "rate" and number == 0):
+            raise CliError(f"{path}: [pid] {key} must be a finite number >= 0, got {value!r}")
+        out[key] = number
+    return out
 
 
 def cmd_simulate(ctx: Context) -> int:

@@ -203,3 +203,26 @@ def test_simulate_tune_impossible_target(capsys):
     status, out, err = cli(capsys, "simulate", "--vref", "12", "--tune", "--crossover", "9k")
     assert status == 1 and out == ""
     assert "cannot tune" in one_line_error(err)
+
+
+def test_tuned_gains_file_drives_the_simulated_loop(capsys, tmp_path):
+    gains = tmp_path / "gains.toml"
+    status, _, err = cli(capsys, "tune", "--vref", "12", "--crossover", "2k", "--out",
+                         str(gains), "--quiet")
+    assert status == 0, err
+    status, out, err = cli(capsys, "simulate", "--vref", "12", "--pid-config", str(gains),
+                           "--start", "steady", "--t-end", "5m", "--json")
+    assert status == 0, err
+    loop = json.loads(out)["closed_loop"]
+    table = tomllib.loads(gains.read_text())["pid"]
+    assert loop["kp"] == pytest.approx(table["kp"]) and loop["rate"] == pytest.approx(table["rate"])
+    status, out, err = cli(capsys, "simulate", "--vref", "12", "--pid-config", str(gains),
+                           "--kp", "0.02", "--t-end", "1m", "--json")
+    assert status == 0 and json.loads(out)["closed_loop"]["kp"] == 0.02  # flags override the file
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[pid]\nkp = 1\nkq = 2\n")
+    status, _, err = cli(capsys, "simulate", "--vref", "12", "--pid-config", str(bad),
+                         "--t-end", "1m")
+    assert status == 1 and "unknown [pid] key(s) ['kq']" in one_line_error(err)
+    status, _, err = cli(capsys, "simulate", "--duty", "0.5", "--pid-config", str(gains))
+    assert status == 2 and "--pid-config needs --vref" in one_line_error(err)
