@@ -132,7 +132,7 @@ from typing import Any
 import numpy as np
 from scipy import signal
 
-from .drive import check_duty, lane_arrays, prepare_drive
+from .drive import check_duty, lane_arrays, operating_lanes, prepare_drive
 from .engine import Step, _step_value
 from .params import BoostParams
 from .segments import phi1
@@ -1451,13 +1451,7 @@ def _dc_solution(c: _Circuit, d: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def _lane_circuit(params: BoostParams, duty: Any) -> tuple[_Circuit, np.ndarray, bool]:
-    lanes, n, scalar = lane_arrays(params, np.asarray(duty, dtype=float))
-    d = check_duty(np.broadcast_to(np.asarray(duty, dtype=float), (n,)).astype(float), "duty")
-    unloaded = ~lanes["synchronous"] & np.isinf(lanes["R"]) & (lanes["i_load"] == 0)
-    if np.any(unloaded):
-        lane = int(np.flatnonzero(unloaded)[0])
-        raise ValueError(f"no operating point without a load (R=inf and i_load=0, lane "
-                         f"{lane}): the output charges up without limit")
+    lanes, _, scalar, d = operating_lanes(params, duty, "operating point")
     return _Circuit(lanes, lanes["vin"], lanes["R"], lanes["i_load"]), d, scalar
 
 

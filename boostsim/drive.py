@@ -12,7 +12,7 @@ import numpy as np
 
 from .params import BoostParams, broadcast_lanes
 
-__all__ = ["Drive", "check_duty", "lane_arrays", "prepare_drive"]
+__all__ = ["Drive", "check_duty", "lane_arrays", "operating_lanes", "prepare_drive"]
 
 
 @dataclasses.dataclass
@@ -156,3 +156,20 @@ def _check_schedule(schedule: np.ndarray, n: int, n_periods: int) -> np.ndarray:
         raise ValueError(f"duty schedule must be in [0, 1), got {full[k, i]!r} at period {k}, "
                          f"lane {i}")
     return full
+
+
+def operating_lanes(params: BoostParams, duty: Any, what: str
+                    ) -> tuple[dict[str, np.ndarray], int, bool, np.ndarray]:
+    """Lanes and checked duties for a DC/periodic operating point: (lanes, n, scalar, duty).
+
+    Refuses lanes with no load (R=inf, i_load=0, diode rectifier), which have no ``what``: the
+    output charges up without limit.
+    """
+    lanes, n, scalar = lane_arrays(params, np.asarray(duty, dtype=float))
+    d = check_duty(np.broadcast_to(np.asarray(duty, dtype=float), (n,)).astype(float), "duty")
+    unloaded = ~lanes["synchronous"] & np.isinf(lanes["R"]) & (lanes["i_load"] == 0)
+    if np.any(unloaded):
+        lane = int(np.flatnonzero(unloaded)[0])
+        raise ValueError(f"no {what} without a load (R=inf and i_load=0, lane {lane}): the "
+                         f"output charges up without limit")
+    return lanes, n, scalar, d

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from .analysis import Metrics, period_metrics
-from .drive import check_duty, lane_arrays
+from .drive import operating_lanes
 from .engine import Stepper, sample_segments
 from .params import BoostParams
 from .theory import ccm_vout
@@ -55,13 +55,7 @@ def steady_state(params: BoostParams, duty: Any, *, points: int = 200, tol: floa
     """
     if not isinstance(points, int | np.integer) or points < 1:
         raise ValueError(f"points must be an integer >= 1, got {points!r}")
-    lanes, n, scalar = lane_arrays(params, np.asarray(duty, dtype=float))
-    d = check_duty(np.broadcast_to(np.asarray(duty, dtype=float), (n,)).astype(float), "duty")
-    unloaded = ~lanes["synchronous"] & np.isinf(lanes["R"]) & (lanes["i_load"] == 0)
-    if np.any(unloaded):
-        lane = int(np.flatnonzero(unloaded)[0])
-        raise ValueError(f"no periodic steady state without a load (R=inf and i_load=0, lane "
-                         f"{lane}): the output charges up without limit")
+    lanes, _, scalar, d = operating_lanes(params, duty, "periodic steady state")
     stepper = Stepper(lanes)
     il, vc = _averaged_guess(lanes, d)
     il, vc = il.copy(), vc.copy()
