@@ -18,13 +18,19 @@ What it models, per call of the firmware:
   firmware's ring; they are produced whenever the emulator catches up with the clock (at least
   every serve-loop poll), each computed at its own exact instant, so the ring sees exactly what
   a timer interrupt would have pushed, overflow included.
+* ``protect_start(period, fn)``: the protection timer IRQ as a thread calling ``fn`` every
+  period (late ticks are skipped, never bunched), whatever the serve loop is doing;
+  ``irq_disable``/``irq_enable`` and every plant access take the same lock, so the "IRQ"
+  never sees the plant or the firmware half-updated. ``gate_off``: gate low now.
 * ``serial_read/serial_write/service``: delegated to a serial link (the emulator's
-  pseudo-terminal with fault injection); ``service`` records the serve loop's timing.
+  pseudo-terminal with fault injection); ``serial_write`` never waits for the host (it
+  returns what the pseudo-terminal took); ``service`` records the serve loop's timing.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -152,18 +158,23 @@ class EmulatedHAL:
         self.pwm_request = (False, 0.0, 0.0)   # what the firmware asked for
         self.pwm_actual = (False, 0.0, 0.0)    # what the emulated RP2040 produces
         self._stream: list | None = None       # [period_us, ring, next_sample_us]
+        self.irq_lock = threading.RLock()      # the protection "IRQ" vs. everything else
+        self._protect_stop: threading.Event | None = None
+        self._protect_thread: threading.Thread | None = None
         self.boot()
 
     # -- board life cycle ----------------------------------------------------------------------
 
     def boot(self) -> None:
         """Power-up / reset of the microcontroller: clock restarts, gate low, no sampling."""
+        self.protect_stop()
         self._stream = None
         self.boot_time = self.clock()
         self._set_gate(False, 0.0, 0.0)
 
     def shutdown(self) -> None:
-        """What main.py's ``finally`` does: sampling stopped, gate low."""
+        """What main.py's ``finally`` does: timers stopped, gate low."""
+        self.protect_stop()
         self.adc_stream_stop()
         self._set_gate(False, 0.0, 0.0)
 
@@ -172,14 +183,67 @@ class EmulatedHAL:
     def ticks_us(self) -> int:
         return int((self.clock() - self.boot_time) * 1e6)
 
+    def ticks_ms(self) -> int:
+        return int((self.clock() - self.boot_time) * 1e3)
+
+    @staticmethod
+    def ticks_diff(a: int, b: int) -> int:
+        return a - b
+
+    def protect_start(self, period_us: int, fn: Callable[[], None]) -> None:
+        """Call ``fn`` every ``period_us`` from a thread (the board's protection timer IRQ)."""
+        self.protect_stop()
+        stop = threading.Event()
+        period = period_us * 1e-6
+
+        def run() -> None:
+            due = time.monotonic() + period
+            while not stop.wait(max(0.0, due - time.monotonic())):
+                with self.irq_lock:
+                    if stop.is_set():
+                        return
+                    fn()
+                due += period
+                now = time.monotonic()
+                if due < now:  # late (the host machine was busy): next tick one period on
+                    due = now + period
+
+        self._protect_stop = stop
+        self._protect_thread = threading.Thread(target=run, name="boostsim-board-irq",
+                                                daemon=True)
+        self._protect_thread.start()
+
+    def protect_stop(self) -> None:
+        if self._protect_stop is not None:
+            self._protect_stop.set()
+            if self._protect_thread is not threading.current_thread():
+                self._protect_thread.join(5.0)
+            self._protect_stop = self._protect_thread = None
+
+    def gate_off(self) -> None:
+        with self.irq_lock:
+            self._set_gate(False, 0.0, 0.0)
+
+    def irq_disable(self) -> bool:
+        self.irq_lock.acquire()
+        return True
+
+    def irq_enable(self, state: bool) -> None:
+        self.irq_lock.release()
+
     def serial_number(self) -> str:
         return self.serial
 
     def pwm_set(self, enabled: bool, freq_hz: float, duty: float) -> None:
-        self.pwm_request = (bool(enabled), float(freq_hz), float(duty))
-        self._set_gate(enabled, freq_hz, duty)
+        with self.irq_lock:
+            self.pwm_request = (bool(enabled), float(freq_hz), float(duty))
+            self._set_gate(enabled, freq_hz, duty)
 
     def adc_read(self, channel: str) -> int:
+        with self.irq_lock:
+            return self._adc_read(channel)
+
+    def _adc_read(self, channel: str) -> int:
         cfg = self.cfg
         if channel == "vout":
             vout, _ = self._sample_now(False)
@@ -208,9 +272,10 @@ class EmulatedHAL:
         self._catch_up()
         return data
 
-    def serial_write(self, data: bytes) -> None:
-        if self.link is not None:
-            self.link.write(data)
+    def serial_write(self, data: bytes) -> int:
+        if self.link is None:
+            return len(data)
+        return self.link.write(data)
 
     def service(self) -> None:
         now = time.perf_counter()
@@ -304,11 +369,12 @@ class EmulatedHAL:
 
     def _catch_up(self, t: float | None = None) -> None:
         """Take the streamed samples due up to plant time ``t`` (default now)."""
-        if self._stream is None:
-            return
-        due = self._due(self.clock() if t is None else t)
-        if due is None:
-            return
-        start = self._tic()
-        self._push(self.plant.sample(due, presorted=True), due)
-        self._plant_timing(start, "stream")
+        with self.irq_lock:
+            if self._stream is None:
+                return
+            due = self._due(self.clock() if t is None else t)
+            if due is None:
+                return
+            start = self._tic()
+            self._push(self.plant.sample(due, presorted=True), due)
+            self._plant_timing(start, "stream")

@@ -32,7 +32,7 @@ is the one the firmware programs, so the TOML ``fsw`` only matters to the simula
 Fault injection (API methods, ``--fault`` timeline, ``--console`` commands): byte drop and
 corruption (per-byte probability or the next N bytes, per direction), a blackout (no bytes
 through for N s: the host watchdog expires), a stall (the serve loop hangs for N s: nothing is
-answered, the PWM and the sampling timer keep running; past the firmware's ``HW_WDT_MS`` the
+answered, the PWM, the sampling and the protection timer IRQs keep running; past the firmware's ``HW_WDT_MS`` the
 hardware watchdog reboots the board), a reset (firmware restart: state lost, output off, an
 optional banner such as MicroPython's ``MPY: soft reboot``), load and line changes (a load
 disconnect makes vout rise to the OVP level), and ring-buffer overflow (a slow consumer;
@@ -138,8 +138,9 @@ class EmulatorConfig:
     reset_banner            bytes written on a soft reset (default MicroPython's
                             ``"MPY: soft reboot\\r\\n"``)
     boot_delay              seconds a reset takes before the board answers again (0.05)
-    tx_timeout              seconds a write waits for a host that does not read before the
-                            rest is dropped (0.5, like MicroPython's USB CDC)
+    tx_timeout              seconds the reset banner and fault-injected writes wait for a
+                            host that does not read (0.5); replies never wait: the
+                            firmware drops them after TX_STALL_MS (-410)
     [emulator.firmware]     overrides of firmware config constants (RING_SIZE = 256, ...)
     ======================  ===========================================================
     """
@@ -381,11 +382,19 @@ class FaultLink:
             return b""  # a reset is pending: the old firmware gets no more input
         return self._apply("rx", self.port.read(timeout_ms / 1000.0))
 
-    def write(self, data: bytes) -> None:
-        data = self._apply("tx", bytes(data))
-        if data:
-            n = self.port.write(data, self.tx_timeout, self.abort)
-            self.counts["tx_lost"] += len(data) - n
+    def write(self, data: bytes) -> int:
+        """Hand ``data`` to the host without waiting for it: returns how many bytes were taken
+        (written, or eaten by an injected fault; a fault-injected write may wait up to
+        ``tx_timeout`` and counts what it could not write as ``tx_lost``)."""
+        if not self._faulty("tx"):
+            n = self.port.write(data, 0.0, self.abort)
+            self.counts["tx_bytes"] += n
+            return n
+        out = self._apply("tx", bytes(data))
+        if out:
+            n = self.port.write(out, self.tx_timeout, self.abort)
+            self.counts["tx_lost"] += len(out) - n
+        return len(data)
 
 
 # ---------------------------------------------------------------------------- the emulator
@@ -554,7 +563,8 @@ class Emulator:
             except queue.Empty:
                 return
             try:
-                box.append((True, fn()))
+                with self.hal.irq_lock:  # the protection IRQ never sees a half-made change
+                    box.append((True, fn()))
             except BaseException as exc:  # handed back to the caller
                 box.append((False, exc))
             done.set()
@@ -563,11 +573,12 @@ class Emulator:
         now = time.monotonic() - self._t_start
         while self._timeline and self._timeline[0][0] <= now:
             _, kind, arg = self._timeline.pop(0)
-            self._apply_fault(kind, arg)
+            with self.hal.irq_lock:
+                self._apply_fault(kind, arg)
 
     def _do_stall(self) -> None:
-        """The serve loop hangs: nothing is read or answered, protections do not run; the PWM
-        and the sampling timer keep going. Past HW_WDT_MS the hardware watchdog reboots."""
+        """The serve loop hangs: nothing is read or answered; the PWM and the timer IRQs
+        (sampling, protections) keep going. Past HW_WDT_MS the hardware watchdog reboots."""
         wdt = self.fw_config.HW_WDT_MS / 1000.0
         start = time.monotonic()
         until = self._stall_until

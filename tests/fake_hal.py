@@ -14,6 +14,7 @@ same result in CPython and in MicroPython (the tests compare both). Steps::
     ("raw", data)             send raw bytes as they are; record the response bytes
     ("advance", us)           advance the simulated clock (plant + sampling) then poll()
     ("poll",)                 poll() without advancing
+    ("protect",)              one tick of the protection timer IRQ (dev.protect) now
     ("set", name, value)      set a plant attribute (vin, vout, tau_us, r_load, noise)
     ("state",)                record dev.snapshot() as a sorted list of items
     ("pwm",)                  record the last (enabled, freq, duty) given to pwm_set
@@ -75,6 +76,8 @@ class FakeHAL:
         self.pwm_calls = 0
         self.uid = b"\xe6\x60\x38\xb7\x13\x34\x5e\x2c"
         self._stream = None     # [period_us, ring, next_sample_time_us]
+        self._protect = None    # [period_us, callback, next_tick_time_us]
+        self.tx_room = None     # bytes the host will still take (None: it reads everything)
         self.serial_in = []     # chunks returned one by one by serial_read
         self.serial_out = bytearray()
         self.service_calls = 0
@@ -109,13 +112,25 @@ class FakeHAL:
     def advance_us(self, dt_us):
         """Move the clock forward, integrating the plant and taking the streamed samples."""
         end = self.now + int(dt_us)
-        stream = self._stream
-        if stream is not None:
-            while stream[2] <= end:
-                self._relax(stream[2] - self.now)
-                self.now = stream[2]
+        while True:
+            # The next timer event (sampling IRQ first on a tie, then the protection IRQ).
+            stream = self._stream
+            protect = self._protect
+            t = end + 1
+            if stream is not None and stream[2] <= end:
+                t = stream[2]
+            if protect is not None and protect[2] < t:
+                t = protect[2]
+            if t > end:
+                break
+            self._relax(t - self.now)
+            self.now = t
+            if stream is not None and stream[2] == t:
                 stream[1].push(self.adc_read("vout"))
                 stream[2] += stream[0]
+            else:
+                protect[2] += protect[0]
+                protect[1]()
         self._relax(end - self.now)
         self.now = end
 
@@ -135,6 +150,29 @@ class FakeHAL:
 
     def ticks_us(self):
         return self.now
+
+    def ticks_ms(self):
+        return self.now // 1000
+
+    def ticks_diff(self, a, b):
+        return a - b
+
+    def protect_start(self, period_us, callback):
+        self._protect = [period_us, callback, self.now + period_us]
+
+    def protect_now(self):
+        """One protection IRQ at the present time (the ("protect",) script step)."""
+        self._protect[1]()
+
+    def gate_off(self):
+        self.enabled = False
+        self.duty = 0.0
+
+    def irq_disable(self):
+        return 0
+
+    def irq_enable(self, state):
+        pass
 
     def serial_number(self):
         return "".join([f"{b:02X}" for b in self.uid])
@@ -170,7 +208,12 @@ class FakeHAL:
         return b""
 
     def serial_write(self, data):
-        self.serial_out.extend(data)
+        n = len(data)
+        if self.tx_room is not None:
+            n = min(n, self.tx_room)
+            self.tx_room -= n
+        self.serial_out.extend(data[:n])
+        return n
 
     def service(self):
         self.service_calls += 1
@@ -209,6 +252,9 @@ def run_script(steps, overrides=None):
             out.append(None)
         elif kind == "poll":
             dev.poll()
+            out.append(None)
+        elif kind == "protect":
+            hal.protect_now()
             out.append(None)
         elif kind == "set":
             setattr(hal, step[1], step[2])

@@ -208,7 +208,7 @@ def test_over_voltage_trips_after_a_load_disconnect():
         # The open output holds its charge: clearing is refused while it is above the level.
         assert state["vout"] > 14.0
         send(port, "PROT:CLE")
-        assert errors(port) == [-221]
+        assert errors(port) == [101, -221]  # the trip itself was queued when it happened
         send(port, "OUTP ON")
         assert errors(port) == [-221]
         emu.set_load(R=48.0)  # load back: the output discharges to vin - v_f
@@ -228,6 +228,8 @@ def test_host_watchdog_expires_when_the_host_goes_quiet():
         time.sleep(0.35)
         assert ask(port, "PROT:TRIP?") == "WDOG"
         assert ask(port, "OUTP?") == "0" and not emu.plant_state()["enabled"]
+        assert ask(port, "SYST:ERR?").startswith('102,"Host watchdog tripped;no valid command '
+                                                 'for 0.2 s')
         # A blackout (bytes lost on the way) does the same while the host keeps talking.
         send(port, "PROT:CLE", "OUTP ON")
         assert ask(port, "OUTP?") == "1"

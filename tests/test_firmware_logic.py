@@ -50,8 +50,11 @@ def test_hal_fault_in_a_handler_fails_safe():
     assert not dev.output and not hal.enabled
     code, text = dev.errors.pop()
     assert code == -300 and "OSError" in text
-    dev.poll()  # a faulting poll does not raise either
-    assert dev.errors.pop()[0] == -300
+    dev.protect()  # a faulting protection IRQ does not raise either: gate off, then reported
+    assert not hal.enabled
+    dev.poll()
+    code, text = dev.errors.pop()
+    assert code == -300 and "protection IRQ" in text
     assert dev.feed(b"OUTP?\n") == b"0\n"
 
 

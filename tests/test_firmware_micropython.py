@@ -200,12 +200,25 @@ class Serial:
     def write(self, data):
         self.out.extend(data)
 
+class Poller:
+    """select.poll() over the stub serial: POLLIN from its input, POLLOUT always ready."""
+    def __init__(self, serial):
+        self.serial = serial
+        self.mask = 0
+    def register(self, obj, mask):
+        self.mask = mask
+    def poll(self, timeout):
+        if self.mask == select_mod.POLLOUT:
+            return [1]
+        return self.serial.poll(timeout)
+
 class select_mod:
     POLLIN = 1
+    POLLOUT = 4
     serial = None
     @staticmethod
     def poll():
-        return select_mod.serial
+        return Poller(select_mod.serial)
 
 class micropython_mod:
     calls = []

@@ -148,11 +148,28 @@ case("framing",
      fails(b"SOUR:PWM:DUTY " + b"0" * 239 + b"0.25", -363), same_state("before"),
      fails(b"SOUR:PWM:DUTY? " + b"1" * 300, -363),
      fails(b"A" * 300 + b"?", -363), fails(b"A" * 300, -363),
+     # Query or not is decided by the first word of the whole line, never by its last byte.
+     fails(b"A" * 300 + b" B?", -363), fails(b"A" * 300 + b"?\r", -363),
+     fails(b"A" * 300 + b"?\t X", -363),
+     [(("raw", b"C" * 200), b""), (("raw", b"C" * 100 + b" D?\n"), b""),
+      (("raw", b" " * 200), b""), (("raw", b"E" * 100 + b"? F\r\n"), b"\n"),
+      (("errors",), [-363, -363])],
      [(("raw", b"B" * 200), b""), (("raw", b"C" * 200 + b"?\n"), b"\n"),
       (("errors",), [-363]),
       (("raw", b"SOUR:PWM:DUTY " + b"1" * 400), b""), (("raw", b"\n"), b""),
       (("errors",), [-363])],
      ask(b"SOUR:PWM:DUTY?", b"0.35"), same_state("before"))
+
+case("messages_tell_numbers_apart",
+     # Rounded to 6 digits these would read "duty 0.75 above limit 0.75".
+     fails(b"SOUR:PWM:DUTY 0.7500001", -222,
+           b'-222,"Data out of range;duty 0.7500001 above limit 0.75"'),
+     fails(b"SOUR:PWM:DUTY:LIM 0.8500000001", -222,
+           b'-222,"Data out of range;limit 0.8500000001 above 0.85"'),
+     fails(b"PROT:OVP:LEV -1e-9", -222, b'-222,"Data out of range;level -1e-09 below 0"'),
+     ok(b"SOUR:PWM:DUTY 0.75"),
+     fails(b"SOUR:PWM:DUTY:LIM 0.7499999", -221,
+           b'-221,"Settings conflict;duty 0.75 above new limit 0.7499999"'))
 
 case("errors",
      fails(b"OUTP ON;OUTP?", -100), fails(b"OUTP?;*IDN?", -100),
@@ -212,9 +229,14 @@ case("limits",
      fails(b"PROT:OVP:LEV -1", -222), ask(b"PROT:OVP:LEV?", b"24"),
      ok(b"SYST:WDOG:TIM 0"), ok(b"SYST:WDOG:TIM 3600"), fails(b"SYST:WDOG:TIM -0.1", -222),
      fails(b"SYST:WDOG:TIM 3601", -222), ask(b"SYST:WDOG:TIM?", b"3600"),
-     ok(b"CAL:VOUT 0.5,-5"), ok(b"CAL:VOUT 2,5"), fails(b"CAL:VOUT 0.49,0", -222),
-     fails(b"CAL:VOUT 1,5.1", -222), fails(b"CAL:VOUT inf,0", -222),
-     ask(b"CAL:VOUT?", b"2,5"),
+     # With the level at 24 V: a reading that saturates at 19.2 V would hide the level, and
+     # a calibration by which the trip point reads 31 V is not plausible.
+     fails(b"CAL:VOUT 0.8,-1", -222), fails(b"CAL:VOUT 1.25,1", -222),
+     ok(b"PROT:OVP:LEV 10"), ok(b"CAL:VOUT 0.8,-1"), ok(b"CAL:VOUT 1.25,1"),
+     fails(b"CAL:VOUT 0.79,0", -222), fails(b"CAL:VOUT 1,1.01", -222),
+     fails(b"CAL:VOUT inf,0", -222), ask(b"CAL:VOUT?", b"1.25,1"),
+     # ... and the same pair is refused from the other side: a level whose trip reads 26 V.
+     fails(b"PROT:OVP:LEV 20", -222), ask(b"PROT:OVP:LEV?", b"10"),
      ok(b"SENS:ADC:RATE 1"), ok(b"SENS:ADC:RATE 20000"), fails(b"SENS:ADC:RATE 0.5", -222),
      fails(b"SENS:ADC:RATE 20001", -222), ask(b"SENS:ADC:RATE?", b"20000"),
      ok(b"SENS:ADC:RATE 3000"), ask(b"SENS:ADC:RATE?", b"3003"),  # period 333 us
@@ -252,7 +274,12 @@ case("watchdog",
      [(b"FOO", b"")], advance(200_000), [(b"BAR?", b"\n")], advance(200_000),
      ask(b"OUTP?", b"1"), advance(499_000), ask(b"PROT:TRIP?", b"NONE"), advance(501_000),
      ask(b"OUTP?", b"0"), ask(b"PROT:TRIP?", b"WDOG"), ask(b"SOUR:PWM:DUTY?", b"0"),
-     [(("pwm",), (False, 100000.0, 0.0)), (("errors",), [-113, -113])],
+     [(("pwm",), (False, 100000.0, 0.0))],
+     # The trip is in the error queue, after the errors that came before it.
+     ask(b"SYST:ERR?", b'-113,"Undefined header;FOO"'),
+     ask(b"SYST:ERR?", b'-113,"Undefined header;BAR?"'),
+     ask(b"SYST:ERR?", b'102,"Host watchdog tripped;no valid command for 0.5 s while the '
+                       b'output was on; output off, PROT:CLE to re-arm"'),
      fails(b"OUTP ON", -221, b'-221,"Settings conflict;tripped: WDOG"'),
      ask(b"OUTP?", b"0"), advance(2_000_000), ask(b"PROT:TRIP?", b"WDOG"),
      block(b"FETC:ADC?", lambda b: (b.wdog_tripped and not b.ovp_tripped) or pytest.fail()),
@@ -269,6 +296,10 @@ case("ovp",
      advance(1000), advance(1000), advance(1000), advance(1000), advance(1000),
      ask(b"OUTP?", b"0"), ask(b"PROT:TRIP?", b"OVP"), ask(b"SOUR:PWM:DUTY?", b"0"),
      [(("pwm",), (False, 100000.0, 0.0))],
+     [(b"SYST:ERR?", lambda r: r.startswith(
+         b'101,"Over-voltage protection tripped;V_out 10.') and r.endswith(
+         b' V (uncalibrated divider) above the level 10 V; output off, PROT:CLE to '
+         b're-arm"\n') or pytest.fail(r))],
      fails(b"OUTP ON", -221, b'-221,"Settings conflict;tripped: OVP"'),
      # Still latched once the voltage has gone back down.
      advance(100_000), ask(b"PROT:TRIP?", b"OVP"),
@@ -280,19 +311,26 @@ case("ovp",
      # output off (e.g. a too-high input voltage).
      [(("set", "vout", 20.0), ANY), (("set", "vin", 15.0), ANY)], advance(1000),
      advance(1000), ask(b"PROT:TRIP?", b"OVP"),
-     fails(b"PROT:CLE", -221), ask(b"PROT:TRIP?", b"OVP"),
+     [(b"PROT:CLE", b""), (("errors",), [101, -221])], ask(b"PROT:TRIP?", b"OVP"),
      [(("set", "vin", 5.0), ANY)], advance(100_000), ok(b"PROT:CLE"),
      ask(b"PROT:TRIP?", b"NONE"),
      # One sample above the level is not enough (OVP_CONSECUTIVE = 2).
-     [(("set", "vout", 11.0), ANY), (("poll",), ANY), (("set", "vout", 9.0), ANY),
-      (("poll",), ANY)], ask(b"PROT:TRIP?", b"NONE"),
-     # The level is compared with the calibrated voltage.
-     ok(b"CAL:VOUT 2,1"), advance(1000), advance(1000), ask(b"PROT:TRIP?", b"OVP"))
+     [(("set", "vout", 11.0), ANY), (("protect",), ANY), (("set", "vout", 9.0), ANY),
+      (("protect",), ANY)], ask(b"PROT:TRIP?", b"NONE"),
+     # The trip compares raw codes (uncalibrated divider): a calibration that reads 12.9 V
+     # at 9.5 V does not trip it, one that reads 7.6 V at 10.1 V does not blind it.
+     ok(b"CAL:VOUT 1.25,1"), [(("set", "vout", 9.5), ANY), (("protect",), ANY),
+                              (("protect",), ANY)], ask(b"PROT:TRIP?", b"NONE"),
+     ok(b"CAL:VOUT 0.8,-0.5"), [(("set", "vout", 10.1), ANY), (("protect",), ANY),
+                                (("protect",), ANY)], ask(b"PROT:TRIP?", b"OVP"),
+     # A reading at the ADC's full scale is an over-voltage whatever the level.
+     [(("set", "vout", 40.0), ANY), (("protect",), ANY), (("protect",), ANY)],
+     ask(b"PROT:TRIP?", b"OVP"))
 
 case("measure",
      num(b"MEAS:VOLT?", 4.65, 0.01), ask(b"MEAS:VOLT:RAW?", b"753"),
      num(b"MEAS:VOLT:IN?", 5.0, 0.01), num(b"MEAS:VOLT:INPUT?", 5.0, 0.01),
-     ok(b"CAL:VOUT 2,1"), num(b"MEAS:VOLT?", 2 * 4.65 + 1, 0.02),
+     ok(b"CAL:VOUT 1.2,0.5"), num(b"MEAS:VOLT?", 1.2 * 4.65 + 0.5, 0.02),
      ask(b"MEAS:VOLT:RAW?", b"753"), ok(b"CAL:VOUT 1,0"),
      ok(b"SOUR:PWM:DUTY 0.5"), ok(b"OUTP ON"), advance(50_000),
      num(b"MEAS:VOLT?", 9.65, 0.02), num(b"MEASURE:VOLTAGE:DC?", 9.65, 0.02),

@@ -245,13 +245,13 @@ def test_serve_loop_over_the_hal():
     device.serve(dev, hal, _stop_after(10))
     assert bytes(hal.serial_out) == (b"boostsim,PicoBoost,E66038B713345E2C,0.1.0\n1\n")
     assert hal.service_calls >= 10 and dev.running
-    # Long responses go out in WRITE_CHUNK pieces with polls in between.
+    # Long responses go out in WRITE_CHUNK pieces, each with a poll.
     hal.advance_us(3_000_000)
     hal.serial_in = [b"FETC:ADC? 4096\n"]
     writes = []
-    hal.serial_write = lambda data: writes.append(bytes(data))
+    hal.serial_write = lambda data: writes.append(bytes(data)) or len(data)
     before = hal.service_calls
-    device.serve(dev, hal, _stop_after(1))
+    device.serve(dev, hal, _stop_after(300))
     wire = b"".join(writes)
     block = protocol.decode_adc_block(wire)
     assert 3000 <= block.count <= 3010 and wire.endswith(b"\n")

@@ -39,14 +39,18 @@ MEAS_AVG = 16                # ADC conversions averaged by MEAS:VOLT? / :IN? / M
 # --- calibration of V_out: v = gain * v_divider + offset (CAL:VOUT; RAM only) ----------------
 CAL_VOUT_GAIN = 1.0
 CAL_VOUT_OFFSET = 0.0
-CAL_GAIN_MIN = 0.5
-CAL_GAIN_MAX = 2.0
-CAL_OFFSET_MAX = 5.0         # V, |offset| limit
+CAL_GAIN_MIN = 0.8           # a plausible divider + ADC error is a few %: wider is a typo
+CAL_GAIN_MAX = 1.25
+CAL_OFFSET_MAX = 1.0         # V, |offset| limit (4 % of the divider's full scale)
 
 # --- protection ---------------------------------------------------------------------------------
 OVP_DEFAULT = 15.0           # V, power-up over-voltage trip level
 OVP_MAX = 24.0               # V, highest settable level (below the divider's 25.3 V full scale)
-OVP_CONSECUTIVE = 2          # polls above the level before tripping (rejects single-code noise)
+OVP_CONSECUTIVE = 2          # protection ticks above the level before tripping (rejects
+                             # single-code noise)
+OVP_FULL_SCALE_CODE = 4032   # raw V_out ADC code at or above which the output counts as
+                             # over-voltage whatever the level (a saturated reading)
+PROTECT_PERIOD_US = 1000     # us, period of the protection timer IRQ (OVP, host watchdog)
 WDOG_DEFAULT = 0.0           # s, host watchdog at power-up (0 = disabled)
 WDOG_MAX = 3600.0            # s
 HW_WDT_MS = 2000             # ms, RP2040 hardware watchdog fed by the serve loop (0 = off;
@@ -77,4 +81,6 @@ CONT_SLEW_MAX = 1.0e6        # V/s (CONT:SLEW 0 = setpoint steps)
 LINE_MAX = 256               # bytes per command line (without CR LF); longer lines: -363
 ERR_QUEUE_LEN = 16           # error queue entries (the last one becomes -350 on overflow)
 POLL_MS = 1                  # serve loop: wait at most this long for input between polls
-WRITE_CHUNK = 512            # serve loop: bytes written between polls (keeps OVP checks going)
+WRITE_CHUNK = 64             # serve loop: bytes handed to the USB CDC at a time (one packet)
+TX_STALL_MS = 100            # a reply the host has not taken for this long is dropped (-410)
+TX_QUEUE_MAX = 16384         # bytes of replies waiting for the host; beyond, replies are dropped

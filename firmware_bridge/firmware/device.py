@@ -8,13 +8,26 @@ Driving it (the serve loop, the tests and the emulator all do the same):
 * ``dev.feed(data) -> bytes``: raw bytes from the serial port in (any chunking, LF or CR LF
   terminated lines), response bytes out (b"" if none).
 * ``dev.handle_line(line) -> bytes | None``: one line without its terminator.
-* ``dev.poll(now_us=None)``: periodic work -- OVP check, host watchdog, PID step. Call it
-  often (the serve loop: about every millisecond).
+* ``dev.protect()``: the protections (over-voltage, host watchdog). The device starts a
+  periodic timer IRQ for it at construction (``hal.protect_start``): they run every
+  PROTECT_PERIOD_US whatever the serve loop is doing (reading, writing to a host that does
+  not read, computing). On the Pico it is a hard IRQ, so ``protect`` allocates nothing: it
+  compares small ints (a raw ADC code limit, millisecond ticks) and turns the gate off through
+  ``hal.gate_off``; the error-queue entry and the rest of the clean-up follow in ``poll``.
+* ``dev.poll(now_us=None)``: periodic main-loop work -- reporting a trip, the PID step. Call
+  it often (the serve loop: about every millisecond).
 * ``serve(dev, hal, should_stop=None)``: the serve loop itself, over the HAL's serial calls.
 
 The HAL interface (hal.PicoHAL is the real one; tests/fake_hal.py a simulated one)::
 
     ticks_us() -> int                 monotonic microseconds, never wraps
+    ticks_ms() -> int                 milliseconds, a small int that may wrap (IRQ-safe)
+    ticks_diff(a, b) -> int           a - b for ticks_ms values (time.ticks_diff)
+    protect_start(period_us, fn)      call fn() every period_us from a timer IRQ (hard on the
+                                      Pico), independent of the serve loop
+    gate_off()                        gate low at once; IRQ-safe (no allocation)
+    irq_disable() -> state            keep fn (and the sampling IRQ) out of a critical section
+    irq_enable(state)
     serial_number() -> str            e.g. the hex of machine.unique_id()
     pwm_set(enabled, freq_hz, duty)   enabled False: gate held low whatever duty says
     adc_read(channel) -> int          one 12-bit conversion; channel "vout", "vin" or "iin"
@@ -24,7 +37,8 @@ The HAL interface (hal.PicoHAL is the real one; tests/fake_hal.py a simulated on
                                       time of sample index 0
     adc_stream_stop()
     serial_read(timeout_ms) -> bytes  (serve() only) wait up to timeout_ms for input
-    serial_write(data)                (serve() only)
+    serial_write(data) -> int         (serve() only) hand over what the host has room for,
+                                      never wait for it; returns the bytes taken (0..len)
     service()                         (serve() only) feed the hardware watchdog etc.
 
 MicroPython-compatible.
@@ -48,16 +62,6 @@ def _load_config():
     return config
 
 
-def _last_non_space(chunk):
-    k = len(chunk) - 1
-    while k >= 0:
-        b = chunk[k]
-        if b != 0x20 and b != 0x09 and b != 0x0D:
-            return b
-        k -= 1
-    return -1
-
-
 class Device:
     """The board: settings, protections, acquisition and the SCPI command handlers."""
 
@@ -73,7 +77,8 @@ class Device:
         # Line framing.
         self._inbuf = bytearray()
         self._overlong = False
-        self._last_char = -1
+        self._word_state = 0   # scpi.scan_first_word state of the line being received
+        self._word_last = -1
         # Protections and calibration: kept by *RST.
         self.duty_lim = float(cfg.DUTY_LIMIT_DEFAULT)
         self.ovp_level = float(cfg.OVP_DEFAULT)
@@ -83,10 +88,20 @@ class Device:
         self.cal_offset = float(cfg.CAL_VOUT_OFFSET)
         self.seq = 0
         self.running = False
+        # Protection state shared with the IRQ (small ints and interned strings only).
         self._ovp_count = 0
-        self._last_valid_us = hal.ticks_us()
+        self._ovp_code = self._ovp_code_for(self.ovp_level)
+        self._trip_code = 0      # the raw code that tripped the OVP
+        self._trip_new = False   # set by the IRQ, reported by poll()
+        self._irq_fault = False  # the protection IRQ hit an exception (gate turned off)
+        self._wdog_ms = int(self.wdog_s * 1000 + 0.5)
+        self._last_valid_ms = hal.ticks_ms()
         self._next_ctrl_us = 0
+        # Replies the host has not taken yet (serve()).
+        self.tx_dropped = 0      # replies dropped since the last report
+        self.tx_dropped_bytes = 0
         self._reset_settings()
+        hal.protect_start(cfg.PROTECT_PERIOD_US, self.protect)
 
     # ---------------------------------------------------------------- state ----------------
 
@@ -112,20 +127,60 @@ class Device:
         self._apply_pwm()
 
     def _apply_pwm(self):
-        self.hal.pwm_set(self.output, self.freq, self.duty if self.output else 0.0)
+        # With the protection IRQ held off: a trip latched since the caller's check wins.
+        hal = self.hal
+        state = hal.irq_disable()
+        try:
+            if self.trip is not None:
+                self.output = False
+            hal.pwm_set(self.output, self.freq, self.duty if self.output else 0.0)
+        finally:
+            hal.irq_enable(state)
 
     def _stop_acq(self):
         if self.running:
             self.hal.adc_stream_stop()
             self.running = False
 
-    def _trip(self, cause):
+    def _trip_irq(self, cause):
+        """Trip from the protection IRQ: latch, gate off at once; no allocation."""
         if self.trip is None:
             self.trip = cause
+            self._trip_new = True
+        self.output = False
+        self.hal.gate_off()
+
+    def _report_trip(self):
+        """Main-loop half of a trip: duty 0, loop stopped, PWM released, error queued."""
+        self._trip_new = False
         self.output = False
         self.duty = 0.0
         self.pid = None
         self._apply_pwm()
+        cfg = self.cfg
+        if self.trip == "OVP":
+            v = acq.code_to_volts(self._trip_code, cfg.ADC_VREF, cfg.ADC_FULL_SCALE,
+                                  cfg.VOUT_DIVIDER)
+            self.errors.push(scpi.OVP_TRIPPED, "V_out %s V (uncalibrated divider) above the "
+                             "level %s V; output off, PROT:CLE to re-arm"
+                             % scpi.fmt_apart(v, self.ovp_level))
+        elif self.trip == "WDOG":
+            self.errors.push(scpi.WDOG_TRIPPED, "no valid command for %s s while the output "
+                             "was on; output off, PROT:CLE to re-arm"
+                             % scpi.fmt_num(self.wdog_s))
+
+    def reply_dropped(self, nbytes):
+        """serve(): a reply the host did not take was dropped (see ``report_dropped``)."""
+        self.tx_dropped += 1
+        self.tx_dropped_bytes += nbytes
+
+    def report_dropped(self):
+        """Queue one -410 for the replies dropped since the last report (if any)."""
+        if self.tx_dropped:
+            self.errors.push(scpi.QUERY_INTERRUPTED, "host not reading: %d replies (%d bytes) "
+                             "dropped" % (self.tx_dropped, self.tx_dropped_bytes))
+            self.tx_dropped = 0
+            self.tx_dropped_bytes = 0
 
     def snapshot(self):
         """Every user-visible setting (for tests: a rejected command must not change it)."""
@@ -159,9 +214,9 @@ class Device:
         return bytes(out)
 
     def _accumulate(self, chunk):
-        last = _last_non_space(chunk)
-        if last >= 0:
-            self._last_char = last
+        if self._word_state < 2:
+            self._word_state, self._word_last = scpi.scan_first_word(
+                chunk, self._word_state, self._word_last)
         if self._overlong:
             return
         room = self.cfg.LINE_MAX + 1 - len(self._inbuf)  # +1: room for a CR before the LF
@@ -174,20 +229,16 @@ class Device:
     def _end_of_line(self):
         line = bytes(self._inbuf)
         overlong = self._overlong
-        last = self._last_char
+        is_query = self._word_last == 0x3F  # the first word of the whole line
         self._inbuf = bytearray()
         self._overlong = False
-        self._last_char = -1
+        self._word_state = 0
+        self._word_last = -1
         while line.endswith(b"\r"):
             line = line[:-1]
         if overlong or len(line) > self.cfg.LINE_MAX:
             self.errors.push(scpi.INPUT_BUFFER_OVERRUN,
                              "line longer than %d bytes discarded" % self.cfg.LINE_MAX)
-            head = line.lstrip(b" \t")
-            if b" " in head or b"\t" in head:
-                is_query = scpi.line_is_query(head)
-            else:  # the header itself is longer than the kept prefix
-                is_query = last == 0x3F
             return b"\n" if is_query else None
         return self.handle_line(line)
 
@@ -209,7 +260,7 @@ class Device:
         except Exception as exc:  # a firmware bug: report it, fail safe, keep serving
             self._internal_error(exc)
             return b"\n" if is_query else None
-        self._last_valid_us = self.hal.ticks_us()
+        self._last_valid_ms = self.hal.ticks_ms()
         if not is_query:
             return None
         if isinstance(result, str):
@@ -238,12 +289,45 @@ class Device:
         try:
             self._apply_pwm()
         except Exception:
-            pass
+            self.hal.gate_off()
 
     # ---------------------------------------------------------------- periodic work --------
 
+    def protect(self):
+        """The protections, run by the timer IRQ every PROTECT_PERIOD_US.
+
+        Hard-IRQ safe: small ints and attribute stores only (no allocation, no floats). The
+        over-voltage check compares the raw ADC code with a limit derived from the level and
+        the uncalibrated divider, so no calibration can blind it, and a reading at or near
+        full scale (OVP_FULL_SCALE_CODE) is an over-voltage whatever the level.
+        """
+        hal = self.hal
+        try:
+            code = hal.adc_read("vout")
+            if code >= self._ovp_code:
+                self._ovp_count += 1
+                if self._ovp_count >= self.cfg.OVP_CONSECUTIVE:
+                    self._trip_code = code
+                    self._trip_irq("OVP")
+            else:
+                self._ovp_count = 0
+            if self.output and self._wdog_ms > 0:
+                if hal.ticks_diff(hal.ticks_ms(), self._last_valid_ms) >= self._wdog_ms:
+                    self._trip_irq("WDOG")
+        except Exception:  # a HAL fault: fail safe; poll() queues the error
+            self.output = False
+            self._irq_fault = True
+            hal.gate_off()
+
+    def _ovp_code_for(self, level):
+        """Raw V_out code at which ``level`` [V] trips: the first code above it through the
+        uncalibrated divider, and never above OVP_FULL_SCALE_CODE."""
+        cfg = self.cfg
+        code = int(level / cfg.VOUT_DIVIDER / cfg.ADC_VREF * cfg.ADC_FULL_SCALE) + 1
+        return code if code < cfg.OVP_FULL_SCALE_CODE else cfg.OVP_FULL_SCALE_CODE
+
     def poll(self, now_us=None):
-        """OVP check, host watchdog and PID step; call it about every millisecond."""
+        """Trip reports and the PID step; call it about every millisecond."""
         try:
             self._poll(self.hal.ticks_us() if now_us is None else now_us)
         except Exception as exc:  # a firmware bug or a HAL fault: fail safe, keep serving
@@ -251,17 +335,11 @@ class Device:
 
     def _poll(self, now):
         self.ring.sync()
-        # Over-voltage (always checked, also with the output off: the trip latches).
-        if self._vout(1) > self.ovp_level:
-            self._ovp_count += 1
-            if self._ovp_count >= self.cfg.OVP_CONSECUTIVE:
-                self._trip("OVP")
-        else:
-            self._ovp_count = 0
-        # Host watchdog: only while the output is on.
-        if self.output and self.wdog_s > 0:
-            if now - self._last_valid_us >= int(self.wdog_s * 1e6 + 0.5):
-                self._trip("WDOG")
+        if self._trip_new:
+            self._report_trip()
+        if self._irq_fault:
+            self._irq_fault = False
+            self._internal_error(RuntimeError("protection IRQ failed; output off"))
         # On-board closed loop.
         if self.output and self.pid is not None and now >= self._next_ctrl_us:
             period = int(1e6 / self.cont_rate + 0.5)
@@ -359,6 +437,7 @@ class Device:
 
     def s_wdog(self, args):
         self.wdog_s = args[0]
+        self._wdog_ms = int(args[0] * 1000 + 0.5)
 
     def q_wdog(self, args):
         return scpi.fmt_num(self.wdog_s)
@@ -397,7 +476,7 @@ class Device:
             raise ScpiError(scpi.SETTINGS_CONFLICT, "CONT:MODE PID sets the duty")
         if duty > self.duty_lim:
             raise ScpiError(scpi.DATA_OUT_OF_RANGE, "duty %s above limit %s"
-                            % (scpi.fmt_num(duty), scpi.fmt_num(self.duty_lim)))
+                            % scpi.fmt_apart(duty, self.duty_lim))
         self.duty = duty
         self._apply_pwm()
 
@@ -409,7 +488,7 @@ class Device:
         if self.mode == "OPEN":
             if self.duty > lim:
                 raise ScpiError(scpi.SETTINGS_CONFLICT, "duty %s above new limit %s"
-                                % (scpi.fmt_num(self.duty), scpi.fmt_num(lim)))
+                                % scpi.fmt_apart(self.duty, lim))
         else:
             self._retune(self.kp, self.ki, self.kd, self.cont_rate, self.slew, lim)
             if self.duty > lim:
@@ -442,7 +521,32 @@ class Device:
                                   cfg.ADC_FULL_SCALE, 1.0)
         return scpi.fmt_num((v_pin - cfg.IIN_OFFSET_V) / cfg.IIN_V_PER_A)
 
+    def _check_protection(self, gain, offset, level):
+        """Refuse (-222) a calibration / OVP level pair that would hide the trip from the user.
+
+        The trip itself compares raw codes (the uncalibrated divider), so no calibration moves
+        it; but a reading that saturates below the level (gain * full scale + offset <= level:
+        the level is unreadable) or a calibration by which the board's own trip point reads
+        above OVP_MAX (the trip would let the output beyond the board's rating) is a mistyped
+        reference or a wrong divider, not a calibration.
+        """
+        cfg = self.cfg
+        volts = cfg.ADC_VREF / cfg.ADC_FULL_SCALE * cfg.VOUT_DIVIDER
+        top = gain * cfg.ADC_MAX_CODE * volts + offset
+        if top <= level:
+            raise ScpiError(scpi.DATA_OUT_OF_RANGE, "CAL:VOUT %s,%s reads at most %s V (ADC "
+                            "full scale): the OVP level %s V would be unreadable"
+                            % (scpi.fmt_num(gain), scpi.fmt_num(offset),
+                               scpi.fmt_num(top), scpi.fmt_num(level)))
+        trip = gain * level + offset
+        if trip > cfg.OVP_MAX:
+            raise ScpiError(scpi.DATA_OUT_OF_RANGE, "with CAL:VOUT %s,%s the OVP trip at %s V "
+                            "(uncalibrated divider) reads %s V, above OVP_MAX %s V"
+                            % ((scpi.fmt_num(gain), scpi.fmt_num(offset), scpi.fmt_num(level))
+                               + scpi.fmt_apart(trip, cfg.OVP_MAX)))
+
     def s_cal(self, args):
+        self._check_protection(args[0], args[1], self.ovp_level)
         self.cal_gain = args[0]
         self.cal_offset = args[1]
 
@@ -486,7 +590,11 @@ class Device:
         return scpi.encode_block(payload)
 
     def s_ovp(self, args):
-        self.ovp_level = args[0]
+        level = args[0]
+        self._check_protection(self.cal_gain, self.cal_offset, level)
+        self.ovp_level = level
+        self._ovp_count = 0
+        self._ovp_code = self._ovp_code_for(level)
 
     def q_ovp(self, args):
         return scpi.fmt_num(self.ovp_level)
@@ -496,12 +604,17 @@ class Device:
 
     def s_prot_clear(self, args):
         if self.trip == "OVP":
-            v = self._vout(self.cfg.MEAS_AVG)
-            if v > self.ovp_level:
-                raise ScpiError(scpi.SETTINGS_CONFLICT, "over-voltage still present (%s V > %s V)"
-                                % (scpi.fmt_num(v), scpi.fmt_num(self.ovp_level)))
+            code = self._avg_code("vout", self.cfg.MEAS_AVG)
+            if code >= self._ovp_code:
+                cfg = self.cfg
+                v = acq.code_to_volts(code, cfg.ADC_VREF, cfg.ADC_FULL_SCALE, cfg.VOUT_DIVIDER)
+                raise ScpiError(scpi.SETTINGS_CONFLICT, "over-voltage still present (%s V > %s V, "
+                                "uncalibrated divider)" % scpi.fmt_apart(v, self.ovp_level))
+        state = self.hal.irq_disable()
         self.trip = None
+        self._trip_new = False
         self._ovp_count = 0
+        self.hal.irq_enable(state)
 
     def s_cont_mode(self, args):
         mode = args[0]
@@ -554,21 +667,53 @@ class Device:
 def serve(dev, hal, should_stop=None):
     """The serve loop: serial bytes in, responses out, ``dev.poll()`` in between.
 
-    Runs until ``should_stop()`` returns True (forever on the board). Responses are written in
-    chunks of cfg.WRITE_CHUNK bytes with a poll between chunks, so a host that reads a long
-    block slowly does not hold off the protections.
+    Runs until ``should_stop()`` returns True (forever on the board). Responses wait in a
+    queue and go out as the host takes them (``hal.serial_write`` never waits); a host that
+    does not read loses them instead of holding the loop: a reply not taken for TX_STALL_MS,
+    or one that finds TX_QUEUE_MAX bytes already waiting, is dropped whole and reported as
+    -410 Query INTERRUPTED. The protections do not depend on this loop at all (timer IRQ).
     """
     cfg = dev.cfg
     chunk = cfg.WRITE_CHUNK
+    pending = []          # replies (bytes) not yet handed over, oldest first
+    queued = 0            # their total size
+    sent = 0              # bytes of pending[0] already handed over
+    last_progress = hal.ticks_ms()
+    blocked = False       # the host took nothing at the last try
     while should_stop is None or not should_stop():
-        data = hal.serial_read(cfg.POLL_MS)
+        data = hal.serial_read(cfg.POLL_MS if blocked or not pending else 0)
         if data:
             out = dev.feed(data)
-            i = 0
-            while i < len(out):
-                hal.serial_write(out[i:i + chunk])
-                i += chunk
-                dev.poll()
-                hal.service()
+            if out:
+                if queued + len(out) > cfg.TX_QUEUE_MAX:
+                    dev.reply_dropped(len(out))
+                else:
+                    if not pending:
+                        last_progress = hal.ticks_ms()
+                    pending.append(out)
+                    queued += len(out)
+        while pending:
+            head = pending[0]
+            n = hal.serial_write(head[sent:sent + chunk])
+            blocked = n <= 0
+            if blocked:
+                if hal.ticks_diff(hal.ticks_ms(), last_progress) >= cfg.TX_STALL_MS:
+                    # The host stopped reading: drop what waits (a reply cut short is
+                    # dropped too; the host resynchronises on its timeout).
+                    for reply in pending:
+                        dev.reply_dropped(len(reply))
+                    dev.report_dropped()
+                    pending = []
+                    queued = 0
+                    sent = 0
+                break
+            last_progress = hal.ticks_ms()
+            dev.report_dropped()
+            sent += n
+            if sent >= len(head):
+                pending.pop(0)
+                queued -= len(head)
+                sent = 0
+            break  # one piece per iteration: input and the main-loop work stay responsive
         dev.poll()
         hal.service()

@@ -1,8 +1,14 @@
 """The real hardware layer: Raspberry Pi Pico (RP2040) under MicroPython.
 
 Implements the HAL interface documented in device.py with machine.PWM, machine.ADC,
-machine.Timer (hard IRQ sampling into an acq.SampleRing), machine.WDT and the USB CDC serial
-port (sys.stdin/sys.stdout buffers, select.poll). Only this file and main.py touch ``machine``;
+machine.Timer (hard IRQs: sampling into an acq.SampleRing, and the protections), machine.WDT
+and the USB CDC serial port (sys.stdin/sys.stdout buffers, select.poll).
+
+Timer IRQs: rp2 has only virtual timers (``machine.Timer()``); with ``hard=True`` the callback
+runs in the timer interrupt itself, whatever the main program is doing (also while it waits
+in a USB write); a soft callback is only scheduled and runs between bytecodes of the main
+program. The protections must not wait, so they are hard -- and a hard callback must not
+allocate: ``Device.protect`` compares small ints and ``gate_off`` only writes duty_u16(0). Only this file and main.py touch ``machine``;
 the command logic (device.py) never does, so the same logic runs against a simulated HAL.
 """
 
@@ -28,11 +34,14 @@ class PicoHAL:
         self._t_last = time.ticks_us()
         self._t_acc = 0
         self._timer = None
+        self._protect_timer = None
         self._wdt = None
         self._stdin = sys.stdin.buffer
         self._stdout = sys.stdout.buffer
         self._poller = select.poll()
         self._poller.register(sys.stdin, select.POLLIN)
+        self._out_poller = select.poll()
+        self._out_poller.register(sys.stdout, select.POLLOUT)
 
     # --- time ----------------------------------------------------------------------------------
 
@@ -42,6 +51,35 @@ class PicoHAL:
         self._t_acc += time.ticks_diff(t, self._t_last)
         self._t_last = t
         return self._t_acc
+
+    def ticks_ms(self):
+        return time.ticks_ms()
+
+    def ticks_diff(self, a, b):
+        return time.ticks_diff(a, b)
+
+    def protect_start(self, period_us, fn):
+        """Run ``fn()`` every period_us in a hard timer IRQ (Device.protect: no allocation)."""
+        if self._protect_timer is not None:
+            self._protect_timer.deinit()
+
+        def tick(timer):
+            fn()
+
+        self._protect_timer = machine.Timer(mode=machine.Timer.PERIODIC, period=period_us,
+                                            tick_hz=1000000, callback=tick, hard=True)
+
+    def gate_off(self):
+        """Gate low at once; IRQ-safe (duty_u16 of the existing slice: no allocation).
+        pwm_set(False, ...) later releases the pin back to a plain low output."""
+        if self._pwm is not None:
+            self._pwm.duty_u16(0)
+
+    def irq_disable(self):
+        return machine.disable_irq()
+
+    def irq_enable(self, state):
+        machine.enable_irq(state)
 
     def serial_number(self):
         return "".join(["%02X" % b for b in machine.unique_id()])
@@ -115,7 +153,16 @@ class PicoHAL:
         return bytes(data)
 
     def serial_write(self, data):
-        self._stdout.write(data)  # the raw buffer: no LF -> CR LF translation of binary blocks
+        """Hand over at most one USB packet, and only if the CDC has room (POLLOUT: rp2 sets it
+        when tud_cdc_write_available() > 0): a host that does not read never holds the loop
+        for more than that packet. Returns the bytes taken."""
+        if not self._out_poller.poll(0):
+            return 0
+        n = len(data)
+        if n > 64:
+            n = 64
+        self._stdout.write(data[:n])  # raw buffer: no LF -> CR LF translation of blocks
+        return n
 
     # --- watchdog ------------------------------------------------------------------------------
 
@@ -129,6 +176,9 @@ class PicoHAL:
             self._wdt.feed()
 
     def shutdown(self):
-        """Gate low, sampling stopped (main.py calls this on the way out, whatever happened)."""
+        """Gate low, timers stopped (main.py calls this on the way out, whatever happened)."""
+        if self._protect_timer is not None:
+            self._protect_timer.deinit()
+            self._protect_timer = None
         self.adc_stream_stop()
         self.pwm_set(False, 0, 0.0)

@@ -10,7 +10,7 @@ Contents:
 * ``Real``, ``Int``, ``Bool``, ``Choice`` -- parameter types: ``parse(token)`` (board) and
   ``format(value)`` (host) with one set of ranges.
 * ``Cmd`` -- one command-table entry: header pattern, handlers, parameters, response kind.
-* ``line_is_query``, ``split_line``, ``parse_header``, ``find_command`` -- the line parser.
+* ``scan_first_word``, ``line_is_query``, ``split_line``, ``parse_header``, ``find_command`` -- the line parser.
 * ``encode_block``, ``decode_block``, ``parse_block_prefix`` -- IEEE 488.2 definite-length
   arbitrary blocks ``#<n><len><bytes>``.
 """
@@ -39,6 +39,10 @@ HARDWARE_MISSING = -241
 DEVICE_SPECIFIC_ERROR = -300
 QUEUE_OVERFLOW = -350
 INPUT_BUFFER_OVERRUN = -363
+QUERY_INTERRUPTED = -410
+# Device-defined (positive) codes: protection trips, queued when they happen.
+OVP_TRIPPED = 101
+WDOG_TRIPPED = 102
 
 ERRORS = {
     NO_ERROR: "No error",
@@ -60,6 +64,9 @@ ERRORS = {
     DEVICE_SPECIFIC_ERROR: "Device-specific error",
     QUEUE_OVERFLOW: "Queue overflow",
     INPUT_BUFFER_OVERRUN: "Input buffer overrun",
+    QUERY_INTERRUPTED: "Query INTERRUPTED",
+    OVP_TRIPPED: "Over-voltage protection tripped",
+    WDOG_TRIPPED: "Host watchdog tripped",
 }
 
 
@@ -121,6 +128,17 @@ def fmt_num(value):
     if value == 0:
         value = 0.0
     return "%.6g" % value
+
+
+def fmt_apart(a, b):
+    """(text of a, text of b) with the fewest significant digits (at least 6) that tell two
+    different numbers apart: an error message never says ``duty 0.75 above limit 0.75``."""
+    for digits in range(6, 18):
+        fa = "%.*g" % (digits, a)
+        fb = "%.*g" % (digits, b)
+        if fa != fb or a == b:
+            break
+    return fa, fb
 
 
 def isfinite(value):
@@ -208,9 +226,12 @@ class Real:
     def check(self, value):
         if not isfinite(value):
             raise ScpiError(DATA_OUT_OF_RANGE, "%s must be finite" % self.name)
-        if (self.lo is not None and value < self.lo) or (self.hi is not None and value > self.hi):
-            raise ScpiError(DATA_OUT_OF_RANGE, "%s %s not in %s" % (self.name, fmt_num(value),
-                                                                    self.range_text()))
+        if self.lo is not None and value < self.lo:
+            raise ScpiError(DATA_OUT_OF_RANGE, "%s %s below %s" % (
+                (self.name,) + fmt_apart(value, self.lo)))
+        if self.hi is not None and value > self.hi:
+            raise ScpiError(DATA_OUT_OF_RANGE, "%s %s above %s" % (
+                (self.name,) + fmt_apart(value, self.hi)))
         if value == 0:
             value = 0.0
         return value
@@ -388,20 +409,35 @@ def _match(pattern, i, nodes, j):
     return False
 
 
+def scan_first_word(data, state=0, last=-1):
+    """Incrementally find the first word of a line (bytes, in any number of pieces).
+
+    Words are separated by spaces and tabs only. ``state``: 0 before the first word, 1 inside
+    it, 2 past it; ``last``: its last byte other than CR (-1: none yet). Feed each piece with
+    the previous result; returns the new (state, last). The line is a query if ``last`` is
+    '?' -- whatever the length of the line, so an over-long line is answered (or not) exactly
+    like the host expects.
+    """
+    for b in data:
+        if state == 2:
+            break
+        if b == 0x20 or b == 0x09:
+            if state == 1:
+                state = 2
+        else:
+            state = 1
+            if b != 0x0D:
+                last = b
+    return state, last
+
+
 def line_is_query(line):
     """True if the board answers this line (bytes): its first word ends with '?'.
 
-    Words are separated by spaces and tabs only. The board sends exactly one response (a line,
-    a block, or an empty line if the query failed) for such a line and nothing for any other.
+    The board sends exactly one response (a line, a block, or an empty line if the query
+    failed) for such a line and nothing for any other.
     """
-    k = 0
-    n = len(line)
-    while k < n and (line[k] == 0x20 or line[k] == 0x09):
-        k += 1
-    end = k
-    while end < n and line[end] != 0x20 and line[end] != 0x09:
-        end += 1
-    return end > k and line[end - 1] == 0x3F  # '?'
+    return scan_first_word(line)[1] == 0x3F  # '?'
 
 
 def split_line(text):
