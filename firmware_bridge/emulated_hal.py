@@ -124,6 +124,7 @@ class LoopStats:
         self.max_sample_lag = 0.0     # longest delay between a streamed sample's time and
         #                               the moment it was computed and pushed
         self.gaps_over_ms = {2: 0, 5: 0, 10: 0}  # serve-loop gaps longer than 2/5/10 ms
+        self.max_irq_gap = 0.0        # longest time between two protection-IRQ ticks
         self.samples = 0              # streamed samples pushed
         self.plant_time = 0.0         # wall time spent in the plant (and ADC model)
         self._last_service = None
@@ -161,6 +162,8 @@ class EmulatedHAL:
         self.irq_lock = threading.RLock()      # the protection "IRQ" vs. everything else
         self._protect_stop: threading.Event | None = None
         self._protect_thread: threading.Thread | None = None
+        self._irq_t: float | None = None       # board clock of the tick being run [s]
+        self._last_plant_t = -math.inf         # latest time the plant was asked about
         self.boot()
 
     # -- board life cycle ----------------------------------------------------------------------
@@ -181,32 +184,49 @@ class EmulatedHAL:
     # -- HAL interface -------------------------------------------------------------------------
 
     def ticks_us(self) -> int:
-        return int((self.clock() - self.boot_time) * 1e6)
+        return int((self._now() - self.boot_time) * 1e6)
 
     def ticks_ms(self) -> int:
-        return int((self.clock() - self.boot_time) * 1e3)
+        return int((self._now() - self.boot_time) * 1e3)
 
     @staticmethod
     def ticks_diff(a: int, b: int) -> int:
         return a - b
 
+    def _now(self) -> float:
+        """The board clock: the tick's own time inside a protection tick, else now."""
+        if self._irq_t is not None and threading.current_thread() is self._protect_thread:
+            return self._irq_t
+        return self.clock()
+
     def protect_start(self, period_us: int, fn: Callable[[], None]) -> None:
-        """Call ``fn`` every ``period_us`` from a thread (the board's protection timer IRQ)."""
+        """Call ``fn`` every ``period_us`` from a thread (the board's protection timer IRQ).
+
+        A tick the thread runs late (the host machine is busy) is evaluated at its own board
+        time, like the streamed samples: the ADC reads the plant then, the watchdog sees that
+        time and a trip turns the gate off then -- the emulated protection does not depend on
+        the host's thread scheduling (only on the plant not having been read past it)."""
         self.protect_stop()
         stop = threading.Event()
         period = period_us * 1e-6
 
         def run() -> None:
-            due = time.monotonic() + period
-            while not stop.wait(max(0.0, due - time.monotonic())):
+            due = self.clock() + period
+            last = None
+            while not stop.wait(max(0.0, due - self.clock())):
                 with self.irq_lock:
-                    if stop.is_set():
-                        return
-                    fn()
-                due += period
-                now = time.monotonic()
-                if due < now:  # late (the host machine was busy): next tick one period on
-                    due = now + period
+                    now = self.clock()
+                    while due <= now and not stop.is_set():
+                        self._irq_t = max(due, self._last_plant_t)
+                        try:
+                            fn()
+                        finally:
+                            self._irq_t = None
+                        due += period
+                tick = time.monotonic()
+                if last is not None and tick - last > self.stats.max_irq_gap:
+                    self.stats.max_irq_gap = tick - last
+                last = tick
 
         self._protect_stop = stop
         self._protect_thread = threading.Thread(target=run, name="boostsim-board-irq",
@@ -219,6 +239,13 @@ class EmulatedHAL:
             if self._protect_thread is not threading.current_thread():
                 self._protect_thread.join(5.0)
             self._protect_stop = self._protect_thread = None
+
+    def plant_access(self, t: float) -> None:
+        """Catch the stream up to plant time ``t`` and note that the plant is being asked
+        about ``t`` (for callers outside the HAL; a late protection tick is then evaluated
+        at ``t`` at the earliest). Call with ``irq_lock`` held."""
+        self._catch_up(t)
+        self._last_plant_t = max(self._last_plant_t, t)
 
     def gate_off(self) -> None:
         with self.irq_lock:
@@ -294,8 +321,9 @@ class EmulatedHAL:
     # -- simulation ----------------------------------------------------------------------------
 
     def _set_gate(self, enabled: bool, freq_hz: float, duty: float) -> None:
-        t = self.clock()
+        t = self._now()
         self._catch_up(t)
+        self._last_plant_t = max(self._last_plant_t, t)
         if enabled:
             freq, d = rp2040_pwm(freq_hz, duty, self.pwm_clock)
         else:
@@ -308,7 +336,8 @@ class EmulatedHAL:
     def _sample_now(self, current: bool) -> tuple[float, float | None]:
         """The output (and inductor current) now; the streamed samples due before now are
         computed in the same plant call."""
-        t = self.clock()
+        t = self._now()
+        self._last_plant_t = max(self._last_plant_t, t)
         due = self._due(t)
         start = self._tic()
         if due is None:
@@ -372,9 +401,12 @@ class EmulatedHAL:
         with self.irq_lock:
             if self._stream is None:
                 return
-            due = self._due(self.clock() if t is None else t)
+            if t is None:
+                t = self._now()
+            due = self._due(t)
             if due is None:
                 return
+            self._last_plant_t = max(self._last_plant_t, float(due[-1]))
             start = self._tic()
             self._push(self.plant.sample(due, presorted=True), due)
             self._plant_timing(start, "stream")

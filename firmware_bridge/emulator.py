@@ -32,11 +32,11 @@ is the one the firmware programs, so the TOML ``fsw`` only matters to the simula
 Fault injection (API methods, ``--fault`` timeline, ``--console`` commands): byte drop and
 corruption (per-byte probability or the next N bytes, per direction), a blackout (no bytes
 through for N s: the host watchdog expires), a stall (the serve loop hangs for N s: nothing is
-answered, the PWM, the sampling and the protection timer IRQs keep running; past the firmware's ``HW_WDT_MS`` the
-hardware watchdog reboots the board), a reset (firmware restart: state lost, output off, an
-optional banner such as MicroPython's ``MPY: soft reboot``), load and line changes (a load
-disconnect makes vout rise to the OVP level), and ring-buffer overflow (a slow consumer;
-``[emulator.firmware] RING_SIZE`` makes it quick).
+answered, the PWM, the sampling and the protection timer IRQs keep running; past the
+firmware's ``HW_WDT_MS`` the hardware watchdog reboots the board), a reset (firmware restart:
+state lost, output off, an optional banner such as MicroPython's ``MPY: soft reboot``), load
+and line changes (a load disconnect makes vout rise to the OVP level), and ring-buffer
+overflow (a slow consumer; ``[emulator.firmware] RING_SIZE`` makes it quick).
 """
 
 from __future__ import annotations
@@ -267,7 +267,9 @@ class PtyPort:
         if not ready:
             return b""
         try:
-            return os.read(self.master, 65536)
+            # At most what the Pico's serve loop takes per iteration (hal.serial_read): a
+            # flooding host cannot make one iteration arbitrarily long.
+            return os.read(self.master, 256)
         except BlockingIOError:
             return b""
         except OSError as exc:
@@ -598,6 +600,7 @@ class Emulator:
 
     def _apply_fault(self, kind: str, arg: Any) -> None:
         t = self._clock()
+        self.hal.plant_access(t)
         if kind == "stall":
             self._stall_until = time.monotonic() + float(arg)
         elif kind == "reset":
@@ -683,10 +686,10 @@ class Emulator:
     def _change_conditions(self, **changes: float) -> float:
         def change() -> float:
             # Streamed samples due before the change must see the old conditions.
-            self.hal._catch_up()
-            when = self.hal.ticks_us() * 1e-6
-            self.plant.set_conditions(self._clock(), **changes)
-            return when
+            t = self._clock()
+            self.hal.plant_access(t)
+            self.plant.set_conditions(t, **changes)
+            return t - self.hal.boot_time
 
         return self.call(change)
 
@@ -747,7 +750,7 @@ class Emulator:
 
         def read():
             t = self._clock()
-            self.hal._catch_up(t)
+            self.hal.plant_access(t)
             vout, il = self.plant.sample([t], current=True)
             enabled, freq, duty = self.plant.pwm
             return {"t": t, "vout": float(vout[0]), "il": float(il[0]),

@@ -100,6 +100,7 @@ class Device:
         # Replies the host has not taken yet (serve()).
         self.tx_dropped = 0      # replies dropped since the last report
         self.tx_dropped_bytes = 0
+        self._drops = [0, 0]     # counts in the queued -410
         self._reset_settings()
         hal.protect_start(cfg.PROTECT_PERIOD_US, self.protect)
 
@@ -175,12 +176,27 @@ class Device:
         self.tx_dropped_bytes += nbytes
 
     def report_dropped(self):
-        """Queue one -410 for the replies dropped since the last report (if any)."""
-        if self.tx_dropped:
-            self.errors.push(scpi.QUERY_INTERRUPTED, "host not reading: %d replies (%d bytes) "
-                             "dropped" % (self.tx_dropped, self.tx_dropped_bytes))
-            self.tx_dropped = 0
-            self.tx_dropped_bytes = 0
+        """Queue a -410 for the replies dropped since the last report (if any). While an
+        unread -410 is still queued its counts grow instead: a host that keeps not reading
+        cannot fill the queue with them (and push a trip report out)."""
+        if not self.tx_dropped:
+            return
+        items = self.errors.items
+        for i in range(len(items)):
+            if items[i][0] == scpi.QUERY_INTERRUPTED:
+                self._drops[0] += self.tx_dropped
+                self._drops[1] += self.tx_dropped_bytes
+                items[i] = (scpi.QUERY_INTERRUPTED, self._drop_text())
+                break
+        else:
+            self._drops = [self.tx_dropped, self.tx_dropped_bytes]
+            self.errors.push(scpi.QUERY_INTERRUPTED, self._drop_text())
+        self.tx_dropped = 0
+        self.tx_dropped_bytes = 0
+
+    def _drop_text(self):
+        return "host not reading: %d replies (%d bytes) dropped" % (self._drops[0],
+                                                                     self._drops[1])
 
     def snapshot(self):
         """Every user-visible setting (for tests: a rejected command must not change it)."""

@@ -8,8 +8,9 @@ Timer IRQs: rp2 has only virtual timers (``machine.Timer()``); with ``hard=True`
 runs in the timer interrupt itself, whatever the main program is doing (also while it waits
 in a USB write); a soft callback is only scheduled and runs between bytecodes of the main
 program. The protections must not wait, so they are hard -- and a hard callback must not
-allocate: ``Device.protect`` compares small ints and ``gate_off`` only writes duty_u16(0). Only this file and main.py touch ``machine``;
-the command logic (device.py) never does, so the same logic runs against a simulated HAL.
+allocate: ``Device.protect`` compares small ints and ``gate_off`` only writes duty_u16(0).
+Only this file and main.py touch ``machine``; the command logic (device.py) never does, so
+the same logic runs against a simulated HAL.
 """
 
 import select

@@ -10,7 +10,8 @@ Contents:
 * ``Real``, ``Int``, ``Bool``, ``Choice`` -- parameter types: ``parse(token)`` (board) and
   ``format(value)`` (host) with one set of ranges.
 * ``Cmd`` -- one command-table entry: header pattern, handlers, parameters, response kind.
-* ``scan_first_word``, ``line_is_query``, ``split_line``, ``parse_header``, ``find_command`` -- the line parser.
+* ``scan_first_word``, ``line_is_query``, ``split_line``, ``parse_header``,
+  ``find_command`` -- the line parser.
 * ``encode_block``, ``decode_block``, ``parse_block_prefix`` -- IEEE 488.2 definite-length
   arbitrary blocks ``#<n><len><bytes>``.
 """
