@@ -8,9 +8,16 @@
 Every setting is checked: after a set command the error queue is read, and a refusal raises
 :class:`BoardError` with the SCPI code and message. Every read has a deadline (a board that
 trickles bytes cannot hang the host). The context manager turns the output off on normal exit,
-on any exception, on Ctrl-C and on SIGTERM. If the link is lost the driver raises
-:class:`LinkError` and records the output state as *unknown* (``output_state is None``), never
-as off; the board's own watchdog (``watchdog=`` seconds) is what turns the output off then.
+on any exception, on Ctrl-C, on SIGTERM and on SIGHUP (a closed terminal or ssh session). If
+the link is lost the driver raises :class:`LinkError` and records the output state as *unknown*
+(``output_state is None``), never as off; the board's own watchdog is what turns the output off
+then.
+
+Host watchdog: the output is never switched on through a :class:`Board` without the board's
+host watchdog armed (``watchdog=`` seconds, default :data:`DEFAULT_WATCHDOG` = 3 s): a script
+killed by SIGKILL, frozen (SIGSTOP, a debugger) or hung leaves the output on for at most that
+long. Every command feeds it; there is no background thread (it would keep feeding a hung
+script), so wait with :meth:`Board.hold` rather than ``time.sleep`` while the output is on.
 
 Link faults and resets
 ----------------------
@@ -50,8 +57,14 @@ from serial.tools import list_ports
 from . import protocol
 from .firmware import config
 
-__all__ = ["PICO_VID_PID", "Acquisition", "Board", "BoardError", "BoardResetError", "Identity",
-           "LinkError", "TripError", "find_ports"]
+__all__ = ["DEFAULT_WATCHDOG", "PICO_VID_PID", "Acquisition", "Board", "BoardError",
+           "BoardResetError", "Identity", "LinkError", "TripError", "find_ports"]
+
+#: Host watchdog [s] armed before the output goes on, unless ``Board(watchdog=...)`` says.
+DEFAULT_WATCHDOG = 3.0
+
+#: Signals that end a ``with Board(...)`` block like an exception (output off on the way out).
+_EXIT_SIGNALS = ("SIGTERM", "SIGHUP")
 
 #: USB vendor:product of MicroPython on a Raspberry Pi Pico.
 PICO_VID_PID = (0x2E8A, 0x0005)
@@ -191,7 +204,9 @@ class Board:
 
     Host-side limits: ``max_duty`` refuses larger duties before they are sent; ``max_vout``
     programs the board's over-voltage trip no higher than that and turns the output off when a
-    measurement exceeds it. ``watchdog`` [s] arms the board's host watchdog (0: leave as is).
+    measurement exceeds it. ``watchdog`` [s] arms the board's host watchdog at connection
+    (default 3 s; 0: leave the board's setting -- but the output is only ever switched on with
+    a watchdog armed: the board's own, or DEFAULT_WATCHDOG).
     ``timeout`` bounds every reply [s]; ``connect_timeout`` bounds the handshake, which retries
     ``*IDN?`` through a boot banner or a reset on open. ``retries``: how often a garbled or
     missing answer is retried after a resync (see the module docstring); 0 raises at once.
@@ -200,7 +215,7 @@ class Board:
 
     def __init__(self, port: str | None = None, *, timeout: float = 2.0,
                  connect_timeout: float = 5.0, max_duty: float | None = None,
-                 max_vout: float | None = None, watchdog: float = 0.0,
+                 max_vout: float | None = None, watchdog: float = DEFAULT_WATCHDOG,
                  vid_pid: tuple[int, int] = PICO_VID_PID, retries: int = 0):
         if max_duty is not None and not 0 < max_duty < 1:
             raise ValueError(f"max_duty must be in (0, 1), got {max_duty!r}")
@@ -210,6 +225,8 @@ class Board:
             raise ValueError(f"retries must be an integer >= 0, got {retries!r}")
         if not (timeout > 0 and connect_timeout > 0):
             raise ValueError("timeout and connect_timeout must be > 0 [s]")
+        if not 0 <= watchdog <= config.WDOG_MAX:
+            raise ValueError(f"watchdog must be in [0, {config.WDOG_MAX:g}] s, got {watchdog!r}")
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.max_duty = max_duty
@@ -225,7 +242,7 @@ class Board:
         self._cal: tuple[float, float] | None = None
         self._next_index: int | None = None     # expected next sample index since INIT
         self._banner = False
-        self._previous_sigterm = None
+        self._previous_handlers: dict[int, Any] = {}
         self._rx = bytearray()                  # bytes read ahead (pipelined answers)
         self._port = self._open_port()
         try:
@@ -441,21 +458,24 @@ class Board:
         return bool(self._port.is_open)
 
     def __enter__(self) -> Board:
-        self._previous_sigterm = None
+        self._previous_handlers = {}
         if threading.current_thread() is threading.main_thread():
-            def on_sigterm(signum, frame):
+            def on_signal(signum, frame):
                 raise SystemExit(128 + signum)
 
-            self._previous_sigterm = signal.signal(signal.SIGTERM, on_sigterm)
+            for name in _EXIT_SIGNALS:
+                signum = getattr(signal, name, None)
+                if signum is not None:  # no SIGHUP on Windows
+                    self._previous_handlers[signum] = signal.signal(signum, on_signal)
         return self
 
     def __exit__(self, *exc_info) -> None:
         try:
             self.close()
         finally:
-            if self._previous_sigterm is not None:
-                signal.signal(signal.SIGTERM, self._previous_sigterm)
-                self._previous_sigterm = None
+            for signum, handler in self._previous_handlers.items():
+                signal.signal(signum, handler)
+            self._previous_handlers = {}
 
     # -- raw exchange -------------------------------------------------------------------
     def _command_line(self, line: bytes) -> None:
@@ -630,6 +650,9 @@ class Board:
             raise BoardError(f"{header}: {exc}", getattr(exc, "code", None), header) from None
 
     def _line(self, header: str, args: tuple) -> bytes:
+        if (header.lstrip(":").upper().startswith("OUTP") and args
+                and str(args[0]).upper() in ("ON", "1", "TRUE")):
+            self._arm_watchdog()  # also for send/pipeline/write_nowait("OUTP", "ON")
         try:
             return protocol.command(header, *args)
         except protocol.ScpiError as exc:
@@ -685,6 +708,7 @@ class Board:
             if state:
                 raise BoardError("the board did not turn its output off", None, "OUTP OFF")
             return
+        self._arm_watchdog()
         self.send("OUTP", "ON")
         self.output_state = bool(self.query("OUTP?"))
         if not self.output_state:
@@ -771,9 +795,21 @@ class Board:
 
     def set_watchdog(self, seconds: float) -> None:
         """Host watchdog [s]: the board turns the output off if no valid command arrives for
-        this long while the output is on (0 disables)."""
+        this long while the output is on (0 disables it, refused while the output is on)."""
+        if not seconds and self.output_state is not False:
+            raise BoardError("the host watchdog stays armed while the output is (or may be) on: "
+                             "turn the output off first", None, "SYST:WDOG:TIM")
         self.send("SYST:WDOG:TIM", float(seconds))
         self._settings["SYST:WDOG:TIM"] = (float(seconds),)
+
+    def _arm_watchdog(self) -> None:
+        """Before the output goes on: the board's host watchdog armed (its own setting if it
+        has one, else DEFAULT_WATCHDOG)."""
+        if self._settings.get("SYST:WDOG:TIM", (0.0,))[0] > 0:
+            return
+        if self.query("SYST:WDOG:TIM?") > 0:
+            return
+        self.set_watchdog(DEFAULT_WATCHDOG)
 
     @property
     def watchdog(self) -> float:
