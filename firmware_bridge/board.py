@@ -44,6 +44,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 import signal
 import threading
 import time
@@ -284,6 +285,8 @@ class Board:
                 raise LinkError(f"cannot open {self.port_name}: the port is in use by another "
                                 f"program (another boostsim, a terminal, mpremote?); close it "
                                 f"first") from None
+            if isinstance(exc.errno, int):  # pyserial nests the OSError text twice
+                text = os.strerror(exc.errno)
             raise LinkError(f"cannot open {self.port_name}: {text}") from None
         except (OSError, ValueError) as exc:
             raise LinkError(f"cannot open {self.port_name}: {exc}") from None

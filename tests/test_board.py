@@ -239,6 +239,13 @@ def test_discovery_and_bad_ports():
         assert "no board found" in str(exc.value) and "bench ports" in str(exc.value)
     with pytest.raises(LinkError) as exc:
         Board("/dev/does-not-exist-boostsim")
-    assert "cannot open" in str(exc.value)
+    # One clear line: the reason once, not pyserial's errno nested three times.
+    assert str(exc.value) == ("cannot open /dev/does-not-exist-boostsim: No such file or "
+                              "directory")
+    with pytest.raises(LinkError) as exc:
+        Board("/tmp")
+    assert str(exc.value) == "cannot open /tmp: Is a directory"
+    with pytest.raises(ValueError, match="watchdog"):
+        Board("/dev/null", watchdog=-1)
     with pytest.raises(ValueError):
         Board("/dev/null", max_duty=1.5)
