@@ -231,7 +231,12 @@ case("limits",
      fails(b"SYST:WDOG:TIM 3601", -222), ask(b"SYST:WDOG:TIM?", b"3600"),
      # With the level at 24 V: a reading that saturates at 19.2 V would hide the level, and
      # a calibration by which the trip point reads 31 V is not plausible.
-     fails(b"CAL:VOUT 0.8,-1", -222), fails(b"CAL:VOUT 1.25,1", -222),
+     fails(b"CAL:VOUT 0.8,-1", -222,
+           b'-222,"Data out of range;CAL:VOUT 0.8,-1 reads at most 19.2351 V (ADC full '
+           b'scale): the OVP level 24 V would be unreadable"'),
+     fails(b"CAL:VOUT 1.25,1", -222,
+           b'-222,"Data out of range;with CAL:VOUT 1.25,1 the OVP trip at 24 V (uncalibrated '
+           b'divider) reads 31 V, above OVP_MAX 24 V"'),
      ok(b"PROT:OVP:LEV 10"), ok(b"CAL:VOUT 0.8,-1"), ok(b"CAL:VOUT 1.25,1"),
      fails(b"CAL:VOUT 0.79,0", -222), fails(b"CAL:VOUT 1,1.01", -222),
      fails(b"CAL:VOUT inf,0", -222), ask(b"CAL:VOUT?", b"1.25,1"),
