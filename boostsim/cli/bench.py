@@ -547,7 +547,7 @@ def cmd_bench_sweep(ctx: Context) -> int:
                       flush=True)
 
         try:
-            result = bench.run_sweep(board, duties, settle=a.settle, samples=a.samples,
+            result = bench.measure_sweep(board, duties, settle=a.settle, samples=a.samples,
                                      method=a.method, stream_rate=a.stream_rate, log=log,
                                      on_point=on_point, resume=a.resume,
                                      max_resets=a.max_resets, report=ctx.note)
@@ -577,7 +577,7 @@ def cmd_bench_sweep(ctx: Context) -> int:
                             fit=summary["fit"], aborted=result.aborted))
         files["data"] = out
     if plot:
-        _write_plot(ctx, bench.sweep_figure(result, params), plot)
+        _write_plot(ctx, bench.bench_sweep_figure(result, params), plot)
         files["plot"] = plot
     if a.log:
         files["log"] = a.log
