@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from ..params import BoostParams
 from ..units import parse_si
 from .args import (
     _duty_range,
@@ -408,92 +409,76 @@ def cmd_bench_ports(ctx: Context) -> int:
     return 0
 
 
-class _BenchSession:
-    """Opens the board (or starts an emulator for --port emu:) for a bench command; closes it
-    with the output off; converts driver errors to one-line CLI errors."""
+def board_loop_controller(params: BoostParams, *, duty_max: float | None, **loop: Any
+                          ) -> tuple[Any, int, float, float]:
+    """The board's PID loop (its ADC, PWM and duty limit) as a simulator controller, for
+    ``simulate --vref``: :func:`firmware_bridge.bench.host_loop_controller` with ``duty_max``
+    defaulting to the firmware's limit. Returns (controller, every [periods], ts [s],
+    duty_max)."""
+    from firmware_bridge.bench import host_loop_controller
+    from firmware_bridge.firmware import config as fw
 
-    EMULATOR_PORTS = ("emu:", "emu", "emulator")
+    duty_max = fw.DUTY_LIMIT_DEFAULT if duty_max is None else duty_max
+    controller, every, ts = host_loop_controller(params, duty_max=duty_max, **loop)
+    return controller, every, ts, duty_max
+
+
+class _BenchSession:
+    """A bench command's :class:`firmware_bridge.session.BenchSession` (from its options and
+    the board file's calibration), with driver errors as one-line CLI errors (exit status 1)."""
 
     def __init__(self, ctx: Context):
+        from firmware_bridge.session import BenchSession, calibration_from_config
+
+        a = ctx.args
         self.ctx = ctx
-        self.board = None
-        self.emulator = None
-
-    def __enter__(self):
-        from firmware_bridge.board import Board, BoardError
-
-        a = self.ctx.args
-        port = a.port
+        document, self.source = ctx.document()
         try:
-            if port is not None and port.lower() in self.EMULATOR_PORTS:
-                from firmware_bridge.emulator import Emulator
-
-                self.emulator = Emulator(config=a.config) if a.config else Emulator()
-                self.emulator.start()
-                port = self.emulator.port
-                self.ctx.note(f"started an emulated board on {port}")
-            self.board = Board(port, timeout=a.timeout, max_duty=a.max_duty,
-                               max_vout=a.max_vout, watchdog=a.watchdog, retries=a.retries)
-            self.board.__enter__()
-            if a.clear_trip:
-                trip = self.board.trip()
-                if trip != "NONE":
-                    self.board.clear_trip()
-                    self.ctx.note(f"cleared a latched {trip} trip")
-            cal = self._config_calibration()
-            if cal is not None:
-                self.board.calibrate_vout(*cal)
-                self.ctx.note(f"calibration from the configuration: gain {cal[0]:g}, offset "
-                              f"{cal[1]:g} V")
-        except BoardError as exc:
-            self._shutdown()
+            calibration = calibration_from_config(document, self.source)
+        except ValueError as exc:
             raise CliError(str(exc)) from None
-        except BaseException:
-            self._shutdown()
-            raise
-        return self
 
-    def _config_calibration(self) -> tuple[float, float] | None:
-        document, source = self.ctx.document()
-        table = document.get("board", {}).get("calibration") if isinstance(
-            document.get("board"), dict) else None
-        if not table:
-            return None
+        def start_emulator():
+            from firmware_bridge.emulator import Emulator
+
+            return Emulator(config=a.config) if a.config else Emulator()
+
+        self.session = BenchSession(
+            a.port, timeout=a.timeout, max_duty=a.max_duty, max_vout=a.max_vout,
+            watchdog=a.watchdog, retries=a.retries, clear_trip=a.clear_trip,
+            calibration=calibration, start_emulator=start_emulator, note=ctx.note,
+            warn=ctx.warn)
+
+    @property
+    def board(self):
+        return self.session.board
+
+    @property
+    def emulator(self):
+        return self.session.emulator
+
+    def __enter__(self) -> _BenchSession:
+        from firmware_bridge.board import BoardError
+
         try:
-            gain = float(table.get("vout_gain", 1.0))
-            offset = float(table.get("vout_offset", 0.0))
-        except (TypeError, ValueError):
-            raise CliError(f"{source}: [board.calibration] vout_gain and vout_offset must be "
-                           f"numbers") from None
-        return gain, offset
-
-    def _shutdown(self) -> None:
-        board, self.board = self.board, None
-        if board is not None:
-            board.__exit__(None, None, None)
-            if board.output_state is not False:
-                wdog = self.ctx.args.watchdog
-                self.ctx.warn("could not confirm that the board's output is off" +
-                              (f"; its watchdog turns it off after {wdog:g} s without commands"
-                               if wdog else "; CHECK THE BOARD (no watchdog armed)"))
-        if self.emulator is not None:
-            self.emulator.stop()
-            self.emulator = None
+            self.session.__enter__()
+        except BoardError as exc:
+            raise CliError(str(exc)) from None
+        return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         from firmware_bridge.board import BoardError
 
-        self._shutdown()
+        self.session.__exit__(exc_type, exc, tb)
         if isinstance(exc, BoardError):
             raise CliError(str(exc)) from None
         return False
 
     def metadata(self, **extra: Any) -> dict[str, Any]:
         b = self.board
-        _, source = self.ctx.document()
         return self.ctx.metadata(firmware=str(b.identity), port=b.port_name,
-                                 emulated=self.emulator is not None or None,
-                                 config=source, **extra)
+                                 emulated=self.session.emulated or None, config=self.source,
+                                 **extra)
 
 
 def _mv(value: float) -> str:
@@ -631,7 +616,9 @@ def cmd_bench_step(ctx: Context) -> int:
         raise _UsageError("give a duty step FROM:TO (e.g. --duty 0.4:0.6) or --load-step")
     if a.load_step is not None and d2 is not None:
         raise _UsageError("--load-step runs at one duty: give --duty D, not FROM:TO")
-    if a.load_step is not None and (a.port or "").lower() not in _BenchSession.EMULATOR_PORTS:
+    from firmware_bridge.session import is_emulator_port
+
+    if a.load_step is not None and not is_emulator_port(a.port):
         raise _UsageError("a load step needs external gear on real hardware; only the "
                           "in-process emulator (--port emu:) can apply it")
     if a.rate > 20e3:

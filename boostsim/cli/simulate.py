@@ -25,6 +25,7 @@ from .args import (
     _step_parser,
     _vout_value,
 )
+from .bench import board_loop_controller
 from .context import CliError, Context, _UsageError
 from .control import _design_options, _predicted, _tune
 from .format import (
@@ -131,9 +132,6 @@ def _drive(ctx: Context, params: BoostParams) -> tuple[dict[str, Any], dict[str,
         return {"duty": a.duty}, None
     if a.duty is not None:
         raise _UsageError("--duty (open loop) and --vref (closed loop) exclude each other")
-    from firmware_bridge.bench import host_loop_controller
-    from firmware_bridge.firmware import config as fw
-
     if not np.isscalar(params.fsw) and np.size(params.fsw) != 1:
         raise CliError("the closed loop needs a single converter (no per-lane parameters)")
     tuned = None
@@ -159,9 +157,8 @@ def _drive(ctx: Context, params: BoostParams) -> tuple[dict[str, Any], dict[str,
             raise _UsageError("the closed loop needs its gains: --kp K --ki K (and optionally "
                               "--kd), --pid-config gains.toml, or --tune --crossover F")
         rate = pick("rate", 200.0)
-    duty_max = a.duty_max if a.duty_max is not None else fw.DUTY_LIMIT_DEFAULT
-    controller, every, ts = host_loop_controller(
-        params, kp=kp, ki=ki, kd=kd, tf=tf, rate=rate, duty_max=duty_max, slew=a.slew,
+    controller, every, ts, duty_max = board_loop_controller(
+        params, kp=kp, ki=ki, kd=kd, tf=tf, rate=rate, duty_max=a.duty_max, slew=a.slew,
         noise_lsb=a.adc_noise, initial_duty=a.initial_duty)
     if tuned is None and abs(1.0 / ts - rate) > 1e-3 * rate:
         ctx.warn(f"--rate {rate:g} Hz is not a whole number of switching periods: the loop "
