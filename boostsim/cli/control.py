@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any
@@ -243,16 +244,14 @@ def _freqs(fmin: float | None, fmax: float | None, lo: float, hi: float, points:
 def _loop_bode(loop, margins, f, params, note: str):
     """The Bode figure of a LoopGain (default frequencies: below the crossover and the
     resonance up to just under the Nyquist frequency)."""
+    from ..design import bode_band
     from ..plots import board_text, bode_figure
 
     if margins is None:
         margins = loop.margins()
     if f is None:
-        nyq = 0.5 / loop.sample_period
-        lo = min(loop.plant.resonance_hz / 20, (margins.crossover_hz / 50
-                                                if math.isfinite(margins.crossover_hz)
-                                                else nyq), nyq / 1000)
-        f = np.geomspace(lo, nyq * 0.98, 600)
+        lo, hi, _ = bode_band(loop.plant, loop=loop, margins=margins)
+        f = np.geomspace(lo, hi, 600)
     gm = "inf" if not math.isfinite(margins.gain_margin_db) else f"{margins.gain_margin_db:.1f} dB"
     sub = (f"{board_text(params)} · duty {loop.duty:.4f}\nPID kp {loop.kp:.4g}, ki "
            f"{loop.ki:.4g}, kd {loop.kd:.3g}, tf {loop.tf:.3g} s at "
@@ -270,7 +269,7 @@ def cmd_bode(ctx: Context) -> int:
     from types import SimpleNamespace
 
     from ..averaged import duty_for_vout, small_signal
-    from ..design import loop_gain
+    from ..design import bode_band, loop_gain
     from ..plots import board_text, bode_figure, bode_phase
 
     a = ctx.args
@@ -321,12 +320,9 @@ def cmd_bode(ctx: Context) -> int:
     plant = small_signal(params, duty)
     summary["duty"] = duty
     if loop is not None:
-        nyq = 0.5 / loop.sample_period
         margins = loop.margins()
-        fc = margins.crossover_hz
-        lo = min(plant.resonance_hz / 20, fc / 50 if math.isfinite(fc) else nyq, nyq / 1000)
-        f = _freqs(a.fmin, a.fmax, lo, nyq * 0.98, a.points, nyq,
-                   "the loop's Nyquist frequency")
+        lo, hi, limit = bode_band(plant, loop=loop, margins=margins)
+        f = _freqs(a.fmin, a.fmax, lo, hi, a.points, limit, "the loop's Nyquist frequency")
         t_resp, p_resp, c_resp = (loop.frequency_response(f), loop.plant_response(f),
                                   loop.controller_response(f))
         columns = {"f_Hz": f, "T_mag_dB": 20 * np.log10(np.abs(t_resp)),
@@ -336,16 +332,12 @@ def cmd_bode(ctx: Context) -> int:
                    "controller_mag_dB": 20 * np.log10(np.abs(c_resp)),
                    "controller_phase_deg": bode_phase(c_resp, -90.0)}
         summary.update({"rate_Hz": 1.0 / loop.sample_period, "every_periods": every,
-                        "margins": {"crossover_hz": margins.crossover_hz,
-                                    "phase_margin_deg": margins.phase_margin_deg,
-                                    "gain_margin_db": margins.gain_margin_db,
-                                    "phase_crossover_hz": margins.phase_crossover_hz,
-                                    "stable": margins.stable}})
+                        "margins": dataclasses.asdict(margins)})
     else:
         margins = None
-        lo = plant.resonance_hz / 50
-        f = _freqs(a.fmin, a.fmax, lo, fsw / 2, a.points, fsw / 2, "half the switching "
-                   "frequency (the averaged model's limit)")
+        lo, hi, limit = bode_band(plant, fsw=fsw)
+        f = _freqs(a.fmin, a.fmax, lo, hi, a.points, limit, "half the switching frequency "
+                   "(the averaged model's limit)")
         g = plant.response(f, "gvd")
         columns = {"f_Hz": f, "plant_mag_dB": 20 * np.log10(np.abs(g)),
                    "plant_phase_deg": bode_phase(g, 0.0)}
