@@ -374,3 +374,24 @@ def test_a_port_in_use_is_a_clear_error(emu, tmp_path):
         proc = run("bench", "sweep", "--port", emu.port, "--no-files", cwd=tmp_path)
     assert proc.returncode == 1
     assert "in use by another program" in one_line_error(proc.stderr)
+
+
+def test_calibrate_refuses_an_implausible_correction_unless_forced(tmp_path):
+    """The issue's case: a mistyped meter reading (7 V at duty 0.6, ~12 V) is refused, as is a
+    12 % correction; --force applies the latter (the board accepts it), never the former."""
+    with Emulator(seed=8) as emu:
+        proc = run("bench", "calibrate", "--port", emu.port, "--duty", "0.6", "--ref", "7",
+                   "--settle", "0.1", "--force", cwd=tmp_path)
+        assert proc.returncode == 1 and "outside 0.8..1.25" in proc.stderr, proc.stderr
+        assert emu.snapshot()["cal"] == (1.0, 0.0)
+        ref = steady_state(BOARD, effective_pwm(0.6, 1e5)[1][0]).vout_mean * 0.88
+        proc = run("bench", "calibrate", "--port", emu.port, "--duty", "0.6", "--ref",
+                   f"{ref:.4f}", "--settle", "0.1", cwd=tmp_path)
+        assert proc.returncode == 1, proc.stderr
+        assert "implausible" in proc.stderr and "--force" in proc.stderr
+        assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+        assert emu.snapshot()["cal"] == (1.0, 0.0) and not emu.plant_state()["enabled"]
+        proc = run("bench", "calibrate", "--port", emu.port, "--duty", "0.6", "--ref",
+                   f"{ref:.4f}", "--settle", "0.1", "--force", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert emu.snapshot()["cal"][0] == pytest.approx(0.88, abs=0.01)

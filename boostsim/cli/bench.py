@@ -155,6 +155,9 @@ gives the gain (offset 0); two points give gain and offset. For each point the b
 The result is written to the board (RAM: until a power cycle; --dry-run does not) and printed
 as a TOML snippet for --config ([board.calibration], applied by bench commands on connect) and
 as config.py lines for the firmware's power-up defaults; --out FILE.toml also writes it.
+A correction of more than 10 % in gain or 0.5 V in offset is refused as a likely typo
+(--force applies it; the board itself refuses gains outside 0.8..1.25, offsets beyond 1 V and
+any calibration by which the OVP level could no longer be read).
 
 examples:
   boostsim bench calibrate --duty 0.6 --ref 12.031
@@ -360,6 +363,9 @@ def register(sub, base: argparse.ArgumentParser, board: argparse.ArgumentParser,
     g.add_argument("--settle", type=_nonnegative("--settle"), default=0.3, metavar="S",
                    help="wait after setting a duty [s] (default 0.3)")
     g.add_argument("--dry-run", action="store_true", help="do not write CAL:VOUT to the board")
+    g.add_argument("--force", action="store_true",
+                   help="apply a correction beyond +-10 %% gain or 0.5 V offset (still within "
+                        "the board's own limits)")
     g.add_argument("--out", metavar="FILE", help="also write the TOML snippet to FILE")
     q.set_defaults(func=cmd_bench_calibrate)
 
@@ -874,7 +880,8 @@ def cmd_bench_calibrate(ctx: Context) -> int:
                 ctx.note(f"point {i + 1}: {where}: board reads {cal:.5f} V (uncalibrated "
                          f"{raw:.5f} V ± {std * 1e3:.2f} mV), reference {refs[i]:.5f} V")
             try:
-                gain, offset = bench.solve_calibration([p["raw_V"] for p in points], refs)
+                gain, offset = bench.solve_calibration([p["raw_V"] for p in points], refs,
+                                                       force=a.force)
             except ValueError as exc:
                 raise CliError(str(exc)) from None
             check = None

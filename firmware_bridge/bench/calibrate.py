@@ -15,6 +15,11 @@ from .common import VOLTS_PER_CODE, _robust
 
 # ---------------------------------------------------------------------------- calibration
 
+#: Largest correction taken without ``force``: a divider of 1 % resistors and the RP2040's ADC
+#: are off by a few %; more is a mistyped meter reading or the wrong point far more often.
+PLAUSIBLE_GAIN_ERROR = 0.10     # |gain - 1|
+PLAUSIBLE_OFFSET_V = 0.5        # |offset| [V], 2 % of the divider's 25.4 V full scale
+
 
 def measure_reading(board: Board, samples: int = 32) -> tuple[float, float, float]:
     """Mean of ``samples`` MEAS:VOLT? readings, converted back to the *uncalibrated* divider
@@ -28,10 +33,13 @@ def measure_reading(board: Board, samples: int = 32) -> tuple[float, float, floa
         float(kept.mean())
 
 
-def solve_calibration(raw: Sequence[float], reference: Sequence[float]) -> tuple[float, float]:
+def solve_calibration(raw: Sequence[float], reference: Sequence[float], *,
+                      force: bool = False) -> tuple[float, float]:
     """``v_true = gain * v_raw + offset`` from one point (gain only, offset 0) or two
-    (gain and offset). Raises ValueError outside the board's ranges (gain 0.5..2,
-    |offset| <= 5 V) or for two points too close together."""
+    (gain and offset). Raises ValueError for two points too close together, outside the
+    board's ranges (``CAL_GAIN_MIN..MAX``, ``|offset| <= CAL_OFFSET_MAX``) and, unless
+    ``force``, for a correction beyond the plausible (``PLAUSIBLE_GAIN_ERROR``,
+    ``PLAUSIBLE_OFFSET_V``)."""
     raw = [float(v) for v in raw]
     ref = [float(v) for v in reference]
     if len(raw) != len(ref) or len(raw) not in (1, 2):
@@ -53,6 +61,17 @@ def solve_calibration(raw: Sequence[float], reference: Sequence[float]) -> tuple
     if abs(offset) > fw.CAL_OFFSET_MAX:
         raise ValueError(f"calibration offset {offset:.4g} V beyond +-{fw.CAL_OFFSET_MAX:g} V: "
                          f"check the reference values and the wiring")
+    if not force:
+        what = []
+        if abs(gain - 1) > PLAUSIBLE_GAIN_ERROR:
+            what.append(f"gain {gain:.5g} ({100 * (gain - 1):+.1f} %, more than "
+                        f"{100 * PLAUSIBLE_GAIN_ERROR:g} %)")
+        if abs(offset) > PLAUSIBLE_OFFSET_V:
+            what.append(f"offset {offset:+.4g} V (more than {PLAUSIBLE_OFFSET_V:g} V)")
+        if what:
+            raise ValueError(f"calibration {' and '.join(what)} is implausible for this board: "
+                             f"check the meter reading(s) and the point(s); --force to apply "
+                             f"it anyway")
     return gain, offset
 
 
