@@ -395,3 +395,15 @@ def test_calibrate_refuses_an_implausible_correction_unless_forced(tmp_path):
                    f"{ref:.4f}", "--settle", "0.1", "--force", cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr
         assert emu.snapshot()["cal"][0] == pytest.approx(0.88, abs=0.01)
+
+
+def test_a_slow_live_loop_keeps_its_own_watchdog_fed(emu, tmp_path):
+    """--rate 1 with --watchdog 0.4: a tick every second, far longer than the watchdog; the
+    loop waits talking to the board instead of tripping and blaming the host."""
+    proc = run("bench", "live", "--port", emu.port, "--vref", "8", "--kp", "0.01", "--ki",
+               "0.02", "--rate", "1", "--watchdog", "0.4", "--duration", "2.5", "--json",
+               "--no-files", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["stopped"] == "duration" and summary["ticks"] == 3, summary
+    assert emu.snapshot()["trip"] is None and not emu.plant_state()["enabled"]

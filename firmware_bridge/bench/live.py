@@ -96,6 +96,10 @@ def reference_function(vref: float, steps: Sequence[tuple[float, float]] = ()
     return ref
 
 
+#: Waits between ticks longer than this [s] keep the board's host watchdog fed (Board.hold).
+_FEED_WAIT = 0.05
+
+
 def run_live(board: Board, *, vref: float, kp: float, ki: float, kd: float = 0.0,
              rate: float = 200.0, duration: float | None = None, slew: float | None = None,
              tf: float = 0.0, vref_steps: Sequence[tuple[float, float]] = (),
@@ -164,7 +168,12 @@ def run_live(board: Board, *, vref: float, kp: float, ki: float, kd: float = 0.0
             now = perf()
             if duration is not None and next_tick - t0 >= duration - 1e-9:
                 break
-            if next_tick > now:
+            if next_tick - now > _FEED_WAIT:
+                # A slow loop (rate below a few Hz) must not starve the board's host watchdog:
+                # wait talking to the board (OUTP? every 0.1 s or a quarter of the watchdog;
+                # a trip meanwhile raises TripError at once).
+                board.hold(next_tick - now, expect_on=True)
+            elif next_tick > now:
                 time.sleep(next_tick - now)
             t_tick = perf()
             try:
