@@ -59,7 +59,8 @@ from . import protocol
 from .firmware import config
 
 __all__ = ["DEFAULT_WATCHDOG", "PICO_VID_PID", "Acquisition", "Board", "BoardError",
-           "BoardResetError", "Identity", "LinkError", "TripError", "find_ports"]
+           "BoardNotFound", "BoardResetError", "Identity", "LinkError", "TripError",
+           "find_ports"]
 
 #: Host watchdog [s] armed before the output goes on, unless ``Board(watchdog=...)`` says.
 DEFAULT_WATCHDOG = 3.0
@@ -97,6 +98,14 @@ class BoardError(Exception):
 class LinkError(BoardError):
     """No valid answer from the board (timeout, garbled bytes, port gone). The output state is
     unknown afterwards."""
+
+
+class BoardNotFound(LinkError):
+    """``Board()`` without a port found no board, or several (``found``: their ports)."""
+
+    def __init__(self, message: str, found: list[str]):
+        super().__init__(message)
+        self.found = found
 
 
 class BoardResetError(LinkError):
@@ -270,10 +279,11 @@ class Board:
             return ports[0].device
         wanted = f"{vid_pid[0]:04X}:{vid_pid[1]:04X}"
         if not ports:
-            raise LinkError(f"no board found (USB {wanted}); give the port, e.g. "
-                            f"Board('/dev/ttyACM0') (see 'boostsim bench ports')")
+            raise BoardNotFound(f"no board found (USB {wanted}); give the port, e.g. "
+                                f"Board('/dev/ttyACM0') (see 'boostsim bench ports')", [])
         names = ", ".join(p.device for p in ports)
-        raise LinkError(f"several boards found (USB {wanted}): {names}; give the port")
+        raise BoardNotFound(f"several boards found (USB {wanted}): {names}; give the port",
+                            [p.device for p in ports])
 
     def _open_port(self) -> serial.SerialBase:
         try:

@@ -156,7 +156,15 @@ def test_usage_errors_and_no_board(capsys, tmp_path, monkeypatch):
         assert main(["bench", "ports"]) == 0
         assert "no board found" in capsys.readouterr().out
         status = main(["bench", "sweep", "--no-files"])
-        assert status == 1 and "no board found" in one_line_error(capsys.readouterr().err)
+        err = one_line_error(capsys.readouterr().err)
+        # The CLI's own options, not the Python API's Board('/dev/ttyACM0').
+        assert status == 1 and "no board found" in err and "--port" in err, err
+        assert "Board(" not in err
+    # A port that cannot be opened: the reason once, not the errno three times.
+    status = main(["bench", "sweep", "--no-files", "--port", "/dev/does-not-exist-boostsim"])
+    err = one_line_error(capsys.readouterr().err)
+    assert status == 1 and err.endswith(
+        "cannot open /dev/does-not-exist-boostsim: No such file or directory"), err
 
 
 def test_simulate_runs_the_host_loop(capsys, tmp_path):

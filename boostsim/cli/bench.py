@@ -464,10 +464,18 @@ class _BenchSession:
         return self.session.emulator
 
     def __enter__(self) -> _BenchSession:
-        from firmware_bridge.board import BoardError
+        from firmware_bridge.board import PICO_VID_PID, BoardError, BoardNotFound
 
         try:
             self.session.__enter__()
+        except BoardNotFound as exc:
+            wanted = f"{PICO_VID_PID[0]:04X}:{PICO_VID_PID[1]:04X}"
+            if exc.found:
+                raise CliError(f"several boards found (USB {wanted}): {', '.join(exc.found)}; "
+                               f"choose one with --port") from None
+            raise CliError(f"no board found (USB {wanted}): give --port /dev/ttyACM0 (see "
+                           f"'boostsim bench ports'), or --port emu: for an emulated "
+                           f"board") from None
         except BoardError as exc:
             raise CliError(str(exc)) from None
         return self
