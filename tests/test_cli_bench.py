@@ -415,3 +415,46 @@ def test_a_slow_live_loop_keeps_its_own_watchdog_fed(emu, tmp_path):
     summary = json.loads(proc.stdout)
     assert summary["stopped"] == "duration" and summary["ticks"] == 3, summary
     assert emu.snapshot()["trip"] is None and not emu.plant_state()["enabled"]
+
+
+def test_sweep_outputs_are_checked_before_the_board_is_touched(tmp_path):
+    """A bad --out/--plot/--log is refused before the port is even opened (the port given
+    here does not exist: the error must be about the file, not the port)."""
+    (tmp_path / "adir.csv").mkdir()
+    (tmp_path / "old.partial.csv").write_text("points of an interrupted sweep\n")
+    bad_port = "/dev/does-not-exist-boostsim"
+    for args, text in ((["--out", "adir.csv"], "it is a directory"),
+                       (["--plot", "/proc/boostsim.png"], "cannot write '/proc/boostsim.png'"),
+                       (["--out", "x.csv", "--log", "x.csv"], "name the same file"),
+                       (["--out", "old.csv"], "'old.partial.csv' exists")):
+        proc = run("bench", "sweep", "--port", bad_port, "--duty", "0.3", *args, cwd=tmp_path)
+        assert proc.returncode in (1, 2), proc.stderr
+        line = one_line_error(proc.stderr)
+        assert text in line and "does-not-exist" not in line, (args, line)
+    assert not (tmp_path / "x.csv").exists() and not (tmp_path / "bench_sweep.png").exists()
+
+
+def test_a_killed_sweep_keeps_every_point_and_the_previous_result(emu, tmp_path):
+    (tmp_path / "sweep.csv").write_text("# an earlier, complete result\n")
+    proc = _sweep(emu, tmp_path, "--settle", "0.3")
+    partial = tmp_path / "sweep.partial.csv"
+    try:
+        assert wait_until(lambda: rows(partial) >= 2, 30), proc.stderr
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        proc.kill()
+    meta, cols = read_log(partial)
+    assert meta["status"].startswith("running") and "interrupted" in meta["status"]
+    assert cols["duty"].size >= 2 and np.all(np.diff(cols["duty"]) > 0)
+    assert np.all(np.isfinite(cols["vout_meas_V"])) and np.all(np.isfinite(cols["vout_sim_V"]))
+    # The earlier result is untouched (no partial file ever replaces it).
+    assert (tmp_path / "sweep.csv").read_text() == "# an earlier, complete result\n"
+    # A sweep that ends replaces it with the complete result and removes its partial file.
+    partial.rename(tmp_path / "kept.partial.csv")
+    proc = run("bench", "sweep", "--port", emu.port, "--duty", "0.2:0.3:0.1", "--settle",
+               "0.05", "--samples", "4", "--out", "sweep.csv", "--no-files", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    meta, cols = read_csv(tmp_path / "sweep.csv")
+    assert meta["status"] == "complete" and cols["duty"].size == 2
+    assert not partial.exists() and not (tmp_path / "sweep.writing.csv").exists()

@@ -6,7 +6,9 @@ emulator), each beside the same simulation. With ``emulate`` the only CLI module
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -94,6 +96,13 @@ files: --out CSV (default bench_sweep.csv): duty, duty_effective, vout_meas_V, v
 vout_meas_sem_V, samples, vout_sim_V, vout_error_V, ... with a '#' header (firmware identity,
 board, error metrics, fit). --plot (default bench_sweep.png): overlay and error per point.
 --log FILE: every reading as it is taken (t_s, point, duty, vout_V), flushed per row.
+Every output path is checked before the board is touched. The points go to FILE.partial.csv
+beside --out FILE as they are measured, one whole line each, under a header whose "status"
+says the sweep is running; at the end the complete --out (simulation, errors, fit; status
+complete or aborted) replaces any previous one in one rename and the partial file is removed.
+A sweep killed even by SIGKILL so loses no measured point and clobbers no earlier result. To
+resume, see which duties FILE.partial.csv holds (boostsim.outputs.read_csv, or any CSV reader
+ignoring '#' lines) and run the remaining ones, e.g. --duty 0.45:0.6:0.05 --out rest.csv.
 
 --fit r_L,r_on,v_f: least-squares fit of these parameters (steady state over the measured
 points, weighted by their standard errors); prints values with 1-sigma uncertainties and the
@@ -495,6 +504,50 @@ class _BenchSession:
                                  **extra)
 
 
+#: Columns of the sweep's incremental --out file (a subset of BenchSweep.columns()).
+_SWEEP_ROW = ("duty", "duty_effective", "vout_meas_V", "vout_meas_std_V", "vout_meas_sem_V",
+              "samples", "outliers", "t_s", "vout_sim_V", "vout_error_V")
+_RUNNING = ("running: points are appended as they are measured; the complete file replaces "
+            "this one at the end (if you read this, the sweep was interrupted)")
+
+
+def _partial_path(out: str | None) -> str | None:
+    """Where the points go as they are measured: FILE.partial.csv beside --out FILE.ext (a
+    previous --out stays untouched until the complete result replaces it)."""
+    if not out:
+        return None
+    p = Path(out)
+    return str(p.with_name(p.stem + ".partial.csv"))
+
+
+def _check_outputs(*outputs: tuple[str | None, tuple[str, ...], str]) -> None:
+    """Every (path, kinds, option) checked before the board is touched: the extension, the
+    directory, no two options naming one file, and that the file can really be written (a
+    directory in the way, no permission, a read-only file system): opened for appending, a
+    new file removed again."""
+    seen: dict[Path, str] = {}
+    for path, kinds, what in outputs:
+        if not path:
+            continue
+        _check_writable(path, kinds, what)
+        p = Path(path)
+        key = p.resolve()
+        if key in seen:
+            raise _UsageError(f"{seen[key]} and {what} name the same file {path!r}")
+        seen[key] = what
+        if p.is_dir():
+            raise CliError(f"cannot write {path!r} ({what}): it is a directory")
+        existed = p.exists()
+        try:
+            with open(p, "ab"):
+                pass
+        except OSError as exc:
+            raise CliError(f"cannot write {path!r} ({what}): {exc.strerror or exc}") from None
+        if not existed:
+            with contextlib.suppress(OSError):
+                p.unlink()
+
+
 def _mv(value: float) -> str:
     return _fmt(value * 1e3, ".2f")
 
@@ -505,9 +558,12 @@ def cmd_bench_sweep(ctx: Context) -> int:
     a = ctx.args
     out = _default_file(ctx, a.out, "bench_sweep.csv")
     plot = _default_file(ctx, a.plot, "bench_sweep.png")
-    _check_writable(out, _DATA_KINDS, "--out")
-    _check_writable(plot, _PLOT_KINDS, "--plot")
-    _check_writable(a.log, (".csv",), "--log")
+    _check_outputs((out, _DATA_KINDS, "--out"), (plot, _PLOT_KINDS, "--plot"),
+                   (a.log, (".csv",), "--log"), (_partial_path(out), (".csv",), "--out's "
+                                                 "incremental file"))
+    if out and Path(_partial_path(out)).exists():
+        raise CliError(f"{_partial_path(out)!r} exists: the points of an interrupted sweep? "
+                       f"Move or delete it first")
     params = ctx.board()
     if params.n_lanes != 1:
         raise CliError("the bench compares one converter: no per-lane parameters")
@@ -517,6 +573,7 @@ def cmd_bench_sweep(ctx: Context) -> int:
                           f"{a.max_duty:g}")
     if a.fit and duties.size <= len(a.fit):
         raise _UsageError(f"--fit {','.join(a.fit)} needs more than {len(a.fit)} points")
+    partial = _partial_path(out)
     with _BenchSession(ctx) as session:
         board = session.board
         limit = board.duty_limit
@@ -526,6 +583,7 @@ def cmd_bench_sweep(ctx: Context) -> int:
         meta = session.metadata(study={"duty": duties.tolist(), "settle_s": a.settle,
                                        "samples": a.samples, "method": a.method})
         log = _open_log(ctx, a.log, ("t_s", "point", "duty", "vout_V"), meta)
+        points = _open_log(ctx, partial, _SWEEP_ROW, dict(meta, status=_RUNNING))
         if ctx.human:
             ctx.print(f"boostsim bench sweep: {board.identity} on {board.port_name} · "
                       f"{duties.size} points · settle {a.settle:g} s · {a.samples} "
@@ -538,6 +596,11 @@ def cmd_bench_sweep(ctx: Context) -> int:
         sim_all = bench.simulate_sweep(params, bench.effective_pwm(duties, freq)[1], freq)
 
         def on_point(i: int, sweep) -> None:
+            if points is not None:
+                sim = sim_all["vout_mean"][i]
+                points.row(sweep.duty[-1], sweep.duty_effective[-1], sweep.vout_mean[-1],
+                           sweep.vout_std[-1], sweep.vout_sem[-1], int(sweep.samples[-1]),
+                           int(sweep.outliers[-1]), sweep.t[-1], sim, sweep.vout_mean[-1] - sim)
             if ctx.human:
                 sim = sim_all["vout_mean"][i]
                 print(f"{i + 1:>5}  {sweep.duty[-1]:>6.3f}  {sweep.vout_mean[-1]:>9.4f}  "
@@ -551,8 +614,9 @@ def cmd_bench_sweep(ctx: Context) -> int:
                                      on_point=on_point, resume=a.resume,
                                      max_resets=a.max_resets, report=ctx.note)
         finally:
-            if log is not None:
-                log.close()
+            for f in (log, points):
+                if f is not None:
+                    f.close()
         stats = dict(board.stats)
     result.sim = bench.simulate_sweep(params, result.duty_effective, result.frequency)
     if a.fit and result.n_points > len(a.fit):
@@ -571,9 +635,17 @@ def cmd_bench_sweep(ctx: Context) -> int:
         "fit": result.fit.as_dict() if result.fit is not None else None}
     files: dict[str, str] = {}
     if out:
-        _write_columns(ctx, out, result.columns(),
+        # The complete file replaces the incremental one in one rename: a kill meanwhile
+        # leaves the incremental file (all points, marked running), never half a file.
+        final = Path(out)
+        writing = final.with_name(final.stem + ".writing" + final.suffix)
+        _write_columns(ctx, str(writing), result.columns(),
                        dict(meta, errors={"rms_V": metrics["rms"], "max_V": metrics["max"]},
-                            fit=summary["fit"], aborted=result.aborted))
+                            fit=summary["fit"], aborted=result.aborted,
+                            status="aborted" if result.aborted else "complete"))
+        os.replace(writing, final)
+        with contextlib.suppress(OSError):
+            os.unlink(partial)
         files["data"] = out
     if plot:
         _write_plot(ctx, bench.bench_sweep_figure(result, params), plot)
