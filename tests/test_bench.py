@@ -238,7 +238,10 @@ def test_calibration_corrects_a_gain_and_offset_error():
         gain, offset = bench.solve_calibration(raws, list(truth.values()))
         board.calibrate_vout(gain, offset)
         after = np.mean([board.measure_vout() for _ in range(24)])
-        assert after == pytest.approx(truth[0.6], abs=0.3 * LSB)
+        # before: 2 % gain + 6 codes = ~45 LSB off at 12 V.  After: the two 24-reading means
+        # that set the calibration and the 24 readings checked each carry ~0.2 LSB of noise
+        # (1 LSB rms ADC noise, ripple sampled at random phases), so 1 LSB is a 3-4 sigma bound.
+        assert after == pytest.approx(truth[0.6], abs=1.0 * LSB)
         assert board.calibration == pytest.approx((gain, offset), rel=1e-5, abs=1e-6)
     assert gain == pytest.approx(1 / 1.02, abs=2e-3)
     one_gain, one_offset = bench.solve_calibration([10.0], [10.2])
