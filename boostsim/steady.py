@@ -127,6 +127,7 @@ def steady_state(params: BoostParams, duty: Any, *, points: int = 200, tol: floa
                   for k, v in values.items()}
         losses = {k: np.where(nan, np.nan, v) for k, v in losses.items()}
     values = {k: v for k, v in values.items() if not k.startswith("loss_")}
+    values["settled"] = values["settled"] & converged
     extra = dict(t=tau, il=w_il, vc=w_vc, vout=w_vout, il_start=il, vc_start=vc,
                  converged=converged)
     if scalar:
