@@ -24,8 +24,8 @@ import numpy as np
 from . import segments as sg
 from .engine import Period, Segment, Stepper
 
-__all__ = ["LOSS_NAMES", "SETTLED_TOLERANCE", "Metrics", "StepMetrics", "period_means", "period_metrics",
-           "step_response", "window_metrics"]
+__all__ = ["LOSS_NAMES", "SETTLED_TOLERANCE", "Metrics", "StepMetrics", "period_means",
+           "period_metrics", "step_response", "window_metrics"]
 
 #: Keys of ``Metrics.losses`` [W].
 LOSS_NAMES = ("inductor_dcr", "switch_conduction", "diode_forward", "diode_resistance",
