@@ -30,7 +30,14 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .params import DEFAULT_BOARD_FILE, FIELDS, BoostParams
+from .params import (
+    DEFAULT_BOARD_FILE,
+    FIELDS,
+    BoostParams,
+    parse_field,
+    parse_toml,
+    read_config_text,
+)
 from .units import format_si, parse_si
 
 __all__ = ["build_parser", "main"]
@@ -56,9 +63,7 @@ def _type(fn: Callable[[str], Any]) -> Callable[[str], Any]:
 
 
 def _probe(name: str, value: Any) -> None:
-    probe: dict[str, Any] = dict(vin=1.0, L=1.0, C=1.0, R=1.0, fsw=1.0)
-    probe[name] = value
-    BoostParams(**probe)
+    parse_field(name, value)
 
 
 def _known() -> str:
@@ -670,22 +675,12 @@ class Context:
         if self._board is None:
             path = getattr(self.args, "config", None)
             if path:
-                try:
-                    text = Path(path).read_text(encoding="utf-8")
-                except OSError as exc:
-                    raise CliError(f"cannot read configuration {path!r}: "
-                                   f"{exc.strerror or exc}") from None
-                except UnicodeDecodeError:
-                    raise CliError(f"cannot read configuration {path!r}: not a text "
-                                   f"file") from None
+                text = read_config_text(path)
                 source = path
             else:
                 text = _default_board_text()
                 source = "built-in default board"
-            try:
-                document = tomllib.loads(text)
-            except tomllib.TOMLDecodeError as exc:
-                raise CliError(f"{source}: not valid TOML: {exc}") from None
+            document = parse_toml(text, source=source)
             params = BoostParams.from_toml(text, source=source)
             settings = dict(getattr(self.args, "settings", []) or [])
             if settings:
