@@ -20,7 +20,7 @@ import tomli_w
 
 from .units import parse_si
 
-__all__ = ["FIELDS", "BoostParams", "ImplausibleValueWarning", "broadcast_lanes",
+__all__ = ["FIELDS", "MIN_TIME_SCALE", "BoostParams", "ImplausibleValueWarning", "broadcast_lanes",
            "default_board", "parse_field", "parse_toml", "read_config_text"]
 
 
@@ -42,7 +42,7 @@ class _Field:
     plausible: tuple[float, float] = (0.0, np.inf)
 
 
-_OHMS = (1e-6, 1e3)  # parasitic resistances: 1 uohm .. 1 kohm
+_OHMS = (0.0, 1e3)  # parasitic resistances: up to 1 kohm
 
 #: What each numeric field means, its SI unit, its allowed and its plausible range.
 FIELDS: dict[str, _Field] = {
@@ -54,16 +54,16 @@ FIELDS: dict[str, _Field] = {
     "fsw": _Field("Hz", "switching frequency", strict=True, plausible=(10.0, 1e9)),
     "r_L": _Field("ohm", "inductor winding resistance (DCR)", plausible=_OHMS),
     "r_on": _Field("ohm", "switch on-resistance", plausible=_OHMS),
-    "v_f": _Field("V", "diode forward voltage drop", plausible=(1e-3, 10.0)),
+    "v_f": _Field("V", "diode forward voltage drop", plausible=(0.0, 10.0)),
     "r_d": _Field("ohm", "diode dynamic resistance", plausible=_OHMS),
     "r_C": _Field("ohm", "capacitor equivalent series resistance (ESR)", plausible=_OHMS),
-    "i_load": _Field("A", "constant-current load, in parallel with R", plausible=(1e-9, 1e4)),
+    "i_load": _Field("A", "constant-current load, in parallel with R", plausible=(0.0, 1e4)),
     "r_sync": _Field("ohm", "synchronous rectifier on-resistance (synchronous=True)",
                      plausible=_OHMS),
     "t_rise": _Field("s", "switch-node voltage rise time, for the switching-loss estimate",
-                     plausible=(1e-12, 1e-3)),
+                     plausible=(0.0, 1e-3)),
     "t_fall": _Field("s", "switch-node voltage fall time, for the switching-loss estimate",
-                     plausible=(1e-12, 1e-3)),
+                     plausible=(0.0, 1e-3)),
 }
 
 
@@ -125,6 +125,34 @@ def parse_field(name: str, value: Any) -> float | np.ndarray:
     parsed = _as_lane_array(name, value)
     _check_range(name, parsed, FIELDS[name])
     return parsed
+
+
+#: The circuit's fastest natural time constant must be at least this fraction of the switching
+#: period. Below it every switching segment settles instantly (a pF capacitor or a pH inductor
+#: in a kHz converter: a unit slip), the exact solutions lose their precision, and resolving a
+#: period would take millions of quadrature pieces.
+MIN_TIME_SCALE = 1e-6
+
+
+def _check_time_scales(lanes: Mapping[str, np.ndarray]) -> None:
+    """Refuse lanes whose fastest time constant is below :data:`MIN_TIME_SCALE` periods."""
+    L, C, R, r_C = lanes["L"], lanes["C"], lanes["R"], lanes["r_C"]
+    series = lanes["r_L"] + np.maximum.reduce([lanes["r_on"], lanes["r_d"], lanes["r_sync"]]) \
+        + r_C
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        taus = {"L/(series resistance)": np.where(series > 0, L / series, np.inf),
+                "(R + r_C)*C": (R + r_C) * C, "sqrt(L*C)": np.sqrt(L * C)}
+        Ts = 1.0 / lanes["fsw"]
+        ratio = {name: tau / Ts for name, tau in taus.items()}
+    bad = np.logical_or.reduce([r < MIN_TIME_SCALE for r in ratio.values()])
+    if np.any(bad):
+        i = int(np.flatnonzero(bad)[0])
+        name = min(ratio, key=lambda k: ratio[k][i])
+        where = f" (lane {i})" if bad.size > 1 else ""
+        raise ValueError(f"the circuit's time constant {name} = {taus[name][i]:.3g} s is "
+                         f"{ratio[name][i]:.3g} of the switching period {Ts[i]:.3g} s{where}, "
+                         f"below {MIN_TIME_SCALE:g}: no switching converter works like that; "
+                         f"check the units of L, C, R and fsw")
 
 
 def _warn_implausible(name: str, value: float | np.ndarray, spec: _Field) -> None:
@@ -190,13 +218,13 @@ class BoostParams:
     t_fall: float | np.ndarray = 0.0
 
     def __post_init__(self) -> None:
-        for name, spec in FIELDS.items():
-            value = parse_field(name, getattr(self, name))
-            _warn_implausible(name, value, spec)
-            object.__setattr__(self, name, value)
+        for name in FIELDS:
+            object.__setattr__(self, name, parse_field(name, getattr(self, name)))
         object.__setattr__(self, "synchronous", _as_bool_lanes(self.synchronous))
         # Raises if lane lengths disagree.
-        self._lanes()
+        _check_time_scales(self._lanes()[1])
+        for name, spec in FIELDS.items():
+            _warn_implausible(name, getattr(self, name), spec)
 
     # -- lanes ---------------------------------------------------------------------------
     def _lanes(self) -> tuple[int, dict[str, np.ndarray]]:
