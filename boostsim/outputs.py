@@ -111,6 +111,8 @@ class StagedOutputs:
 
     def __init__(self) -> None:
         self._staged: list[tuple[Path, Path]] = []
+        #: Targets left untouched by the last :meth:`discard` (for telling the user).
+        self.discarded: list[Path] = []
 
     def path(self, target: str | Path) -> Path:
         """Where to write ``target`` now (a temporary file beside it)."""
@@ -134,6 +136,7 @@ class StagedOutputs:
 
     def discard(self) -> None:
         """Remove every staged file; the targets are untouched."""
+        self.discarded = [target for _, target in self._staged]
         for tmp, _ in self._staged:
             tmp.unlink(missing_ok=True)
         self._staged.clear()

@@ -98,7 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             warnings.simplefilter("always")
             for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning):
                 warnings.filterwarnings("ignore", category=category)
-            status = args.func(ctx)
+            with ctx.outputs:
+                status = args.func(ctx)
         seen = set()
         for w in caught:
             text = str(w.message)
@@ -112,7 +113,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: {exc} (see '{PROG} {where} --help')", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
+        kept = ctx.outputs.discarded
+        print(f"{PROG}: interrupted" + (f"; not written: {', '.join(map(str, kept))}" if kept
+                                        else ""), file=sys.stderr)
         return 130
     except (CliError, ValueError, OSError, RuntimeError) as exc:
         if debug:

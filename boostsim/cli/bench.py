@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -889,7 +888,7 @@ def cmd_bench_calibrate(ctx: Context) -> int:
                                      points=[(p["raw_V"], p["reference_V"]) for p in points])
     if a.out:
         try:
-            Path(a.out).write_text(snippet, encoding="utf-8")
+            ctx.output(a.out).write_text(snippet, encoding="utf-8")
         except OSError as exc:
             raise CliError(f"cannot write {a.out!r}: {exc.strerror or exc}") from None
     summary = {"command": "bench calibrate", "firmware": identity, "gain": gain,

@@ -9,8 +9,10 @@ import shlex
 import sys
 from collections.abc import Sequence
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
+from ..outputs import StagedOutputs
 from ..params import DEFAULT_BOARD_FILE, BoostParams, parse_toml, read_config_text
 
 PROG = "boostsim"
@@ -27,6 +29,9 @@ class Context:
 
     def __init__(self, args: argparse.Namespace, argv: Sequence[str]):
         self.args = args
+        #: The command's files: written beside their targets, put in place together when the
+        #: command returns (``main`` commits or discards them).
+        self.outputs = StagedOutputs()
         self.command_line = shlex.join([PROG, *argv])
         self.stdout = sys.stdout
         self.stderr = sys.stderr
@@ -50,6 +55,15 @@ class Context:
         """A progress message on stdout, shown at once (not with --json or --quiet)."""
         if self.human:
             print(message, file=self.stdout, flush=True)
+
+    def output(self, path: str | Path) -> Path:
+        """Where to write the output file ``path`` now: a temporary file beside it that
+        replaces it when the command completes (and is removed if it fails or is
+        interrupted, leaving any earlier ``path`` as it was)."""
+        try:
+            return self.outputs.path(path)
+        except OSError as exc:
+            raise CliError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
 
     def warn(self, message: str) -> None:
         if not self.args.quiet:
