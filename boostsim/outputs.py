@@ -156,7 +156,8 @@ UNITS: dict[str, str] = {
     "vout_mean": "V", "vout_ripple": "V", "vout_min": "V", "vout_max": "V", "vc_mean": "V",
     "il_mean": "A", "il_ripple": "A", "il_min": "A", "il_max": "A", "il_rms": "A",
     "pin": "W", "pout": "W", "p_loss": "W", "p_switching": "W", "efficiency": "",
-    "efficiency_total": "", "energy_balance": "", "t_on": "s", "t_diode": "s", "t_idle": "s",
+    "efficiency_total": "", "energy_balance": "", "stored_power": "W", "settled": "",
+    "t_on": "s", "t_diode": "s", "t_idle": "s",
     **{f"loss_{k}": "W" for k in LOSS_NAMES},
     "t": "s", "il": "A", "vc": "V", "vout": "V", "gate": "",
 }

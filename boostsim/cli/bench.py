@@ -592,6 +592,7 @@ def cmd_bench_sweep(ctx: Context) -> int:
             ctx.print("wrote " + ", ".join(files.values()))
     ctx.emit_json(summary)
     if result.aborted:
+        ctx.outputs.commit()  # complete files of the points measured, marked aborted
         message = (f"sweep stopped after {result.n_points} of {duties.size} points (kept in "
                    f"{out or 'memory'}): {result.aborted}")
         if result.abort_kind in ("interrupt", "terminate"):
@@ -820,6 +821,7 @@ def cmd_bench_live(ctx: Context) -> int:
             ctx.print("wrote " + ", ".join(files.values()))
     ctx.emit_json(summary)
     if result.error is not None:
+        ctx.outputs.commit()  # the plot of the ticks logged before the error
         err = result.error
         hint = ""
         if isinstance(err, TripError) and err.cause == "WDOG":
