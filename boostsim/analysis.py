@@ -224,9 +224,11 @@ def _quadrature(seg: Segment) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nd
     rate = np.where(topo == sg.DIODE, np.abs(c[sg.S]) + c[sg.ROOT],
                     np.maximum(c[sg.K_ON], c[sg.M]))
     pieces = max(1, int(np.ceil(np.max(rate * dur, initial=0.0))))
-    check_memory(dur.size * pieces * _GL_X.size * SAMPLE_WORK_BYTES, "the exact averages",
-                 f"the fastest time constant needs {pieces} quadrature pieces per segment; "
-                 f"pass fewer lanes per call", per_lane=pieces * _GL_X.size * SAMPLE_WORK_BYTES)
+    if pieces > 1:  # one piece costs what the segment itself does: checked by the caller
+        check_memory(dur.size * pieces * _GL_X.size * SAMPLE_WORK_BYTES, "the exact averages",
+                     f"the fastest time constant needs {pieces} quadrature pieces per "
+                     f"segment; pass fewer lanes per call",
+                     per_lane=pieces * _GL_X.size * SAMPLE_WORK_BYTES)
     nodes = ((np.arange(pieces)[:, None] + 0.5 * (_GL_X[None, :] + 1.0)) / pieces).ravel()
     weights = dur[:, None] * (np.tile(_GL_W, pieces) * 0.5 / pieces)[None, :]
     cc, topo2 = c[:, :, None], topo[:, None]
