@@ -6,7 +6,7 @@
 24.0
 """
 
-# First: in the boostsim command, a Ctrl-C during the imports below gives one line, status 130.
+# First: in the boostsim command, a Ctrl-C during the imports below is deferred (one line, 130).
 from . import _interrupt  # noqa: F401
 from .analysis import Metrics, step_response
 from .averaged import operating_point, simulate_averaged, small_signal

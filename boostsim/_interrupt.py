@@ -1,19 +1,24 @@
 """A Ctrl-C while the ``boostsim`` command is still starting: one line and exit status 130.
 
 The command's ``main`` turns Ctrl-C into ``boostsim: interrupted`` (status 130), but importing
-numpy, scipy and the package takes a moment before ``main`` runs; an interrupt then would
-print the interpreter's traceback. :func:`install` (run first thing by the package) sets a
-``sys.excepthook`` that answers such an interrupt the same way -- only in the ``boostsim``
-command (``boostsim ...`` or ``python -m boostsim ...``), never in a program importing boostsim.
-Importing this module installs it.
+numpy, scipy and the package takes a moment before ``main`` runs. A KeyboardInterrupt raised
+inside those imports prints the interpreter's traceback, or worse, is turned by a C extension
+into an unrelated ImportError (numpy: "PyCapsule_Import could not import module datetime").
+So, only in the ``boostsim`` command (``boostsim ...`` or ``python -m boostsim ...``), never in a
+program importing boostsim, importing this module defers Ctrl-C: the first press is noted and
+the imports finish (a second press exits at once), then :func:`release`, called first thing by
+``main``, restores Python's handler and says whether to stop.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
-__all__ = ["install"]
+__all__ = ["release"]
+
+_state: dict[str, object] = {"previous": None, "pending": False}
 
 
 def _is_command() -> bool:
@@ -24,24 +29,38 @@ def _is_command() -> bool:
     return name in ("boostsim", "boostsim.exe", "boostsim-script.py")
 
 
-def install() -> None:
-    """In the boostsim command, report an uncaught Ctrl-C in one line and exit with 130."""
-    if not _is_command():
+def _interrupted() -> None:
+    sys.stderr.write("boostsim: interrupted\n")
+    sys.stderr.flush()
+
+
+def _defer(signum, frame) -> None:
+    if _state["pending"]:
+        _interrupted()
+        os._exit(130)
+    _state["pending"] = True
+
+
+def _install() -> None:
+    if not _is_command() or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         return
-    previous = sys.excepthook
-
-    def hook(kind, value, traceback) -> None:
-        if issubclass(kind, KeyboardInterrupt):
-            try:
-                sys.stdout.flush()
-            except (OSError, ValueError):
-                pass
-            sys.stderr.write("boostsim: interrupted\n")
-            sys.stderr.flush()
-            os._exit(130)
-        previous(kind, value, traceback)
-
-    sys.excepthook = hook
+    try:
+        _state["previous"] = signal.signal(signal.SIGINT, _defer)
+    except ValueError:  # not the main thread
+        _state["previous"] = None
 
 
-install()
+def release() -> bool:
+    """End the start-up: restore Ctrl-C's usual handler; True (after printing the one line)
+    if Ctrl-C was pressed meanwhile, so the command should exit with status 130."""
+    previous, _state["previous"] = _state["previous"], None
+    if previous is None:
+        return False
+    signal.signal(signal.SIGINT, previous)
+    if _state["pending"]:
+        _interrupted()
+        return True
+    return False
+
+
+_install()

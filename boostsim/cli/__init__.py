@@ -20,7 +20,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from .. import __version__
+from .. import __version__, _interrupt
 from . import bench, config, control, emulate, firmware, simulate, steady, sweep
 from .args import _Formatter, _parents, _Parser
 from .context import PROG, CliError, Context, _one_line, _UsageError
@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    if _interrupt.release():  # Ctrl-C while the command was starting
+        return 130
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["emulate"]:
         return emulate.run(argv[1:])
