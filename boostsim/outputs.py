@@ -124,13 +124,19 @@ class StagedOutputs:
         """Rename every staged file over its target (a Ctrl-C meanwhile is held until all
         are in place, so the set stays consistent)."""
         interrupted = None
-        for tmp, target in self._staged:
-            try:
-                os.replace(tmp, target)
-            except KeyboardInterrupt as exc:  # pragma: no cover - a signal between two renames
-                interrupted = exc
-                os.replace(tmp, target)
-        self._staged.clear()
+        try:
+            while self._staged:
+                tmp, target = self._staged[0]
+                try:
+                    os.replace(tmp, target)
+                except KeyboardInterrupt as exc:  # pragma: no cover - a signal mid-commit
+                    interrupted = exc
+                    if tmp.exists():
+                        os.replace(tmp, target)
+                self._staged.pop(0)
+        except OSError:
+            self.discard()  # e.g. a target that became a directory: no stray temporaries
+            raise
         if interrupted is not None:  # pragma: no cover
             raise interrupted
 

@@ -216,3 +216,12 @@ def test_a_killed_log_keeps_its_rows_and_says_incomplete(tmp_path):
         meta, cols = read_log(path)
     assert meta["status"] == "incomplete"
     assert cols["k"].size > 1000 and np.array_equal(cols["k"], np.arange(cols["k"].size))
+
+
+def test_a_failed_commit_leaves_no_temporaries(tmp_path):
+    (tmp_path / "x.png").mkdir()  # the plot's target turned out to be a directory
+    with pytest.raises(OSError), StagedOutputs() as out:
+        out.path(tmp_path / "x.csv").write_text("new csv")
+        out.path(tmp_path / "x.png").write_text("new png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.csv", "x.png"]
+    assert (tmp_path / "x.png").is_dir()
