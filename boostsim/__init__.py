@@ -6,6 +6,8 @@
 24.0
 """
 
+# First: in the boostsim command, a Ctrl-C during the imports below is deferred (one line, 130).
+from . import _interrupt  # noqa: F401
 from .analysis import Metrics, step_response
 from .averaged import operating_point, simulate_averaged, small_signal
 from .control import ADC, PWM, DigitalController

@@ -23,13 +23,19 @@ import numpy as np
 
 from . import segments as sg
 from .engine import Period, Segment, Stepper
+from .memory import SAMPLE_WORK_BYTES, check_memory
 
-__all__ = ["LOSS_NAMES", "Metrics", "StepMetrics", "period_means", "period_metrics",
-           "step_response", "window_metrics"]
+__all__ = ["LOSS_NAMES", "SETTLED_TOLERANCE", "Metrics", "StepMetrics", "period_means",
+           "period_metrics", "step_response", "window_metrics"]
 
 #: Keys of ``Metrics.losses`` [W].
 LOSS_NAMES = ("inductor_dcr", "switch_conduction", "diode_forward", "diode_resistance",
               "capacitor_esr")
+
+#: A window is "settled" when its stored energy (1/2 L iL^2 + 1/2 C vC^2) changes by at most
+#: this fraction of the power flowing through the converter (pout + conduction losses): then
+#: ``pout / pin`` and the loss-based efficiency agree to this fraction.
+SETTLED_TOLERANCE = 0.01
 
 _GL_X, _GL_W = np.polynomial.legendre.leggauss(8)
 
@@ -40,9 +46,17 @@ class Metrics:
 
     Means are time averages, ripples peak-to-peak. Powers in watts: ``pin = vin * mean(iL)``
     (the converter's input power), ``pout`` delivered to R and i_load, ``losses`` the
-    conduction loss breakdown, ``efficiency = pout / pin``. ``p_switching`` is the switching
-    loss estimate and ``efficiency_total = pout / (pin + p_switching)``. ``energy_balance`` is
-    ``(pin - pout - sum(losses) - dE/dt) / pin``, which closes to rounding.
+    conduction loss breakdown. ``stored_power`` is the mean rate of change of the stored energy
+    ``E = L iL^2/2 + C vC^2/2`` over the window [W], so ``pin = pout + p_loss + stored_power``
+    at any time (``energy_balance``, the relative residual, closes to rounding).
+
+    ``efficiency = pout / (pout + p_loss)`` (= ``pout / (pin - stored_power)``): the share of
+    the energy leaving the circuit that reaches the load. It equals ``pout / pin`` in the
+    steady state and never exceeds 1, also in a window that has not settled, where ``pout /
+    pin`` would count energy drawn from (or put into) L and C. ``settled`` is False when
+    ``|stored_power|`` exceeds :data:`SETTLED_TOLERANCE` of ``pout + p_loss``: the figures then
+    describe a transient, not an operating point. ``p_switching`` is the switching loss
+    estimate and ``efficiency_total = pout / (pout + p_loss + p_switching)``.
     """
 
     vout_mean: np.ndarray
@@ -63,6 +77,8 @@ class Metrics:
     p_switching: np.ndarray
     efficiency_total: np.ndarray
     energy_balance: np.ndarray
+    stored_power: np.ndarray
+    settled: np.ndarray
     duty: np.ndarray
     t_on: np.ndarray
     t_diode: np.ndarray
@@ -171,10 +187,13 @@ class _Accumulator:
         p_loss = sum(losses.values())
         pin, pout = s["pin"] / T, s["pout"] / T
         p_sw = self.switching_energy / T
+        stored = energy_change / T
+        throughput = pout + p_loss
         with np.errstate(invalid="ignore", divide="ignore"):
-            efficiency = pout / pin
-            efficiency_total = pout / (pin + p_sw)
-            balance = (pin - pout - p_loss - energy_change / T) / np.abs(pin)
+            efficiency = pout / throughput
+            efficiency_total = pout / (throughput + p_sw)
+            balance = (pin - pout - p_loss - stored) / np.abs(pin)
+        settled = np.abs(stored) <= SETTLED_TOLERANCE * np.abs(throughput)
         n = self.periods
         values = dict(
             vout_mean=s["vout"] / T, vout_ripple=self.vout_max - self.vout_min,
@@ -182,7 +201,8 @@ class _Accumulator:
             il_mean=s["il"] / T, il_ripple=self.il_max - self.il_min, il_min=self.il_min,
             il_max=self.il_max, il_rms=np.sqrt(s["il2"] / T), pin=pin, pout=pout,
             efficiency=efficiency, p_loss=p_loss, p_switching=p_sw,
-            efficiency_total=efficiency_total, energy_balance=balance, duty=duty,
+            efficiency_total=efficiency_total, energy_balance=balance, stored_power=stored,
+            settled=settled, duty=duty,
             t_on=self.t_on / n, t_diode=self.t_diode / n, t_idle=self.t_idle / n,
             mode=np.where(self.t_idle > 0, "DCM", "CCM"))
         if scalar:
@@ -204,6 +224,11 @@ def _quadrature(seg: Segment) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nd
     rate = np.where(topo == sg.DIODE, np.abs(c[sg.S]) + c[sg.ROOT],
                     np.maximum(c[sg.K_ON], c[sg.M]))
     pieces = max(1, int(np.ceil(np.max(rate * dur, initial=0.0))))
+    if pieces > 1:  # one piece costs what the segment itself does: checked by the caller
+        check_memory(dur.size * pieces * _GL_X.size * SAMPLE_WORK_BYTES, "the exact averages",
+                     f"the fastest time constant needs {pieces} quadrature pieces per "
+                     f"segment; pass fewer lanes per call",
+                     per_lane=pieces * _GL_X.size * SAMPLE_WORK_BYTES)
     nodes = ((np.arange(pieces)[:, None] + 0.5 * (_GL_X[None, :] + 1.0)) / pieces).ravel()
     weights = dur[:, None] * (np.tile(_GL_W, pieces) * 0.5 / pieces)[None, :]
     cc, topo2 = c[:, :, None], topo[:, None]

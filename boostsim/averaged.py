@@ -132,6 +132,7 @@ from typing import Any
 import numpy as np
 from scipy import signal
 
+from .analysis import SETTLED_TOLERANCE
 from .drive import check_duty, lane_arrays, operating_lanes, prepare_drive
 from .engine import Step, _step_value
 from .params import BoostParams
@@ -709,7 +710,10 @@ class AveragedPeriods:
 class AveragedMetrics:
     """Averages over the last periods of an averaged simulation (per lane; floats for scalar
     inputs). Powers use the averaged waveforms (no ripple): ``pin = vin * il_mean``,
-    ``pout = vout^2/R + vout i_load`` with the mean output voltage."""
+    ``pout = vout^2/R + vout i_load`` with the mean output voltage. ``stored_power`` is the
+    rate of change of the stored energy ``L iL^2/2 + C vC^2/2`` over the window [W];
+    ``efficiency = pout / (pin - stored_power)``, so energy drawn from L and C in a transient
+    does not count as converter output; ``settled`` as in :class:`boostsim.analysis.Metrics`."""
 
     vout_mean: Any
     vc_mean: Any
@@ -719,6 +723,8 @@ class AveragedMetrics:
     pin: Any
     pout: Any
     efficiency: Any
+    stored_power: Any
+    settled: Any
     mode: Any
 
 
@@ -772,12 +778,19 @@ class AveragedResult:
         c = conditions.circuit(conditions.epoch(rec.t_start[:, -1] + Ts))
         pin = c.vin * il
         pout = vout * (vout * c.g + c.i_load)
+        first = n_periods - last_periods
+        L, C = self._lanes["L"], self._lanes["C"]
+        energy_change = (0.5 * L * (rec.il_mean[:, -1] ** 2 - rec.il_start[:, first] ** 2)
+                         + 0.5 * C * (rec.vc_mean[:, -1] ** 2 - rec.vc_start[:, first] ** 2))
+        stored = energy_change / (rec.t_start[:, -1] + Ts - rec.t_start[:, first])
         with np.errstate(invalid="ignore", divide="ignore"):
-            efficiency = pout / pin
+            efficiency = pout / (pin - stored)
+        settled = np.abs(stored) <= SETTLED_TOLERANCE * np.abs(pin - stored)
         codes = rec.mode_code[:, window]
         values = dict(vout_mean=vout, vc_mean=rec.vc_mean[:, window].mean(axis=1), il_mean=il,
                       duty=rec.duty[:, window].mean(axis=1), d2=rec.d2[:, window].mean(axis=1),
-                      pin=pin, pout=pout, efficiency=efficiency,
+                      pin=pin, pout=pout, efficiency=efficiency, stored_power=stored,
+                      settled=settled,
                       mode=np.where((codes != CCM).any(axis=1), "DCM", "CCM"))
         if self.scalar:
             values = {k: np.asarray(v)[0].item() for k, v in values.items()}

@@ -11,7 +11,12 @@ must still be a valid file holding every row taken up to then. :class:`SampleLog
   the moment :meth:`SampleLog.row` returns;
 * ``fsync``\\ s on :meth:`SampleLog.sync` and on close (to survive a power cut too, call
   :meth:`SampleLog.sync` from time to time; it is not done per row because it can take
-  milliseconds).
+  milliseconds);
+* marks the file incomplete until it is closed cleanly: the header's ``# status:`` line reads
+  ``"incomplete"`` while rows are written; a clean :meth:`SampleLog.close` appends a trailer
+  line ``# closed: {"rows": N, "at": TIME}`` and rewrites the status in place to
+  ``"complete"``. A run killed (SIGKILL, power cut) or interrupted (Ctrl-C, an error) leaves
+  ``"incomplete"``, and :func:`boostsim.outputs.read_csv` warns whoever reads it.
 
 The format is the one of :mod:`boostsim.outputs` (units in the column names, ``#`` metadata
 lines with JSON values), so :func:`boostsim.outputs.read_csv`, ``numpy.genfromtxt(...,
@@ -22,15 +27,17 @@ tolerates a torn last line (a file copied while being written, or a disk full).
 from __future__ import annotations
 
 import datetime
+import json
 import math
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .outputs import metadata_lines, read_csv
+from .outputs import STATUS_COMPLETE, STATUS_INCOMPLETE, metadata_lines, read_csv
 
 __all__ = ["SampleLog", "read_log", "utc_timestamp"]
 
@@ -77,9 +84,12 @@ class SampleLog:
         self.columns = tuple(columns)
         self.rows = 0
         meta = dict(meta or {})
+        meta.pop("status", None)
         meta.setdefault("started", utc_timestamp())
         self.meta = meta
-        text = "\n".join([*metadata_lines(meta), ",".join(self.columns)]) + "\n"
+        head = "".join(line + "\n" for line in metadata_lines(meta)) + "# status: "
+        self._status_offset = len(head.encode("utf-8"))
+        text = f"{head}{STATUS_INCOMPLETE}\n{','.join(self.columns)}\n"
         self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC
                                        | getattr(os, "O_CLOEXEC", 0), 0o644)
         try:
@@ -132,13 +142,26 @@ class SampleLog:
         if self._fd is not None:
             os.fsync(self._fd)
 
-    def close(self) -> None:
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
-            try:
+    def close(self, complete: bool | None = None) -> None:
+        """Close the log; mark it complete (trailer line, ``status`` rewritten in place) if
+        ``complete`` -- by default, unless an exception is propagating (an interrupted or failed
+        run, e.g. ``close()`` in a ``finally`` after Ctrl-C), which leaves it "incomplete"."""
+        if self._fd is None:
+            return
+        if complete is None:
+            complete = sys.exc_info()[0] is None
+        fd = self._fd
+        try:
+            if complete:
+                trailer = {"rows": self.rows, "at": utc_timestamp()}
+                self._write(f"# closed: {json.dumps(trailer)}\n".encode())
                 os.fsync(fd)
-            except OSError:
-                pass
+                os.pwrite(fd, STATUS_COMPLETE.encode("ascii"), self._status_offset)
+            os.fsync(fd)
+        except OSError:
+            pass
+        finally:
+            self._fd = None
             os.close(fd)
 
     @property
@@ -148,8 +171,8 @@ class SampleLog:
     def __enter__(self) -> SampleLog:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: Any, *exc: object) -> None:
+        self.close(complete=exc_type is None)
 
     def __del__(self) -> None:  # pragma: no cover - best effort
         if getattr(self, "_fd", None) is not None:

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import segments as sg
-from .params import BoostParams
+from .params import parse_field
 
 __all__ = ["Period", "PeriodView", "Segment", "Step", "Stepper", "sample_segments"]
 
@@ -111,12 +111,11 @@ class Conditions:
 def _step_value(step: Step, name: str, value: Any, current: np.ndarray, n: int) -> np.ndarray:
     if value is None:
         return current
-    probe = {"vin": 1.0, "L": 1.0, "C": 1.0, "R": 1.0, "fsw": 1.0, name: value}
     try:
-        checked = BoostParams(**probe)
+        checked = parse_field(name, value)
     except ValueError as exc:
         raise ValueError(f"Step at t={step.t:g} s: {exc}") from None
-    array = np.asarray(getattr(checked, name), dtype=float)
+    array = np.asarray(checked, dtype=float)
     if array.ndim == 1 and array.size not in (1, n):
         raise ValueError(f"Step at t={step.t:g} s: {name} has {array.size} values for {n} lanes")
     return np.broadcast_to(array, (n,)).astype(float)

@@ -18,24 +18,143 @@ Booleans are written 1/0, ``mode`` as CCM/DCM, missing values as ``nan``. Read i
 
 JSON: ``{"metadata": {...}, "summary": {...}, "columns": {label: [values]}}`` with NaN written
 as ``null`` and infinities as the strings ``"inf"`` / ``"-inf"``.
+
+Files are never left half-written under their own name: every writer here writes a hidden
+temporary file beside the target (``.NAME.partial-XXXX.EXT``) and renames it over the target
+only once it is complete (:func:`atomic_file`), so an interrupted run leaves the previous
+result untouched. :class:`StagedOutputs` does the same for the several files of one command (a
+CSV and its plot): all are put in place together at the end, or none. Incremental logs, which
+must keep their rows through a SIGKILL, are marked instead (:mod:`boostsim.datalog`): their
+``# status:`` header line says ``"incomplete"`` until they are closed cleanly, and
+:func:`read_csv` warns (:class:`IncompleteFileWarning`) when it reads such a file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import math
-from collections.abc import Mapping
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, TextIO
+from typing import IO, Any, TextIO
 
 import numpy as np
 
 from .analysis import LOSS_NAMES
 from .params import FIELDS, BoostParams
 
-__all__ = ["UNITS", "column_label", "jsonable", "metadata", "read_csv", "unit_of",
-           "write_columns", "write_csv", "write_json", "write_npz"]
+__all__ = ["STATUS_COMPLETE", "STATUS_INCOMPLETE", "UNITS", "IncompleteFileWarning",
+           "StagedOutputs", "atomic_file", "column_label", "jsonable", "metadata", "read_csv",
+           "staging_path", "unit_of", "write_columns", "write_csv", "write_json", "write_npz"]
+
+#: ``status`` metadata of an incremental file while it is written, and once closed cleanly
+#: (JSON strings of equal length, so the header line can be rewritten in place).
+STATUS_INCOMPLETE = '"incomplete"'
+STATUS_COMPLETE = '"complete"  '
+
+
+class IncompleteFileWarning(UserWarning):
+    """The file read was not closed cleanly (an interrupted or killed run): rows may be
+    missing at its end."""
+
+
+# -- writing without leaving partial files ------------------------------------------------------
+
+def staging_path(path: str | Path) -> Path:
+    """A new, empty, hidden file beside ``path`` with the same extension (so writers that go by
+    the extension still work): ``dir/.NAME.partial-XXXX.EXT``. Created with the permissions a
+    plain ``open`` would give (mode 0o666 less the umask)."""
+    path = Path(path)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.partial-",
+                                suffix=path.suffix)
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(name, 0o666 & ~umask)
+    return Path(name)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
+    """``open`` for writing that replaces ``path`` only when the block completes.
+
+    The data goes to :func:`staging_path`; on success it is flushed to disk and renamed over
+    ``path`` (``os.replace``: readers see the old file or the new one, never a mix). On any
+    exception, Ctrl-C included, the temporary file is removed and ``path`` is untouched.
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_file writes whole files (mode 'w' or 'wb'), got {mode!r}")
+    tmp = staging_path(path)
+    try:
+        with open(tmp, mode, **kwargs) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+class StagedOutputs:
+    """The files of one command, written beside their targets and put in place together.
+
+    ``with StagedOutputs() as out: write_csv(out.path("x.csv"), ...); save(fig,
+    out.path("x.png"))``: the writers fill temporary files; when the block ends normally every
+    one is renamed over its target, and if it raises (Ctrl-C, a full disk) they are all removed
+    and the targets keep their earlier contents, so no new CSV ends up beside an old plot.
+    """
+
+    def __init__(self) -> None:
+        self._staged: list[tuple[Path, Path]] = []
+        #: Targets left untouched by the last :meth:`discard` (for telling the user).
+        self.discarded: list[Path] = []
+
+    def path(self, target: str | Path) -> Path:
+        """Where to write ``target`` now (a temporary file beside it)."""
+        tmp = staging_path(target)
+        self._staged.append((tmp, Path(target)))
+        return tmp
+
+    def commit(self) -> None:
+        """Rename every staged file over its target (a Ctrl-C meanwhile is held until all
+        are in place, so the set stays consistent)."""
+        interrupted = None
+        try:
+            while self._staged:
+                tmp, target = self._staged[0]
+                try:
+                    os.replace(tmp, target)
+                except KeyboardInterrupt as exc:  # pragma: no cover - a signal mid-commit
+                    interrupted = exc
+                    if tmp.exists():
+                        os.replace(tmp, target)
+                self._staged.pop(0)
+        except OSError:
+            self.discard()  # e.g. a target that became a directory: no stray temporaries
+            raise
+        if interrupted is not None:  # pragma: no cover
+            raise interrupted
+
+    def discard(self) -> None:
+        """Remove every staged file; the targets are untouched."""
+        self.discarded = [target for _, target in self._staged]
+        for tmp, _ in self._staged:
+            tmp.unlink(missing_ok=True)
+        self._staged.clear()
+
+    def __enter__(self) -> StagedOutputs:
+        return self
+
+    def __exit__(self, exc_type: Any, *exc: object) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.discard()
 
 #: Units of result columns (converter parameters take theirs from ``params.FIELDS``).
 UNITS: dict[str, str] = {
@@ -43,7 +162,8 @@ UNITS: dict[str, str] = {
     "vout_mean": "V", "vout_ripple": "V", "vout_min": "V", "vout_max": "V", "vc_mean": "V",
     "il_mean": "A", "il_ripple": "A", "il_min": "A", "il_max": "A", "il_rms": "A",
     "pin": "W", "pout": "W", "p_loss": "W", "p_switching": "W", "efficiency": "",
-    "efficiency_total": "", "energy_balance": "", "t_on": "s", "t_diode": "s", "t_idle": "s",
+    "efficiency_total": "", "energy_balance": "", "stored_power": "W", "settled": "",
+    "t_on": "s", "t_diode": "s", "t_idle": "s",
     **{f"loss_{k}": "W" for k in LOSS_NAMES},
     "t": "s", "il": "A", "vc": "V", "vout": "V", "gate": "",
 }
@@ -107,7 +227,8 @@ def write_json(target: str | Path | TextIO, document: Any) -> None:
     """Write ``document`` as indented JSON (through :func:`jsonable`) to a path or stream."""
     text = json.dumps(jsonable(document), indent=2, allow_nan=False) + "\n"
     if isinstance(target, str | Path):
-        Path(target).write_text(text, encoding="utf-8")
+        with atomic_file(target, encoding="utf-8") as f:
+            f.write(text)
     else:
         target.write(text)
 
@@ -150,7 +271,7 @@ def write_csv(path: str | Path, columns: Mapping[str, np.ndarray],
         bar = tqdm(total=n, unit="row", desc=f"writing {Path(path).name}", file=sys.stderr,
                    delay=1.0, leave=False)
     block = 50_000
-    with open(path, "w", encoding="utf-8", newline="\n") as f:
+    with atomic_file(path, encoding="utf-8", newline="\n") as f:
         for line in metadata_lines(meta or {}):
             f.write(line + "\n")
         f.write(",".join(column_label(k) for k in arrays) + "\n")
@@ -186,19 +307,22 @@ def read_csv(path: str | Path, *, partial: bool = False
         if not line.startswith("#"):
             body = i
             break
-        content = line[1:].strip()
-        if content.startswith("boostsim ") and ":" not in content:
-            meta["boostsim"] = content.split(None, 1)[1]
-            continue
-        key, _, value = content.partition(":")
-        try:
-            meta[key.strip()] = json.loads(value.strip())
-        except json.JSONDecodeError:
-            meta[key.strip()] = value.strip()
+        _metadata_line(meta, line)
     if body >= len(lines):
         raise ValueError(f"{str(path)!r}: no column header line")
     labels = lines[body].split(",")
-    rows = [line.split(",") for line in lines[body + 1:] if line]
+    rows = []
+    for line in lines[body + 1:]:
+        if line.startswith("#"):
+            # Trailer lines (an incremental log's summary when it was closed).
+            _metadata_line(meta, line)
+        elif line:
+            rows.append(line.split(","))
+    if meta.get("status", "complete") != "complete":
+        meta["complete"] = False
+        warnings.warn(f"{str(path)!r} is incomplete (status {meta['status']!r}): the run that "
+                      f"wrote it did not finish, rows may be missing at the end",
+                      IncompleteFileWarning, stacklevel=2)
     if partial:
         rows = [r for r in rows if len(r) == len(labels)]
     columns: dict[str, np.ndarray] = {}
@@ -211,13 +335,27 @@ def read_csv(path: str | Path, *, partial: bool = False
     return meta, columns
 
 
+def _metadata_line(meta: dict[str, Any], line: str) -> None:
+    """Parse one ``# key: value`` line (JSON value, else text) into ``meta``."""
+    content = line[1:].strip()
+    if content.startswith("boostsim ") and ":" not in content:
+        meta["boostsim"] = content.split(None, 1)[1]
+        return
+    key, _, value = content.partition(":")
+    try:
+        meta[key.strip()] = json.loads(value.strip())
+    except json.JSONDecodeError:
+        meta[key.strip()] = value.strip()
+
+
 def write_npz(path: str | Path, columns: Mapping[str, np.ndarray],
               meta: Mapping[str, Any] | None = None) -> None:
     """Columns to a NumPy archive (unit-suffixed keys, metadata as a JSON string
     under ``metadata``)."""
     arrays = {column_label(k): np.asarray(v) for k, v in columns.items()}
     arrays["metadata"] = np.array(json.dumps(jsonable(dict(meta or {}))))
-    np.savez(path, **arrays)
+    with atomic_file(path, "wb") as f:
+        np.savez(f, **arrays)
 
 
 def write_columns(path: str | Path, columns: Mapping[str, np.ndarray],

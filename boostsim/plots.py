@@ -33,7 +33,10 @@ def save(fig: Figure, path: str | Path, dpi: int = 120) -> None:
     if suffix not in fig.canvas.get_supported_filetypes():
         raise ValueError(f"cannot write plot {str(path)!r}: unknown image format "
                          f"{suffix or '(none)'!r} (use .png, .svg or .pdf)")
-    fig.savefig(path, dpi=dpi)
+    from .outputs import atomic_file
+
+    with atomic_file(path, "wb") as f:  # an interrupted save leaves the earlier file
+        fig.savefig(f, dpi=dpi, format=suffix)
 
 
 def _label(name: str) -> str:

@@ -17,6 +17,7 @@ import numpy as np
 
 from .drive import check_duty, prepare_drive
 from .engine import Period, PeriodView, Segment, Step, Stepper, sample_segments
+from .memory import SAMPLE_WORK_BYTES, check_memory
 from .params import BoostParams
 from .runahead import RunAhead, ccm_run_ahead
 
@@ -135,6 +136,9 @@ def simulate(params: BoostParams, duty: Any = None, t_end: float | None = None,
     drive = prepare_drive(params, duty, t_end, dt, x0=x0, controller=controller, vref=vref,
                           steps=steps, default_dt_periods=1 / 50)
     lanes, n, scalar, Ts, dt = drive.lanes, drive.n, drive.scalar, drive.Ts, drive.dt
+    check_memory(simulation_bytes(n, drive.n_periods, drive.n_t), "simulate",
+                 f"it records {drive.n_periods} periods and {drive.n_t} samples for each of "
+                 f"{n} lane(s); shorten t_end, use a coarser dt or simulate fewer lanes per call")
     n_periods, n_t, t = drive.n_periods, drive.n_t, drive.t
     constant, schedule = drive.constant, drive.schedule
     stepper = Stepper(lanes, steps)
@@ -192,6 +196,15 @@ def simulate(params: BoostParams, duty: Any = None, t_end: float | None = None,
                             vout=squeeze(out.vout), periods=out.records(),
                             il_end=squeeze(il), vc_end=squeeze(vc), scalar=scalar,
                             steps=tuple(steps), _lanes=lanes)
+
+
+def simulation_bytes(n_lanes: int, n_periods: int, n_t: int) -> float:
+    """Memory [bytes] :func:`simulate` needs: the per-period records (7 float64 arrays of
+    lanes x periods in the result), the waveforms (iL, vC, vout: lanes x samples, and the time
+    axis) and the working space of one run-ahead stretch."""
+    records = 7 * 8 * n_lanes * n_periods
+    waveforms = 3 * 8 * n_lanes * n_t + 8 * n_t
+    return records + waveforms + _MAX_CHUNK_SAMPLES * SAMPLE_WORK_BYTES
 
 
 # Run-ahead chunks (periods): start small, double while every lane stays in CCM.

@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from .analysis import LOSS_NAMES
-from .params import FIELDS, BoostParams
+from .params import FIELDS, BoostParams, parse_field
 from .steady import steady_state
 from .theory import ccm_duty
 from .units import parse_si
@@ -171,9 +171,7 @@ class Axis:
 
 def _check_field_values(name: str, values: Any) -> None:
     """Validate values of a converter field with BoostParams' own rules (raises ValueError)."""
-    probe: dict[str, Any] = dict(vin=1.0, L=1.0, C=1.0, R=1.0, fsw=1.0)
-    probe[name] = values
-    BoostParams(**probe)
+    parse_field(name, values)
 
 
 def _known_fields() -> str:

@@ -36,7 +36,19 @@ def _exponent(prefix: str | None) -> int:
     raise ValueError(f"unknown SI prefix {prefix!r}")
 
 
-def parse_si(text: str | float | int, *, name: str | None = None) -> float:
+#: Unit symbol -> (canonical symbol, name) for the ``unit=`` check of :func:`parse_si`.
+_UNIT_NAMES = {"v": ("V", "volts"), "a": ("A", "amps"), "h": ("H", "henries"),
+               "f": ("F", "farads"), "s": ("s", "seconds"), "w": ("W", "watts"),
+               "j": ("J", "joules"), "hz": ("Hz", "hertz"), "ohm": ("ohm", "ohms"),
+               "ohms": ("ohm", "ohms"), "ω": ("ohm", "ohms")}
+
+
+def _canonical_unit(unit: str) -> str:
+    return _UNIT_NAMES[unit.lower()][0]
+
+
+def parse_si(text: str | float | int, *, name: str | None = None,
+             unit: str | None = None) -> float:
     """Return the number written in ``text`` as a float in SI base units.
 
     Accepts plain numbers (``"0.047"``, ``"4.7e-5"``), SI prefixes (``"47u"``, ``"100k"``,
@@ -44,12 +56,22 @@ def parse_si(text: str | float | int, *, name: str | None = None) -> float:
     ``"12 V"``), RKM codes (``"4k7"`` = 4700) and ``"inf"``. Prefixes are case-sensitive
     (``m`` = milli, ``M`` = mega). Numbers (int/float) are returned unchanged.
 
+    With ``unit`` (e.g. ``"H"``, ``"Hz"``, ``"ohm"``) a unit word in the text must be that
+    unit: ``parse_si("100uF", unit="H")`` is an error, ``"100u"`` and ``"100uH"`` are read.
+    A lone ``f`` is then femto unless the unit is farads.
+
     Raises ``ValueError`` naming ``name`` (when given) and the text if it cannot be read.
     """
     if isinstance(text, bool):
         raise ValueError(_message(name, text, "expected a number, not a boolean"))
-    if isinstance(text, int | float):
-        return float(text)
+    if isinstance(text, int):
+        try:
+            return float(text)
+        except OverflowError:
+            raise ValueError(_message(name, _short(text), "too large for a floating-point "
+                                      "number")) from None
+    if isinstance(text, float):
+        return text
     if not isinstance(text, str):
         raise ValueError(_message(name, text, "expected a number or a string like '47u'"))
     s = text.strip().replace("_", "")
@@ -57,17 +79,21 @@ def parse_si(text: str | float | int, *, name: str | None = None) -> float:
         return _SPECIAL[s.lower()]
     match = _FULL.match(s)
     if match:
-        prefix, unit = match["prefix"], match["unit"]
+        prefix, written = match["prefix"], match["unit"]
         # "1m" alone is milli; "1F"/"1f" alone is ambiguous between femto and farad: read a lone
-        # f/F as the farad unit, which is what people writing converter values mean.
-        if prefix and not unit and prefix.lower() == "f":
-            prefix, unit = None, prefix
+        # f/F as the farad unit, which is what people writing converter values mean (unless
+        # the quantity is known not to be a capacitance).
+        if (prefix and not written and prefix.lower() == "f"
+                and (unit is None or _canonical_unit(unit) == "F")):
+            prefix, written = None, prefix
+        _check_unit(name, text, written, unit)
         try:
             return _decimal(match["num"], _exponent(prefix))
         except ValueError as exc:
             raise ValueError(_message(name, text, str(exc))) from None
     match = _RKM.match(s)
     if match:
+        _check_unit(name, text, match["unit"], unit)
         try:
             exponent = _exponent(match["prefix"])
         except ValueError as exc:
@@ -76,12 +102,31 @@ def parse_si(text: str | float | int, *, name: str | None = None) -> float:
     raise ValueError(_message(name, text, "not a number (examples: 47u, 100k, 4.7m, 4k7, 12V)"))
 
 
+def _check_unit(name: str | None, text: str, written: str | None, expected: str | None) -> None:
+    """Raise if the unit word ``written`` in ``text`` is not the ``expected`` unit."""
+    if not written or expected is None:
+        return
+    got, want = _UNIT_NAMES[written.lower()], _UNIT_NAMES[expected.lower()]
+    if got[0] != want[0]:
+        raise ValueError(_message(name, text, f"{got[0]} ({got[1]}) is not the unit of this "
+                                  f"value, which is in {want[0]} ({want[1]})"))
+
+
+def _short(number: int) -> str:
+    digits = str(number)
+    return digits if len(digits) <= 20 else f"{digits[:8]}...({len(digits)} digits)"
+
+
 def _decimal(number: str, exponent: int) -> float:
     """``number`` times 10**exponent, rounded once (so "4.7" with -6 gives exactly 4.7e-6)."""
     if exponent == 0:
-        return float(number)
-    mantissa, _, power = number.lower().partition("e")
-    return float(f"{mantissa}e{int(power or 0) + exponent}")
+        value = float(number)
+    else:
+        mantissa, _, power = number.lower().partition("e")
+        value = float(f"{mantissa}e{int(power or 0) + exponent}")
+    if math.isinf(value):
+        raise ValueError("too large for a floating-point number")
+    return value
 
 
 def _message(name: str | None, text: object, why: str) -> str:

@@ -20,7 +20,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from .. import __version__
+from .. import __version__, _interrupt
 from . import bench, config, control, emulate, firmware, simulate, steady, sweep
 from .args import _Formatter, _parents, _Parser
 from .context import PROG, CliError, Context, _one_line, _UsageError
@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    if _interrupt.release():  # Ctrl-C while the command was starting
+        return 130
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["emulate"]:
         return emulate.run(argv[1:])
@@ -98,7 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             warnings.simplefilter("always")
             for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning):
                 warnings.filterwarnings("ignore", category=category)
-            status = args.func(ctx)
+            with ctx.outputs:
+                status = args.func(ctx)
         seen = set()
         for w in caught:
             text = str(w.message)
@@ -112,7 +115,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: {exc} (see '{PROG} {where} --help')", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
+        kept = ctx.outputs.discarded
+        print(f"{PROG}: interrupted" + (f"; not written: {', '.join(map(str, kept))}" if kept
+                                        else ""), file=sys.stderr)
         return 130
     except (CliError, ValueError, OSError, RuntimeError) as exc:
         if debug:

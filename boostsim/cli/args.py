@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ..params import BoostParams
+from ..params import BoostParams, parse_field
 from ..units import parse_si
 from .context import PROG
 
@@ -29,9 +29,7 @@ def _type(fn: Callable[[str], Any]) -> Callable[[str], Any]:
 
 
 def _probe(name: str, value: Any) -> None:
-    probe: dict[str, Any] = dict(vin=1.0, L=1.0, C=1.0, R=1.0, fsw=1.0)
-    probe[name] = value
-    BoostParams(**probe)
+    parse_field(name, value)
 
 
 def _known() -> str:

@@ -10,7 +10,6 @@ import contextlib
 import math
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -679,6 +678,7 @@ def cmd_bench_sweep(ctx: Context) -> int:
             ctx.print("wrote " + ", ".join(files.values()))
     ctx.emit_json(summary)
     if result.aborted:
+        ctx.outputs.commit()  # complete files of the points measured, marked aborted
         message = (f"sweep stopped after {result.n_points} of {duties.size} points (kept in "
                    f"{out or 'memory'}): {result.aborted}")
         if result.abort_kind in ("interrupt", "terminate"):
@@ -907,6 +907,7 @@ def cmd_bench_live(ctx: Context) -> int:
             ctx.print("wrote " + ", ".join(files.values()))
     ctx.emit_json(summary)
     if result.error is not None:
+        ctx.outputs.commit()  # the plot of the ticks logged before the error
         err = result.error
         hint = ""
         if isinstance(err, TripError) and err.cause == "WDOG":
@@ -976,7 +977,7 @@ def cmd_bench_calibrate(ctx: Context) -> int:
                                      points=[(p["raw_V"], p["reference_V"]) for p in points])
     if a.out:
         try:
-            Path(a.out).write_text(snippet, encoding="utf-8")
+            ctx.output(a.out).write_text(snippet, encoding="utf-8")
         except OSError as exc:
             raise CliError(f"cannot write {a.out!r}: {exc.strerror or exc}") from None
     summary = {"command": "bench calibrate", "firmware": identity, "gain": gain,

@@ -34,7 +34,7 @@ def cmd_config_init(ctx: Context) -> int:
     if path.is_dir():
         raise CliError(f"{str(path)!r} is a directory")
     try:
-        path.write_text(_default_board_text(), encoding="utf-8")
+        ctx.output(path).write_text(_default_board_text(), encoding="utf-8")
     except OSError as exc:
         raise CliError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
     ctx.print(f"wrote {path} (the default board; edit it and pass --config {path})")
@@ -87,9 +87,9 @@ def cmd_config_show(ctx: Context) -> int:
             if out.suffix.lower() == ".json":
                 from ..outputs import write_json
 
-                write_json(out, effective)
+                write_json(ctx.output(out), effective)
             else:
-                out.write_text(text, encoding="utf-8")
+                ctx.output(out).write_text(text, encoding="utf-8")
         except OSError as exc:
             raise CliError(f"cannot write {str(out)!r}: {exc.strerror or exc}") from None
     if ctx.args.json:

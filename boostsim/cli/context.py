@@ -7,13 +7,13 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-import tomllib
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ..params import DEFAULT_BOARD_FILE, BoostParams
+from ..outputs import StagedOutputs
+from ..params import DEFAULT_BOARD_FILE, BoostParams, parse_toml, read_config_text
 
 PROG = "boostsim"
 
@@ -29,6 +29,9 @@ class Context:
 
     def __init__(self, args: argparse.Namespace, argv: Sequence[str]):
         self.args = args
+        #: The command's files: written beside their targets, put in place together when the
+        #: command returns (``main`` commits or discards them).
+        self.outputs = StagedOutputs()
         self.command_line = shlex.join([PROG, *argv])
         self.stdout = sys.stdout
         self.stderr = sys.stderr
@@ -53,6 +56,15 @@ class Context:
         if self.human:
             print(message, file=self.stdout, flush=True)
 
+    def output(self, path: str | Path) -> Path:
+        """Where to write the output file ``path`` now: a temporary file beside it that
+        replaces it when the command completes (and is removed if it fails or is
+        interrupted, leaving any earlier ``path`` as it was)."""
+        try:
+            return self.outputs.path(path)
+        except OSError as exc:
+            raise CliError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
+
     def warn(self, message: str) -> None:
         if not self.args.quiet:
             print(f"{PROG}: warning: {message}", file=self.stderr)
@@ -75,22 +87,12 @@ class Context:
         if self._board is None:
             path = getattr(self.args, "config", None)
             if path:
-                try:
-                    text = Path(path).read_text(encoding="utf-8")
-                except OSError as exc:
-                    raise CliError(f"cannot read configuration {path!r}: "
-                                   f"{exc.strerror or exc}") from None
-                except UnicodeDecodeError:
-                    raise CliError(f"cannot read configuration {path!r}: not a text "
-                                   f"file") from None
+                text = read_config_text(path)
                 source = path
             else:
                 text = _default_board_text()
                 source = "built-in default board"
-            try:
-                document = tomllib.loads(text)
-            except tomllib.TOMLDecodeError as exc:
-                raise CliError(f"{source}: not valid TOML: {exc}") from None
+            document = parse_toml(text, source=source)
             params = BoostParams.from_toml(text, source=source)
             settings = dict(getattr(self.args, "settings", []) or [])
             if settings:

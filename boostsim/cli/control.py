@@ -176,10 +176,10 @@ def cmd_tune(ctx: Context) -> int:
             if Path(a.out).suffix.lower() == ".json":
                 from ..outputs import write_json
 
-                write_json(a.out, {"metadata": ctx.metadata(), **summary})
+                write_json(ctx.output(a.out), {"metadata": ctx.metadata(), **summary})
             else:
-                Path(a.out).write_text(_gains_toml(gains, ctx.command_line, params, rate),
-                                       encoding="utf-8")
+                ctx.output(a.out).write_text(_gains_toml(gains, ctx.command_line, params, rate),
+                                             encoding="utf-8")
         except OSError as exc:
             raise CliError(f"cannot write {a.out!r}: {exc.strerror or exc}") from None
         files["gains"] = a.out

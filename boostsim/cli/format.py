@@ -58,7 +58,7 @@ def _write_plot(ctx: Context, fig, path: str) -> None:
     from ..plots import save
 
     try:
-        save(fig, path)
+        save(fig, ctx.output(path))
     except OSError as exc:
         raise CliError(f"cannot write plot {path!r}: {exc.strerror or exc}") from None
 
@@ -68,7 +68,7 @@ def _write_columns(ctx: Context, path: str, columns: dict[str, np.ndarray],
     from ..outputs import write_columns
 
     try:
-        write_columns(path, columns, meta, summary, progress=ctx.progress)
+        write_columns(ctx.output(path), columns, meta, summary, progress=ctx.progress)
     except OSError as exc:
         raise CliError(f"cannot write {path!r}: {exc.strerror or exc}") from None
 

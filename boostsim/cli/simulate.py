@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import argparse
 import math
-import tomllib
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..params import BoostParams
+from ..params import BoostParams, parse_toml, read_config_text
 from ..units import parse_si
 from .args import (
     _STEP_NAMES,
@@ -173,12 +171,7 @@ def _drive(ctx: Context, params: BoostParams) -> tuple[dict[str, Any], dict[str,
 
 def _pid_table(path: str) -> dict[str, float]:
     """The [pid] table of a TOML file (kp, ki, kd, tf [s], rate [Hz]), checked."""
-    try:
-        document = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise CliError(f"cannot read {path!r}: {exc.strerror or exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise CliError(f"{path}: not valid TOML: {exc}") from None
+    document = parse_toml(read_config_text(path), source=path)
     table = document.get("pid")
     if not isinstance(table, dict):
         raise CliError(f"{path}: no [pid] table (write one with 'boostsim tune --out FILE')")
@@ -294,6 +287,9 @@ def cmd_simulate(ctx: Context) -> int:
         ctx.print(f"last {a.last_periods} periods" +
                   (" (averaged model: no ripple, no losses breakdown):" if a.averaged else ":"))
         ctx.print(_averaged_table(m) if a.averaged else _metrics_table(m))
+        note = _not_settled_note(m)
+        if note:
+            ctx.print(note)
         if files:
             ctx.print("wrote " + ", ".join(files.values()))
     ctx.emit_json(summary)
@@ -313,12 +309,27 @@ def _metrics_table(m: dict[str, Any]) -> str:
         ("inductor current, rms", _fmt(m["il_rms"], ".4f"), "A"),
         ("input power", _fmt(m["pin"], ".4f"), "W"),
         ("output power", _fmt(m["pout"], ".4f"), "W"),
+        ("stored energy change", _fmt(m["stored_power"], ".4f"), "W"),
         ("efficiency (conduction)", _fmt(m["efficiency"] * 100, ".2f"), "%"),
         ("efficiency incl. switching", _fmt(m["efficiency_total"] * 100, ".2f"), "%"),
         ("duty", _fmt(m["duty"], ".4f"), ""),
         ("mode", str(m["mode"]), ""),
+        _settled_row(m),
     ]
     return _table(["figure", "value", "unit"], [list(r) for r in rows], [False, True, False])
+
+
+def _settled_row(m: dict[str, Any]) -> tuple[str, str, str]:
+    return ("settled", "yes" if m["settled"] else "NOT SETTLED", "")
+
+
+def _not_settled_note(m: dict[str, Any]) -> str | None:
+    """One line saying why the window's figures are not an operating point (None if settled)."""
+    if m["settled"]:
+        return None
+    return (f"not settled: the stored energy changes at {m['stored_power']:+.4g} W over the "
+            f"window; the figures describe a transient (run longer with --t-end, or --start "
+            f"steady)")
 
 
 def _averaged_table(m: dict[str, Any]) -> str:
@@ -327,9 +338,11 @@ def _averaged_table(m: dict[str, Any]) -> str:
         ("inductor current, mean", _fmt(m["il_mean"], ".4f"), "A"),
         ("input power", _fmt(m["pin"], ".4f"), "W"),
         ("output power", _fmt(m["pout"], ".4f"), "W"),
+        ("stored energy change", _fmt(m["stored_power"], ".4f"), "W"),
         ("efficiency (model)", _fmt(m["efficiency"] * 100, ".2f"), "%"),
         ("duty", _fmt(m["duty"], ".4f"), ""),
         ("mode", str(m["mode"]), ""),
+        _settled_row(m),
     ]
     return _table(["figure", "value", "unit"], [list(r) for r in rows], [False, True, False])
 

@@ -70,7 +70,7 @@ def cmd_steady(ctx: Context) -> int:
                         "waveform": {"t_s": state.t, "il_A": state.il, "vc_V": state.vc,
                                      "vout_V": state.vout}}
             try:
-                write_json(a.out, document)
+                write_json(ctx.output(a.out), document)
             except OSError as exc:
                 raise CliError(f"cannot write {a.out!r}: {exc.strerror or exc}") from None
         else:

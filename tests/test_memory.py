@@ -1,0 +1,93 @@
+"""Large requests are estimated and refused before any work (issue 11, item 10)."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+from cli_helpers import cli, one_line_error
+
+from boostsim import BoostParams, default_board, simulate, steady_state
+from boostsim.memory import BUDGET_ENV, MemoryBudgetError, memory_budget
+from boostsim.simulation import simulation_bytes
+from boostsim.steady import steady_state_lane_bytes
+
+
+def _peak(fn) -> int:
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_simulate_refuses_a_huge_record_at_once():
+    with pytest.raises(MemoryBudgetError, match=r"simulate would need about 5\.\d+ TiB .* "
+                                                r"records 100000000000 periods .* shorten t_end"):
+        simulate(default_board(), 0.5, t_end=1e6, dt=1e3)
+
+
+def test_the_budget_is_overridable(monkeypatch):
+    monkeypatch.setenv(BUDGET_ENV, "200M")
+    assert memory_budget() == (200e6, f"{BUDGET_ENV}=200M")
+    with pytest.raises(MemoryBudgetError, match=rf"over the budget of 191 MiB \({BUDGET_ENV}"):
+        simulate(default_board(), 0.5, t_end=0.5, dt=1e-7)
+    simulate(default_board(), 0.5, t_end=1e-3)
+    monkeypatch.setenv(BUDGET_ENV, "lots")
+    with pytest.raises(ValueError, match=BUDGET_ENV):
+        simulate(default_board(), 0.5, t_end=1e-3)
+    monkeypatch.delenv(BUDGET_ENV)
+    budget, source = memory_budget()
+    assert 0 < budget < np.inf and "available" in source
+
+
+def test_steady_state_says_how_many_lanes_fit(monkeypatch):
+    monkeypatch.setenv(BUDGET_ENV, "100M")
+    board = default_board().replace(R=np.linspace(10, 100, 1_000_000))
+    with pytest.raises(MemoryBudgetError, match=r"1000000 lanes .*\(at most (\d+) lanes fit"
+                       ) as caught:
+        steady_state(board, 0.5)
+    fit = int(caught.value.args[0].rsplit("at most ", 1)[1].split()[0])
+    assert fit == int(100e6 // steady_state_lane_bytes(200))
+    steady_state(board.replace(R=np.linspace(10, 100, fit)), 0.5)  # and they do fit
+
+
+@pytest.mark.parametrize("points", [1, 200])
+def test_steady_state_estimate_bounds_the_measured_peak(points):
+    n = 4000
+    board = default_board().replace(R=np.linspace(10, 2000, n))
+    peak = _peak(lambda: steady_state(board, 0.5, points=points))
+    estimate = n * steady_state_lane_bytes(points)
+    assert peak <= estimate <= 2 * peak
+
+
+def test_simulate_estimate_bounds_the_measured_peak():
+    n, t_end, dt = 20, 20e-3, 1e-6  # 2000 periods and 20001 samples per lane
+    board = default_board().replace(R=np.linspace(20, 60, n))
+    peak = _peak(lambda: simulate(board, 0.5, t_end=t_end, dt=dt))
+    assert peak <= simulation_bytes(n, 2000, 20001)
+
+
+@pytest.mark.parametrize("change, name", [({"C": 1e-15}, r"\(R \+ r_C\)\*C"),
+                                          ({"L": 1e-300}, r"L/\(series resistance\)"),
+                                          ({"L": 1e-300, "r_L": 0.0, "r_on": 0.0, "r_d": 0.0,
+                                            "r_C": 0.0, "r_sync": 0.0}, r"sqrt\(L\*C\)")])
+def test_meaningless_time_scales_are_refused_at_validation(change, name):
+    with pytest.raises(ValueError, match=rf"time constant {name} = .* below 1e-06"):
+        BoostParams(**{**default_board().to_dict(), **change})
+
+
+def test_cli_refuses_with_one_line(capsys):
+    status, _, err = cli(capsys, "simulate", "--duty", "0.5", "--t-end", "1e6", "--dt", "1e3")
+    assert status == 1 and "shorten t_end" in one_line_error(err)
+
+
+def test_exact_averages_of_a_stiff_circuit_are_checked(monkeypatch):
+    # 1 pF: the output time constant is 5e-6 of the period, so the averages need ~2e5
+    # quadrature pieces per segment.
+    res = simulate(default_board().replace(C=1e-12), 0.5, t_end=2e-5)
+    monkeypatch.setenv(BUDGET_ENV, "50M")
+    with pytest.raises(MemoryBudgetError, match=r"the exact averages .* \d+ quadrature pieces"):
+        res.metrics(1)
