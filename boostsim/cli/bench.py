@@ -10,6 +10,7 @@ import contextlib
 import math
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -506,8 +507,6 @@ class _BenchSession:
 #: Columns of the sweep's incremental --out file (a subset of BenchSweep.columns()).
 _SWEEP_ROW = ("duty", "duty_effective", "vout_meas_V", "vout_meas_std_V", "vout_meas_sem_V",
               "samples", "outliers", "t_s", "vout_sim_V", "vout_error_V")
-_RUNNING = ("running: points are appended as they are measured; the complete file replaces "
-            "this one at the end (if you read this, the sweep was interrupted)")
 
 
 def _partial_path(out: str | None) -> str | None:
@@ -582,7 +581,7 @@ def cmd_bench_sweep(ctx: Context) -> int:
         meta = session.metadata(study={"duty": duties.tolist(), "settle_s": a.settle,
                                        "samples": a.samples, "method": a.method})
         log = _open_log(ctx, a.log, ("t_s", "point", "duty", "vout_V"), meta)
-        points = _open_log(ctx, partial, _SWEEP_ROW, dict(meta, status=_RUNNING))
+        points = _open_log(ctx, partial, _SWEEP_ROW, meta)  # "incomplete" until closed
         if ctx.human:
             ctx.print(f"boostsim bench sweep: {board.identity} on {board.port_name} · "
                       f"{duties.size} points · settle {a.settle:g} s · {a.samples} "
@@ -634,15 +633,13 @@ def cmd_bench_sweep(ctx: Context) -> int:
         "fit": result.fit.as_dict() if result.fit is not None else None}
     files: dict[str, str] = {}
     if out:
-        # The complete file replaces the incremental one in one rename: a kill meanwhile
-        # leaves the incremental file (all points, marked running), never half a file.
-        final = Path(out)
-        writing = final.with_name(final.stem + ".writing" + final.suffix)
-        _write_columns(ctx, str(writing), result.columns(),
+        # The complete file replaces any earlier --out in one rename (staged, committed now);
+        # only then is the incremental file removed: a kill meanwhile leaves one of the two.
+        _write_columns(ctx, out, result.columns(),
                        dict(meta, errors={"rms_V": metrics["rms"], "max_V": metrics["max"]},
                             fit=summary["fit"], aborted=result.aborted,
                             status="aborted" if result.aborted else "complete"))
-        os.replace(writing, final)
+        ctx.outputs.commit()
         with contextlib.suppress(OSError):
             os.unlink(partial)
         files["data"] = out
