@@ -22,18 +22,9 @@ from hypothesis import strategies as st
 from scipy import linalg
 
 from boostsim import BoostParams, Step, default_board, simulate, steady_state, theory
-from boostsim.averaged import (
-    _Circuit,
-    _Field,
-    _field_scalar,
-    _phi1_apply_scalar,
-    _ScalarCircuit,
-    duty_for_vout,
-    operating_point,
-    phi1_apply,
-    simulate_averaged,
-)
+from boostsim.averaged import _Circuit, _Field, phi1_apply, simulate_averaged
 from boostsim.drive import lane_arrays
+from boostsim.linearised import averaged_duty_for_vout, operating_point
 from boostsim.pid import PID
 
 BOARD = default_board()
@@ -261,15 +252,15 @@ def test_operating_point_lanes_and_errors():
         operating_point(BOARD.replace(R=math.inf), 0.5)
 
 
-def test_duty_for_vout_inverts_the_operating_point():
-    duty = duty_for_vout(BOARD, 12.0)
+def test_averaged_duty_for_vout_inverts_the_operating_point():
+    duty = averaged_duty_for_vout(BOARD, 12.0)
     assert operating_point(BOARD, duty).vout == pytest.approx(12.0, rel=1e-10)
-    duties = duty_for_vout(DCM_BOARD, [8.0, 12.0])
+    duties = averaged_duty_for_vout(DCM_BOARD, [8.0, 12.0])
     np.testing.assert_allclose(operating_point(DCM_BOARD, duties).vout, [8.0, 12.0], rtol=1e-10)
     with pytest.raises(ValueError, match="not reachable"):
-        duty_for_vout(LOSSY, 60.0)
+        averaged_duty_for_vout(LOSSY, 60.0)
     with pytest.raises(ValueError, match="not reachable"):
-        duty_for_vout(BOARD, 3.0)
+        averaged_duty_for_vout(BOARD, 3.0)
 
 
 # -- numerical kernels --------------------------------------------------------------------------
@@ -294,9 +285,7 @@ def test_phi1_apply_matches_the_matrix_exponential(m, scale, w):
     expected = _phi1_reference(M, np.array(w))
     size = np.max(np.abs(expected)) + np.max(np.abs(w)) * 1e-3 + 1e-300  # (denormals)
     vec = phi1_apply(*(np.array([x]) for x in M.ravel()), np.array([w[0]]), np.array([w[1]]))
-    sca = _phi1_apply_scalar(*M.ravel(), *w)
     np.testing.assert_allclose(np.ravel(vec), expected, rtol=0, atol=1e-9 * size)
-    np.testing.assert_allclose(sca, expected, rtol=0, atol=1e-9 * size)
 
 
 def test_phi1_apply_special_cases():
@@ -306,27 +295,8 @@ def test_phi1_apply_special_cases():
               np.array([[-0.5, 0.0], [3.0, 0.0]]), np.zeros((2, 2))):
         w = np.array([0.3, -0.7])
         expected = _phi1_reference(M, w)
-        np.testing.assert_allclose(_phi1_apply_scalar(*M.ravel(), *w), expected, atol=1e-13)
         vec = phi1_apply(*(np.array([x]) for x in M.ravel()), w[:1], w[1:])
         np.testing.assert_allclose(np.ravel(vec), expected, atol=1e-13)
-
-
-@settings(max_examples=300, deadline=None)
-@given(i=st.floats(0.0, 3.0), v=st.floats(0.0, 30.0), d=st.floats(0.0, 0.95),
-       L=st.sampled_from([5e-6, 100e-6]), R=st.sampled_from([10.0, 200.0, math.inf]),
-       sync=st.booleans(), lossy=st.booleans())
-def test_scalar_and_vector_fields_agree(i, v, d, L, R, sync, lossy):
-    p = BOARD.replace(L=L, R=R, i_load=0.1 if math.isinf(R) else 0.0, synchronous=sync)
-    if not lossy:
-        p = p.replace(r_L=0.0, r_on=0.0, r_d=0.0, v_f=0.0, r_C=0.0)
-    lanes, _, _ = lane_arrays(p)
-    c = _Circuit(lanes, lanes["vin"], lanes["R"], lanes["i_load"])
-    vec = _Field(c, np.array([i]), np.array([v]), np.array([d]))
-    sca = _field_scalar(_ScalarCircuit(c), i, v, d)
-    expected = [vec.f1, vec.f2, vec.j11, vec.j12, vec.j21, vec.j22, vec.vout, vec.mode, vec.d2]
-    np.testing.assert_allclose(np.array(sca, dtype=float),
-                               np.array([float(np.ravel(x)[0]) for x in expected]),
-                               rtol=1e-12, atol=1e-12)
 
 
 def test_field_is_continuous_across_the_ccm_dcm_boundary():

@@ -26,14 +26,15 @@ import numpy as np
 import pytest
 
 from boostsim import Step, default_board, simulate, steady_state
-from boostsim.averaged import duty_for_vout, operating_point, simulate_averaged
+from boostsim.averaged import simulate_averaged
 from boostsim.control import DigitalController
 from boostsim.design import loop_gain, tune_pid
+from boostsim.linearised import averaged_duty_for_vout, operating_point
 from boostsim.pid import PID
 
 BOARD = default_board()
 TS = 1e-5
-DUTY = duty_for_vout(BOARD, 12.0)
+DUTY = averaged_duty_for_vout(BOARD, 12.0)
 DELAY = 1 - DUTY / 2  # mid-on-time sample, update at the next period
 
 

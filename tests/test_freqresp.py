@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from boostsim import default_board
-from boostsim.averaged import small_signal
 from boostsim.freqresp import measure_gvd, modulation_factor
+from boostsim.linearised import small_signal
 
 BOARD = default_board()
 LOSSY = BOARD.replace(r_L=0.3, r_on=0.1, r_d=0.1, r_C=0.05, v_f=0.5)

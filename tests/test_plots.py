@@ -140,8 +140,8 @@ def test_save_rejects_unknown_formats(tmp_path):
 
 
 def test_bode_figure_marks_margins_rhp_zero_and_resonance(tmp_path):
-    from boostsim.averaged import small_signal
     from boostsim.design import tune_pid
+    from boostsim.linearised import small_signal
     from boostsim.plots import bode_figure
 
     gains = tune_pid(BOARD, 12.0, 2000.0)
