@@ -107,6 +107,7 @@ References
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import math
 from collections.abc import Sequence
@@ -235,6 +236,36 @@ def _ccm_linear(c: _Circuit, d: np.ndarray) -> tuple:
             (d * c.vin + dp * c.v_off0) * c.inv_L, -c.a_C * c.i_load)
 
 
+def _peak_current(c: Any, d: Any, phi: Any = phi1) -> Any:
+    """``i_pk``: the inductor current after the on-time ``d Ts`` from zero (the exact ramp,
+    ``vin d Ts / L * phi1(-r_1 d Ts / L)``). ``phi`` is ``phi1`` for arrays, a float version
+    for the single-lane path (the same function)."""
+    tau = d * c.Ts
+    return c.vin * tau * c.inv_L * phi(-c.k_on * tau)
+
+
+def _dcm_terms(c: Any, i: Any, v: Any, d: Any, i_pk: Any, d2: Any) -> tuple:
+    """DCM (``0 < d2 < 1 - d``, ``i_c = i_pk/2``): (f1, f2, j11, j12, j21, i_diode); ``j22``
+    is the CCM one. Plain arithmetic: lane arrays or floats."""
+    i_c = 0.5 * i_pk
+    V1 = c.v_off0 - c.a * v - c.r_2 * i_c
+    f1 = (d * (c.vin - c.r_1 * i_c) + d2 * V1) * c.inv_L
+    f2 = c.a_C * (d2 * i_c - c.i_load) - c.g_aC * v
+    return f1, f2, V1 / i_c * c.inv_L, -d2 * c.a_L, c.a_C, d2 * i_c
+
+
+def _rest_terms(c: Any, i: Any, v: Any, d: Any) -> tuple:
+    """DCM with ``d2 = 0`` (the current not yet reaching the output): only the on-ramp,
+    ``f1 = (d vin - r_1 iL)/L``. (f1, f2, j11, j12, j21, i_diode) as :func:`_dcm_terms`."""
+    return ((d * c.vin - c.r_1 * i) * c.inv_L, -c.a_C * c.i_load - c.g_aC * v,
+            -c.r_1 * c.inv_L, 0.0, 0.0, 0.0)
+
+
+def _output(c: Any, v: Any, i_diode: Any) -> Any:
+    """The averaged output voltage ``a (vC + r_C (i_diode - i_load))``."""
+    return c.a * (v + c.r_C * (i_diode - c.i_load))
+
+
 def _surely_ccm(c: _Circuit, i: np.ndarray, v: np.ndarray, d: np.ndarray) -> np.ndarray:
     """Lanes whose averaged state is certainly in CCM: synchronous, or the current cannot
     fall to zero (``V0 >= 0``), or ``2 iL > vin d Ts / L >= i_pk`` (see :class:`_Field`)."""
@@ -249,7 +280,6 @@ class _Field:
     def __init__(self, c: _Circuit, i: np.ndarray, v: np.ndarray, d: np.ndarray):
         dp = 1.0 - d
         V0 = c.v_off0 - c.a * v
-        inv_L, a_C = c.inv_L, c.a_C
         # Continuous conduction (the classic state-space average with losses), linear.
         j11, j12, j21, j22, b1, b2 = _ccm_linear(c, d)
         f1 = j11 * i + j12 * v + b1
@@ -260,8 +290,7 @@ class _Field:
         # The duty-ratio constraint: d2 = 2 iL / i_pk - d1, the current resting at zero for the
         # rest of the period when d2 < 1 - d1 (and only if it can fall: V0 < 0).
         if not c.all_sync and not _surely_ccm(c, i, v, d).all():
-            tau = d * c.Ts
-            i_pk = c.vin * tau * inv_L * phi1(-c.k_on * tau)
+            i_pk = _peak_current(c, d)
             safe_pk = np.where(i_pk > 0, i_pk, 1.0)
             with np.errstate(over="ignore"):  # a vanishing duty: d2 = inf, i.e. CCM
                 d2 = np.where(i_pk > 0, 2.0 * i / safe_pk - d, np.where(i > 0, np.inf, 0.0))
@@ -270,24 +299,18 @@ class _Field:
                 dcm &= ~c.sync
             if dcm.any():
                 rest = dcm & (d2 <= 0)
-                i_c = 0.5 * i_pk
-                V1 = V0 - c.r_2 * i_c
                 d2 = np.clip(d2, 0.0, None)
-                e1 = d * (c.vin - c.r_1 * i_c)
-                df1 = (e1 + d2 * V1) * inv_L
-                df2 = a_C * (d2 * i_c - c.i_load) - c.g_aC * v
-                with np.errstate(over="ignore"):  # i_c -> 0 only where rest replaces it
-                    dj11 = V1 / np.where(i_c > 0, i_c, 1.0) * inv_L
-                dj12 = -d2 * c.a_L
-                # d2 = 0: only the on-ramp, f1 = (d vin - r_1 iL)/L, no output current.
-                df1 = np.where(rest, (d * c.vin - c.r_1 * i) * inv_L, df1)
-                dj11 = np.where(rest, -c.r_1 * inv_L, dj11)
+                with np.errstate(over="ignore"):  # i_pk -> 0 only where rest replaces it
+                    dcm_terms = _dcm_terms(c, i, v, d, safe_pk, d2)
+                rest_terms = _rest_terms(c, i, v, d)
+                df1, df2, dj11, dj12, dj21, di_diode = (
+                    np.where(rest, r, t) for r, t in zip(rest_terms, dcm_terms, strict=True))
                 f1 = np.where(dcm, df1, f1)
                 f2 = np.where(dcm, df2, f2)
                 j11 = np.where(dcm, dj11, j11)
                 j12 = np.where(dcm, dj12, j12)
-                j21 = np.where(dcm, np.where(rest, 0.0, a_C), j21)
-                i_diode = np.where(dcm, d2 * i_c, i_diode)
+                j21 = np.where(dcm, dj21, j21)
+                i_diode = np.where(dcm, di_diode, i_diode)
                 d2_out = np.where(dcm, d2, dp)
                 mode = np.where(dcm, np.where(rest, REST, DCM), CCM).astype(np.int8)
         shape = np.shape(f1)
@@ -297,7 +320,7 @@ class _Field:
         self.j22 = j22
         self.i_diode = i_diode
         self.d2 = d2_out
-        self.vout = c.a * (v + c.r_C * (i_diode - c.i_load))  # _ccm_vout in CCM
+        self.vout = _output(c, v, i_diode)
         self.mode = np.zeros(shape, dtype=np.int8) if mode is None else mode
 
 
@@ -577,8 +600,8 @@ def _vout(c: _Circuit, i: np.ndarray, v: np.ndarray, d: np.ndarray) -> np.ndarra
 
 
 def _ccm_vout(c: _Circuit, i: np.ndarray, v: np.ndarray, d: np.ndarray) -> np.ndarray:
-    """The averaged output in CCM, ``a (vC + r_C ((1 - d) iL - i_load))``."""
-    return c.a * (v + c.r_C * ((1.0 - d) * i - c.i_load))
+    """The averaged output in CCM (the diode carries ``(1 - d) iL``)."""
+    return _output(c, v, (1.0 - d) * i)
 
 
 def _sample_pieces(pieces: Sequence[_Piece], tau: np.ndarray, d_prev: np.ndarray,
@@ -836,6 +859,9 @@ def simulate_averaged(params: BoostParams, duty: Any = None, t_end: float | None
     try:
         if controller is None and grid.stride:
             rec = _run_open_loop(lanes, steps, n_periods, il, vc, d_prev, duty_source, bar)
+        elif n == 1 and grid.stride:
+            rec = _run_scalar(lanes, steps, n_periods, il, vc, d_prev, duty_source, controller,
+                              bar)
         else:
             rec = _run_vector(lanes, steps, n_periods, il, vc, d_prev, duty_source, controller,
                               grid, bar)
@@ -954,7 +980,18 @@ class _Grid:
 
 # -- open loop: closed-form run-ahead through stretches of continuous conduction -----------------
 
-def _ccm_piece(c: _Circuit, d: np.ndarray, h: np.ndarray) -> tuple:
+class _Affine(NamedTuple):
+    """The affine map ``x -> E x + g`` of the state ``x = (iL, vC)``, componentwise."""
+
+    e11: Any
+    e12: Any
+    e21: Any
+    e22: Any
+    g1: Any
+    g2: Any
+
+
+def _ccm_piece(c: _Circuit, d: np.ndarray, h: np.ndarray) -> _Affine:
     """The exact affine map x -> E x + g of the CCM averaged model over ``h`` at duty ``d``
     (arrays broadcasting with the lanes): (e11, e12, e21, e22, g1, g2)."""
     j11, j12, j21, j22, b1, b2 = _ccm_linear(c, d)
@@ -966,16 +1003,16 @@ def _ccm_piece(c: _Circuit, d: np.ndarray, h: np.ndarray) -> tuple:
     q2 = n11 * n11 + m12 * m21
     e0 = 1.0 + s * c0 + q2 * c1
     e1 = c0 + s * c1
-    return (e0 + e1 * n11, e1 * m12, e1 * m21, e0 - e1 * n11,
-            c0 * b1 + c1 * (n11 * b1 + m12 * b2), c0 * b2 + c1 * (m21 * b1 - n11 * b2))
+    return _Affine(e0 + e1 * n11, e1 * m12, e1 * m21, e0 - e1 * n11,
+                   c0 * b1 + c1 * (n11 * b1 + m12 * b2), c0 * b2 + c1 * (m21 * b1 - n11 * b2))
 
 
-def _compose(outer: tuple, inner: tuple) -> tuple:
+def _compose(outer: _Affine, inner: _Affine) -> _Affine:
     """The affine map ``outer o inner``, componentwise."""
     a11, a12, a21, a22, a1, a2 = outer
     b11, b12, b21, b22, b1, b2 = inner
-    return (a11 * b11 + a12 * b21, a11 * b12 + a12 * b22, a21 * b11 + a22 * b21,
-            a21 * b12 + a22 * b22, a11 * b1 + a12 * b2 + a1, a21 * b1 + a22 * b2 + a2)
+    return _Affine(a11 * b11 + a12 * b21, a11 * b12 + a12 * b22, a21 * b11 + a22 * b21,
+                   a21 * b12 + a22 * b22, a11 * b1 + a12 * b2 + a1, a21 * b1 + a22 * b2 + a2)
 
 
 def _ccm_run_ahead(c: _Circuit, il: np.ndarray, vc: np.ndarray, d_prev: np.ndarray,
@@ -1009,20 +1046,20 @@ def _ccm_run_ahead(c: _Circuit, il: np.ndarray, vc: np.ndarray, d_prev: np.ndarr
     S = max(1, math.isqrt(K))
     B = -(-K // S)
     pad = B * S - K
-    identity = (1.0, 0.0, 0.0, 1.0, 0.0, 0.0)
+    identity = _Affine(1.0, 0.0, 0.0, 1.0, 0.0, 0.0)
     blocks = [np.concatenate([np.broadcast_to(m, (K, n)), np.full((pad, n), e)]).reshape(B, S, n)
               for m, e in zip(maps, identity, strict=True)]
     # Block maps: compose the S period maps of every block, all blocks at once.
-    total = tuple(m[:, 0] for m in blocks)
+    total = _Affine(*(m[:, 0] for m in blocks))
     for j in range(1, S):
-        total = _compose(tuple(m[:, j] for m in blocks), total)
+        total = _compose(_Affine(*(m[:, j] for m in blocks)), total)
     # Block start states in sequence.
     i_start, v_start = np.empty((B, n)), np.empty((B, n))
     i, v = il, vc
     for b in range(B):
         i_start[b], v_start[b] = i, v
-        t = [m[b] for m in total]
-        i, v = t[0] * i + t[1] * v + t[4], t[2] * i + t[3] * v + t[5]
+        t = _Affine(*(m[b] for m in total))
+        i, v = t.e11 * i + t.e12 * v + t.g1, t.e21 * i + t.e22 * v + t.g2
     # States inside the blocks, all blocks at once.
     il_all, vc_all = np.empty((B, S + 1, n)), np.empty((B, S + 1, n))
     il_all[:, 0], vc_all[:, 0] = i_start, v_start
@@ -1050,7 +1087,8 @@ def _run_open_loop(lanes, steps, n_periods, il, vc, d_prev, duty_source, bar) ->
     """Open loop: closed-form run-ahead through CCM stretches, stepping elsewhere."""
     n = il.size
     Ts = 1.0 / lanes["fsw"]
-    stepper = _Integrator(lanes, steps)
+    single = n == 1
+    stepper = _ScalarIntegrator(lanes, steps) if single else _Integrator(lanes, steps)
     conditions = _Conditions(lanes, steps)
     schedule = duty_source if duty_source.ndim == 2 else None
     rec = _Records(n_periods, n)
@@ -1102,15 +1140,297 @@ def _run_open_loop(lanes, steps, n_periods, il, vc, d_prev, duty_source, bar) ->
         if conditions.times.size:
             count = max(1, min(count, K))
         D = duties(k, count)
-        for j in range(count):
-            d = D[j]
-            _, il1, vc1, end = stepper.period(k + j, il, vc, d_prev, d)
-            rec.duty[k + j], rec.il_start[k + j], rec.vc_start[k + j] = d, il, vc
-            rec.il_mean[k + j], rec.vc_mean[k + j] = il1, vc1
-            rec.vout_mean[k + j], rec.d2[k + j], rec.mode[k + j] = end.vout, end.d2, end.mode
-            il, vc, d_prev = il1, vc1, d
+        if single:
+            i, v, dprev = float(il[0]), float(vc[0]), float(d_prev[0])
+            rows = []
+            for j, d in enumerate(D[:, 0].tolist()):
+                _, i1, v1, end = stepper.period(k + j, i, v, dprev, d)
+                rows.append((i, v, i1, v1, end.vout, end.d2, end.mode))
+                i, v, dprev = i1, v1, d
+            table = np.array(rows)
+            block = slice(k, k + count)
+            rec.duty[block] = D
+            for column, name in enumerate(("il_start", "vc_start", "il_mean", "vc_mean",
+                                           "vout_mean", "d2")):
+                getattr(rec, name)[block, 0] = table[:, column]
+            rec.mode[block, 0] = table[:, 6]
+            il, vc, d_prev = np.array([i]), np.array([v]), D[-1]
+        else:
+            for j in range(count):
+                d = D[j]
+                _, il1, vc1, end = stepper.period(k + j, il, vc, d_prev, d)
+                rec.duty[k + j], rec.il_start[k + j], rec.vc_start[k + j] = d, il, vc
+                rec.il_mean[k + j], rec.vc_mean[k + j] = il1, vc1
+                rec.vout_mean[k + j], rec.d2[k + j], rec.mode[k + j] = end.vout, end.d2, end.mode
+                il, vc, d_prev = il1, vc1, d
         k += count
         backoff = 0
         if bar is not None:
             bar.update(count)
+    return rec
+
+
+# -- single-lane fast path: the same model on plain floats ---------------------------------------
+
+class _ScalarCircuit:
+    """Lane ``lane`` of a :class:`_Circuit` as Python floats (the same constants, so the same
+    model functions evaluate on either)."""
+
+    __slots__ = tuple(n for n in _Circuit.__slots__ if n not in ("_column", "any_sync",
+                                                                  "all_sync"))
+
+    def __init__(self, c: _Circuit, lane: int = 0):
+        for name in self.__slots__:
+            value = getattr(c, name)[lane]
+            setattr(self, name, bool(value) if name == "sync" else float(value))
+
+
+def _phi1_scalar(z: float) -> float:
+    return math.expm1(z) / z if z != 0.0 else 1.0
+
+
+class _ScalarField(NamedTuple):
+    """:class:`_Field` of one lane, as floats."""
+
+    f1: float
+    f2: float
+    j11: float
+    j12: float
+    j21: float
+    j22: float
+    vout: float
+    mode: int
+    d2: float
+
+
+def _field_scalar(c: _ScalarCircuit, i: float, v: float, d: float) -> _ScalarField:
+    """:class:`_Field` for one lane: the same model functions (:func:`_ccm_linear`,
+    :func:`_dcm_terms`, :func:`_rest_terms`, :func:`_output`) and the same mode decision,
+    with ``if`` where the lane arrays use masks."""
+    dp = 1.0 - d
+    mode = CCM
+    if not c.sync and c.v_off0 - c.a * v < 0.0:
+        i_pk = _peak_current(c, d, _phi1_scalar)
+        if i_pk > 0.0:
+            d2 = 2.0 * i / i_pk - d
+        else:
+            d2 = math.inf if i > 0.0 else 0.0
+        if d2 < dp:
+            mode = REST if d2 <= 0.0 else DCM
+    j11, j12, j21, j22, b1, b2 = _ccm_linear(c, d)
+    if mode == CCM:
+        f1, f2 = j11 * i + j12 * v + b1, j21 * i + j22 * v + b2
+        d2, i_diode = dp, dp * i
+    elif mode == DCM:
+        f1, f2, j11, j12, j21, i_diode = _dcm_terms(c, i, v, d, i_pk, d2)
+    else:
+        f1, f2, j11, j12, j21, i_diode = _rest_terms(c, i, v, d)
+        d2 = 0.0
+    return _ScalarField(f1, f2, j11, j12, j21, j22, _output(c, v, i_diode), mode, d2)
+
+
+def _phi1_apply_scalar(m11: float, m12: float, m21: float, m22: float, w1: float, w2: float
+                       ) -> tuple[float, float]:
+    """:func:`phi1_apply` for one matrix (same formulas and regimes)."""
+    s = 0.5 * (m11 + m22)
+    n11 = 0.5 * (m11 - m22)
+    q2 = n11 * n11 + m12 * m21
+    det = m11 * m22 - m12 * m21
+    root = math.sqrt(abs(q2))
+    if abs(s) + root < _SMALL:
+        c0, c1 = _taylor(s, q2)
+    elif q2 >= 0.0 and abs(det) < 0.25 * s * s:
+        p_plus, p_minus = _phi1_scalar(s + root), _phi1_scalar(s - root)
+        c1 = (p_plus - p_minus) / (2.0 * root)
+        c0 = p_minus + root * c1
+    else:
+        if q2 >= 0.0:
+            ep = math.exp(s + root)
+            e_s = ep * _phi1_scalar(-2.0 * root)
+            e_c = ep - root * e_s
+        else:
+            es = math.exp(s)
+            e_c = es * math.cos(root)
+            e_s = es * math.sin(root) / root
+        c1 = (1.0 + s * e_s - e_c) / det
+        c0 = e_s - s * c1
+    return (c0 * w1 + c1 * (n11 * w1 + m12 * w2), c0 * w2 + c1 * (m21 * w1 - n11 * w2))
+
+
+class _ScalarPiece(NamedTuple):
+    """:class:`_Piece` of the single-lane integrator."""
+
+    start: float
+    end: float
+    i0: float
+    v0: float
+    field: _ScalarField
+    circuit: _ScalarCircuit
+    duty: float
+
+
+def _step_scalar(field: _ScalarField, i0: float, v0: float, h: float, sync: bool
+                 ) -> tuple[float, float]:
+    f1, f2, j11, j12, j21, j22 = field[:6]
+    di, dv = _phi1_apply_scalar(j11 * h, j12 * h, j21 * h, j22 * h, f1 * h, f2 * h)
+    i1 = i0 + di
+    if not sync and i1 < 0.0:
+        i1 = 0.0
+    return i1, v0 + dv
+
+
+class _ScalarIntegrator:
+    """:class:`_Integrator` for a single lane on Python floats."""
+
+    def __init__(self, lanes: dict[str, np.ndarray], steps: Sequence[Step]):
+        cond = _Conditions(lanes, steps)
+        self.circuits = [_ScalarCircuit(c) for c in cond.circuits]
+        self.times = [float(t) for t in cond.times[:, 0]]
+        self.Ts = float(1.0 / lanes["fsw"][0])
+        self.last: _PeriodEnd | None = None
+
+    def period(self, k: int, i: float, v: float, d_prev: float, d: float):
+        Ts = self.Ts
+        t0 = k * Ts
+        times = self.times
+        if d == d_prev and not times:
+            # The common case: one piece, no line/load step.
+            c = self.circuits[0]
+            last = self.last
+            if last is not None and last.i == i and last.v == v and last.d == d:
+                field = last.field
+            else:
+                field = _field_scalar(c, i, v, d)
+            i1, v1 = _step_scalar(field, i, v, Ts, c.sync)
+            end_field = _field_scalar(c, i1, v1, d)
+            pieces = [_ScalarPiece(0.0, Ts, i, v, field, c, d)]
+            if c.sync or field.mode == end_field.mode:
+                self.last = _PeriodEnd(i1, v1, d, c, end_field)
+                return pieces, i1, v1, end_field
+        epoch0 = bisect.bisect_right(times, t0)
+        t_edge = 0.5 * (d_prev + d) * Ts if d != d_prev else math.inf
+        offsets = [t - t0 for t in times[epoch0:] if t - t0 < Ts]
+        edges = [0.0]
+        if t_edge < Ts:
+            edges.append(t_edge)
+        edges.extend(offsets)
+        edges.sort()
+        edges.append(Ts)
+        pieces = []
+        i1, v1 = i, v
+        last = self.last
+        for j in range(len(edges) - 1):
+            start, end = edges[j], edges[j + 1]
+            duty = d_prev if start < t_edge else d
+            c = self.circuits[epoch0 + sum(1 for o in offsets if o <= start)]
+            if (j == 0 and last is not None and last.i == i and last.v == v
+                    and last.d == duty and last.circuit is c):
+                field = last.field
+            else:
+                field = _field_scalar(c, i1, v1, duty)
+            i0, v0 = i1, v1
+            if end > start:
+                i1, v1 = _step_scalar(field, i0, v0, end - start, c.sync)
+            pieces.append(_ScalarPiece(start, end, i0, v0, field, c, duty))
+        c_end = self.circuits[bisect.bisect_right(times, t0 + Ts)]
+        end_field = _field_scalar(c_end, i1, v1, d)
+        if not c_end.sync and any(p.field.mode != end_field.mode for p in pieces):
+            # Crossed the CCM/DCM boundary: sub-steps (see _Integrator.period).
+            i1, v1 = pieces[0].i0, pieces[0].v0
+            for start, end, _, _, _, c, duty in pieces:
+                h = (end - start) / _SUBSTEPS
+                if h > 0.0:
+                    for _ in range(_SUBSTEPS):
+                        i1, v1 = _step_scalar(_field_scalar(c, i1, v1, duty), i1, v1, h, c.sync)
+            end_field = _field_scalar(c_end, i1, v1, d)
+        self.last = _PeriodEnd(i1, v1, d, c_end, end_field)
+        return pieces, i1, v1, end_field
+
+
+def _sample_scalar(pieces: list, tau: float, d_prev: float, d: float, Ts: float
+                   ) -> tuple[float, float, float]:
+    """(il, vc, vout) at offset ``tau`` into a period of the single-lane integrator."""
+    piece = pieces[0]
+    for p in pieces[1:]:
+        if tau >= p.start:
+            piece = p
+    start, _, i0, v0, field, c, _ = piece
+    h = tau - start
+    f1, f2, j11, j12, j21, j22 = field[:6]
+    di, dv = _phi1_apply_scalar(j11 * h, j12 * h, j21 * h, j22 * h, f1 * h, f2 * h)
+    i = i0 + di
+    if not c.sync and i < 0.0:
+        i = 0.0
+    v = v0 + dv
+    x = tau / Ts
+    duty_now = max(d_prev - x, 0.0) + min(x, d)
+    return i, v, _field_scalar(c, i, v, duty_now).vout
+
+
+class _ScalarView:
+    """:class:`AveragedView` of the single-lane integrator (arrays of one lane, as the
+    engine's view gives)."""
+
+    def __init__(self, k: int, t_start: np.ndarray, d: float, d_prev: float, pieces: list,
+                 il_end: float, vc_end: float, Ts: float):
+        self.k = k
+        self.t_start = t_start
+        self.duty = np.array([d])
+        self.il_end = np.array([il_end])
+        self.vc_end = np.array([vc_end])
+        self._d, self._d_prev, self._pieces, self._Ts = d, d_prev, pieces, Ts
+
+    def sample(self, tau: np.ndarray | float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(il, vc, vout) centred at offset ``tau`` [s] (see :meth:`AveragedView.sample`)."""
+        tau = float(np.asarray(tau, dtype=float).reshape(-1)[0]) + 0.5 * self._Ts
+        il, vc, vout = _sample_scalar(self._pieces, tau, self._d_prev, self._d, self._Ts)
+        return np.array([il]), np.array([vc]), np.array([vout])
+
+
+def _run_scalar(lanes, steps, n_periods, il, vc, d_prev, duty_source, controller,
+                bar) -> _Records:
+    integrator = _ScalarIntegrator(lanes, steps)
+    Ts = integrator.Ts
+    i, v = float(il[0]), float(vc[0])
+    dp = None if d_prev is None else float(d_prev[0])
+    rows = []
+    append = rows.append
+    view = None
+    schedule = None
+    constant = None
+    if controller is None:
+        if duty_source.ndim == 2:
+            schedule = duty_source[:, 0].tolist()
+        else:
+            constant = float(duty_source[0])
+    vout0 = None
+    for k in range(n_periods):
+        if controller is not None:
+            t0 = np.array([k * Ts])
+            out = controller(k, t0, view)
+            d = float(np.asarray(out, dtype=float).reshape(-1)[0]) \
+                if not isinstance(out, float) else out
+            if not 0.0 <= d < 1.0:
+                check_duty(np.array([d]), f"controller duty (period {k})")
+        else:
+            d = constant if schedule is None else schedule[k]
+        if dp is None:
+            dp = d
+        pieces, i1, v1, end_field = integrator.period(k, i, v, dp, d)
+        if vout0 is None:
+            vout0 = pieces[0].field.vout
+        append((d, i, v, i1, v1, end_field.vout, end_field.d2, end_field.mode))
+        if controller is not None:
+            tail = _ScalarPiece(Ts, math.inf, i1, v1, end_field, integrator.last.circuit, d)
+            view = _ScalarView(k, t0, d, dp, [*pieces, tail], i1, v1, Ts)
+        i, v, dp = i1, v1, d
+        if bar is not None:
+            bar.update(1)
+    rec = _Records(n_periods, 1)
+    table = np.array(rows, dtype=float)
+    for column, name in enumerate(("duty", "il_start", "vc_start", "il_mean", "vc_mean",
+                                   "vout_mean", "d2")):
+        getattr(rec, name)[:, 0] = table[:, column]
+    rec.mode[:, 0] = table[:, 7].astype(np.int8)
+    rec.vout0[0] = vout0
     return rec
