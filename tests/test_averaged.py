@@ -5,7 +5,7 @@ period k is compared with the engine's exact mean over period k
 (``SimulationResult.period_means``). Errors are relative to the largest value of the compared
 waveform over the run (vout: the largest output; iL: the startup inrush peak).
 
-Stated tolerances (the brief asks for 1 %):
+Stated tolerances (the accuracy target is 1 %):
 * CCM (startup inrush, duty steps, load and line steps, sync, current load): vout 0.05 %,
   iL 0.2 % -- measured 0.008 % and 0.05 %;
 * DCM with losses: vout 0.5 %, iL 1 % -- measured 0.2 % and 0.4 % (the straight-ramp

@@ -53,11 +53,11 @@ def test_duty_sweep_figure_has_theory_dcm_shading_and_limits(tmp_path):
     assert "DCM region" in legend and "averaged CCM model with losses" in legend
     assert any(t.startswith("ideal") for t in legend) and "limit" in legend
     ax_v, ax_r = fig.axes[0], fig.axes[2]
-    limit_lines = [line.get_ydata()[0] for line in ax_v.lines if line.get_color() == "#d62828"]
+    limit_lines = [line.get_ydata()[0] for line in ax_v.lines if line.get_gid() == "limit"]
     assert limit_lines == [10, 20]
-    assert [line.get_ydata()[0] for line in ax_r.lines if line.get_color() == "#d62828"] == \
+    assert [line.get_ydata()[0] for line in ax_r.lines if line.get_gid() == "limit"] == \
         [pytest.approx(5.0)]  # mV
-    assert "R 400Ω" in fig._suptitle.get_text()
+    assert "R 400Ω" in fig.get_suptitle()
     assert _saved(fig, tmp_path).startswith(PNG)
 
 
@@ -86,7 +86,7 @@ def test_parameter_axis_sweep_at_a_target_voltage(tmp_path):
     fig = sweep_figure(result)
     xlabels, ylabels, _legend = _labels(fig)
     assert "R [Ω]" in xlabels and "duty for the target" in ylabels
-    assert "vout target 12 V" in fig._suptitle.get_text()
+    assert "vout target 12 V" in fig.get_suptitle()
     assert _saved(fig, tmp_path).startswith(PNG)
 
 
@@ -100,7 +100,7 @@ def test_monte_carlo_figure_marks_limits_and_yield(tmp_path):
     assert "efficiency [%]" in xlabels and "output voltage, mean [V]" in xlabels
     assert set(ylabels) == {"samples"}
     assert {"pass", "fail", "limit"} <= set(legend)
-    title = fig._suptitle.get_text()
+    title = fig.get_suptitle()
     assert "yield" in title and "2000 samples" in title and "L=±20%" in title
     eff_ax = next(a for a in fig.axes if a.get_xlabel() == "efficiency [%]")
     assert "efficiency>0.9607" in eff_ax.get_title()
