@@ -795,13 +795,15 @@ class AveragedResult:
         codes = rec.mode_code[:, window]
         duty = rec.duty[:, window].mean(axis=1)
         d2 = rec.d2[:, window].mean(axis=1)
+        idle = np.where(codes == CCM, 0.0, 1.0 - rec.duty[:, window] - rec.d2[:, window]
+                        ).mean(axis=1)
         nan = np.full(vout.shape, np.nan)
         values = dict(vout_mean=vout, vout_ripple=nan, vout_min=nan, vout_max=nan,
                       vc_mean=rec.vc_mean[:, window].mean(axis=1), il_mean=il, il_ripple=nan,
                       il_min=nan, il_max=nan, il_rms=nan, pin=pin, pout=pout,
                       efficiency=efficiency, p_loss=pin - pout, p_switching=nan,
                       efficiency_total=nan, energy_balance=nan, duty=duty, t_on=duty * Ts,
-                      t_diode=d2 * Ts, t_idle=np.maximum(1.0 - duty - d2, 0.0) * Ts,
+                      t_diode=d2 * Ts, t_idle=idle * Ts,
                       mode=np.where((codes != CCM).any(axis=1), "DCM", "CCM"))
         losses = {name: nan for name in LOSS_NAMES}
         if self.scalar:

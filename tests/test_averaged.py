@@ -237,6 +237,10 @@ def test_both_simulators_return_the_same_metrics_and_duty_shapes():
     one = simulate_averaged(BOARD, duty=0.5, t_end=1e-3).metrics(5)
     assert isinstance(one.vout_mean, float) and math.isnan(one.losses["inductor_dcr"])
     assert simulate(BOARD, duty=0.5, t_end=1e-4).duty.shape == (10,)
+    dcm = (simulate_averaged(DCM_BOARD, duty=0.3, t_end=2e-3).metrics(),
+           simulate(DCM_BOARD, duty=0.3, t_end=2e-3).metrics())
+    assert dcm[0].mode == dcm[1].mode == "DCM"
+    assert dcm[0].t_idle == pytest.approx(dcm[1].t_idle, rel=0.01)
 
 
 def test_input_errors():
