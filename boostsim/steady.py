@@ -198,7 +198,10 @@ def duty_for_vout(params: BoostParams, vout: Any, *, d_max: float = 0.99, rtol: 
     first interval where it crosses the target on its rising branch brackets the root, and
     regula falsi (Illinois) refines it on the exact steady state to ``rtol`` relative in
     voltage. Lanes whose target is below the zero-duty output or above the highest output
-    reachable with duty <= ``d_max`` get NaN (``reachable`` False).
+    reachable with duty <= ``d_max`` get NaN (``reachable`` False), so a sweep over many lanes
+    keeps its other lanes; :func:`solve_duty` is the one-converter form that raises instead.
+    (The duty of the *averaged model's* operating point, which the loop design linearises
+    about, is :func:`boostsim.linearised.averaged_duty_for_vout`.)
     """
     target_in = np.asarray(vout, dtype=float)
     n = max(params.n_lanes, target_in.size)

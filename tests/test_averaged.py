@@ -100,6 +100,7 @@ def test_synchronous_negative_current_and_constant_current_load():
     assert ev < 5e-4 and ei < 2e-3
 
 
+@pytest.mark.slow  # long physics
 def test_dcm_startup_duty_step_and_load_step():
     ev, ei, eng, avg = _compare(DCM_BOARD, _schedule(1500, 0.4, 0.5, 900), 1500 * TS)
     assert np.all(avg.periods.mode[0, 100:] == "DCM")
@@ -314,6 +315,7 @@ def _phi1_reference(M, w):
 _entry = st.floats(-1.0, 1.0, allow_nan=False)
 
 
+@pytest.mark.slow  # 300 hypothesis examples against expm
 @settings(max_examples=300, deadline=None)
 @given(m=st.tuples(_entry, _entry, _entry, _entry), scale=st.sampled_from(
     [1e-9, 1e-4, 2e-3, 0.05, 1.0, 10.0, 200.0]), w=st.tuples(_entry, _entry))
@@ -341,6 +343,7 @@ def test_phi1_apply_special_cases():
         np.testing.assert_allclose(np.ravel(vec), expected, atol=1e-13)
 
 
+@pytest.mark.slow  # 300 hypothesis examples
 @settings(max_examples=300, deadline=None)
 @given(i=st.floats(0.0, 3.0), v=st.floats(0.0, 30.0), d=st.floats(0.0, 0.95),
        L=st.sampled_from([5e-6, 100e-6]), R=st.sampled_from([10.0, 200.0, math.inf]),

@@ -179,6 +179,7 @@ def test_tune_pid_refuses_targets_beyond_the_limits():
 
 # -- closed loop on the switching engine ---------------------------------------------------------
 
+@pytest.mark.slow  # long physics
 def test_soft_start_load_step_and_no_limit_cycle(gains):
     """Startup from the idle state with a 1 V/ms setpoint ramp, then R 48 -> 32 ohm (+50 %
     load current) at 15 ms; the engine is the reference, the averaged model must agree.

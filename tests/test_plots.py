@@ -61,6 +61,7 @@ def test_duty_sweep_figure_has_theory_dcm_shading_and_limits(tmp_path):
     assert _saved(fig, tmp_path).startswith(PNG)
 
 
+@pytest.mark.slow  # runs two sweeps (~1 s)
 def test_two_axis_sweeps_draw_families_or_colour_maps(tmp_path):
     fam = run_sweep(Sweep(BOARD, duty=parse_duty_range("0.1:0.8:0.05"),
                           axes=(Axis("L", [10e-6, 47e-6, 220e-6], log=True),)), workers=1)
@@ -139,6 +140,7 @@ def test_save_rejects_unknown_formats(tmp_path):
         save(fig, tmp_path / "x.bmpx")
 
 
+@pytest.mark.slow  # tunes a loop and draws it (~1 s)
 def test_bode_figure_marks_margins_rhp_zero_and_resonance(tmp_path):
     from boostsim.design import tune_pid
     from boostsim.linearised import small_signal

@@ -160,6 +160,7 @@ def test_dask_cluster_gives_identical_results():
     _same(local.columns, remote.columns)
 
 
+@pytest.mark.slow  # waits for the scheduler connection to time out
 def test_unreachable_scheduler_is_a_clear_error(monkeypatch):
     pytest.importorskip("distributed")
     monkeypatch.setattr("boostsim.sweep.DASK_CONNECT_TIMEOUT", "1s")
