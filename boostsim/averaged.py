@@ -1273,7 +1273,7 @@ class _ScalarPiece(NamedTuple):
 
 def _step_scalar(field: _ScalarField, i0: float, v0: float, h: float, sync: bool
                  ) -> tuple[float, float]:
-    f1, f2, j11, j12, j21, j22 = field[:6]
+    f1, f2, j11, j12, j21, j22 = field.f1, field.f2, field.j11, field.j12, field.j21, field.j22
     di, dv = _phi1_apply_scalar(j11 * h, j12 * h, j21 * h, j22 * h, f1 * h, f2 * h)
     i1 = i0 + di
     if not sync and i1 < 0.0:
@@ -1358,7 +1358,7 @@ def _sample_scalar(pieces: list, tau: float, d_prev: float, d: float, Ts: float
             piece = p
     start, _, i0, v0, field, c, _ = piece
     h = tau - start
-    f1, f2, j11, j12, j21, j22 = field[:6]
+    f1, f2, j11, j12, j21, j22 = field.f1, field.f2, field.j11, field.j12, field.j21, field.j22
     di, dv = _phi1_apply_scalar(j11 * h, j12 * h, j21 * h, j22 * h, f1 * h, f2 * h)
     i = i0 + di
     if not c.sync and i < 0.0:
