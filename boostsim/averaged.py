@@ -226,10 +226,11 @@ class _Circuit:
         return self._column
 
 
-def _ccm_linear(c: _Circuit, d: np.ndarray) -> tuple:
+def _ccm_linear(c: Any, d: Any) -> tuple:
     """The CCM averaged model at duty ``d`` as the linear system ``x' = J x + b``:
     (j11, j12, j21, j22, b1, b2). The one statement of continuous conduction, used by
-    :class:`_Field` and by the closed-form run-ahead (:func:`_ccm_piece`)."""
+    :class:`_Field`, the closed-form run-ahead (:func:`_ccm_piece`) and the single-lane path
+    (:func:`_field_scalar`); plain arithmetic, so lane arrays or floats."""
     dp = 1.0 - d
     r_eq = c.r_2 + d * c.r_12
     return (-r_eq * c.inv_L, -dp * c.a_L, dp * c.a_C, -c.g_aC,
