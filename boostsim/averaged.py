@@ -1,5 +1,6 @@
-"""Averaged models of the boost converter: large-signal (CCM and DCM), DC operating point and
-small-signal transfer functions.
+"""The large-signal averaged model of the boost converter (CCM and DCM) and
+:func:`simulate_averaged`. Its DC operating point and small-signal transfer functions are in
+:mod:`boostsim.linearised`.
 
 The switching engine (:mod:`boostsim.engine`) is exact; the models here trade the switching
 ripple for speed and for transfer functions a controller can be designed with.
@@ -85,23 +86,6 @@ within 0.2 % and 0.4 %: Sun's model assumes straight current ramps, and the resi
 diode path (r_L + r_d + r_C) bends the fall, so the charge per period is over-estimated by
 about ``r_2 i_pk / (6 (vout - vin))`` (exact for an ideal converter).
 
-Small-signal model
-------------------
-:func:`small_signal` linearises the same equations at the DC operating point
-(:func:`operating_point`): state-space matrices with inputs ``(d, vin, i_load)`` and the
-transfer functions ``Gvd = vout/d``, ``Gvg = vout/vin`` and ``Zout = -vout/i_load``, as
-``scipy.signal.ZerosPolesGain`` objects. In CCM this is the textbook boost model with
-conduction losses and ESR ([EM] Ch. 7-8): the double pole near ``(1-D)/sqrt(LC)``, the ESR
-zero and the right-half-plane zero near ``(1-D)^2 R / L``. In DCM it is the linearised
-full-order model of [SMGKB] (a low-frequency pole near ``2/(R C)`` and a high-frequency pole
-near the switching frequency; the RHP zero moves to high frequency).
-
-Why ``scipy.signal`` and not python-control: scipy is already a dependency and its LTI objects
-cover what is needed (``freqresp``, ``bode``, ``step``, poles/zeros); python-control would be
-a new dependency for little gain -- the loop analysis (:mod:`boostsim.design`) works on the
-exact sampled-data loop, evaluated on the unit circle, which python-control would not give
-either.
-
 References
 ----------
 [SMGKB] J. Sun, D. M. Mitchell, M. F. Greuel, P. T. Krein, R. M. Bass, "Averaged modeling of
@@ -127,28 +111,21 @@ import bisect
 import dataclasses
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
-from scipy import signal
 
-from .analysis import SETTLED_TOLERANCE
-from .drive import check_duty, lane_arrays, operating_lanes, prepare_drive
+from .analysis import LOSS_NAMES, SETTLED_TOLERANCE, Metrics
+from .drive import check_duty, prepare_drive
 from .engine import Step, _step_value
 from .params import BoostParams
 from .segments import phi1
 
 __all__ = [
-    "AveragedMetrics",
     "AveragedPeriods",
     "AveragedResult",
     "AveragedView",
-    "OperatingPoint",
-    "SmallSignal",
-    "duty_for_vout",
-    "operating_point",
     "simulate_averaged",
-    "small_signal",
 ]
 
 CCM, DCM, REST = 0, 1, 2  # REST: DCM with the current not yet reaching the output
@@ -249,6 +226,53 @@ class _Circuit:
         return self._column
 
 
+def _ccm_linear(c: Any, d: Any) -> tuple:
+    """The CCM averaged model at duty ``d`` as the linear system ``x' = J x + b``:
+    (j11, j12, j21, j22, b1, b2). The one statement of continuous conduction, used by
+    :class:`_Field`, the closed-form run-ahead (:func:`_ccm_piece`) and the single-lane path
+    (:func:`_field_scalar`); plain arithmetic, so lane arrays or floats."""
+    dp = 1.0 - d
+    r_eq = c.r_2 + d * c.r_12
+    return (-r_eq * c.inv_L, -dp * c.a_L, dp * c.a_C, -c.g_aC,
+            (d * c.vin + dp * c.v_off0) * c.inv_L, -c.a_C * c.i_load)
+
+
+def _peak_current(c: Any, d: Any, phi: Any = phi1) -> Any:
+    """``i_pk``: the inductor current after the on-time ``d Ts`` from zero (the exact ramp,
+    ``vin d Ts / L * phi1(-r_1 d Ts / L)``). ``phi`` is ``phi1`` for arrays, a float version
+    for the single-lane path (the same function)."""
+    tau = d * c.Ts
+    return c.vin * tau * c.inv_L * phi(-c.k_on * tau)
+
+
+def _dcm_terms(c: Any, i: Any, v: Any, d: Any, i_pk: Any, d2: Any) -> tuple:
+    """DCM (``0 < d2 < 1 - d``, ``i_c = i_pk/2``): (f1, f2, j11, j12, j21, i_diode); ``j22``
+    is the CCM one. Plain arithmetic: lane arrays or floats."""
+    i_c = 0.5 * i_pk
+    V1 = c.v_off0 - c.a * v - c.r_2 * i_c
+    f1 = (d * (c.vin - c.r_1 * i_c) + d2 * V1) * c.inv_L
+    f2 = c.a_C * (d2 * i_c - c.i_load) - c.g_aC * v
+    return f1, f2, V1 / i_c * c.inv_L, -d2 * c.a_L, c.a_C, d2 * i_c
+
+
+def _rest_terms(c: Any, i: Any, v: Any, d: Any) -> tuple:
+    """DCM with ``d2 = 0`` (the current not yet reaching the output): only the on-ramp,
+    ``f1 = (d vin - r_1 iL)/L``. (f1, f2, j11, j12, j21, i_diode) as :func:`_dcm_terms`."""
+    return ((d * c.vin - c.r_1 * i) * c.inv_L, -c.a_C * c.i_load - c.g_aC * v,
+            -c.r_1 * c.inv_L, 0.0, 0.0, 0.0)
+
+
+def _output(c: Any, v: Any, i_diode: Any) -> Any:
+    """The averaged output voltage ``a (vC + r_C (i_diode - i_load))``."""
+    return c.a * (v + c.r_C * (i_diode - c.i_load))
+
+
+def _surely_ccm(c: _Circuit, i: np.ndarray, v: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """Lanes whose averaged state is certainly in CCM: synchronous, or the current cannot
+    fall to zero (``V0 >= 0``), or ``2 iL > vin d Ts / L >= i_pk`` (see :class:`_Field`)."""
+    return c.sync | (2.0 * i > c.vin_Ts_L * d) | (c.v_off0 - c.a * v >= 0)
+
+
 class _Field:
     """The averaged right-hand side at one state and duty: derivatives, Jacobian, outputs."""
 
@@ -257,24 +281,17 @@ class _Field:
     def __init__(self, c: _Circuit, i: np.ndarray, v: np.ndarray, d: np.ndarray):
         dp = 1.0 - d
         V0 = c.v_off0 - c.a * v
-        inv_L, a_C = c.inv_L, c.a_C
-        # Continuous conduction (the classic state-space average with losses).
-        r_eq = c.r_2 + d * c.r_12
-        f1 = (d * c.vin + dp * V0 - r_eq * i) * inv_L
+        # Continuous conduction (the classic state-space average with losses), linear.
+        j11, j12, j21, j22, b1, b2 = _ccm_linear(c, d)
+        f1 = j11 * i + j12 * v + b1
+        f2 = j21 * i + j22 * v + b2
         i_diode = dp * i
-        f2 = a_C * (i_diode - c.i_load) - c.g_aC * v
-        j11 = -r_eq * inv_L
-        j12 = -dp * c.a_L
-        j21 = dp * a_C
-        j22 = -c.g_aC
         d2_out = dp
         mode = None
         # The duty-ratio constraint: d2 = 2 iL / i_pk - d1, the current resting at zero for the
-        # rest of the period when d2 < 1 - d1 (and only if it can fall: V0 < 0). Since
-        # i_pk <= vin d Ts / L, lanes with 2 iL > vin d Ts / L are surely in CCM.
-        if not c.all_sync and not ((2.0 * i > c.vin_Ts_L * d) | (V0 >= 0)).all():
-            tau = d * c.Ts
-            i_pk = c.vin * tau * inv_L * phi1(-c.k_on * tau)
+        # rest of the period when d2 < 1 - d1 (and only if it can fall: V0 < 0).
+        if not c.all_sync and not _surely_ccm(c, i, v, d).all():
+            i_pk = _peak_current(c, d)
             safe_pk = np.where(i_pk > 0, i_pk, 1.0)
             with np.errstate(over="ignore"):  # a vanishing duty: d2 = inf, i.e. CCM
                 d2 = np.where(i_pk > 0, 2.0 * i / safe_pk - d, np.where(i > 0, np.inf, 0.0))
@@ -283,24 +300,18 @@ class _Field:
                 dcm &= ~c.sync
             if dcm.any():
                 rest = dcm & (d2 <= 0)
-                i_c = 0.5 * i_pk
-                V1 = V0 - c.r_2 * i_c
                 d2 = np.clip(d2, 0.0, None)
-                e1 = d * (c.vin - c.r_1 * i_c)
-                df1 = (e1 + d2 * V1) * inv_L
-                df2 = a_C * (d2 * i_c - c.i_load) - c.g_aC * v
-                with np.errstate(over="ignore"):  # i_c -> 0 only where rest replaces it
-                    dj11 = V1 / np.where(i_c > 0, i_c, 1.0) * inv_L
-                dj12 = -d2 * c.a_L
-                # d2 = 0: only the on-ramp, f1 = (d vin - r_1 iL)/L, no output current.
-                df1 = np.where(rest, (d * c.vin - c.r_1 * i) * inv_L, df1)
-                dj11 = np.where(rest, -c.r_1 * inv_L, dj11)
+                with np.errstate(over="ignore"):  # i_pk -> 0 only where rest replaces it
+                    dcm_terms = _dcm_terms(c, i, v, d, safe_pk, d2)
+                rest_terms = _rest_terms(c, i, v, d)
+                df1, df2, dj11, dj12, dj21, di_diode = (
+                    np.where(rest, r, t) for r, t in zip(rest_terms, dcm_terms, strict=True))
                 f1 = np.where(dcm, df1, f1)
                 f2 = np.where(dcm, df2, f2)
                 j11 = np.where(dcm, dj11, j11)
                 j12 = np.where(dcm, dj12, j12)
-                j21 = np.where(dcm, np.where(rest, 0.0, a_C), j21)
-                i_diode = np.where(dcm, d2 * i_c, i_diode)
+                j21 = np.where(dcm, dj21, j21)
+                i_diode = np.where(dcm, di_diode, i_diode)
                 d2_out = np.where(dcm, d2, dp)
                 mode = np.where(dcm, np.where(rest, REST, DCM), CCM).astype(np.int8)
         shape = np.shape(f1)
@@ -310,7 +321,7 @@ class _Field:
         self.j22 = j22
         self.i_diode = i_diode
         self.d2 = d2_out
-        self.vout = c.a * (v + c.r_C * (i_diode - c.i_load))
+        self.vout = _output(c, v, i_diode)
         self.mode = np.zeros(shape, dtype=np.int8) if mode is None else mode
 
 
@@ -456,6 +467,16 @@ def _step(field: _Field, i0, v0, h, c: _Circuit):
     return i1, v0 + dv
 
 
+class _PeriodEnd(NamedTuple):
+    """The state at the end of the last period, with its duty, circuit and field there."""
+
+    i: np.ndarray
+    v: np.ndarray
+    d: np.ndarray
+    circuit: _Circuit
+    field: _Field
+
+
 class _Integrator:
     """Advances every lane one switching period at a time."""
 
@@ -464,13 +485,13 @@ class _Integrator:
         self.Ts = 1.0 / np.asarray(lanes["fsw"], dtype=float)
         self.conditions = _Conditions(lanes, steps)
         self.stepped = self.conditions.times.size > 0
-        self._cache: tuple | None = None  # (i, v, d, circuit, field) at the last period end
+        self.last: _PeriodEnd | None = None
 
     def field(self, c: _Circuit, i, v, d) -> _Field:
-        cached = self._cache
-        if (cached is not None and cached[3] is c and cached[0] is i and cached[1] is v
-                and (cached[2] is d or np.array_equal(cached[2], d))):
-            return cached[4]
+        last = self.last
+        if (last is not None and last.circuit is c and last.i is i and last.v is v
+                and (last.d is d or np.array_equal(last.d, d))):
+            return last.field
         return _Field(c, i, v, d)
 
     def period(self, k: int, i, v, d_prev, d
@@ -548,7 +569,7 @@ class _Integrator:
                 i1, v1 = i1.copy(), v1.copy()
                 i1[idx], v1[idx] = _substeps(pieces, idx, _SUBSTEPS)
                 end_field = _Field(c_end, i1, v1, d)
-        self._cache = (i1, v1, d, c_end, end_field)
+        self.last = _PeriodEnd(i1, v1, d, c_end, end_field)
         return pieces, i1, v1, end_field
 
 
@@ -574,9 +595,14 @@ def _substeps(pieces: Sequence[_Piece], idx: np.ndarray, count: int
 def _vout(c: _Circuit, i: np.ndarray, v: np.ndarray, d: np.ndarray) -> np.ndarray:
     """The averaged output alone (``_Field(c, i, v, d).vout``), cheaper where every lane is
     surely in CCM."""
-    if c.all_sync or ((2.0 * i > c.vin_Ts_L * d) | (c.v_off0 - c.a * v >= 0)).all():
-        return c.a * (v + c.r_C * ((1.0 - d) * i - c.i_load))
+    if c.all_sync or _surely_ccm(c, i, v, d).all():
+        return _ccm_vout(c, i, v, d)
     return _Field(c, i, v, d).vout
+
+
+def _ccm_vout(c: _Circuit, i: np.ndarray, v: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """The averaged output in CCM (the diode carries ``(1 - d) iL``)."""
+    return _output(c, v, (1.0 - d) * i)
 
 
 def _sample_pieces(pieces: Sequence[_Piece], tau: np.ndarray, d_prev: np.ndarray,
@@ -707,28 +733,6 @@ class AveragedPeriods:
 
 
 @dataclasses.dataclass
-class AveragedMetrics:
-    """Averages over the last periods of an averaged simulation (per lane; floats for scalar
-    inputs). Powers use the averaged waveforms (no ripple): ``pin = vin * il_mean``,
-    ``pout = vout^2/R + vout i_load`` with the mean output voltage. ``stored_power`` is the
-    rate of change of the stored energy ``L iL^2/2 + C vC^2/2`` over the window [W];
-    ``efficiency = pout / (pin - stored_power)``, so energy drawn from L and C in a transient
-    does not count as converter output; ``settled`` as in :class:`boostsim.analysis.Metrics`."""
-
-    vout_mean: Any
-    vc_mean: Any
-    il_mean: Any
-    duty: Any
-    d2: Any
-    pin: Any
-    pout: Any
-    efficiency: Any
-    stored_power: Any
-    settled: Any
-    mode: Any
-
-
-@dataclasses.dataclass
 class AveragedResult:
     """Waveforms and per-period records of :func:`simulate_averaged`.
 
@@ -763,8 +767,19 @@ class AveragedResult:
                "vout": rec.vout_mean}
         return {k: v[0] if self.scalar else v for k, v in out.items()}
 
-    def metrics(self, last_periods: int = 20) -> AveragedMetrics:
-        """Averages over the last ``last_periods`` periods."""
+    def metrics(self, last_periods: int = 20) -> Metrics:
+        """Averages over the last ``last_periods`` periods, as the same
+        :class:`boostsim.analysis.Metrics` :meth:`boostsim.simulation.SimulationResult.metrics`
+        returns (per lane; floats for scalar inputs).
+
+        Powers use the averaged waveforms: ``pin = vin * il_mean``, ``pout = vout^2/R +
+        vout i_load`` [W], ``stored_power`` the rate of change of ``L iL^2/2 + C vC^2/2`` over
+        the window, ``p_loss = pin - pout - stored_power`` and ``efficiency = pout / (pin -
+        stored_power)`` with ``settled`` as in :class:`boostsim.analysis.Metrics`; ``t_on``,
+        ``t_diode``, ``t_idle`` [s] are the duty, the diode conduction fraction ``d2`` and the
+        rest of the period times ``Ts``. What the averaged model does not resolve -- the
+        switching ripple (``*_ripple``, ``*_min``, ``*_max``, ``il_rms``), the loss breakdown,
+        the switching loss and the energy balance -- is NaN."""
         rec = self.periods
         n_periods = rec.duty.shape[1]
         if not 1 <= last_periods <= n_periods:
@@ -787,14 +802,23 @@ class AveragedResult:
             efficiency = pout / (pin - stored)
         settled = np.abs(stored) <= SETTLED_TOLERANCE * np.abs(pin - stored)
         codes = rec.mode_code[:, window]
-        values = dict(vout_mean=vout, vc_mean=rec.vc_mean[:, window].mean(axis=1), il_mean=il,
-                      duty=rec.duty[:, window].mean(axis=1), d2=rec.d2[:, window].mean(axis=1),
-                      pin=pin, pout=pout, efficiency=efficiency, stored_power=stored,
-                      settled=settled,
+        duty = rec.duty[:, window].mean(axis=1)
+        d2 = rec.d2[:, window].mean(axis=1)
+        idle = np.where(codes == CCM, 0.0, 1.0 - rec.duty[:, window] - rec.d2[:, window]
+                        ).mean(axis=1)
+        nan = np.full(vout.shape, np.nan)
+        values = dict(vout_mean=vout, vout_ripple=nan, vout_min=nan, vout_max=nan,
+                      vc_mean=rec.vc_mean[:, window].mean(axis=1), il_mean=il, il_ripple=nan,
+                      il_min=nan, il_max=nan, il_rms=nan, pin=pin, pout=pout,
+                      efficiency=efficiency, p_loss=pin - pout - stored, p_switching=nan,
+                      efficiency_total=nan, energy_balance=nan, duty=duty, t_on=duty * Ts,
+                      t_diode=d2 * Ts, t_idle=idle * Ts, stored_power=stored, settled=settled,
                       mode=np.where((codes != CCM).any(axis=1), "DCM", "CCM"))
+        losses = {name: nan for name in LOSS_NAMES}
         if self.scalar:
             values = {k: np.asarray(v)[0].item() for k, v in values.items()}
-        return AveragedMetrics(**values)
+            losses = {k: math.nan for k in losses}
+        return Metrics(losses=losses, **values)
 
 
 # -- simulation ---------------------------------------------------------------------------------
@@ -913,7 +937,7 @@ def _run_vector(lanes, steps, n_periods, il, vc, d_prev, duty_source, controller
             grid.record(k, t0, pieces, d_prev, d, final=k == n_periods - 1)
         if controller is not None:
             # The period continued with its own duty, for samples centred near its end.
-            c_end = integrator._cache[3]
+            c_end = integrator.last.circuit
             tail = _Piece(Ts, np.full(n, np.inf), il1, vc1, end_field, c_end, d)
             view = AveragedView(k, t0, d, d_prev, [*pieces, tail], il1, vc1, Ts)
         il, vc, d_prev = il1, vc1, d
@@ -967,35 +991,39 @@ class _Grid:
 
 # -- open loop: closed-form run-ahead through stretches of continuous conduction -----------------
 
-def _ccm_piece(c: _Circuit, d: np.ndarray, h: np.ndarray) -> tuple:
+class _Affine(NamedTuple):
+    """The affine map ``x -> E x + g`` of the state ``x = (iL, vC)``, componentwise."""
+
+    e11: Any
+    e12: Any
+    e21: Any
+    e22: Any
+    g1: Any
+    g2: Any
+
+
+def _ccm_piece(c: _Circuit, d: np.ndarray, h: np.ndarray) -> _Affine:
     """The exact affine map x -> E x + g of the CCM averaged model over ``h`` at duty ``d``
     (arrays broadcasting with the lanes): (e11, e12, e21, e22, g1, g2)."""
-    dp = 1.0 - d
-    r_eq = c.r_2 + d * c.r_12
-    m11, m12, m21, m22 = -r_eq * c.inv_L * h, -dp * c.a_L * h, dp * c.a_C * h, -c.g_aC * h
-    b1 = (d * c.vin + dp * c.v_off0) * c.inv_L * h
-    b2 = -c.a_C * c.i_load * h
+    j11, j12, j21, j22, b1, b2 = _ccm_linear(c, d)
+    m11, m12, m21, m22 = j11 * h, j12 * h, j21 * h, j22 * h
+    b1, b2 = b1 * h, b2 * h
     c0, c1, n11 = _phi1_coefficients(m11, m12, m21, m22)
     # phi1(M) = c0 I + c1 N; e^M = I + M phi1(M) = (1 + s c0 + q^2 c1) I + (c0 + s c1) N.
     s = 0.5 * (m11 + m22)
     q2 = n11 * n11 + m12 * m21
     e0 = 1.0 + s * c0 + q2 * c1
     e1 = c0 + s * c1
-    return (e0 + e1 * n11, e1 * m12, e1 * m21, e0 - e1 * n11,
-            c0 * b1 + c1 * (n11 * b1 + m12 * b2), c0 * b2 + c1 * (m21 * b1 - n11 * b2))
+    return _Affine(e0 + e1 * n11, e1 * m12, e1 * m21, e0 - e1 * n11,
+                   c0 * b1 + c1 * (n11 * b1 + m12 * b2), c0 * b2 + c1 * (m21 * b1 - n11 * b2))
 
 
-def _compose(outer: tuple, inner: tuple) -> tuple:
+def _compose(outer: _Affine, inner: _Affine) -> _Affine:
     """The affine map ``outer o inner``, componentwise."""
     a11, a12, a21, a22, a1, a2 = outer
     b11, b12, b21, b22, b1, b2 = inner
-    return (a11 * b11 + a12 * b21, a11 * b12 + a12 * b22, a21 * b11 + a22 * b21,
-            a21 * b12 + a22 * b22, a11 * b1 + a12 * b2 + a1, a21 * b1 + a22 * b2 + a2)
-
-
-def _surely_ccm(c: _Circuit, i: np.ndarray, v: np.ndarray, d: np.ndarray) -> np.ndarray:
-    """Lanes whose averaged state is certainly in CCM (see :class:`_Field`)."""
-    return c.sync | (2.0 * i > c.vin_Ts_L * d) | (c.v_off0 - c.a * v >= 0)
+    return _Affine(a11 * b11 + a12 * b21, a11 * b12 + a12 * b22, a21 * b11 + a22 * b21,
+                   a21 * b12 + a22 * b22, a11 * b1 + a12 * b2 + a1, a21 * b1 + a22 * b2 + a2)
 
 
 def _ccm_run_ahead(c: _Circuit, il: np.ndarray, vc: np.ndarray, d_prev: np.ndarray,
@@ -1029,20 +1057,20 @@ def _ccm_run_ahead(c: _Circuit, il: np.ndarray, vc: np.ndarray, d_prev: np.ndarr
     S = max(1, math.isqrt(K))
     B = -(-K // S)
     pad = B * S - K
-    identity = (1.0, 0.0, 0.0, 1.0, 0.0, 0.0)
+    identity = _Affine(1.0, 0.0, 0.0, 1.0, 0.0, 0.0)
     blocks = [np.concatenate([np.broadcast_to(m, (K, n)), np.full((pad, n), e)]).reshape(B, S, n)
               for m, e in zip(maps, identity, strict=True)]
     # Block maps: compose the S period maps of every block, all blocks at once.
-    total = tuple(m[:, 0] for m in blocks)
+    total = _Affine(*(m[:, 0] for m in blocks))
     for j in range(1, S):
-        total = _compose(tuple(m[:, j] for m in blocks), total)
+        total = _compose(_Affine(*(m[:, j] for m in blocks)), total)
     # Block start states in sequence.
     i_start, v_start = np.empty((B, n)), np.empty((B, n))
     i, v = il, vc
     for b in range(B):
         i_start[b], v_start[b] = i, v
-        t = [m[b] for m in total]
-        i, v = t[0] * i + t[1] * v + t[4], t[2] * i + t[3] * v + t[5]
+        t = _Affine(*(m[b] for m in total))
+        i, v = t.e11 * i + t.e12 * v + t.g1, t.e21 * i + t.e22 * v + t.g2
     # States inside the blocks, all blocks at once.
     il_all, vc_all = np.empty((B, S + 1, n)), np.empty((B, S + 1, n))
     il_all[:, 0], vc_all[:, 0] = i_start, v_start
@@ -1104,12 +1132,11 @@ def _run_open_loop(lanes, steps, n_periods, il, vc, d_prev, duty_source, bar) ->
                 rec.il_start[block], rec.vc_start[block] = il_all[:common], vc_all[:common]
                 i_end, v_end = il_all[1:common + 1], vc_all[1:common + 1]
                 rec.il_mean[block], rec.vc_mean[block] = i_end, v_end
-                rec.vout_mean[block] = c.a * (v_end + c.r_C * ((1.0 - D[:common]) * i_end
-                                                               - c.i_load))
+                rec.vout_mean[block] = _ccm_vout(c, i_end, v_end, D[:common])
                 rec.d2[block] = 1.0 - D[:common]
                 rec.mode[block] = CCM
                 il, vc, d_prev = il_all[common].copy(), vc_all[common].copy(), D[common - 1]
-                stepper._cache = None
+                stepper.last = None
                 chunk = min(2 * chunk, _MAX_CHUNK) if common == K else max(_FIRST_CHUNK, common)
                 failures = 0
                 k += common
@@ -1129,7 +1156,7 @@ def _run_open_loop(lanes, steps, n_periods, il, vc, d_prev, duty_source, bar) ->
             rows = []
             for j, d in enumerate(D[:, 0].tolist()):
                 _, i1, v1, end = stepper.period(k + j, i, v, dprev, d)
-                rows.append((i, v, i1, v1, end[6], end[8], end[7]))
+                rows.append((i, v, i1, v1, end.vout, end.d2, end.mode))
                 i, v, dprev = i1, v1, d
             table = np.array(rows)
             block = slice(k, k + count)
@@ -1157,10 +1184,11 @@ def _run_open_loop(lanes, steps, n_periods, il, vc, d_prev, duty_source, bar) ->
 # -- single-lane fast path: the same model on plain floats ---------------------------------------
 
 class _ScalarCircuit:
-    """Lane ``lane`` of a :class:`_Circuit` as Python floats."""
+    """Lane ``lane`` of a :class:`_Circuit` as Python floats (the same constants, so the same
+    model functions evaluate on either)."""
 
-    __slots__ = ("C", "L", "Ts", "a", "g", "i_load", "k_on", "r_1", "r_2", "r_C", "sync",
-                 "v_off0", "vin")
+    __slots__ = tuple(n for n in _Circuit.__slots__ if n not in ("_column", "any_sync",
+                                                                  "all_sync"))
 
     def __init__(self, c: _Circuit, lane: int = 0):
         for name in self.__slots__:
@@ -1172,42 +1200,44 @@ def _phi1_scalar(z: float) -> float:
     return math.expm1(z) / z if z != 0.0 else 1.0
 
 
-def _field_scalar(c: _ScalarCircuit, i: float, v: float, d: float) -> tuple:
-    """:class:`_Field` for one lane: (f1, f2, j11, j12, j21, j22, vout, mode, d2)."""
+class _ScalarField(NamedTuple):
+    """:class:`_Field` of one lane, as floats."""
+
+    f1: float
+    f2: float
+    j11: float
+    j12: float
+    j21: float
+    j22: float
+    vout: float
+    mode: int
+    d2: float
+
+
+def _field_scalar(c: _ScalarCircuit, i: float, v: float, d: float) -> _ScalarField:
+    """:class:`_Field` for one lane: the same model functions (:func:`_ccm_linear`,
+    :func:`_dcm_terms`, :func:`_rest_terms`, :func:`_output`) and the same mode decision,
+    with ``if`` where the lane arrays use masks."""
     dp = 1.0 - d
-    V0 = c.v_off0 - c.a * v
-    inv_L = 1.0 / c.L
-    a_C = c.a / c.C
     mode = CCM
-    if not c.sync and V0 < 0.0:
-        tau = d * c.Ts
-        i_pk = c.vin * tau * inv_L * _phi1_scalar(-c.k_on * tau)
+    if not c.sync and c.v_off0 - c.a * v < 0.0:
+        i_pk = _peak_current(c, d, _phi1_scalar)
         if i_pk > 0.0:
             d2 = 2.0 * i / i_pk - d
         else:
             d2 = math.inf if i > 0.0 else 0.0
         if d2 < dp:
             mode = REST if d2 <= 0.0 else DCM
+    j11, j12, j21, j22, b1, b2 = _ccm_linear(c, d)
     if mode == CCM:
-        r_eq = d * c.r_1 + dp * c.r_2
-        f1 = (d * c.vin + dp * V0 - r_eq * i) * inv_L
-        f2 = a_C * (dp * i - c.i_load - c.g * v)
-        j11, j12, j21 = -r_eq * inv_L, -dp * c.a * inv_L, dp * a_C
+        f1, f2 = j11 * i + j12 * v + b1, j21 * i + j22 * v + b2
         d2, i_diode = dp, dp * i
     elif mode == DCM:
-        i_c = 0.5 * i_pk
-        V1 = V0 - c.r_2 * i_c
-        f1 = (d * (c.vin - c.r_1 * i_c) + d2 * V1) * inv_L
-        f2 = a_C * (d2 * i_c - c.i_load - c.g * v)
-        j11, j12, j21 = V1 / i_c * inv_L, -d2 * c.a * inv_L, a_C
-        i_diode = d2 * i_c
+        f1, f2, j11, j12, j21, i_diode = _dcm_terms(c, i, v, d, i_pk, d2)
     else:
-        f1 = (d * c.vin - c.r_1 * i) * inv_L
-        f2 = a_C * (-c.i_load - c.g * v)
-        j11, j12, j21 = -c.r_1 * inv_L, 0.0, 0.0
-        d2 = i_diode = 0.0
-    vout = c.a * (v + c.r_C * (i_diode - c.i_load))
-    return f1, f2, j11, j12, j21, -c.g * a_C, vout, mode, d2
+        f1, f2, j11, j12, j21, i_diode = _rest_terms(c, i, v, d)
+        d2 = 0.0
+    return _ScalarField(f1, f2, j11, j12, j21, j22, _output(c, v, i_diode), mode, d2)
 
 
 def _phi1_apply_scalar(m11: float, m12: float, m21: float, m22: float, w1: float, w2: float
@@ -1238,9 +1268,21 @@ def _phi1_apply_scalar(m11: float, m12: float, m21: float, m22: float, w1: float
     return (c0 * w1 + c1 * (n11 * w1 + m12 * w2), c0 * w2 + c1 * (m21 * w1 - n11 * w2))
 
 
-def _step_scalar(field: tuple, i0: float, v0: float, h: float, sync: bool
+class _ScalarPiece(NamedTuple):
+    """:class:`_Piece` of the single-lane integrator."""
+
+    start: float
+    end: float
+    i0: float
+    v0: float
+    field: _ScalarField
+    circuit: _ScalarCircuit
+    duty: float
+
+
+def _step_scalar(field: _ScalarField, i0: float, v0: float, h: float, sync: bool
                  ) -> tuple[float, float]:
-    f1, f2, j11, j12, j21, j22 = field[:6]
+    f1, f2, j11, j12, j21, j22 = field.f1, field.f2, field.j11, field.j12, field.j21, field.j22
     di, dv = _phi1_apply_scalar(j11 * h, j12 * h, j21 * h, j22 * h, f1 * h, f2 * h)
     i1 = i0 + di
     if not sync and i1 < 0.0:
@@ -1256,7 +1298,7 @@ class _ScalarIntegrator:
         self.circuits = [_ScalarCircuit(c) for c in cond.circuits]
         self.times = [float(t) for t in cond.times[:, 0]]
         self.Ts = float(1.0 / lanes["fsw"][0])
-        self._cache: tuple | None = None
+        self.last: _PeriodEnd | None = None
 
     def period(self, k: int, i: float, v: float, d_prev: float, d: float):
         Ts = self.Ts
@@ -1265,16 +1307,16 @@ class _ScalarIntegrator:
         if d == d_prev and not times:
             # The common case: one piece, no line/load step.
             c = self.circuits[0]
-            cached = self._cache
-            if cached is not None and cached[0] == i and cached[1] == v and cached[2] == d:
-                field = cached[4]
+            last = self.last
+            if last is not None and last.i == i and last.v == v and last.d == d:
+                field = last.field
             else:
                 field = _field_scalar(c, i, v, d)
             i1, v1 = _step_scalar(field, i, v, Ts, c.sync)
             end_field = _field_scalar(c, i1, v1, d)
-            pieces = [(0.0, Ts, i, v, field, c, d)]
-            if c.sync or field[7] == end_field[7]:
-                self._cache = (i1, v1, d, c, end_field)
+            pieces = [_ScalarPiece(0.0, Ts, i, v, field, c, d)]
+            if c.sync or field.mode == end_field.mode:
+                self.last = _PeriodEnd(i1, v1, d, c, end_field)
                 return pieces, i1, v1, end_field
         epoch0 = bisect.bisect_right(times, t0)
         t_edge = 0.5 * (d_prev + d) * Ts if d != d_prev else math.inf
@@ -1287,32 +1329,32 @@ class _ScalarIntegrator:
         edges.append(Ts)
         pieces = []
         i1, v1 = i, v
-        cached = self._cache
+        last = self.last
         for j in range(len(edges) - 1):
             start, end = edges[j], edges[j + 1]
             duty = d_prev if start < t_edge else d
             c = self.circuits[epoch0 + sum(1 for o in offsets if o <= start)]
-            if (j == 0 and cached is not None and cached[0] == i and cached[1] == v
-                    and cached[2] == duty and cached[3] is c):
-                field = cached[4]
+            if (j == 0 and last is not None and last.i == i and last.v == v
+                    and last.d == duty and last.circuit is c):
+                field = last.field
             else:
                 field = _field_scalar(c, i1, v1, duty)
             i0, v0 = i1, v1
             if end > start:
                 i1, v1 = _step_scalar(field, i0, v0, end - start, c.sync)
-            pieces.append((start, end, i0, v0, field, c, duty))
+            pieces.append(_ScalarPiece(start, end, i0, v0, field, c, duty))
         c_end = self.circuits[bisect.bisect_right(times, t0 + Ts)]
         end_field = _field_scalar(c_end, i1, v1, d)
-        if not c_end.sync and any(p[4][7] != end_field[7] for p in pieces):
+        if not c_end.sync and any(p.field.mode != end_field.mode for p in pieces):
             # Crossed the CCM/DCM boundary: sub-steps (see _Integrator.period).
-            i1, v1 = pieces[0][2], pieces[0][3]
+            i1, v1 = pieces[0].i0, pieces[0].v0
             for start, end, _, _, _, c, duty in pieces:
                 h = (end - start) / _SUBSTEPS
                 if h > 0.0:
                     for _ in range(_SUBSTEPS):
                         i1, v1 = _step_scalar(_field_scalar(c, i1, v1, duty), i1, v1, h, c.sync)
             end_field = _field_scalar(c_end, i1, v1, d)
-        self._cache = (i1, v1, d, c_end, end_field)
+        self.last = _PeriodEnd(i1, v1, d, c_end, end_field)
         return pieces, i1, v1, end_field
 
 
@@ -1321,11 +1363,11 @@ def _sample_scalar(pieces: list, tau: float, d_prev: float, d: float, Ts: float
     """(il, vc, vout) at offset ``tau`` into a period of the single-lane integrator."""
     piece = pieces[0]
     for p in pieces[1:]:
-        if tau >= p[0]:
+        if tau >= p.start:
             piece = p
     start, _, i0, v0, field, c, _ = piece
     h = tau - start
-    f1, f2, j11, j12, j21, j22 = field[:6]
+    f1, f2, j11, j12, j21, j22 = field.f1, field.f2, field.j11, field.j12, field.j21, field.j22
     di, dv = _phi1_apply_scalar(j11 * h, j12 * h, j21 * h, j22 * h, f1 * h, f2 * h)
     i = i0 + di
     if not c.sync and i < 0.0:
@@ -1333,7 +1375,7 @@ def _sample_scalar(pieces: list, tau: float, d_prev: float, d: float, Ts: float
     v = v0 + dv
     x = tau / Ts
     duty_now = max(d_prev - x, 0.0) + min(x, d)
-    return i, v, _field_scalar(c, i, v, duty_now)[6]
+    return i, v, _field_scalar(c, i, v, duty_now).vout
 
 
 class _ScalarView:
@@ -1387,10 +1429,10 @@ def _run_scalar(lanes, steps, n_periods, il, vc, d_prev, duty_source, controller
             dp = d
         pieces, i1, v1, end_field = integrator.period(k, i, v, dp, d)
         if vout0 is None:
-            vout0 = pieces[0][4][6]
-        append((d, i, v, i1, v1, end_field[6], end_field[8], end_field[7]))
+            vout0 = pieces[0].field.vout
+        append((d, i, v, i1, v1, end_field.vout, end_field.d2, end_field.mode))
         if controller is not None:
-            tail = (Ts, math.inf, i1, v1, end_field, integrator._cache[3], d)
+            tail = _ScalarPiece(Ts, math.inf, i1, v1, end_field, integrator.last.circuit, d)
             view = _ScalarView(k, t0, d, dp, [*pieces, tail], i1, v1, Ts)
         i, v, dp = i1, v1, d
         if bar is not None:
@@ -1403,256 +1445,3 @@ def _run_scalar(lanes, steps, n_periods, il, vc, d_prev, duty_source, controller
     rec.mode[:, 0] = table[:, 7].astype(np.int8)
     rec.vout0[0] = vout0
     return rec
-
-
-# -- DC operating point ---------------------------------------------------------------------------
-
-@dataclasses.dataclass
-class OperatingPoint:
-    """DC solution of the averaged model (per lane; floats for scalar inputs).
-
-    ``il``: mean inductor current [A]; ``vc``, ``vout`` [V] (equal at DC: the capacitor carries
-    no mean current); ``d2``: diode conduction fraction (``1 - duty`` in CCM); ``i_pk``: peak
-    inductor current of a DCM period [A] (NaN in CCM); ``mode``: "CCM" or "DCM";
-    ``pin = vin il``, ``pout`` into R and i_load [W] (ripple losses not included).
-    """
-
-    duty: Any
-    vin: Any
-    il: Any
-    vc: Any
-    vout: Any
-    d2: Any
-    i_pk: Any
-    mode: Any
-    pin: Any
-    pout: Any
-    efficiency: Any
-
-
-def _dc_solution(c: _Circuit, d: np.ndarray) -> dict[str, np.ndarray]:
-    """Closed-form DC solution of f(x) = 0 in CCM and DCM (see :func:`operating_point`)."""
-    dp = 1.0 - d
-    # CCM: dp iL = i_load + g v  and  d vin + dp (v_off0 - a v) = r_eq iL.
-    r_eq = d * c.r_1 + dp * c.r_2
-    v = (d * c.vin + dp * c.v_off0 - r_eq * c.i_load / dp) / (dp * c.a + r_eq * c.g / dp)
-    i = (c.i_load + c.g * v) / dp
-    d2 = dp.copy()
-    i_pk_all = c.vin * d * c.Ts / c.L * phi1(-c.k_on * d * c.Ts)
-    i_pk = np.full(d.shape, np.nan)
-    mode = np.zeros(d.shape, dtype=np.int8)
-    dcm = ~c.sync & (c.v_off0 - c.a * v < 0) & (i < 0.5 * i_pk_all)
-    if dcm.any():
-        # DCM: d2 i_c = i_load + g v (charge) and d (vin - r_1 i_c) + d2 (W - a v) = 0 with
-        # i_c = i_pk/2, W = v_off0 - r_2 i_c (volt-seconds): a quadratic in v.
-        i_c = 0.5 * i_pk_all
-        W = c.v_off0 - c.r_2 * i_c
-        E = d * (c.vin - c.r_1 * i_c)
-        A2 = c.a * c.g
-        B2 = -(c.g * W - c.a * c.i_load)
-        C2 = -(c.i_load * W + E * i_c)
-        root = np.sqrt(np.maximum(B2 * B2 - 4.0 * A2 * C2, 0.0))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            v_dcm = np.where(B2 > 0, -2.0 * C2 / (B2 + root), (root - B2) / (2.0 * A2))
-            d2_dcm = (c.i_load + c.g * v_dcm) / i_c
-        v = np.where(dcm, v_dcm, v)
-        i = np.where(dcm, (d + d2_dcm) * i_c, i)
-        d2 = np.where(dcm, d2_dcm, d2)
-        i_pk = np.where(dcm, i_pk_all, i_pk)
-        mode = np.where(dcm, DCM, CCM).astype(np.int8)
-    return {"il": i, "vc": v, "vout": v, "d2": d2, "i_pk": i_pk, "mode": mode}
-
-
-def _lane_circuit(params: BoostParams, duty: Any) -> tuple[_Circuit, np.ndarray, bool]:
-    lanes, _, scalar, d = operating_lanes(params, duty, "operating point")
-    return _Circuit(lanes, lanes["vin"], lanes["R"], lanes["i_load"]), d, scalar
-
-
-def operating_point(params: BoostParams, duty: Any) -> OperatingPoint:
-    """DC operating point of the averaged model at a constant ``duty`` (CCM or DCM).
-
-    Closed form: in CCM ``vout = (d vin + d' V_off - r_eq i_load/d') / (d' a + r_eq/(R d'))``
-    (``r_eq = d r_1 + d' r_2``; this is [EM] Ch. 3's lossy boost, with the diode drop, ESR
-    and constant-current load), in DCM the root of a quadratic from volt-second and charge
-    balance with the duty-ratio constraint. ``duty`` broadcasts with the parameter lanes.
-    Ripple-dependent losses are not in the averaged model, so this differs from
-    :func:`boostsim.steady_state` by a few 0.01 % in CCM and up to a few 0.1 % in lossy DCM.
-    """
-    c, d, scalar = _lane_circuit(params, duty)
-    sol = _dc_solution(c, d)
-    pin = c.vin * sol["il"]
-    pout = sol["vout"] * (sol["vout"] * c.g + c.i_load)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        efficiency = pout / pin
-    values = dict(duty=d, vin=c.vin, il=sol["il"], vc=sol["vc"], vout=sol["vout"], d2=sol["d2"],
-                  i_pk=sol["i_pk"], mode=np.where(sol["mode"] == CCM, "CCM", "DCM"), pin=pin,
-                  pout=pout, efficiency=efficiency)
-    if scalar:
-        values = {k: np.asarray(v)[0].item() for k, v in values.items()}
-    return OperatingPoint(**values)
-
-
-def duty_for_vout(params: BoostParams, vout: Any, *, d_max: float = 0.98) -> Any:
-    """Duty at which the averaged model's DC output is ``vout`` [V] (per lane).
-
-    The output rises with the duty up to a maximum set by the losses (then falls); the duty
-    returned is on the rising branch, found by bisection to 1e-12. Raises ``ValueError``
-    when ``vout`` is below the output at zero duty or above the maximum (naming both).
-    """
-    target = np.asarray(vout, dtype=float)
-    _, n, scalar = lane_arrays(params, target)
-    target = np.broadcast_to(target, (n,)).astype(float)
-    c, _, _ = _lane_circuit(params, np.zeros(n) if n > 1 else 0.0)
-    grid = np.linspace(0.0, d_max, 981)
-    curve = np.stack([_dc_solution(c, np.full(n, g))["vout"] for g in grid])  # (grid, n)
-    peak = np.argmax(curve, axis=0)
-    lanes_idx = np.arange(n)
-    v_low, v_high = curve[0], curve[peak, lanes_idx]
-    bad = ~np.isfinite(target) | (target < v_low) | (target > v_high)
-    if np.any(bad):
-        i = int(np.flatnonzero(bad)[0])
-        where = f" (lane {i})" if n > 1 else ""
-        raise ValueError(f"vout {target[i]:g} V is not reachable{where}: the averaged model "
-                         f"gives {v_low[i]:.4g} V at duty 0 and at most {v_high[i]:.4g} V "
-                         f"(at duty {grid[peak[i]]:.3f})")
-    lo, hi = np.zeros(n), grid[peak]
-    for _ in range(60):
-        mid = 0.5 * (lo + hi)
-        above = _dc_solution(c, mid)["vout"] >= target
-        hi = np.where(above, mid, hi)
-        lo = np.where(above, lo, mid)
-    duty = 0.5 * (lo + hi)
-    return float(duty[0]) if scalar else duty
-
-
-# -- small-signal model ---------------------------------------------------------------------------
-
-@dataclasses.dataclass
-class SmallSignal:
-    """Small-signal model of one converter at a DC operating point.
-
-    State ``x = (iL, vC)``, inputs ``u = (d, vin, i_load)``, output ``vout``:
-    ``x' = A x + B u``, ``vout = C x + D u`` (``ss`` is the ``scipy.signal.StateSpace``).
-    ``gvd`` (vout/d [V]), ``gvg`` (vout/vin), ``zout`` (-vout/i_load [ohm]) are
-    ``scipy.signal.ZerosPolesGain`` objects (continuous time). ``rhp_zero_hz``: the
-    right-half-plane zero of ``gvd`` (inf if none); ``resonance_hz`` and ``q_factor``: the
-    natural frequency and Q of complex poles (NaN for real poles, as in DCM); ``poles_hz``:
-    the poles / 2 pi. ``op`` is the :class:`OperatingPoint`, ``mode`` its conduction mode.
-    """
-
-    op: OperatingPoint
-    mode: str
-    A: np.ndarray
-    B: np.ndarray
-    C: np.ndarray
-    D: np.ndarray
-    ss: Any
-    gvd: Any
-    gvg: Any
-    zout: Any
-    rhp_zero_hz: float
-    resonance_hz: float
-    q_factor: float
-    poles_hz: np.ndarray
-
-    def response(self, f: Any, which: str = "gvd") -> np.ndarray:
-        """Complex frequency response at ``f`` [Hz] of "gvd", "gvg" or "zout", computed from
-        the state-space matrices (well conditioned at any frequency)."""
-        column = {"gvd": 0, "gvg": 1, "zout": 2}
-        if which not in column:
-            raise ValueError(f"which must be 'gvd', 'gvg' or 'zout', got {which!r}")
-        j = column[which]
-        s = 2j * np.pi * np.atleast_1d(np.asarray(f, dtype=float))
-        A, B, C, D = self.A, self.B[:, j], self.C[0], self.D[0, j]
-        # (sI - A)^-1 B for a 2x2 A, in closed form.
-        det = (s - A[0, 0]) * (s - A[1, 1]) - A[0, 1] * A[1, 0]
-        x1 = ((s - A[1, 1]) * B[0] + A[0, 1] * B[1]) / det
-        x2 = (A[1, 0] * B[0] + (s - A[0, 0]) * B[1]) / det
-        h = C[0] * x1 + C[1] * x2 + D
-        h = -h if which == "zout" else h
-        return h if np.ndim(f) else h[0]
-
-
-def _linearise(c: _ScalarCircuit, d: float, i: float, v: float, mode: int
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Jacobians of the averaged model w.r.t. x = (iL, vC) and u = (d, vin, i_load), and of
-    vout; analytic (checked against finite differences of the large-signal model in tests)."""
-    L, C, a, g, r_C = c.L, c.C, c.a, c.g, c.r_C
-    dp = 1.0 - d
-    V0 = c.v_off0 - a * v
-    if mode == CCM:
-        r_eq = d * c.r_1 + dp * c.r_2
-        F1 = [-r_eq, -dp * a, c.vin - V0 - (c.r_1 - c.r_2) * i, 1.0, dp * a * r_C]
-        F2 = [dp, -c.g, -i, 0.0, -1.0]
-        Y = [a * r_C * dp, a, -a * r_C * i, 0.0, -a * r_C]
-    else:
-        tau = d * c.Ts
-        i_pk = c.vin * tau / L * _phi1_scalar(-c.k_on * tau)
-        i_c = 0.5 * i_pk
-        d2 = i / i_c - d
-        V1 = V0 - c.r_2 * i_c
-        dic_dd = 0.5 * c.vin * c.Ts / L * math.exp(-c.k_on * tau)
-        dic_dvin = i_c / c.vin
-        F1_ic = -d * c.r_1 - (i / (i_c * i_c)) * V1 - d2 * c.r_2
-        F2_ic = -d
-        Y_ic = -a * r_C * d
-        F1 = [V1 / i_c, -a * d2, (c.vin - c.r_1 * i_c) - V1 + F1_ic * dic_dd,
-              d + d2 + F1_ic * dic_dvin, d2 * a * r_C]
-        F2 = [1.0, -g, -i_c + F2_ic * dic_dd, F2_ic * dic_dvin, -1.0]
-        Y = [a * r_C, a, -a * r_C * i_c + Y_ic * dic_dd, Y_ic * dic_dvin, -a * r_C]
-    A = np.array([[F1[0] / L, F1[1] / L], [a * F2[0] / C, a * F2[1] / C]])
-    B = np.array([[F1[2] / L, F1[3] / L, F1[4] / L], [a * F2[2] / C, a * F2[3] / C,
-                                                       a * F2[4] / C]])
-    Cm = np.array([[Y[0], Y[1]]])
-    Dm = np.array([[Y[2], Y[3], Y[4]]])
-    return A, B, Cm, Dm
-
-
-def small_signal(params: BoostParams, duty: float) -> SmallSignal:
-    """Small-signal (linearised averaged) model of one converter at ``duty``.
-
-    CCM: the state-space averaged model with r_L, r_on, v_f, r_d (or r_sync), r_C and i_load
-    ([MC], [EM] Ch. 7-8): ``Gvd`` has the LC double pole near ``(1-D)/sqrt(LC)``, the ESR
-    zero and the right-half-plane zero near ``(1-D)^2 R / L`` (exactly as the losses place
-    them). DCM: the linearised full-order model of [SMGKB] (real poles, one near the
-    switching frequency). Needs scalar parameters (use ``params.lane(i)`` for a batch).
-    """
-    if params.n_lanes != 1:
-        raise ValueError(f"small_signal needs one converter, got {params.n_lanes} lanes; use "
-                         f"params.lane(i)")
-    if np.ndim(duty) != 0:
-        raise ValueError(f"duty must be a scalar, got shape {np.shape(duty)}")
-    op = operating_point(params, float(duty))
-    op = op if isinstance(op.il, float) else OperatingPoint(
-        **{k: np.asarray(v).ravel()[0].item() for k, v in dataclasses.asdict(op).items()})
-    c_vec, _, _ = _lane_circuit(params, float(duty))
-    c = _ScalarCircuit(c_vec)
-    mode = CCM if op.mode == "CCM" else DCM
-    A, B, Cm, Dm = _linearise(c, float(duty), op.il, op.vc, mode)
-    ss = signal.StateSpace(A, B, Cm, Dm)
-
-    poles = np.linalg.eigvals(A)
-
-    def zpk(j: int, sign: float = 1.0):
-        # Numerator of C (sI - A)^-1 B + D for two states:
-        # D s^2 + (C.B - D tr A) s + (D det A + C adj(-A) B).
-        b, c0, c1, dd = B[:, j], Cm[0, 0], Cm[0, 1], Dm[0, j]
-        const = (c0 * (-A[1, 1] * b[0] + A[0, 1] * b[1])
-                 + c1 * (A[1, 0] * b[0] - A[0, 0] * b[1]))
-        num = np.array([dd, c0 * b[0] + c1 * b[1] - dd * np.trace(A),
-                        dd * np.linalg.det(A) + const])
-        num = np.trim_zeros(num, "f")
-        zeros = np.roots(num) if num.size > 1 else np.array([])
-        gain = num[0] if num.size else 0.0
-        return signal.ZerosPolesGain(zeros, poles, sign * gain)
-
-    gvd = zpk(0)
-    rhp = [z for z in gvd.zeros if z.real > 0]
-    rhp_zero_hz = float(min(abs(z) for z in rhp) / (2 * np.pi)) if rhp else math.inf
-    det, trace = float(np.linalg.det(A)), float(np.trace(A))
-    complex_poles = bool(np.any(np.abs(poles.imag) > 0))
-    resonance_hz = math.sqrt(det) / (2 * np.pi) if complex_poles else math.nan
-    q_factor = math.sqrt(det) / -trace if complex_poles else math.nan
-    return SmallSignal(op=op, mode=op.mode, A=A, B=B, C=Cm, D=Dm, ss=ss, gvd=gvd, gvg=zpk(1),
-                       zout=zpk(2, -1.0), rhp_zero_hz=rhp_zero_hz, resonance_hz=resonance_hz,
-                       q_factor=q_factor, poles_hz=poles / (2 * np.pi))

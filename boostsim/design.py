@@ -55,16 +55,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 from scipy import linalg, optimize, signal
 
-from .averaged import SmallSignal, duty_for_vout, small_signal
+from .linearised import SmallSignal, averaged_duty_for_vout, small_signal
 from .params import BoostParams
 
-__all__ = ["LoopGain", "Margins", "PIDGains", "bode_band", "loop_gain", "tune_pid"]
+__all__ = ["LoopGain", "Margins", "PIDGains", "TunedPID", "bode_band", "loop_gain", "tune_pid"]
 
 
 @dataclasses.dataclass
@@ -379,21 +378,45 @@ def bode_band(plant: SmallSignal, *, loop: LoopGain | None = None,
 
 @dataclasses.dataclass
 class PIDGains:
-    """Gains from :func:`tune_pid` and what the loop analysis predicts for them.
-
-    ``kp, ki, kd, tf, ts``: the :class:`boostsim.pid.PID` parameters (duty per volt of
-    measurement, etc.); ``duty``: the operating point for ``vref``; ``crossover_hz``,
-    ``phase_margin_deg``, ``gain_margin_db``: the margins of the designed loop;
-    ``rhp_zero_hz``, ``crossover_limit_hz``: the right-half-plane zero and the highest
-    crossover :func:`tune_pid` accepts; ``overshoot``: predicted fractional overshoot of a
-    small reference step; ``loop``: the :class:`LoopGain`.
-    """
+    """The gains of a discrete PID, as :func:`loop_gain` and :class:`boostsim.pid.PID` take
+    them: ``kp`` [duty/V], ``ki`` [duty/(V s)], ``kd`` [duty s/V], the derivative filter time
+    constant ``tf`` [s] and the sample period ``ts`` [s]."""
 
     kp: float
     ki: float
     kd: float
     tf: float
     ts: float
+
+    def __post_init__(self) -> None:
+        for name in ("kp", "ki", "kd", "tf", "ts"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value)):
+                raise ValueError(f"PID gain {name} must be a finite number, got {value!r}")
+        if self.ts <= 0 or self.tf < 0:
+            raise ValueError(f"PID ts must be > 0 and tf >= 0 [s], got ts={self.ts!r}, "
+                             f"tf={self.tf!r}")
+
+    def pid(self, out_min: float = 0.0, out_max: float = 0.85, **kwargs: Any):
+        """A :class:`boostsim.pid.PID` with these gains (extra arguments passed on); the default
+        output ceiling is :class:`boostsim.control.PWM`'s default duty_max."""
+        from .pid import PID
+
+        return PID(self.kp, self.ki, self.kd, self.ts, out_min=out_min, out_max=out_max,
+                   tf=self.tf, **kwargs)
+
+
+@dataclasses.dataclass
+class TunedPID(PIDGains):
+    """:class:`PIDGains` from :func:`tune_pid` and what the loop analysis predicts for them.
+
+    ``duty``: the operating point for ``vref`` [V]; ``crossover_hz``, ``phase_margin_deg``,
+    ``gain_margin_db``: the margins of the designed loop; ``rhp_zero_hz``,
+    ``crossover_limit_hz``: the right-half-plane zero and the highest crossover
+    :func:`tune_pid` accepts; ``overshoot``: predicted fractional overshoot of a small
+    reference step; ``loop``: the :class:`LoopGain`.
+    """
+
     duty: float
     vref: float
     crossover_hz: float
@@ -403,14 +426,6 @@ class PIDGains:
     crossover_limit_hz: float
     overshoot: float
     loop: LoopGain = dataclasses.field(repr=False)
-
-    def pid(self, out_min: float = 0.0, out_max: float = 0.85, **kwargs: Any):
-        """A :class:`boostsim.pid.PID` with these gains (extra arguments passed on); the default
-        output ceiling is :class:`boostsim.control.PWM`'s default duty_max."""
-        from .pid import PID
-
-        return PID(self.kp, self.ki, self.kd, self.ts, out_min=out_min, out_max=out_max,
-                   tf=self.tf, **kwargs)
 
 
 def _overshoot(loop: LoopGain) -> float:
@@ -426,7 +441,7 @@ def tune_pid(params: BoostParams, vref: float, crossover: float, phase_margin: f
              sample_period: float | None = None, sensor_gain: float = 1.0,
              delay_periods: float | None = None, integral_ratio: float = 5.0,
              filter_ratio: float = 5.0,
-             sampling: str = "instant", rhp_fraction: float = 1.0 / 3.0) -> PIDGains:
+             sampling: str = "instant", rhp_fraction: float = 1.0 / 3.0) -> TunedPID:
     """PID gains giving a loop crossover at ``crossover`` [Hz] with ``phase_margin`` [deg]
     at the operating point where the averaged output is ``vref`` [V].
 
@@ -443,7 +458,7 @@ def tune_pid(params: BoostParams, vref: float, crossover: float, phase_margin: f
         raise ValueError(f"crossover must be a frequency > 0 [Hz], got {crossover!r}")
     if not 0 < phase_margin < 90:
         raise ValueError(f"phase_margin must be between 0 and 90 deg, got {phase_margin!r}")
-    duty = duty_for_vout(params, vref)
+    duty = averaged_duty_for_vout(params, vref)
     plant = small_signal(params, duty)
     if plant.mode != "CCM":
         raise ValueError(f"vref {vref:g} V puts this converter in DCM at duty {duty:.3f}; "
@@ -462,7 +477,7 @@ def tune_pid(params: BoostParams, vref: float, crossover: float, phase_margin: f
                               sensor_gain, delay_periods, sampling, limit)
     wc = 2 * math.pi * crossover
     tf = max(1.0 / (2 * math.pi * crossover * filter_ratio), T / (2 * math.pi * 0.2))
-    probe = SimpleNamespace(kp=1.0, ki=0.0, kd=0.0, tf=tf, ts=T)
+    probe = PIDGains(kp=1.0, ki=0.0, kd=0.0, tf=tf, ts=T)
     base = loop_gain(params, duty, probe, sensor_gain=sensor_gain, delay_periods=delay_periods,
                      sample_period=T, sampling=sampling)
     p = complex(base.plant_response(crossover))
@@ -488,7 +503,7 @@ def tune_pid(params: BoostParams, vref: float, crossover: float, phase_margin: f
                          f"{crossover:.0f} Hz on this converter (the sampled plant's phase "
                          f"there is {math.degrees(np.angle(p)):.0f} deg): {hint} (upper limit "
                          f"{limit:.0f} Hz)")
-    gains = SimpleNamespace(kp=float(kp), ki=float(ki), kd=float(kd), tf=tf, ts=T)
+    gains = PIDGains(kp=float(kp), ki=float(ki), kd=float(kd), tf=tf, ts=T)
     loop = loop_gain(params, duty, gains, sensor_gain=sensor_gain, delay_periods=delay_periods,
                      sample_period=T, sampling=sampling)
     m = loop.margins()
@@ -498,7 +513,7 @@ def tune_pid(params: BoostParams, vref: float, crossover: float, phase_margin: f
         raise ValueError(f"the PID for {crossover:.0f} Hz / {phase_margin:g} deg {problem}; "
                          f"try a lower phase margin or a crossover further from the LC "
                          f"resonance at {plant.resonance_hz:.0f} Hz (at most {limit:.0f} Hz)")
-    return PIDGains(kp=gains.kp, ki=gains.ki, kd=gains.kd, tf=tf, ts=T, duty=duty,
+    return TunedPID(kp=gains.kp, ki=gains.ki, kd=gains.kd, tf=tf, ts=T, duty=duty,
                     vref=float(vref), crossover_hz=m.crossover_hz,
                     phase_margin_deg=m.phase_margin_deg, gain_margin_db=m.gain_margin_db,
                     rhp_zero_hz=plant.rhp_zero_hz, crossover_limit_hz=limit,
@@ -507,7 +522,7 @@ def tune_pid(params: BoostParams, vref: float, crossover: float, phase_margin: f
 
 def _tune_integral(params: BoostParams, vref: float, duty: float, plant: Any, crossover: float,
                    phase_margin: float, T: float, sensor_gain: float,
-                   delay_periods: float | None, sampling: str, limit: float) -> PIDGains:
+                   delay_periods: float | None, sampling: str, limit: float) -> TunedPID:
     """A low-bandwidth loop well below the LC resonance: integral action only.
 
     Below the resonance the plant is its DC gain, so ``C(z) = ki T/(z-1)`` crosses over where
@@ -516,12 +531,12 @@ def _tune_integral(params: BoostParams, vref: float, duty: float, plant: Any, cr
     board's own slow loops (MicroPython PID at 0.1-2 kHz).
     """
     z = np.exp(2j * math.pi * crossover * T)
-    probe = SimpleNamespace(kp=1.0, ki=0.0, kd=0.0, tf=0.0, ts=T)
+    probe = PIDGains(kp=1.0, ki=0.0, kd=0.0, tf=0.0, ts=T)
     base = loop_gain(params, duty, probe, sensor_gain=sensor_gain, delay_periods=delay_periods,
                      sample_period=T, sampling=sampling)
     p = complex(base.plant_response(crossover))
     ki = 1.0 / abs(T / (z - 1.0) * p)
-    gains = SimpleNamespace(kp=0.0, ki=float(ki), kd=0.0, tf=0.0, ts=T)
+    gains = PIDGains(kp=0.0, ki=float(ki), kd=0.0, tf=0.0, ts=T)
     loop = loop_gain(params, duty, gains, sensor_gain=sensor_gain, delay_periods=delay_periods,
                      sample_period=T, sampling=sampling)
     m = loop.margins()
@@ -536,7 +551,7 @@ def _tune_integral(params: BoostParams, vref: float, duty: float, plant: Any, cr
         raise ValueError(f"an integral loop at {crossover:.0f} Hz reaches only "
                          f"{m.phase_margin_deg:.0f} deg of phase margin; lower the crossover "
                          f"or the phase margin")
-    return PIDGains(kp=0.0, ki=float(ki), kd=0.0, tf=0.0, ts=T, duty=duty, vref=float(vref),
+    return TunedPID(kp=0.0, ki=float(ki), kd=0.0, tf=0.0, ts=T, duty=duty, vref=float(vref),
                     crossover_hz=m.crossover_hz, phase_margin_deg=m.phase_margin_deg,
                     gain_margin_db=m.gain_margin_db, rhp_zero_hz=plant.rhp_zero_hz,
                     crossover_limit_hz=limit, overshoot=_overshoot(loop), loop=loop)

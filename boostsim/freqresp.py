@@ -12,7 +12,7 @@ The injected signal is a sequence, one duty value per switching period:
 ``d_k = D + a sin(2 pi f k Ts)``, and the response is the sequence of exact per-period means
 of vout, ``y_k`` (mean over period k, :meth:`boostsim.simulation.SimulationResult.period_means`).
 Their ratio at ``f`` is the discrete-time response ``H(f) = Y/D``. The averaged model relates
-it to the continuous ``Gvd(s)`` of :func:`boostsim.averaged.small_signal` through three known
+it to the continuous ``Gvd(s)`` of :func:`boostsim.linearised.small_signal` through three known
 factors (see :mod:`boostsim.averaged`):
 
 * the duty is held for a period (zero-order hold): ``(1 - e^{-sTs})/(sTs)``;
@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from .averaged import small_signal
+from .linearised import small_signal
 from .params import BoostParams
 from .simulation import simulate
 from .steady import steady_state

@@ -107,7 +107,7 @@ def _limit_lines(ax, limits, column: str, scale: float = 1.0, vertical: bool = F
         for bound in (lim.lo, lim.hi):
             if bound is None:
                 continue
-            kw = dict(color=_LIMIT_COLOR, ls="--", lw=1.2,
+            kw = dict(color=_LIMIT_COLOR, ls="--", lw=1.2, gid="limit",
                       label="limit" if first else None)
             (ax.axvline if vertical else ax.axhline)(bound * scale, **kw)
             first = False
@@ -630,10 +630,13 @@ def bode_figure(f: Any, *, loop: Any = None, plant: Any = None, controller: Any 
             curves.append((controller, "controller C (PID)", _CTRL_COLOR, "--", 1.4, -90.0))
     elif plant is not None:
         curves.append((plant, "plant Gvd (duty to output voltage)", _T_COLOR, "-", 2.2, 0.0))
-    phases = {}
+    phases = []
+    loop_phase = None
     for h, label, color, ls, lw, start in curves:
         phase = bode_phase(h, start)
-        phases[label] = phase
+        phases.append(phase)
+        if h is loop:
+            loop_phase = phase
         ax_m.semilogx(f, _db(h), color=color, ls=ls, lw=lw, label=label)
         ax_p.semilogx(f, phase, color=color, ls=ls, lw=lw, label=label)
     ax_m.axhline(0.0, color="k", lw=0.8, alpha=0.6)
@@ -653,7 +656,7 @@ def bode_figure(f: Any, *, loop: Any = None, plant: Any = None, controller: Any 
     vline(resonance_hz, f"LC resonance {_freq_text(resonance_hz)}" if resonance_hz else "",
           "-.")
     if loop is not None and margins is not None:
-        t_phase = phases[curves[0][1]]
+        t_phase = loop_phase
         fc = float(margins.crossover_hz)
         if np.isfinite(fc) and lo <= fc <= hi:
             pc = float(np.interp(np.log(fc), np.log(f), t_phase))
@@ -704,7 +707,7 @@ def bode_figure(f: Any, *, loop: Any = None, plant: Any = None, controller: Any 
 
     ax_p.xaxis.set_major_formatter(EngFormatter(sep=""))
     ax_p.yaxis.set_major_locator(MultipleLocator(90 if np.ptp(np.concatenate(
-        list(phases.values()) or [np.zeros(1)])) > 270 else 45))
+        phases or [np.zeros(1)])) > 270 else 45))
     if f.size:
         ax_p.set_xlim(lo, hi)
     for ax in (ax_m, ax_p):

@@ -71,6 +71,12 @@ class SimulationResult:
     def n_lanes(self) -> int:
         return self.periods.duty.shape[0]
 
+    @property
+    def duty(self) -> np.ndarray:
+        """The duty of each period, shape (lanes, periods), or (periods,) for scalar inputs
+        (as :attr:`boostsim.averaged.AveragedResult.duty`)."""
+        return self.periods.duty[0] if self.scalar else self.periods.duty
+
     def period_means(self) -> dict[str, np.ndarray]:
         """Exact averages over each switching period: ``t_start`` [s] and ``il`` [A], ``vc``,
         ``vout`` [V], shape (lanes, periods) (or (periods,) for scalar inputs).

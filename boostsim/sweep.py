@@ -20,7 +20,8 @@ Each point is solved by :func:`boostsim.steady.steady_state` (periodic steady st
 with ``transient=Transient(t_end)`` by :func:`boostsim.simulation.simulate` from rest, measured over
 the last periods (slow, for checking that the converter really gets there).
 
-Example::
+The text specifications (ranges, axes, tolerances, limits) are parsed by :mod:`boostsim.specs`
+(re-exported here). Example::
 
     from boostsim import default_board
     from boostsim.sweep import Sweep, parse_axis, parse_duty_range, run_sweep
@@ -35,7 +36,6 @@ import concurrent.futures
 import dataclasses
 import math
 import os
-import re
 import time
 import uuid
 import warnings
@@ -44,11 +44,23 @@ from typing import Any
 
 import numpy as np
 
-from .analysis import LOSS_NAMES
-from .params import FIELDS, BoostParams, parse_field
-from .steady import steady_state
-from .theory import ccm_duty
-from .units import parse_si
+from .params import FIELDS, BoostParams
+from .specs import (
+    _TOL_FIELDS,
+    DEFAULT_DUTY_RANGE,
+    LIMIT_ALIASES,
+    SUMMARY,
+    Axis,
+    Limit,
+    Tolerance,
+    _check_field_values,
+    parse_axis,
+    parse_duty_range,
+    parse_limit,
+    parse_tolerance,
+    parse_value_range,
+)
+from .steady import duty_for_vout, solve_duty, steady_state
 
 __all__ = [
     "DEFAULT_DUTY_RANGE",
@@ -72,276 +84,13 @@ __all__ = [
     "solve_duty",
 ]
 
-#: The duty range of ``boostsim sweep`` when none is given (start:stop:step, stop included).
-DEFAULT_DUTY_RANGE = "0.05:0.85:0.01"
-
 #: Monte-Carlo samples are drawn in blocks of this many, one generator per (seed, field, block).
 SAMPLE_BLOCK = 4096
 
-#: Summary figures kept for every point (names of :class:`boostsim.analysis.Metrics` fields,
-#: losses as ``loss_<name>``), in output order.
-SUMMARY = ("vout_mean", "vout_ripple", "vout_min", "vout_max", "il_mean", "il_ripple",
-           "il_min", "il_max", "il_rms", "pin", "pout", "efficiency", "p_loss", "p_switching",
-           "efficiency_total", *(f"loss_{k}" for k in LOSS_NAMES), "t_on", "t_diode",
-           "t_idle", "mode", "converged")
-
-#: Short names accepted by :func:`parse_limit` (any numeric summary column works too).
-LIMIT_ALIASES = {"vout": "vout_mean", "ripple": "vout_ripple", "il": "il_mean",
-                 "il_peak": "il_max", "loss": "p_loss", "eff": "efficiency"}
-
-# Fields that may be swept or toleranced (numeric converter parameters).
-_PARAMS = tuple(FIELDS)
-# Canonical order of Monte-Carlo fields: a field's stream does not depend on the others.
-_TOL_FIELDS = ("duty", *_PARAMS)
-# The search grid of duty_for_vout (refined by regula falsi inside the bracketing interval).
-_DUTY_GRID = np.r_[np.arange(0.0, 0.9, 0.05), 0.9, 0.92, 0.94, 0.96, 0.97, 0.98, 0.99]
 #: How long to try to reach a Dask scheduler before giving up.
 DASK_CONNECT_TIMEOUT = "10s"
-# Lanes per steady_state call inside a chunk (bounds memory of the duty search).
-_BATCH = 20_000
 # Per-lane period records of a transient chunk are kept under this many bytes.
 _TRANSIENT_BYTES = 256 * 2**20
-
-
-# -- ranges, axes, tolerances, limits -------------------------------------------------------
-
-def _number(text: str, what: str) -> float:
-    try:
-        return parse_si(text.strip(), name=what)
-    except ValueError as exc:
-        raise ValueError(str(exc)) from None
-
-
-def parse_value_range(text: str, what: str = "duty") -> np.ndarray:
-    """Values from ``start:stop:step`` (stop included within rounding), ``a,b,c`` or ``a``.
-
-    Numbers may carry SI prefixes. Raises ``ValueError`` with a message naming ``what``.
-    """
-    text = text.strip()
-    if not text:
-        raise ValueError(f"{what}: empty range (expected start:stop:step, a list a,b,c or a "
-                         f"single value)")
-    if ":" in text:
-        parts = text.split(":")
-        if len(parts) != 3:
-            raise ValueError(f"{what}: cannot read range {text!r}: expected start:stop:step, "
-                             f"e.g. 0.05:0.85:0.01")
-        start, stop, step = (_number(p, what) for p in parts)
-        if not all(math.isfinite(v) for v in (start, stop, step)):
-            raise ValueError(f"{what}: range {text!r} must be finite")
-        if step <= 0:
-            raise ValueError(f"{what}: range {text!r}: the step must be > 0")
-        if stop < start:
-            raise ValueError(f"{what}: range {text!r}: stop must be >= start")
-        count = math.floor((stop - start) / step * (1 + 1e-12) + 1e-9) + 1
-        if count > 100_000_000:
-            raise ValueError(f"{what}: range {text!r} has {count} points (at most 1e8)")
-        values = start + step * np.arange(count)
-        # Remove the rounding noise of start + k*step (0.05 + 3*0.01 -> 0.08, not 0.0800...01).
-        scale = max(abs(start), abs(stop), step)
-        digits = max(0, 12 - math.floor(math.log10(scale))) if scale > 0 else 12
-        return np.round(values, digits)
-    values = np.array([_number(p, what) for p in text.split(",")])
-    if not np.all(np.isfinite(values)):
-        raise ValueError(f"{what}: values must be finite, got {text!r}")
-    return values
-
-
-def parse_duty_range(text: str) -> np.ndarray:
-    """Duty values from ``start:stop:step`` / ``a,b`` / ``a``, each checked to be in [0, 1)."""
-    values = parse_value_range(text, "duty")
-    bad = (values < 0) | (values >= 1)
-    if np.any(bad):
-        raise ValueError(f"duty must be in [0, 1), got {values[bad][0]:g} (from {text!r})")
-    return values
-
-
-@dataclasses.dataclass(frozen=True)
-class Axis:
-    """One grid axis: a converter parameter and its values."""
-
-    name: str
-    values: np.ndarray
-    log: bool = False
-
-    def __post_init__(self) -> None:
-        values = np.asarray(self.values, dtype=float).reshape(-1)
-        object.__setattr__(self, "values", values)
-
-
-def _check_field_values(name: str, values: Any) -> None:
-    """Validate values of a converter field with BoostParams' own rules (raises ValueError)."""
-    parse_field(name, values)
-
-
-def _known_fields() -> str:
-    return ", ".join(_PARAMS)
-
-
-def parse_axis(text: str, *, log: bool = False) -> Axis:
-    """``NAME=start:stop:count[:log]`` (count points, linear or logarithmic, both ends
-    included), ``NAME=a,b,c`` or ``NAME=a``. ``log=True`` makes a range logarithmic."""
-    name, sep, spec = text.partition("=")
-    name = name.strip()
-    if not sep or not name:
-        raise ValueError(f"cannot read sweep {text!r}: expected NAME=start:stop:count, e.g. "
-                         f"L=22u:220u:10")
-    if name == "duty":
-        raise ValueError("duty is swept with --duty (start:stop:step), not --sweep")
-    if name not in _PARAMS:
-        raise ValueError(f"cannot sweep {name!r}: not a numeric converter parameter; known: "
-                         f"{_known_fields()}")
-    spec = spec.strip()
-    if ":" in spec:
-        parts = spec.split(":")
-        if len(parts) == 4 and parts[3].strip().lower() in ("log", "lin"):
-            log = log or parts[3].strip().lower() == "log"
-            parts = parts[:3]
-        if len(parts) != 3:
-            raise ValueError(f"cannot read sweep {text!r}: expected {name}=start:stop:count "
-                             f"or {name}=start:stop:count:log")
-        start, stop = _number(parts[0], name), _number(parts[1], name)
-        count_text = parts[2].strip()
-        if not re.fullmatch(r"\d+", count_text) or int(count_text) < 1:
-            raise ValueError(f"cannot read sweep {text!r}: the third field is a number of "
-                             f"points (an integer >= 1), got {count_text!r}")
-        count = int(count_text)
-        if count == 1 and start != stop:
-            raise ValueError(f"sweep {text!r}: a range needs at least 2 points")
-        if log:
-            if not (start > 0 and stop > 0):
-                raise ValueError(f"sweep {text!r}: a logarithmic range needs start and stop > 0")
-            values = np.geomspace(start, stop, count)
-        else:
-            values = np.linspace(start, stop, count)
-    else:
-        if not spec:
-            raise ValueError(f"cannot read sweep {text!r}: no values after '='")
-        values = np.array([_number(p, name) for p in spec.split(",")])
-    for value in values:
-        try:
-            _check_field_values(name, float(value))
-        except ValueError as exc:
-            raise ValueError(f"sweep {text!r}: {exc}") from None
-    return Axis(name, values, log)
-
-
-@dataclasses.dataclass(frozen=True)
-class Tolerance:
-    """A Monte-Carlo tolerance: ``value`` is relative (0.2 for 20 %) when ``relative`` is True,
-    else absolute in the field's unit. Samples stay within nominal +- tolerance."""
-
-    name: str
-    value: float
-    relative: bool = True
-
-    def span(self, nominal: float) -> float:
-        return abs(nominal) * self.value if self.relative else self.value
-
-    def describe(self) -> str:
-        if self.relative:
-            return f"{self.name}=±{self.value * 100:g}%"
-        unit = "" if self.name == "duty" else FIELDS[self.name].unit
-        return f"{self.name}=±{self.value:g}{unit}"
-
-
-def parse_tolerance(text: str) -> Tolerance:
-    """``NAME=20%`` (relative) or ``NAME=0.25`` / ``NAME=5m`` (absolute, SI prefixes)."""
-    name, sep, spec = text.partition("=")
-    name, spec = name.strip(), spec.strip()
-    if not sep or not name or not spec:
-        raise ValueError(f"cannot read tolerance {text!r}: expected NAME=PERCENT% or "
-                         f"NAME=VALUE, e.g. L=20%")
-    if name not in _TOL_FIELDS:
-        raise ValueError(f"cannot apply a tolerance to {name!r}; known: duty, {_known_fields()}")
-    relative = spec.endswith("%")
-    value = _number(spec[:-1] if relative else spec, name)
-    if relative:
-        value /= 100.0
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"tolerance {text!r} must be a finite number >= 0")
-    return Tolerance(name, value, relative)
-
-
-@dataclasses.dataclass(frozen=True)
-class Limit:
-    """Pass when ``lo <= column <= hi`` (either bound may be None)."""
-
-    name: str  # summary column
-    lo: float | None
-    hi: float | None
-    text: str = ""
-
-    def passes(self, values: np.ndarray) -> np.ndarray:
-        values = np.asarray(values, dtype=float)
-        ok = np.isfinite(values)
-        if self.lo is not None:
-            ok &= values >= self.lo
-        if self.hi is not None:
-            ok &= values <= self.hi
-        return ok
-
-    def describe(self) -> str:
-        if self.lo is not None and self.hi is not None:
-            return f"{self.lo:g} <= {self.name} <= {self.hi:g}"
-        if self.lo is not None:
-            return f"{self.name} >= {self.lo:g}"
-        return f"{self.name} <= {self.hi:g}"
-
-
-_LIMIT = re.compile(r"^\s*(?P<name>[A-Za-z_]\w*)\s*(?P<op><=|>=|<|>|=)\s*(?P<value>.*?)\s*$")
-
-
-def _limit_number(text: str, name: str, whole: str) -> float:
-    text = text.strip()
-    percent = text.endswith("%")
-    try:
-        value = parse_si(text[:-1] if percent else text, name=name)
-    except ValueError:
-        raise ValueError(f"cannot read limit {whole!r}: {text!r} is not a number") from None
-    return value / 100.0 if percent else value
-
-
-def _limit_columns() -> list[str]:
-    return ["duty", *(k for k in SUMMARY if k not in ("mode", "converged"))]
-
-
-def parse_limit(text: str) -> Limit:
-    """``NAME=LO:HI`` (either side may be empty), ``NAME<HI``, ``NAME>LO`` (``<=``/``>=`` mean
-    the same: bounds are inclusive). Values take SI prefixes or ``%`` (``efficiency>90%``).
-
-    Names: the aliases ``vout`` (mean output voltage), ``ripple`` (output ripple,
-    peak-to-peak), ``il`` (mean inductor current), ``il_peak`` (inductor current maximum),
-    ``loss`` (conduction loss), ``eff`` / ``efficiency``, or any numeric summary column.
-    """
-    match = _LIMIT.match(text)
-    if not match or not match["value"]:
-        raise ValueError(f"cannot read limit {text!r}: expected NAME=LO:HI, NAME<HI or "
-                         f"NAME>LO, e.g. vout=11.5:12.5, ripple<0.1, efficiency>0.9")
-    raw = match["name"]
-    name = LIMIT_ALIASES.get(raw, raw)
-    if name not in _limit_columns():
-        raise ValueError(f"cannot read limit {text!r}: unknown figure {raw!r}; known: "
-                         f"{', '.join(LIMIT_ALIASES)}, or a column: "
-                         f"{', '.join(_limit_columns())}")
-    op, value = match["op"], match["value"]
-    lo = hi = None
-    if op == "=":
-        if ":" not in value:
-            raise ValueError(f"cannot read limit {text!r}: after '=' give LO:HI (either side "
-                             f"may be empty), e.g. {raw}=11.5:12.5")
-        lo_text, _, hi_text = value.partition(":")
-        lo = _limit_number(lo_text, name, text) if lo_text.strip() else None
-        hi = _limit_number(hi_text, name, text) if hi_text.strip() else None
-        if lo is None and hi is None:
-            raise ValueError(f"cannot read limit {text!r}: give at least one bound")
-        if lo is not None and hi is not None and lo > hi:
-            raise ValueError(f"cannot read limit {text!r}: the lower bound exceeds the upper")
-    elif op in ("<", "<="):
-        hi = _limit_number(value, name, text)
-    else:
-        lo = _limit_number(value, name, text)
-    return Limit(name, lo, hi, text.strip())
 
 
 # -- the study ------------------------------------------------------------------------------
@@ -659,200 +408,6 @@ def _subset_params(params: BoostParams, idx: np.ndarray, n: int) -> BoostParams:
     values = {k: (np.broadcast_to(v, (n,))[idx] if np.ndim(v) else v)
               for k, v in ((name, getattr(params, name)) for name in params.field_names())}
     return BoostParams(**values)
-
-
-# -- duty for a target output voltage -------------------------------------------------------
-
-@dataclasses.dataclass
-class DutySolution:
-    """Result of :func:`duty_for_vout`, per lane: ``duty`` (NaN where unreachable), the output
-    at zero duty ``vout_at_zero`` and the highest output ``vout_max`` found at ``duty_at_max``
-    (both only for unreachable lanes; NaN elsewhere)."""
-
-    duty: np.ndarray
-    reachable: np.ndarray
-    vout_at_zero: np.ndarray
-    vout_max: np.ndarray
-    duty_at_max: np.ndarray
-    iterations: int
-
-
-def _vout_of(arrays: dict[str, np.ndarray], idx: np.ndarray, duty: np.ndarray) -> np.ndarray:
-    """Exact steady-state mean output voltage of lanes ``idx`` at ``duty`` (batched)."""
-    out = np.empty(idx.size)
-    for s in range(0, idx.size, _BATCH):
-        part = slice(s, s + _BATCH)
-        params = BoostParams(**{k: v[idx[part]] for k, v in arrays.items()})
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            out[part] = steady_state(params, duty[part], points=1).vout_mean
-    return out
-
-
-def duty_for_vout(params: BoostParams, vout: Any, *, d_max: float = 0.99, rtol: float = 1e-9,
-                  max_iter: int = 60) -> DutySolution:
-    """Duty giving the mean output ``vout`` [V] in the exact periodic steady state, per lane.
-
-    The lossy averaged CCM model (:func:`boostsim.theory.ccm_duty`) gives a first guess; the
-    exact output is then evaluated on a grid of duties in [0, ``d_max``] plus that guess, the
-    first interval where it crosses the target on its rising branch brackets the root, and
-    regula falsi (Illinois) refines it on the exact steady state to ``rtol`` relative in
-    voltage. Lanes whose target is below the zero-duty output or above the highest output
-    reachable with duty <= ``d_max`` get NaN (``reachable`` False).
-    """
-    target_in = np.asarray(vout, dtype=float)
-    n = max(params.n_lanes, target_in.size)
-    arrays = {k: np.ascontiguousarray(v) for k, v in params.arrays(n).items()}
-    target = np.broadcast_to(target_in, (n,)).astype(float)
-    lanes = np.arange(n)
-    guess = np.full(n, np.nan)
-    try:
-        with np.errstate(all="ignore"):
-            sync = arrays["synchronous"]
-            guess = np.asarray(ccm_duty(arrays["vin"], target, arrays["R"], arrays["r_L"],
-                                        arrays["r_on"], np.where(sync, 0.0, arrays["v_f"]),
-                                        np.where(sync, arrays["r_sync"], arrays["r_d"]),
-                                        arrays["i_load"]), dtype=float)
-            guess = np.broadcast_to(guess, (n,)).copy()
-    except ValueError:
-        pass  # some lane is out of the model's reach: the grid alone brackets the root
-    guess = np.where(np.isfinite(guess) & (guess > 0) & (guess < d_max), guess, np.nan)
-    grid = _DUTY_GRID[_DUTY_GRID <= d_max]
-    if grid[-1] < d_max:
-        grid = np.r_[grid, d_max]
-    G = grid.size
-    duties = np.concatenate([np.tile(grid, (n, 1)), guess[:, None]], axis=1)
-    has_guess = np.isfinite(guess)
-    flat_lanes = np.repeat(lanes, G + 1)
-    flat_duty = duties.ravel()
-    values = np.full(flat_duty.size, np.nan)
-    finite = np.isfinite(flat_duty)
-    values[finite] = _vout_of(arrays, flat_lanes[finite], flat_duty[finite])
-    values = values.reshape(n, G + 1)
-    # Sort each lane's points by duty (the guess slots in between grid points).
-    order = np.argsort(np.where(np.isfinite(duties), duties, np.inf), axis=1, kind="stable")
-    d_sorted = np.take_along_axis(duties, order, axis=1)
-    v_sorted = np.take_along_axis(values, order, axis=1)
-    count = G + has_guess.astype(int)
-    f = v_sorted - target[:, None]
-    valid = np.arange(G + 1)[None, :] < count[:, None]
-    above = (f >= 0) & valid & np.isfinite(f)
-    first = np.where(above.any(axis=1), np.argmax(above, axis=1), -1)
-    vout_at_zero = v_sorted[:, 0]
-    reachable = first > 0
-    below_zero = first == 0
-    # Exactly on a grid point at zero duty.
-    exact_zero = below_zero & (np.abs(f[:, 0]) <= rtol * np.abs(target))
-    duty = np.full(n, np.nan)
-    duty[exact_zero] = 0.0
-    lo = np.full(n, np.nan)
-    hi = np.full(n, np.nan)
-    f_lo = np.full(n, np.nan)
-    f_hi = np.full(n, np.nan)
-    r = np.flatnonzero(reachable)
-    lo[r], hi[r] = d_sorted[r, first[r] - 1], d_sorted[r, first[r]]
-    f_lo[r], f_hi[r] = f[r, first[r] - 1], f[r, first[r]]
-    # Lanes with no crossing on the grid: refine the maximum, which may lie between points.
-    vmax = np.full(n, np.nan)
-    dmax = np.full(n, np.nan)
-    missing = np.flatnonzero(first < 0)
-    if missing.size:
-        fm = np.where(valid[missing], v_sorted[missing], -np.inf)
-        k = np.argmax(fm, axis=1)
-        a = d_sorted[missing, np.maximum(k - 1, 0)]
-        b = d_sorted[missing, np.minimum(k + 1, count[missing] - 1)]
-        dm, vm = _golden_max(arrays, missing, a, b)
-        grid_best = fm[np.arange(missing.size), k]
-        better = grid_best > vm
-        dm = np.where(better, d_sorted[missing, k], dm)
-        vm = np.where(better, grid_best, vm)
-        vmax[missing], dmax[missing] = vm, dm
-        fine = vm >= target[missing]
-        got = missing[fine]
-        reachable[got] = True
-        lo[got], hi[got] = a[fine], dm[fine]
-        f_lo[got] = (_vout_of(arrays, got, a[fine]) - target[got])
-        f_hi[got] = vm[fine] - target[got]
-    # Regula falsi inside [lo, hi], f(lo) < 0 <= f(hi), with the Anderson-Bjorck weighting:
-    # when the same end is replaced twice in a row, the other end's value is scaled down so
-    # that it cannot stick (superlinear convergence instead of linear).
-    active = np.flatnonzero(reachable)
-    last_side = np.zeros(n, dtype=np.int8)  # -1: lo replaced last time, +1: hi, 0: neither
-    iterations = 0
-    tol_v = rtol * np.maximum(np.abs(target), 1.0)
-    while active.size and iterations < max_iter:
-        iterations += 1
-        a, b, fa, fb = lo[active], hi[active], f_lo[active], f_hi[active]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            c = b - fb * (b - a) / (fb - fa)
-        c = np.where(np.isfinite(c) & (c > a) & (c < b), c, 0.5 * (a + b))
-        fc = _vout_of(arrays, active, c) - target[active]
-        done = (np.abs(fc) <= tol_v[active]) | (b - a <= 1e-14)
-        duty[active[done]] = c[done]
-        left = fc < 0
-        side = np.where(left, -1, 1).astype(np.int8)
-        repeat = side == last_side[active]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            m = 1.0 - fc / np.where(left, fa, fb)
-        m = np.where(np.isfinite(m) & (m > 0), m, 0.5)
-        scale = np.where(repeat, m, 1.0)
-        lo[active] = np.where(left, c, a)
-        hi[active] = np.where(left, b, c)
-        f_lo[active] = np.where(left, fc, fa * scale)
-        f_hi[active] = np.where(left, fb * scale, fc)
-        last_side[active] = side
-        active = active[~done]
-    if active.size:
-        duty[active] = 0.5 * (lo[active] + hi[active])
-    reachable = np.isfinite(duty)
-    return DutySolution(duty=duty, reachable=reachable,
-                        vout_at_zero=np.where(reachable, np.nan, vout_at_zero),
-                        vout_max=np.where(reachable, np.nan, vmax),
-                        duty_at_max=np.where(reachable, np.nan, dmax), iterations=iterations)
-
-
-def _golden_max(arrays: dict[str, np.ndarray], idx: np.ndarray, a: np.ndarray, b: np.ndarray,
-                iterations: int = 40) -> tuple[np.ndarray, np.ndarray]:
-    """Maximum of the exact vout(duty) on [a, b] per lane by golden-section search."""
-    g = (math.sqrt(5.0) - 1.0) / 2.0
-    a, b = a.copy(), b.copy()
-    c = b - g * (b - a)
-    d = a + g * (b - a)
-    fc, fd = _vout_of(arrays, idx, c), _vout_of(arrays, idx, d)
-    for _ in range(iterations):
-        left = fc > fd
-        b = np.where(left, d, b)
-        a = np.where(left, a, c)
-        c_new = b - g * (b - a)
-        d_new = a + g * (b - a)
-        # Reuse the kept interior point; evaluate the new one.
-        x = np.where(left, c_new, d_new)
-        fx = _vout_of(arrays, idx, x)
-        fd, fc = np.where(left, fc, fx), np.where(left, fx, fd)
-        d, c = np.where(left, c, d_new), np.where(left, c_new, d)
-    best = np.where(fc > fd, c, d)
-    return best, np.maximum(fc, fd)
-
-
-def solve_duty(params: BoostParams, vout: float, **kwargs: Any) -> float:
-    """Duty for one converter and one target ``vout`` [V]; ``ValueError`` saying why when the
-    target cannot be reached (see :func:`duty_for_vout`)."""
-    if params.n_lanes != 1 or np.ndim(vout) != 0:
-        raise ValueError("solve_duty takes one converter and one target")
-    target = float(vout)
-    if not math.isfinite(target):
-        raise ValueError(f"vout target must be finite, got {vout!r}")
-    solution = duty_for_vout(params, target, **kwargs)
-    if solution.reachable[0]:
-        return float(solution.duty[0])
-    v0 = float(solution.vout_at_zero[0])
-    if target < v0:
-        raise ValueError(f"vout = {target:g} V is not reachable: below the zero-duty output "
-                         f"{v0:.4g} V (a boost converter only steps up)")
-    d_max = kwargs.get("d_max", 0.99)
-    raise ValueError(f"vout = {target:g} V is not reachable: the highest steady-state output "
-                     f"with duty <= {d_max:g} is {float(solution.vout_max[0]):.4g} V (at duty "
-                     f"{float(solution.duty_at_max[0]):.3f}) with these losses and load")
 
 
 # -- running --------------------------------------------------------------------------------

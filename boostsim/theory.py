@@ -190,7 +190,7 @@ def ccm_duty(vin, vout, R, r_L=0.0, r_on=0.0, v_f=0.0, r_d=0.0, i_load=0.0):
         v = float(vout_b[i])
         if bad_sign[i]:
             raise ValueError(f"vout = {v:g} V is not reachable: it must exceed -v_f "
-                             f"= {-args[4]:g} V{where}")
+                             f"= {-float(vf_b[i]):g} V{where}")
         if bad_low[i]:
             v0 = _vout_of_dprime(1.0, *args)
             raise ValueError(f"vout = {v:g} V is not reachable: below the D = 0 output "

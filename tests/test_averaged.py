@@ -5,7 +5,7 @@ period k is compared with the engine's exact mean over period k
 (``SimulationResult.period_means``). Errors are relative to the largest value of the compared
 waveform over the run (vout: the largest output; iL: the startup inrush peak).
 
-Stated tolerances (the brief asks for 1 %):
+Stated tolerances (the accuracy target is 1 %):
 * CCM (startup inrush, duty steps, load and line steps, sync, current load): vout 0.05 %,
   iL 0.2 % -- measured 0.008 % and 0.05 %;
 * DCM with losses: vout 0.5 %, iL 1 % -- measured 0.2 % and 0.4 % (the straight-ramp
@@ -21,19 +21,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import linalg
 
-from boostsim import BoostParams, Step, default_board, simulate, steady_state, theory
+from boostsim import BoostParams, Metrics, Step, default_board, simulate, steady_state, theory
 from boostsim.averaged import (
     _Circuit,
     _Field,
     _field_scalar,
     _phi1_apply_scalar,
     _ScalarCircuit,
-    duty_for_vout,
-    operating_point,
     phi1_apply,
     simulate_averaged,
 )
 from boostsim.drive import lane_arrays
+from boostsim.linearised import averaged_duty_for_vout, operating_point
 from boostsim.pid import PID
 
 BOARD = default_board()
@@ -101,6 +100,7 @@ def test_synchronous_negative_current_and_constant_current_load():
     assert ev < 5e-4 and ei < 2e-3
 
 
+@pytest.mark.slow  # long physics
 def test_dcm_startup_duty_step_and_load_step():
     ev, ei, eng, avg = _compare(DCM_BOARD, _schedule(1500, 0.4, 0.5, 900), 1500 * TS)
     assert np.all(avg.periods.mode[0, 100:] == "DCM")
@@ -213,6 +213,43 @@ def test_metrics_summarise_the_last_periods():
         res.metrics(10_000)
 
 
+def test_both_simulators_return_the_same_metrics_and_duty_shapes():
+    # One result shape where the two models mean the same thing: Metrics from metrics(), the
+    # per-period duty as .duty (and the averaged model's conduction times from d2).
+    lanes = BOARD.replace(R=np.array([10.0, 15.0]))  # both in CCM throughout
+    schedule = np.repeat([[0.5, 0.5], [0.6, 0.55]], 250, axis=0)
+    ss = steady_state(lanes, 0.5)
+    exact = simulate(lanes, duty=schedule, t_end=5e-3, x0=(ss.il_start, ss.vc_start))
+    avg = simulate_averaged(lanes, duty=schedule, t_end=5e-3, x0=(ss.il_mean, ss.vc_mean))
+    m_exact, m_avg = exact.metrics(20), avg.metrics(20)
+    assert type(m_exact) is type(m_avg) is Metrics
+    assert set(m_avg.losses) == set(m_exact.losses)
+    # Same figures (the models' agreement itself is tested on period means above; 20 periods
+    # into the ringing after the duty step they are a few 0.1 % apart).
+    np.testing.assert_allclose(m_avg.vout_mean, m_exact.vout_mean, rtol=5e-3)
+    np.testing.assert_allclose(m_avg.il_mean, m_exact.il_mean, rtol=5e-3)
+    assert m_avg.mode.tolist() == m_exact.mode.tolist() == ["CCM", "CCM"]
+    # Energy balance pin = pout + p_loss + stored_power; 20 periods into the ringing both
+    # models see L and C giving up energy (~0.2 W and ~0.9 W) and say the window is unsettled.
+    np.testing.assert_allclose(m_avg.p_loss, m_avg.pin - m_avg.pout - m_avg.stored_power,
+                               rtol=1e-12)
+    np.testing.assert_allclose(m_avg.stored_power, m_exact.stored_power, rtol=0.1)
+    np.testing.assert_allclose(m_avg.efficiency, m_exact.efficiency, rtol=3e-3)
+    assert not m_avg.settled.any() and not m_exact.settled.any()
+    np.testing.assert_allclose(m_avg.t_on + m_avg.t_diode, TS, rtol=1e-12)  # CCM
+    np.testing.assert_allclose(m_avg.t_on, m_exact.t_on, rtol=1e-12)
+    assert np.all(np.isnan(m_avg.vout_ripple)) and np.all(np.isnan(m_avg.p_switching))
+    np.testing.assert_array_equal(exact.duty, schedule.T)
+    np.testing.assert_array_equal(avg.duty, schedule.T)
+    one = simulate_averaged(BOARD, duty=0.5, t_end=1e-3).metrics(5)
+    assert isinstance(one.vout_mean, float) and math.isnan(one.losses["inductor_dcr"])
+    assert simulate(BOARD, duty=0.5, t_end=1e-4).duty.shape == (10,)
+    dcm = (simulate_averaged(DCM_BOARD, duty=0.3, t_end=2e-3).metrics(),
+           simulate(DCM_BOARD, duty=0.3, t_end=2e-3).metrics())
+    assert dcm[0].mode == dcm[1].mode == "DCM"
+    assert dcm[0].t_idle == pytest.approx(dcm[1].t_idle, rel=0.01)
+
+
 def test_input_errors():
     with pytest.raises(ValueError, match="t_end"):
         simulate_averaged(BOARD, duty=0.5, t_end=0)
@@ -261,15 +298,15 @@ def test_operating_point_lanes_and_errors():
         operating_point(BOARD.replace(R=math.inf), 0.5)
 
 
-def test_duty_for_vout_inverts_the_operating_point():
-    duty = duty_for_vout(BOARD, 12.0)
+def test_averaged_duty_for_vout_inverts_the_operating_point():
+    duty = averaged_duty_for_vout(BOARD, 12.0)
     assert operating_point(BOARD, duty).vout == pytest.approx(12.0, rel=1e-10)
-    duties = duty_for_vout(DCM_BOARD, [8.0, 12.0])
+    duties = averaged_duty_for_vout(DCM_BOARD, [8.0, 12.0])
     np.testing.assert_allclose(operating_point(DCM_BOARD, duties).vout, [8.0, 12.0], rtol=1e-10)
     with pytest.raises(ValueError, match="not reachable"):
-        duty_for_vout(LOSSY, 60.0)
+        averaged_duty_for_vout(LOSSY, 60.0)
     with pytest.raises(ValueError, match="not reachable"):
-        duty_for_vout(BOARD, 3.0)
+        averaged_duty_for_vout(BOARD, 3.0)
 
 
 # -- numerical kernels --------------------------------------------------------------------------
@@ -284,6 +321,7 @@ def _phi1_reference(M, w):
 _entry = st.floats(-1.0, 1.0, allow_nan=False)
 
 
+@pytest.mark.slow  # 300 hypothesis examples against expm
 @settings(max_examples=300, deadline=None)
 @given(m=st.tuples(_entry, _entry, _entry, _entry), scale=st.sampled_from(
     [1e-9, 1e-4, 2e-3, 0.05, 1.0, 10.0, 200.0]), w=st.tuples(_entry, _entry))
@@ -311,11 +349,13 @@ def test_phi1_apply_special_cases():
         np.testing.assert_allclose(np.ravel(vec), expected, atol=1e-13)
 
 
+@pytest.mark.slow  # 300 hypothesis examples
 @settings(max_examples=300, deadline=None)
 @given(i=st.floats(0.0, 3.0), v=st.floats(0.0, 30.0), d=st.floats(0.0, 0.95),
        L=st.sampled_from([5e-6, 100e-6]), R=st.sampled_from([10.0, 200.0, math.inf]),
        sync=st.booleans(), lossy=st.booleans())
 def test_scalar_and_vector_fields_agree(i, v, d, L, R, sync, lossy):
+    # The single-lane fast path evaluates the same model functions; this pins the mode logic.
     p = BOARD.replace(L=L, R=R, i_load=0.1 if math.isinf(R) else 0.0, synchronous=sync)
     if not lossy:
         p = p.replace(r_L=0.0, r_on=0.0, r_d=0.0, v_f=0.0, r_C=0.0)

@@ -19,6 +19,8 @@ from firmware_bridge.board import Board, TripError
 from firmware_bridge.emulator import Emulator
 from firmware_bridge.firmware import config
 
+pytestmark = pytest.mark.slow  # experiments against the emulator over a pseudo-terminal
+
 BOARD = default_board()
 LSB = config.ADC_VREF / config.ADC_FULL_SCALE * config.VOUT_DIVIDER  # 6.2 mV per code
 DUTIES = np.round(np.arange(0.1, 0.61, 0.1), 3)

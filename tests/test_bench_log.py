@@ -18,6 +18,8 @@ import pytest
 from boostsim.datalog import SampleLog, read_log, utc_timestamp
 from boostsim.outputs import read_csv
 
+pytestmark = pytest.mark.slow  # subprocesses
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -16,6 +16,8 @@ from firmware_bridge.session import (
     is_emulator_port,
 )
 
+pytestmark = pytest.mark.slow  # the session against the emulator over a pseudo-terminal
+
 
 class Recorder:
     """A note/warn reporter that keeps its messages."""

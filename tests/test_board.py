@@ -24,6 +24,8 @@ from firmware_bridge.board import (
 from firmware_bridge.emulator import Emulator
 from firmware_bridge.firmware import config
 
+pytestmark = pytest.mark.slow  # the host driver against the emulator over a pseudo-terminal
+
 BOARD = default_board()
 
 

@@ -21,6 +21,8 @@ from cli_helpers import cli, one_line_error
 from boostsim import __version__
 from boostsim.outputs import read_csv
 
+pytestmark = pytest.mark.slow  # CLI end to end (subprocesses)
+
 PNG = b"\x89PNG\r\n\x1a\n"
 DEFAULT_BOARD_TEXT = resources.files("boostsim").joinpath("data", "default_board.toml") \
     .read_text("utf-8")

@@ -32,6 +32,8 @@ from firmware_bridge.board import Board
 from firmware_bridge.emulator import Emulator
 from firmware_bridge.firmware import config
 
+pytestmark = pytest.mark.slow  # CLI against the emulator over a pseudo-terminal
+
 ROOT = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
 BOARD = default_board()

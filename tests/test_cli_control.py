@@ -17,6 +17,8 @@ from cli_helpers import cli, one_line_error
 
 from boostsim.outputs import read_csv
 
+pytestmark = pytest.mark.slow  # CLI end to end
+
 PNG = b"\x89PNG\r\n\x1a\n"
 
 

@@ -26,14 +26,15 @@ import numpy as np
 import pytest
 
 from boostsim import Step, default_board, simulate, steady_state
-from boostsim.averaged import duty_for_vout, operating_point, simulate_averaged
+from boostsim.averaged import simulate_averaged
 from boostsim.control import DigitalController
-from boostsim.design import loop_gain, tune_pid
+from boostsim.design import PIDGains, TunedPID, loop_gain, tune_pid
+from boostsim.linearised import averaged_duty_for_vout, operating_point
 from boostsim.pid import PID
 
 BOARD = default_board()
 TS = 1e-5
-DUTY = duty_for_vout(BOARD, 12.0)
+DUTY = averaged_duty_for_vout(BOARD, 12.0)
 DELAY = 1 - DUTY / 2  # mid-on-time sample, update at the next period
 
 
@@ -55,6 +56,22 @@ def _controller(pid, setpoint):
 
 
 # -- the loop gain ------------------------------------------------------------------------------
+
+def test_gains_travel_as_pidgains(gains):
+    # tune_pid's result is a PIDGains (plus its predictions); plain gains are the same type and
+    # give the same loop as the PID built from them.
+    assert isinstance(gains, PIDGains) and type(gains) is TunedPID
+    plain = PIDGains(kp=gains.kp, ki=gains.ki, kd=gains.kd, tf=gains.tf, ts=gains.ts)
+    f = 1500.0
+    plain_loop = loop_gain(BOARD, DUTY, plain).frequency_response(f)
+    assert plain_loop == loop_gain(BOARD, DUTY, gains).frequency_response(f)
+    assert loop_gain(BOARD, DUTY, plain.pid()).frequency_response(f) == pytest.approx(
+        plain_loop, rel=1e-12)
+    with pytest.raises(ValueError, match="ts must be > 0"):
+        PIDGains(kp=0.1, ki=1.0, kd=0.0, tf=0.0, ts=0.0)
+    with pytest.raises(ValueError, match="kp must be a finite number"):
+        PIDGains(kp=float("nan"), ki=1.0, kd=0.0, tf=0.0, ts=TS)
+
 
 def test_controller_response_is_the_pid_difference_equation():
     pid = PID(0.05, 120.0, 2e-5, TS, out_min=-1e9, out_max=1e9, tf=1.5e-5)
@@ -162,6 +179,7 @@ def test_tune_pid_refuses_targets_beyond_the_limits():
 
 # -- closed loop on the switching engine ---------------------------------------------------------
 
+@pytest.mark.slow  # long physics
 def test_soft_start_load_step_and_no_limit_cycle(gains):
     """Startup from the idle state with a 1 V/ms setpoint ramp, then R 48 -> 32 ohm (+50 %
     load current) at 15 ms; the engine is the reference, the averaged model must agree.

@@ -36,6 +36,8 @@ from firmware_bridge.emulator import (
     main,
 )
 
+pytestmark = pytest.mark.slow  # the emulator over a pseudo-terminal
+
 BOARD = default_board()
 FAKE_SERIAL = "E66038B713345E2C"  # the serial number the conformance scripts expect
 

@@ -17,6 +17,8 @@ from test_protocol_conformance import CASES, check_records
 
 from firmware_bridge.firmware import acq, scpi
 
+pytestmark = pytest.mark.slow  # real MicroPython (WASI) and mpy-cross
+
 ROOT = Path(__file__).resolve().parents[1]
 FIRMWARE = ROOT / "firmware_bridge" / "firmware"
 PID = ROOT / "boostsim" / "pid.py"

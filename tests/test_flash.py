@@ -8,6 +8,8 @@ import pytest
 
 from firmware_bridge import flash
 
+pytestmark = pytest.mark.slow  # mpremote subprocesses
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

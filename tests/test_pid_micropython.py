@@ -19,6 +19,8 @@ from micropython_runner import run_micropython
 
 from boostsim.pid import PID
 
+pytestmark = pytest.mark.slow  # real MicroPython (WASI) and mpy-cross
+
 PID_SOURCE = Path(__file__).resolve().parents[1] / "boostsim" / "pid.py"
 
 TS = 1e-5

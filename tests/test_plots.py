@@ -53,14 +53,15 @@ def test_duty_sweep_figure_has_theory_dcm_shading_and_limits(tmp_path):
     assert "DCM region" in legend and "averaged CCM model with losses" in legend
     assert any(t.startswith("ideal") for t in legend) and "limit" in legend
     ax_v, ax_r = fig.axes[0], fig.axes[2]
-    limit_lines = [line.get_ydata()[0] for line in ax_v.lines if line.get_color() == "#d62828"]
+    limit_lines = [line.get_ydata()[0] for line in ax_v.lines if line.get_gid() == "limit"]
     assert limit_lines == [10, 20]
-    assert [line.get_ydata()[0] for line in ax_r.lines if line.get_color() == "#d62828"] == \
+    assert [line.get_ydata()[0] for line in ax_r.lines if line.get_gid() == "limit"] == \
         [pytest.approx(5.0)]  # mV
-    assert "R 400Ω" in fig._suptitle.get_text()
+    assert "R 400Ω" in fig.get_suptitle()
     assert _saved(fig, tmp_path).startswith(PNG)
 
 
+@pytest.mark.slow  # runs two sweeps (~1 s)
 def test_two_axis_sweeps_draw_families_or_colour_maps(tmp_path):
     fam = run_sweep(Sweep(BOARD, duty=parse_duty_range("0.1:0.8:0.05"),
                           axes=(Axis("L", [10e-6, 47e-6, 220e-6], log=True),)), workers=1)
@@ -86,7 +87,7 @@ def test_parameter_axis_sweep_at_a_target_voltage(tmp_path):
     fig = sweep_figure(result)
     xlabels, ylabels, _legend = _labels(fig)
     assert "R [Ω]" in xlabels and "duty for the target" in ylabels
-    assert "vout target 12 V" in fig._suptitle.get_text()
+    assert "vout target 12 V" in fig.get_suptitle()
     assert _saved(fig, tmp_path).startswith(PNG)
 
 
@@ -100,7 +101,7 @@ def test_monte_carlo_figure_marks_limits_and_yield(tmp_path):
     assert "efficiency [%]" in xlabels and "output voltage, mean [V]" in xlabels
     assert set(ylabels) == {"samples"}
     assert {"pass", "fail", "limit"} <= set(legend)
-    title = fig._suptitle.get_text()
+    title = fig.get_suptitle()
     assert "yield" in title and "2000 samples" in title and "L=±20%" in title
     eff_ax = next(a for a in fig.axes if a.get_xlabel() == "efficiency [%]")
     assert "efficiency>0.9607" in eff_ax.get_title()
@@ -139,9 +140,10 @@ def test_save_rejects_unknown_formats(tmp_path):
         save(fig, tmp_path / "x.bmpx")
 
 
+@pytest.mark.slow  # tunes a loop and draws it (~1 s)
 def test_bode_figure_marks_margins_rhp_zero_and_resonance(tmp_path):
-    from boostsim.averaged import small_signal
     from boostsim.design import tune_pid
+    from boostsim.linearised import small_signal
     from boostsim.plots import bode_figure
 
     gains = tune_pid(BOARD, 12.0, 2000.0)

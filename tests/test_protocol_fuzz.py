@@ -16,6 +16,8 @@ from hypothesis import strategies as st
 from firmware_bridge import protocol
 from firmware_bridge.firmware import config, scpi
 
+pytestmark = pytest.mark.slow  # property-based fuzzing (hypothesis), not the numerical core
+
 SETTINGS = settings(max_examples=150, deadline=None, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 

@@ -1,4 +1,4 @@
-"""The small-signal model (boostsim.averaged.small_signal): textbook limits, exact linearisation
+"""The small-signal model (boostsim.linearised.small_signal): textbook limits, exact linearisation
 of the large-signal averaged model, and the exact sampled-data linearisation of the switching
 converter.
 
@@ -20,10 +20,11 @@ from scipy import signal
 
 from boostsim import BoostParams, default_board, theory
 from boostsim.analysis import period_metrics
-from boostsim.averaged import _Circuit, _Field, operating_point, small_signal
+from boostsim.averaged import _Circuit, _Field
 from boostsim.drive import lane_arrays
 from boostsim.engine import Stepper
 from boostsim.freqresp import modulation_factor
+from boostsim.linearised import operating_point, small_signal
 
 BOARD = default_board()
 IDEAL = BoostParams(vin=12, L=100e-6, C=100e-6, R=10, fsw=100e3)

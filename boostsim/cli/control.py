@@ -266,10 +266,8 @@ def _loop_bode(loop, margins, f, params, note: str):
 
 
 def cmd_bode(ctx: Context) -> int:
-    from types import SimpleNamespace
-
-    from ..averaged import duty_for_vout, small_signal
-    from ..design import bode_band, loop_gain
+    from ..design import PIDGains, bode_band, loop_gain
+    from ..linearised import averaged_duty_for_vout, small_signal
     from ..plots import board_text, bode_figure, bode_phase
 
     a = ctx.args
@@ -302,10 +300,11 @@ def cmd_bode(ctx: Context) -> int:
                             "ts": gains.ts}
     elif given:
         T, every = _sample_period(ctx, params, a.rate)
-        duty = a.duty if a.duty is not None else float(duty_for_vout(params, a.vref))
-        pid = SimpleNamespace(kp=a.kp or 0.0, ki=a.ki or 0.0, kd=a.kd or 0.0, tf=a.tf or 0.0,
-                              ts=T)
+        duty = (a.duty if a.duty is not None
+                else float(averaged_duty_for_vout(params, a.vref)))
         try:
+            pid = PIDGains(kp=a.kp or 0.0, ki=a.ki or 0.0, kd=a.kd or 0.0, tf=a.tf or 0.0,
+                           ts=T)
             loop = loop_gain(params, duty, pid, delay_periods=a.delay, sample_period=T)
         except ValueError as exc:
             raise CliError(str(exc)) from None
@@ -316,7 +315,8 @@ def cmd_bode(ctx: Context) -> int:
         if a.rate is not None or a.delay is not None:
             raise _UsageError("--rate/--delay describe the PID loop: give --kp/--ki or "
                               "--crossover")
-        duty = a.duty if a.duty is not None else float(duty_for_vout(params, a.vref))
+        duty = (a.duty if a.duty is not None
+                else float(averaged_duty_for_vout(params, a.vref)))
     plant = small_signal(params, duty)
     summary["duty"] = duty
     if loop is not None:

@@ -31,7 +31,6 @@ from .format import (
     _PLOT_KINDS,
     _check_writable,
     _fmt,
-    _plain,
     _si,
     _table,
     _write_columns,
@@ -225,15 +224,9 @@ def cmd_simulate(ctx: Context) -> int:
     engine = simulate_averaged if a.averaged else simulate
     result = engine(params, t_end=a.t_end, dt=dt, x0=x0, steps=steps,
                     progress=ctx.progress, **drive)
-    metrics = result.metrics(a.last_periods)
-    if a.averaged:
-        import dataclasses
-
-        m = {k: _plain(v) for k, v in dataclasses.asdict(metrics).items()}
-        losses = None
-    else:
-        m = metrics.as_dict()
-        losses = metrics.losses
+    metrics = result.metrics(a.last_periods)  # boostsim.analysis.Metrics from either model
+    m = metrics.as_dict()
+    losses = None if a.averaged else metrics.losses  # the averaged model has no breakdown
     summary = {"command": "simulate", "model": "averaged" if a.averaged else "switching",
                "t_end": a.t_end, "dt": float(result.t[1] - result.t[0])
                if result.t.size > 1 else a.t_end, "samples": int(result.t.size),
