@@ -130,20 +130,31 @@ def run(drive: Any, stepper: Any, controller: DigitalController | None, wave: np
     tab = np.ascontiguousarray(cond.tables.transpose(2, 0, 1))
     il_end, vc_end = np.empty(n), np.empty(n)
     sync = stepper.sync
+    chatter = np.full(n, -1)
     if controller is None:
         mode = 0 if drive.schedule is None else 1
         duties = drive.constant[None, :] if mode == 0 else drive.schedule
-        chatter = k.run_lanes(tab, cond.times, Ts, sync, drive.il0, drive.vc0, n_periods,
-                              drive.dt, drive.n_t, mode, np.ascontiguousarray(duties), 1,
-                              *_no_controller(n), wave, rec, np.empty((6, 0, n)), il_end, vc_end)
+        _lanes_kernel(n)(tab, cond.times, Ts, sync, drive.il0, drive.vc0, n_periods, drive.dt,
+                         drive.n_t, mode, np.ascontiguousarray(duties), 1, *_no_controller(n),
+                         wave, rec, np.empty((6, 0, n)), il_end, vc_end, chatter)
     else:
-        chatter = _run_controller(k, drive, tab, cond.times, sync, controller, wave, rec, il_end,
-                                  vc_end)
-    if chatter[0] >= 0:
-        raise RuntimeError(f"period {chatter[0]}: more than {k.MAX_SEGMENTS} segments in lanes "
-                           f"[{chatter[1]}] (diode chattering at the conduction boundary); "
-                           f"check the parameters")
+        _run_controller(k, drive, tab, cond.times, sync, controller, wave, rec, il_end, vc_end,
+                        chatter)
+    if np.any(chatter >= 0):
+        lanes = np.flatnonzero(chatter >= 0)
+        raise RuntimeError(f"period {int(chatter[lanes].min())}: more than {k.MAX_SEGMENTS} "
+                           f"segments in lanes {lanes[:5].tolist()} (diode chattering at the "
+                           f"conduction boundary); check the parameters")
     return il_end, vc_end
+
+
+# Lanes from which the kernel's parallel loop pays on two cores (benchmarks/bench_control.py).
+PARALLEL_LANES = 64
+
+
+def _lanes_kernel(n: int) -> Any:
+    k = _load()
+    return k.run_lanes_parallel if n >= PARALLEL_LANES else k.run_lanes
 
 
 def _no_controller(n: int) -> tuple:
@@ -189,15 +200,15 @@ def controller_arrays(controller: DigitalController, n: int, Ts: np.ndarray, n_p
 
 def _run_controller(k: Any, drive: Any, tab: np.ndarray, times: np.ndarray, sync: np.ndarray,
                     controller: DigitalController, wave: np.ndarray, rec: np.ndarray,
-                    il_end: np.ndarray, vc_end: np.ndarray) -> tuple[int, int]:
+                    il_end: np.ndarray, vc_end: np.ndarray, chatter: np.ndarray) -> None:
     n, Ts = drive.n, drive.Ts
     a = controller_arrays(controller, n, Ts, drive.n_periods, log=True)
     duties = np.array(controller._duty, dtype=float).reshape(1, n)
-    chatter = k.run_lanes(tab, times, Ts, sync, drive.il0, drive.vc0, drive.n_periods, drive.dt,
-                          drive.n_t, 2, duties, a["every"], a["par"], a["st"], a["use_ramp"],
-                          a["backcalc"], a["adc"], a["offsets"], a["noise"], a["pwm"],
-                          a["ref_times"], a["ref_values"], a["per_step"], wave, rec, a["log"],
-                          il_end, vc_end)
+    _lanes_kernel(n)(tab, times, Ts, sync, drive.il0, drive.vc0, drive.n_periods, drive.dt,
+                     drive.n_t, 2, duties, a["every"], a["par"], a["st"], a["use_ramp"],
+                     a["backcalc"], a["adc"], a["offsets"], a["noise"], a["pwm"],
+                     a["ref_times"], a["ref_values"], a["per_step"], wave, rec, a["log"],
+                     il_end, vc_end, chatter)
     controller._duty = duties[0].copy()
     log = a["log"]
     if log.shape[1]:
@@ -208,4 +219,3 @@ def _run_controller(k: Any, drive: Any, tab: np.ndarray, times: np.ndarray, sync
             adc_code=log[k.L_CODE], measured=log[k.L_MEASURED],
             error=log[k.L_SETPOINT] - log[k.L_MEASURED], integral=log[k.L_INTEGRAL],
             duty_command=log[k.L_COMMAND], duty=log[k.L_DUTY])
-    return chatter

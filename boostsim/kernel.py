@@ -11,7 +11,7 @@ Compiled with ``cache=True`` (no fastmath): later processes load the machine cod
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from . import segments as sg
 
@@ -340,16 +340,20 @@ def sample(tab, seg, nseg, tau, snap):
 
 
 @njit(**_JIT)
-def record_grid(tab, seg, nseg, t0, Ts, dt, n_t, final, il_out, vc_out, vout_out):
-    """Write the output-grid samples that fall in this period (the final one also takes t_end)."""
-    first = int(np.ceil(t0 / dt - 1e-9))
+def record_grid(tab, seg, nseg, t0, Ts, dt, n_t, final, wave, lane):
+    """Write lane's output-grid samples that fall in this period into ``wave`` (3, lanes, n_t)
+    (the final period also takes the sample at t_end)."""
+    first = np.ceil(t0 / dt - 1e-9)
     if final:
-        end = int(np.floor((t0 + Ts) / dt + 1e-9)) + 1
+        end = np.floor((t0 + Ts) / dt + 1e-9) + 1
     else:
-        end = int(np.ceil((t0 + Ts) / dt - 1e-9))
+        end = np.ceil((t0 + Ts) / dt - 1e-9)
+    if end <= first:
+        return
     snap = 8 * 2.220446049250313e-16 * (t0 + Ts)
-    for j in range(first, min(end, n_t)):
-        il_out[j], vc_out[j], vout_out[j] = sample(tab, seg, nseg, j * dt - t0, snap)
+    for i in range(int(first), min(int(end), n_t)):
+        wave[0, lane, i], wave[1, lane, i], wave[2, lane, i] = sample(tab, seg, nseg,
+                                                                      i * dt - t0, snap)
 
 
 # -- the board's control loop (boostsim.pid, boostsim.control) ----------------------------------
@@ -427,60 +431,83 @@ def reference(ref_times, ref_values, per_step, j, t, step):
 # -- the loop over lanes and periods -----------------------------------------------------------
 
 @njit(**_JIT)
-def run_lanes(tab, times, Ts, sync, il0, vc0, n_periods, dt, n_t, duty_mode, duties,
-              every, pid_par, pid_st, use_ramp, backcalc, adc, offsets, noise, pwm, ref_times,
-              ref_values, ref_per_step, wave, rec, log, il_end, vc_end):
-    """Simulate every lane for ``n_periods`` periods.
-
-    duty_mode 0: constant ``duties[0, j]``; 1: schedule ``duties[k, j]``; 2: the controller
-    (``duties[0, j]`` is its initial quantised duty). ``wave`` (3, lanes, n_t) and ``rec``
-    (5, periods, lanes) receive the outputs (``n_t = 0`` records no waveform); ``log``
-    (6, steps, lanes) the control steps if it has rows. Returns the first period in which a
-    lane chattered (and the lane), or (-1, -1).
-    """
-    n = Ts.size
+def run_lane(j, tab, times, Ts, sync, il0, vc0, n_periods, dt, n_t, duty_mode, duties,
+             every, pid_par, pid_st, use_ramp, backcalc, adc, offsets, noise, pwm, ref_times,
+             ref_values, ref_per_step, wave, rec, log, il_end, vc_end):
+    """Simulate lane ``j`` for ``n_periods`` periods (see :func:`run_lanes`); returns the
+    first period in which the diode chattered, or -1."""
     seg = np.empty((2, MAX_SEGMENTS + 2, 6))
     work = np.empty(MAX_SEGMENTS)
-    on_cache = np.empty(6)
-    for j in range(n):
-        on_cache[0] = np.nan
-        il, vc = il0[j], vc0[j]
-        tab_j = tab[j]
-        d = duties[0, j]
-        prev_nseg = 0
-        step = 0
-        for k in range(n_periods):
-            t0 = k * Ts[j]
-            cur = k % 2
-            if duty_mode == 1:
-                d = duties[k, j]
-            elif duty_mode == 2 and k > 0 and k % every == 0:
-                draw = step if adc[A_NOISE] > 0 else 0
-                code = adc_reading(tab_j, seg[1 - cur], prev_nseg, adc, offsets,
-                                   noise[draw, :, j], d, Ts[j])
-                measured = code * adc[A_VOLTS_PER_CODE]
-                setpoint = reference(ref_times, ref_values, ref_per_step, j, t0, step)
-                command = pid_update(pid_par[j], pid_st[j], use_ramp, backcalc, setpoint, measured)
-                d = quantize(command, pwm[j, 0], pwm[j, 1], pwm[j, 2])
-                if log.shape[1] > 0:
-                    log[L_SETPOINT, step, j] = pid_st[j, S_SP]
-                    log[L_CODE, step, j] = code
-                    log[L_MEASURED, step, j] = measured
-                    log[L_INTEGRAL, step, j] = pid_st[j, S_INTEGRAL]
-                    log[L_COMMAND, step, j] = command
-                    log[L_DUTY, step, j] = d
-                step += 1
-            rec[R_DUTY, k, j], rec[R_IL, k, j], rec[R_VC, k, j] = d, il, vc
-            il, vc, t_diode, t_idle, nseg = period(tab_j, times, t0, Ts[j], sync[j], il, vc, d,
-                                                   on_cache, seg[cur], work)
-            if nseg < 0:
-                return k, j
-            rec[R_DIODE, k, j], rec[R_IDLE, k, j] = t_diode, t_idle
-            if n_t > 0:
-                record_grid(tab_j, seg[cur], nseg, t0, Ts[j], dt, n_t, k == n_periods - 1,
-                            wave[0, j], wave[1, j], wave[2, j])
-            prev_nseg = nseg
-        il_end[j], vc_end[j] = il, vc
-        if duty_mode == 2:
-            duties[0, j] = d
-    return -1, -1
+    on_cache = np.full(6, np.nan)
+    il, vc = il0[j], vc0[j]
+    tab_j = tab[j]
+    d = duties[0, j]
+    prev_nseg = 0
+    step = 0
+    for k in range(n_periods):
+        t0 = k * Ts[j]
+        cur = k % 2
+        if duty_mode == 1:
+            d = duties[k, j]
+        elif duty_mode == 2 and k > 0 and k % every == 0:
+            draw = step if adc[A_NOISE] > 0 else 0
+            code = adc_reading(tab_j, seg[1 - cur], prev_nseg, adc, offsets, noise[draw, :, j],
+                               d, Ts[j])
+            measured = code * adc[A_VOLTS_PER_CODE]
+            setpoint = reference(ref_times, ref_values, ref_per_step, j, t0, step)
+            command = pid_update(pid_par[j], pid_st[j], use_ramp, backcalc, setpoint, measured)
+            d = quantize(command, pwm[j, 0], pwm[j, 1], pwm[j, 2])
+            if log.shape[1] > 0:
+                log[L_SETPOINT, step, j] = pid_st[j, S_SP]
+                log[L_CODE, step, j] = code
+                log[L_MEASURED, step, j] = measured
+                log[L_INTEGRAL, step, j] = pid_st[j, S_INTEGRAL]
+                log[L_COMMAND, step, j] = command
+                log[L_DUTY, step, j] = d
+            step += 1
+        rec[R_DUTY, k, j], rec[R_IL, k, j], rec[R_VC, k, j] = d, il, vc
+        il, vc, t_diode, t_idle, nseg = period(tab_j, times, t0, Ts[j], sync[j], il, vc, d,
+                                               on_cache, seg[cur], work)
+        if nseg < 0:
+            return k
+        rec[R_DIODE, k, j], rec[R_IDLE, k, j] = t_diode, t_idle
+        if n_t > 0:
+            record_grid(tab_j, seg[cur], nseg, t0, Ts[j], dt, n_t, k == n_periods - 1,
+                        wave, j)
+        prev_nseg = nseg
+    il_end[j], vc_end[j] = il, vc
+    if duty_mode == 2:
+        duties[0, j] = d
+    return -1
+
+
+@njit(**_JIT)
+def run_lanes(tab, times, Ts, sync, il0, vc0, n_periods, dt, n_t, duty_mode, duties,
+              every, pid_par, pid_st, use_ramp, backcalc, adc, offsets, noise, pwm, ref_times,
+              ref_values, ref_per_step, wave, rec, log, il_end, vc_end, chatter):
+    """Simulate every lane for ``n_periods`` periods, one after the other.
+
+    duty_mode 0: constant ``duties[0, j]``; 1: schedule ``duties[k, j]``; 2: the controller
+    (``duties[0, j]`` is its initial quantised duty, and receives the last one). ``wave``
+    (3, lanes, n_t) and ``rec`` (5, periods, lanes) receive the outputs (``n_t = 0`` records
+    no waveform); ``log`` (6, steps, lanes) the control steps if it has rows; ``chatter``
+    (lanes,) the first period in which a lane's diode chattered (-1: none).
+    """
+    for j in range(Ts.size):
+        chatter[j] = run_lane(j, tab, times, Ts, sync, il0, vc0, n_periods, dt, n_t, duty_mode,
+                              duties, every, pid_par, pid_st, use_ramp, backcalc, adc, offsets,
+                              noise, pwm, ref_times, ref_values, ref_per_step, wave, rec, log,
+                              il_end, vc_end)
+
+
+@njit(parallel=True, **_JIT)
+def run_lanes_parallel(tab, times, Ts, sync, il0, vc0, n_periods, dt, n_t, duty_mode, duties,
+                       every, pid_par, pid_st, use_ramp, backcalc, adc, offsets, noise, pwm,
+                       ref_times, ref_values, ref_per_step, wave, rec, log, il_end, vc_end,
+                       chatter):
+    """:func:`run_lanes` with the lanes shared out over the cores."""
+    for j in prange(Ts.size):
+        chatter[j] = run_lane(j, tab, times, Ts, sync, il0, vc0, n_periods, dt, n_t, duty_mode,
+                              duties, every, pid_par, pid_st, use_ramp, backcalc, adc, offsets,
+                              noise, pwm, ref_times, ref_values, ref_per_step, wave, rec, log,
+                              il_end, vc_end)

@@ -148,3 +148,15 @@ print(len(caught), [str(w.message) for w in caught])
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          env=env, check=True).stdout
     assert out.startswith("1 ") and "numba is not available" in out
+
+
+def test_many_lanes_run_in_parallel_with_the_same_numbers():
+    from boostsim.fastloop import PARALLEL_LANES
+
+    n = PARALLEL_LANES + 3
+    kp = np.linspace(0.0005, 0.005, n)
+    (ref, _), (fast, _) = _both(BOARD.replace(L=BOARD.L * np.linspace(0.7, 1.3, n)),
+                                lambda: _controller(kp=kp, noise=0.002), vref=12.0,
+                                t_end=150 * TS, dt=TS)
+    np.testing.assert_array_equal(fast.periods.duty, ref.periods.duty)
+    assert _rel(fast.vout, ref.vout) < 1e-9
