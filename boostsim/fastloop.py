@@ -17,7 +17,7 @@ import numpy as np
 from .control import ControlLog, DigitalController
 from .pid import PID
 
-__all__ = ["ENGINES", "available", "pid_arrays", "run", "use_compiled"]
+__all__ = ["ENGINES", "available", "closed_loop_means", "pid_arrays", "run", "use_compiled"]
 
 ENGINES = ("auto", "numpy", "compiled")
 _kernel: Any = None
@@ -136,16 +136,47 @@ def run(drive: Any, stepper: Any, controller: DigitalController | None, wave: np
         duties = drive.constant[None, :] if mode == 0 else drive.schedule
         _lanes_kernel(n)(tab, cond.times, Ts, sync, drive.il0, drive.vc0, n_periods, drive.dt,
                          drive.n_t, mode, np.ascontiguousarray(duties), 1, *_no_controller(n),
-                         wave, rec, np.empty((6, 0, n)), il_end, vc_end, chatter)
+                         wave, rec, np.empty((0, n)), np.empty((6, 0, n)), il_end, vc_end,
+                         chatter)
     else:
-        _run_controller(k, drive, tab, cond.times, sync, controller, wave, rec, il_end, vc_end,
-                        chatter)
+        _run_controller(k, drive, tab, cond.times, sync, controller, wave, rec, np.empty((0, n)),
+                        il_end, vc_end, chatter)
+    _check_chatter(chatter)
+    return il_end, vc_end
+
+
+def _check_chatter(chatter: np.ndarray) -> None:
     if np.any(chatter >= 0):
         lanes = np.flatnonzero(chatter >= 0)
-        raise RuntimeError(f"period {int(chatter[lanes].min())}: more than {k.MAX_SEGMENTS} "
-                           f"segments in lanes {lanes[:5].tolist()} (diode chattering at the "
-                           f"conduction boundary); check the parameters")
-    return il_end, vc_end
+        raise RuntimeError(f"period {int(chatter[lanes].min())}: more than "
+                           f"{_load().MAX_SEGMENTS} segments in lanes {lanes[:5].tolist()} "
+                           f"(diode chattering at the conduction boundary); check the "
+                           f"parameters")
+
+
+def closed_loop_means(params: Any, controller: DigitalController, *, t_end: float, vref: Any,
+                      steps: Any = (), x0: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """The closed loop's exact mean output voltage over every period [V], shape
+    (lanes, periods), and the duties (lanes, periods), without waveforms or control log
+    (compiled route only: the memory of a large study is the two arrays)."""
+    from .drive import prepare_drive
+    from .engine import Stepper
+
+    use_compiled("compiled", controller)  # refuses what the kernel cannot run
+    drive = prepare_drive(params, None, t_end, None, x0=x0, controller=controller, vref=vref,
+                          steps=steps, default_dt_periods=1.0)
+    stepper = Stepper(drive.lanes, steps)
+    n, periods = drive.n, drive.n_periods
+    tab = np.ascontiguousarray(stepper.conditions.tables.transpose(2, 0, 1))
+    rec = np.empty((5, periods, n))
+    means = np.empty((periods, n))
+    chatter = np.full(n, -1)
+    drive.n_t = 0
+    _run_controller(_load(), drive, tab, stepper.conditions.times, stepper.sync, controller,
+                    np.empty((3, n, 0)), rec, means, np.empty(n), np.empty(n), chatter,
+                    log=False)
+    _check_chatter(chatter)
+    return means.T, rec[0].T
 
 
 # Lanes from which the kernel's parallel loop pays on two cores (benchmarks/bench_control.py).
@@ -200,20 +231,21 @@ def controller_arrays(controller: DigitalController, n: int, Ts: np.ndarray, n_p
 
 def _run_controller(k: Any, drive: Any, tab: np.ndarray, times: np.ndarray, sync: np.ndarray,
                     controller: DigitalController, wave: np.ndarray, rec: np.ndarray,
-                    il_end: np.ndarray, vc_end: np.ndarray, chatter: np.ndarray) -> None:
+                    means: np.ndarray, il_end: np.ndarray, vc_end: np.ndarray,
+                    chatter: np.ndarray, log: bool = True) -> None:
     n, Ts = drive.n, drive.Ts
-    a = controller_arrays(controller, n, Ts, drive.n_periods, log=True)
+    a = controller_arrays(controller, n, Ts, drive.n_periods, log=log)
     duties = np.array(controller._duty, dtype=float).reshape(1, n)
     _lanes_kernel(n)(tab, times, Ts, sync, drive.il0, drive.vc0, drive.n_periods, drive.dt,
                      drive.n_t, 2, duties, a["every"], a["par"], a["st"], a["use_ramp"],
                      a["backcalc"], a["adc"], a["offsets"], a["noise"], a["pwm"],
-                     a["ref_times"], a["ref_values"], a["per_step"], wave, rec, a["log"],
+                     a["ref_times"], a["ref_values"], a["per_step"], wave, rec, means, a["log"],
                      il_end, vc_end, chatter)
     controller._duty = duties[0].copy()
-    log = a["log"]
-    if log.shape[1]:
+    log, periods = a["log"], a["periods"]
+    if periods.size:
         _restore_pid(controller.pid, a["st"], n)
-        periods = a["periods"]
+    if log.shape[1]:
         controller._compiled_log = ControlLog(
             period=periods, t=periods[:, None] * Ts[None, :], setpoint=log[k.L_SETPOINT],
             adc_code=log[k.L_CODE], measured=log[k.L_MEASURED],

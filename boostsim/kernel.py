@@ -356,6 +356,42 @@ def record_grid(tab, seg, nseg, t0, Ts, dt, n_t, final, wave, lane):
                                                                       i * dt - t0, snap)
 
 
+@njit(**_JIT)
+def phi2(z):
+    """(e^z - 1 - z)/z^2, 1/2 at z = 0, accurate for small |z|."""
+    if abs(z) < 1e-2:
+        return 0.5 + z * (1 / 6 + z * (1 / 24 + z * (1 / 120 + z / 720)))
+    return (np.expm1(z) - z) / (z * z)
+
+
+@njit(**_JIT)
+def vout_integral(c, topology, il0, vc0, dur):
+    """Integral of vout over a segment [V s], in closed form: the decaying pieces through
+    phi2, the DIODE system through A^-1 (x(dur) - x0) + x_eq dur."""
+    if topology == DIODE:
+        il1, vc1 = diode_state(c, il0, vc0, dur)
+        a11, a12, a21, a22 = c[A11], c[A12], c[A21], c[S] - c[N11]
+        det = a11 * a22 - a12 * a21
+        d_il, d_vc = il1 - il0, vc1 - vc0
+        int_il = c[IL_EQ] * dur + (a22 * d_il - a12 * d_vc) / det
+        int_vc = c[VC_EQ] * dur + (a11 * d_vc - a21 * d_il) / det
+    else:
+        int_il = 0.0
+        int_vc = vc0 * dur + (-c[W] - c[M] * vc0) * dur * dur * phi2(-c[M] * dur)
+    return c[A_OUT] * (int_vc + c[R_C] * (int_il - c[I_LOAD] * dur))
+
+
+@njit(**_JIT)
+def period_mean_vout(tab, seg, nseg, Ts):
+    """Mean output voltage over the period held in ``seg`` [V]."""
+    total = 0.0
+    for m in range(nseg):
+        if seg[m, SEG_DUR] > 0:
+            total += vout_integral(tab[int(seg[m, SEG_EPOCH])], int(seg[m, SEG_TOPO]),
+                                   seg[m, SEG_IL], seg[m, SEG_VC], seg[m, SEG_DUR])
+    return total / Ts
+
+
 # -- the board's control loop (boostsim.pid, boostsim.control) ----------------------------------
 
 @njit(**_JIT)
@@ -433,7 +469,7 @@ def reference(ref_times, ref_values, per_step, j, t, step):
 @njit(**_JIT)
 def run_lane(j, tab, times, Ts, sync, il0, vc0, n_periods, dt, n_t, duty_mode, duties,
              every, pid_par, pid_st, use_ramp, backcalc, adc, offsets, noise, pwm, ref_times,
-             ref_values, ref_per_step, wave, rec, log, il_end, vc_end):
+             ref_values, ref_per_step, wave, rec, means, log, il_end, vc_end):
     """Simulate lane ``j`` for ``n_periods`` periods (see :func:`run_lanes`); returns the
     first period in which the diode chattered, or -1."""
     seg = np.empty((2, MAX_SEGMENTS + 2, 6))
@@ -471,6 +507,8 @@ def run_lane(j, tab, times, Ts, sync, il0, vc0, n_periods, dt, n_t, duty_mode, d
         if nseg < 0:
             return k
         rec[R_DIODE, k, j], rec[R_IDLE, k, j] = t_diode, t_idle
+        if means.shape[0] > 0:
+            means[k, j] = period_mean_vout(tab_j, seg[cur], nseg, Ts[j])
         if n_t > 0:
             record_grid(tab_j, seg[cur], nseg, t0, Ts[j], dt, n_t, k == n_periods - 1,
                         wave, j)
@@ -484,30 +522,31 @@ def run_lane(j, tab, times, Ts, sync, il0, vc0, n_periods, dt, n_t, duty_mode, d
 @njit(**_JIT)
 def run_lanes(tab, times, Ts, sync, il0, vc0, n_periods, dt, n_t, duty_mode, duties,
               every, pid_par, pid_st, use_ramp, backcalc, adc, offsets, noise, pwm, ref_times,
-              ref_values, ref_per_step, wave, rec, log, il_end, vc_end, chatter):
+              ref_values, ref_per_step, wave, rec, means, log, il_end, vc_end, chatter):
     """Simulate every lane for ``n_periods`` periods, one after the other.
 
     duty_mode 0: constant ``duties[0, j]``; 1: schedule ``duties[k, j]``; 2: the controller
-    (``duties[0, j]`` is its initial quantised duty, and receives the last one). ``wave``
-    (3, lanes, n_t) and ``rec`` (5, periods, lanes) receive the outputs (``n_t = 0`` records
-    no waveform); ``log`` (6, steps, lanes) the control steps if it has rows; ``chatter``
-    (lanes,) the first period in which a lane's diode chattered (-1: none).
+    (``duties[0, j]`` is its initial quantised duty, and receives the last one). Outputs:
+    ``wave`` (3, lanes, n_t) the waveforms (``n_t = 0``: none), ``rec`` (5, periods, lanes)
+    the period records, ``means`` (periods, lanes) each period's mean vout and ``log``
+    (6, steps, lanes) the control steps (each only if it has rows), ``chatter`` (lanes,) the
+    first period in which a lane's diode chattered (-1: none).
     """
     for j in range(Ts.size):
         chatter[j] = run_lane(j, tab, times, Ts, sync, il0, vc0, n_periods, dt, n_t, duty_mode,
                               duties, every, pid_par, pid_st, use_ramp, backcalc, adc, offsets,
-                              noise, pwm, ref_times, ref_values, ref_per_step, wave, rec, log,
-                              il_end, vc_end)
+                              noise, pwm, ref_times, ref_values, ref_per_step, wave, rec, means,
+                              log, il_end, vc_end)
 
 
 @njit(parallel=True, **_JIT)
 def run_lanes_parallel(tab, times, Ts, sync, il0, vc0, n_periods, dt, n_t, duty_mode, duties,
                        every, pid_par, pid_st, use_ramp, backcalc, adc, offsets, noise, pwm,
-                       ref_times, ref_values, ref_per_step, wave, rec, log, il_end, vc_end,
-                       chatter):
+                       ref_times, ref_values, ref_per_step, wave, rec, means, log, il_end,
+                       vc_end, chatter):
     """:func:`run_lanes` with the lanes shared out over the cores."""
     for j in prange(Ts.size):
         chatter[j] = run_lane(j, tab, times, Ts, sync, il0, vc0, n_periods, dt, n_t, duty_mode,
                               duties, every, pid_par, pid_st, use_ramp, backcalc, adc, offsets,
-                              noise, pwm, ref_times, ref_values, ref_per_step, wave, rec, log,
-                              il_end, vc_end)
+                              noise, pwm, ref_times, ref_values, ref_per_step, wave, rec, means,
+                              log, il_end, vc_end)

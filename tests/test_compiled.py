@@ -160,3 +160,14 @@ def test_many_lanes_run_in_parallel_with_the_same_numbers():
                                 t_end=150 * TS, dt=TS)
     np.testing.assert_array_equal(fast.periods.duty, ref.periods.duty)
     assert _rel(fast.vout, ref.vout) < 1e-9
+
+
+def test_exact_period_means_of_the_kernel_equal_the_engine_quadrature():
+    from boostsim.fastloop import closed_loop_means
+
+    params = BOARD.replace(R=np.array([48.0, 400.0]), synchronous=np.array([False, True]))
+    kw = dict(vref=12.0, t_end=300 * TS, steps=[Step(1.5e-3, R=30.0)])
+    means, duty = closed_loop_means(params, _controller(noise=0.001), **kw)
+    ref = simulate(params, controller=_controller(noise=0.001), engine="numpy", dt=TS, **kw)
+    np.testing.assert_array_equal(duty, ref.periods.duty)
+    assert _rel(means, ref.period_means()["vout"]) < 1e-9
