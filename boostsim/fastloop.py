@@ -122,7 +122,7 @@ def _reference(controller: DigitalController, n: int, Ts: np.ndarray, control_pe
 def run(drive: Any, stepper: Any, controller: DigitalController | None, wave: np.ndarray,
         rec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Simulate the request ``drive`` (:class:`boostsim.drive.Drive`) on ``stepper``'s
-    conditions; fills ``wave`` (3, lanes, n_t) and ``rec`` (5, periods, lanes) and returns the
+    conditions; fills ``wave`` (3, lanes, n_t) and ``rec`` (5, lanes, periods) and returns the
     final state (il, vc)."""
     k = _load()
     n, Ts, n_periods = drive.n, drive.Ts, drive.n_periods
@@ -136,10 +136,10 @@ def run(drive: Any, stepper: Any, controller: DigitalController | None, wave: np
         duties = drive.constant[None, :] if mode == 0 else drive.schedule
         _lanes_kernel(n)(tab, cond.times, Ts, sync, drive.il0, drive.vc0, n_periods, drive.dt,
                          drive.n_t, mode, np.ascontiguousarray(duties), 1, *_no_controller(n),
-                         wave, rec, np.empty((0, n)), np.empty((6, 0, n)), il_end, vc_end,
+                         wave, rec, np.empty((n, 0)), np.empty((6, n, 0)), il_end, vc_end,
                          chatter)
     else:
-        _run_controller(k, drive, tab, cond.times, sync, controller, wave, rec, np.empty((0, n)),
+        _run_controller(k, drive, tab, cond.times, sync, controller, wave, rec, np.empty((n, 0)),
                         il_end, vc_end, chatter)
     _check_chatter(chatter)
     return il_end, vc_end
@@ -168,15 +168,15 @@ def closed_loop_means(params: Any, controller: DigitalController, *, t_end: floa
     stepper = Stepper(drive.lanes, steps)
     n, periods = drive.n, drive.n_periods
     tab = np.ascontiguousarray(stepper.conditions.tables.transpose(2, 0, 1))
-    rec = np.empty((5, periods, n))
-    means = np.empty((periods, n))
+    rec = np.empty((5, n, periods))
+    means = np.empty((n, periods))
     chatter = np.full(n, -1)
     drive.n_t = 0
     _run_controller(_load(), drive, tab, stepper.conditions.times, stepper.sync, controller,
                     np.empty((3, n, 0)), rec, means, np.empty(n), np.empty(n), chatter,
                     log=False)
     _check_chatter(chatter)
-    return means.T, rec[0].T
+    return means, rec[0]
 
 
 # Lanes from which the kernel's parallel loop pays on two cores (benchmarks/bench_control.py).
@@ -191,7 +191,7 @@ def _lanes_kernel(n: int) -> Any:
 def _no_controller(n: int) -> tuple:
     k = _load()
     return (np.zeros((n, k.N_PID_PAR)), np.zeros((n, k.N_PID_STATE)), False, False,
-            np.zeros(k.N_ADC), np.zeros(1), np.zeros((1, 1, n)), np.zeros((n, 3)), np.zeros(1),
+            np.zeros(k.N_ADC), np.zeros(1), np.zeros((n, 1, 1)), np.zeros((n, 3)), np.zeros(1),
             np.zeros((1, n)), False)
 
 
@@ -215,17 +215,19 @@ def controller_arrays(controller: DigitalController, n: int, Ts: np.ndarray, n_p
     settings[k.A_NOISE] = adc.noise_rms
     offsets = (np.arange(adc.oversample) - 0.5 * (adc.oversample - 1)) * adc.spacing
     if adc.noise_rms > 0:
-        # The same draws, in the same order, as ADC.codes makes one control step at a time.
-        noise = controller._rng.standard_normal((steps, adc.oversample, n))
+        # The same draws, in the same order, as ADC.codes makes one control step at a time;
+        # stored lane-major (lanes, steps, oversample) for the kernel.
+        drawn = controller._rng.standard_normal((steps, adc.oversample, n))
+        noise = np.ascontiguousarray(drawn.transpose(2, 0, 1))
     else:
-        noise = np.zeros((1, adc.oversample, n))
+        noise = np.zeros((n, 1, adc.oversample))
     par, st = pid_arrays(controller.pid, n)
     ref_times, ref_values, per_step = _reference(controller, n, Ts, control_periods)
     return dict(every=every, par=par, st=st, use_ramp=controller.pid._ramp_step is not None,
                 backcalc=controller.pid._backcalc, adc=settings, offsets=offsets, noise=noise,
                 pwm=np.ascontiguousarray(np.stack(pwm.counter_limits(controller._fsw), axis=1)),
                 ref_times=ref_times, ref_values=np.ascontiguousarray(ref_values),
-                per_step=per_step, log=np.empty((6, steps if log else 0, n)),
+                per_step=per_step, log=np.empty((6, n, steps if log else 0)),
                 periods=np.array(control_periods, dtype=int))
 
 
@@ -245,9 +247,9 @@ def _run_controller(k: Any, drive: Any, tab: np.ndarray, times: np.ndarray, sync
     log, periods = a["log"], a["periods"]
     if periods.size:
         _restore_pid(controller.pid, a["st"], n)
-    if log.shape[1]:
+    if log.shape[2]:
         controller._compiled_log = ControlLog(
-            period=periods, t=periods[:, None] * Ts[None, :], setpoint=log[k.L_SETPOINT],
-            adc_code=log[k.L_CODE], measured=log[k.L_MEASURED],
-            error=log[k.L_SETPOINT] - log[k.L_MEASURED], integral=log[k.L_INTEGRAL],
-            duty_command=log[k.L_COMMAND], duty=log[k.L_DUTY])
+            period=periods, t=periods[:, None] * Ts[None, :], setpoint=log[k.L_SETPOINT].T,
+            adc_code=log[k.L_CODE].T, measured=log[k.L_MEASURED].T,
+            error=(log[k.L_SETPOINT] - log[k.L_MEASURED]).T, integral=log[k.L_INTEGRAL].T,
+            duty_command=log[k.L_COMMAND].T, duty=log[k.L_DUTY].T)

@@ -487,28 +487,28 @@ def run_lane(j, tab, times, Ts, sync, il0, vc0, n_periods, dt, n_t, duty_mode, d
             d = duties[k, j]
         elif duty_mode == 2 and k > 0 and k % every == 0:
             draw = step if adc[A_NOISE] > 0 else 0
-            code = adc_reading(tab_j, seg[1 - cur], prev_nseg, adc, offsets, noise[draw, :, j],
+            code = adc_reading(tab_j, seg[1 - cur], prev_nseg, adc, offsets, noise[j, draw],
                                d, Ts[j])
             measured = code * adc[A_VOLTS_PER_CODE]
             setpoint = reference(ref_times, ref_values, ref_per_step, j, t0, step)
             command = pid_update(pid_par[j], pid_st[j], use_ramp, backcalc, setpoint, measured)
             d = quantize(command, pwm[j, 0], pwm[j, 1], pwm[j, 2])
-            if log.shape[1] > 0:
-                log[L_SETPOINT, step, j] = pid_st[j, S_SP]
-                log[L_CODE, step, j] = code
-                log[L_MEASURED, step, j] = measured
-                log[L_INTEGRAL, step, j] = pid_st[j, S_INTEGRAL]
-                log[L_COMMAND, step, j] = command
-                log[L_DUTY, step, j] = d
+            if log.shape[2] > 0:
+                log[L_SETPOINT, j, step] = pid_st[j, S_SP]
+                log[L_CODE, j, step] = code
+                log[L_MEASURED, j, step] = measured
+                log[L_INTEGRAL, j, step] = pid_st[j, S_INTEGRAL]
+                log[L_COMMAND, j, step] = command
+                log[L_DUTY, j, step] = d
             step += 1
-        rec[R_DUTY, k, j], rec[R_IL, k, j], rec[R_VC, k, j] = d, il, vc
+        rec[R_DUTY, j, k], rec[R_IL, j, k], rec[R_VC, j, k] = d, il, vc
         il, vc, t_diode, t_idle, nseg = period(tab_j, times, t0, Ts[j], sync[j], il, vc, d,
                                                on_cache, seg[cur], work)
         if nseg < 0:
             return k
-        rec[R_DIODE, k, j], rec[R_IDLE, k, j] = t_diode, t_idle
-        if means.shape[0] > 0:
-            means[k, j] = period_mean_vout(tab_j, seg[cur], nseg, Ts[j])
+        rec[R_DIODE, j, k], rec[R_IDLE, j, k] = t_diode, t_idle
+        if means.shape[1] > 0:
+            means[j, k] = period_mean_vout(tab_j, seg[cur], nseg, Ts[j])
         if n_t > 0:
             record_grid(tab_j, seg[cur], nseg, t0, Ts[j], dt, n_t, k == n_periods - 1,
                         wave, j)
@@ -526,11 +526,11 @@ def run_lanes(tab, times, Ts, sync, il0, vc0, n_periods, dt, n_t, duty_mode, dut
     """Simulate every lane for ``n_periods`` periods, one after the other.
 
     duty_mode 0: constant ``duties[0, j]``; 1: schedule ``duties[k, j]``; 2: the controller
-    (``duties[0, j]`` is its initial quantised duty, and receives the last one). Outputs:
-    ``wave`` (3, lanes, n_t) the waveforms (``n_t = 0``: none), ``rec`` (5, periods, lanes)
-    the period records, ``means`` (periods, lanes) each period's mean vout and ``log``
-    (6, steps, lanes) the control steps (each only if it has rows), ``chatter`` (lanes,) the
-    first period in which a lane's diode chattered (-1: none).
+    (``duties[0, j]`` is its initial quantised duty, and receives the last one). Outputs,
+    lane-major so that each lane writes its own memory, each only if it has rows or columns:
+    ``wave`` (3, lanes, n_t) the waveforms, ``rec`` (5, lanes, periods) the period records,
+    ``means`` (lanes, periods) each period's mean vout, ``log`` (6, lanes, steps) the control
+    steps; ``chatter`` (lanes,) the first period in which a lane's diode chattered (-1: none).
     """
     for j in range(Ts.size):
         chatter[j] = run_lane(j, tab, times, Ts, sync, il0, vc0, n_periods, dt, n_t, duty_mode,

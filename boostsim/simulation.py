@@ -156,7 +156,8 @@ def simulate(params: BoostParams, duty: Any = None, t_end: float | None = None,
     everyone = np.arange(n)
     every = int(getattr(controller, "every", 1)) if controller is not None else 1
     if compiled:
-        il, vc = fastloop.run(drive, stepper, controller, out.wave, out.table)
+        table = out.lane_major()
+        il, vc = fastloop.run(drive, stepper, controller, out.wave, table)
         if bar is not None:
             bar.update(n_periods)
     elif controller is None and schedule is None:
@@ -292,11 +293,16 @@ class _Recorder:
         self.n_periods, self.n_t, self.dt, self.Ts = n_periods, n_t, dt, Ts
         self.common_Ts = float(Ts[0]) if (Ts == Ts[0]).all() else None
         # Period-major storage: each period writes contiguous rows.
-        self.table = np.empty((5, n_periods, n))
-        self.rec = dict(zip(("duty", "il_start", "vc_start", "t_diode", "t_idle"), self.table,
-                            strict=True))
+        self.rec = {name: np.empty((n_periods, n)) for name in
+                    ("duty", "il_start", "vc_start", "t_diode", "t_idle")}
         self.wave = np.empty((3, n, n_t))
         self.il, self.vc, self.vout = self.wave
+
+    def lane_major(self) -> np.ndarray:
+        """The per-period records as one (5, lanes, periods) array to be filled lane by lane."""
+        table = np.empty((5, self.il.shape[0], self.n_periods))
+        self.rec = {name: part.T for name, part in zip(self.rec, table, strict=True)}
+        return table
 
     def period(self, rows: np.ndarray, k: int, duty: np.ndarray, il0: np.ndarray,
                vc0: np.ndarray, period: Period) -> None:
