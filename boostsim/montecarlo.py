@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -69,7 +70,7 @@ def disturbance_response(t: np.ndarray, y: np.ndarray, t_step: float, band: floa
             "vout_initial": initial, "vout_final": final}
 
 
-def load_step_yield(base: BoostParams, controller: DigitalController, *, vref: float,
+def load_step_yield(base: BoostParams, controller: DigitalController, *, vref: Any,
                     step: Step, t_end: float, samples: int,
                     tolerances: Sequence[Tolerance], limits: Sequence[Limit] = (),
                     seed: int = 0, dist: str = "uniform", band: float = 0.01) -> SweepResult:
