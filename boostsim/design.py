@@ -64,7 +64,7 @@ from scipy import linalg, optimize, signal
 from .averaged import SmallSignal, duty_for_vout, small_signal
 from .params import BoostParams
 
-__all__ = ["LoopGain", "Margins", "PIDGains", "loop_gain", "tune_pid"]
+__all__ = ["LoopGain", "Margins", "PIDGains", "bode_band", "loop_gain", "tune_pid"]
 
 
 @dataclasses.dataclass
@@ -352,6 +352,27 @@ def loop_gain(params: BoostParams, duty: float, pid: Any, *, sensor_gain: float 
             raise ValueError(f"pade_order must be an integer >= 1, got {pade_order!r}")
         loop.lti = _continuous(loop, pade_order)
     return loop
+
+
+def bode_band(plant: SmallSignal, *, loop: LoopGain | None = None,
+              margins: Margins | None = None, fsw: float | None = None
+              ) -> tuple[float, float, float]:
+    """Default frequency band of a Bode plot: (low, high, limit) [Hz].
+
+    With ``loop``: from well below the LC resonance and the crossover, ``min(f_res/20,
+    f_c/50, f_nyq/1000)``, up to just under the loop's Nyquist frequency ``f_nyq = 1/(2T)``
+    (``0.98 f_nyq``), which is also the limit (``margins``: the loop's, if already computed).
+    The plant alone (``fsw`` [Hz] needed): from ``f_res/50`` up to ``fsw/2``, the averaged
+    model's limit.
+    """
+    if loop is None:
+        if fsw is None:
+            raise ValueError("bode_band: give the loop, or fsw for the plant alone")
+        return plant.resonance_hz / 50, fsw / 2, fsw / 2
+    nyq = 0.5 / loop.sample_period
+    fc = (margins if margins is not None else loop.margins()).crossover_hz
+    lo = min(plant.resonance_hz / 20, fc / 50 if math.isfinite(fc) else nyq, nyq / 1000)
+    return lo, nyq * 0.98, nyq
 
 
 # -- design ---------------------------------------------------------------------------------------

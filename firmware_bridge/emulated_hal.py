@@ -24,7 +24,6 @@ What it models, per call of the firmware:
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -32,26 +31,9 @@ from typing import Any
 import numpy as np
 
 from .plant import Plant
+from .rp2040 import rp2040_pwm
 
 __all__ = ["AdcModel", "EmulatedHAL", "LoopStats", "rp2040_pwm"]
-
-
-def rp2040_pwm(freq_hz: float, duty: float, clock_hz: float) -> tuple[float, float]:
-    """(frequency, duty) an RP2040 slice really produces for ``hal.py``'s request.
-
-    MicroPython picks the smallest 8.4 fixed-point divider that fits the period in the 16-bit
-    counter, ``top = clock / (div * freq) - 1``; hal.py writes ``duty_u16 = duty * 65535``,
-    the compare level is ``duty_u16 * (top + 1) // 65535``. ``clock_hz`` <= 0: ideal PWM.
-    """
-    if clock_hz <= 0:
-        return float(freq_hz), float(duty)
-    div16 = max(16, math.ceil(clock_hz * 16 / (freq_hz * 65536)))
-    top = max(1, round(clock_hz * 16 / (div16 * freq_hz)) - 1)
-    steps = top + 1
-    freq_eff = clock_hz * 16 / (div16 * steps)
-    duty_u16 = min(65535, int(duty * 65535 + 0.5))
-    cc = duty_u16 * steps // 65535
-    return freq_eff, cc / steps
 
 
 class AdcModel:

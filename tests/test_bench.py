@@ -39,7 +39,7 @@ def agree(result, k: float = 4.0, slack: float = 0.3e-3) -> None:
 
 def test_query_sweep_matches_the_simulation_within_noise(emu):
     with Board(emu.port, watchdog=1.0) as board:
-        result = bench.run_sweep(board, DUTIES, settle=0.05, samples=16)
+        result = bench.measure_sweep(board, DUTIES, settle=0.05, samples=16)
     assert result.aborted is None and result.n_points == DUTIES.size
     assert not emu.plant_state()["enabled"]
     np.testing.assert_allclose(result.duty_effective, DUTIES, atol=1e-3)
@@ -55,7 +55,7 @@ def test_query_sweep_matches_the_simulation_within_noise(emu):
 
 def test_stream_sweep_is_not_biased_by_the_ripple(emu):
     with Board(emu.port, watchdog=1.0) as board:
-        result = bench.run_sweep(board, [0.3, 0.6], settle=0.05, samples=1500,
+        result = bench.measure_sweep(board, [0.3, 0.6], settle=0.05, samples=1500,
                                  method="stream", stream_rate=20e3)
     result.sim = bench.simulate_sweep(BOARD, result.duty_effective, result.frequency)
     assert result.samples.tolist() == [1500, 1500]
@@ -76,7 +76,7 @@ def test_the_loss_fit_recovers_the_boards_inductor_resistance():
     true_r_l = 0.25                                 # the emulated board; the config says 0.05
     with Emulator(params=BOARD.replace(r_L=true_r_l), seed=4) as emu, \
             Board(emu.port, watchdog=1.0) as board:
-        result = bench.run_sweep(board, DUTIES, settle=0.05, samples=16)
+        result = bench.measure_sweep(board, DUTIES, settle=0.05, samples=16)
     result.sim = bench.simulate_sweep(BOARD, result.duty_effective, result.frequency)
     assert result.error_metrics()["max"] > 20 * LSB  # the model is visibly off...
     fit = bench.fit_losses(BOARD, result.duty_effective, result.vout_mean, result.vout_sem,
@@ -95,7 +95,7 @@ def test_an_ovp_trip_mid_sweep_stops_it_with_the_data_kept(emu):
             emu.disconnect_load()                   # vout runs up to the OVP level
 
     with Board(emu.port, watchdog=1.0) as board:
-        result = bench.run_sweep(board, DUTIES, settle=0.1, samples=8, on_point=on_point)
+        result = bench.measure_sweep(board, DUTIES, settle=0.1, samples=8, on_point=on_point)
     assert result.abort_kind == "trip" and "OVP" in result.aborted
     assert result.n_points == 3
     assert not emu.plant_state()["enabled"] and emu.snapshot()["trip"] == "OVP"
@@ -109,10 +109,10 @@ def test_a_reset_mid_sweep_aborts_or_resumes(emu):
         return on_point
 
     with Board(emu.port, watchdog=1.0, retries=2) as board:
-        result = bench.run_sweep(board, DUTIES, settle=0.05, samples=8, on_point=reset_at(1))
+        result = bench.measure_sweep(board, DUTIES, settle=0.05, samples=8, on_point=reset_at(1))
         assert result.abort_kind == "reset" and result.n_points == 2
         assert emu.snapshot()["wdog_s"] == 1.0      # re-applied after the reset
-        result = bench.run_sweep(board, DUTIES, settle=0.05, samples=8, on_point=reset_at(1),
+        result = bench.measure_sweep(board, DUTIES, settle=0.05, samples=8, on_point=reset_at(1),
                                  resume=True)
     assert result.aborted is None and result.resets == 1 and result.n_points == DUTIES.size
     result.sim = bench.simulate_sweep(BOARD, result.duty_effective, result.frequency)
@@ -125,7 +125,7 @@ def test_a_sweep_over_a_corrupting_link_completes(emu):
     with Board(emu.port, watchdog=1.0, retries=4, timeout=0.3) as board:
         emu.faults(corrupt=2e-3, direction="tx")
         emu.faults(corrupt=2e-4, direction="rx")
-        result = bench.run_sweep(board, [0.3, 0.5], settle=0.05, samples=24)
+        result = bench.measure_sweep(board, [0.3, 0.5], settle=0.05, samples=24)
         emu.faults(corrupt=0.0)
     assert result.aborted is None, result.aborted
     result.sim = bench.simulate_sweep(BOARD, result.duty_effective, result.frequency)
@@ -258,9 +258,9 @@ def test_calibration_corrects_a_gain_and_offset_error():
 
 def test_figures_build_headless(emu):
     with Board(emu.port, watchdog=1.0) as board:
-        result = bench.run_sweep(board, [0.3, 0.5], settle=0.03, samples=4)
+        result = bench.measure_sweep(board, [0.3, 0.5], settle=0.03, samples=4)
     result.sim = bench.simulate_sweep(BOARD, result.duty_effective, result.frequency)
-    fig = bench.sweep_figure(result, BOARD)
+    fig = bench.bench_sweep_figure(result, BOARD)
     assert len(fig.axes) == 2
     assert not bench.LivePlotter().active or bench.display_available()
     time.sleep(0)

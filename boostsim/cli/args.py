@@ -1,0 +1,238 @@
+"""Shared argument types (a ValueError becomes a usage error, exit status 2), the parser
+class with one-line errors, and the option groups every command reuses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from ..params import BoostParams
+from ..units import parse_si
+from .context import PROG
+
+# -- argument types (errors here are usage errors: exit status 2) ---------------------------
+
+def _type(fn: Callable[[str], Any]) -> Callable[[str], Any]:
+    """Wrap a parser so that its ValueError becomes argparse's usage error (exit 2)."""
+    def wrapped(text: str) -> Any:
+        try:
+            return fn(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    wrapped.__name__ = fn.__name__.lstrip("_")
+    return wrapped
+
+
+def _probe(name: str, value: Any) -> None:
+    probe: dict[str, Any] = dict(vin=1.0, L=1.0, C=1.0, R=1.0, fsw=1.0)
+    probe[name] = value
+    BoostParams(**probe)
+
+
+def _known() -> str:
+    return ", ".join(BoostParams.field_names())
+
+
+@_type
+def _setting(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    name, value = name.strip(), value.strip()
+    if not sep or not name or not value:
+        raise ValueError(f"cannot read {text!r}: expected NAME=VALUE, e.g. L=47u")
+    if name not in BoostParams.field_names():
+        raise ValueError(f"unknown parameter {name!r}; known: {_known()}")
+    _probe(name, value)
+    return name, value
+
+
+def _positive_time(what: str) -> Callable[[str], float]:
+    @_type
+    def parse(text: str) -> float:
+        value = parse_si(text, name=what)
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{what} must be a finite time > 0 [s], got {text!r}")
+        return value
+    return parse
+
+
+def _int_at_least(minimum: int, what: str) -> Callable[[str], int]:
+    @_type
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise ValueError(f"{what} must be an integer, got {text!r}") from None
+        if value < minimum:
+            raise ValueError(f"{what} must be >= {minimum}, got {value}")
+        return value
+    return parse
+
+
+def _count(text: str) -> int:
+    """Integers also as 1e6 / 100k."""
+    try:
+        return int(text)
+    except ValueError:
+        value = parse_si(text, name="count")
+        if value != int(value):
+            raise ValueError(f"expected a whole number, got {text!r}") from None
+        return int(value)
+
+
+@_type
+def _mc_samples(text: str) -> int:
+    value = _count(text)
+    if value < 1:
+        raise ValueError(f"the number of samples must be >= 1, got {text!r}")
+    return value
+
+
+@_type
+def _duty_value(text: str) -> float:
+    value = parse_si(text, name="duty")
+    if not (0 <= value < 1):
+        raise ValueError(f"duty must be in [0, 1), got {text!r}")
+    return value
+
+
+@_type
+def _vout_value(text: str) -> float:
+    value = parse_si(text, name="vout")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"vout must be a finite voltage > 0 [V], got {text!r}")
+    return value
+
+
+def _duty_range(text: str) -> np.ndarray:
+    from ..sweep import parse_duty_range
+
+    return parse_duty_range(text)
+
+
+def _vout_range(text: str) -> np.ndarray:
+    from ..sweep import parse_value_range
+
+    values = parse_value_range(text, "vout")
+    if np.any(values <= 0):
+        raise ValueError(f"vout targets must be > 0 [V], got {text!r}")
+    return values
+
+
+def _axis(text: str):
+    from ..sweep import parse_axis
+
+    return parse_axis(text)
+
+
+def _tolerance(text: str):
+    from ..sweep import parse_tolerance
+
+    return parse_tolerance(text)
+
+
+def _limit(text: str):
+    from ..sweep import parse_limit
+
+    return parse_limit(text)
+
+
+_STEP_NAMES = ("vin", "R", "i_load")
+
+
+def _step_parser(allowed: tuple[str, ...], option: str) -> Callable[[str], Any]:
+    @_type
+    def parse(text: str):
+        from ..engine import Step
+
+        when, sep, changes = text.partition(":")
+        if not sep or not changes.strip():
+            raise ValueError(f"cannot read {option} {text!r}: expected TIME:NAME=VALUE, e.g. "
+                             f"10ms:R=24")
+        t = parse_si(when, name=f"{option} time")
+        if not (math.isfinite(t) and t >= 0):
+            raise ValueError(f"{option} {text!r}: the time must be >= 0")
+        values: dict[str, float] = {}
+        for part in changes.split(","):
+            name, eq, value = part.partition("=")
+            name = name.strip()
+            if not eq or name not in allowed:
+                raise ValueError(f"cannot read {option} {text!r}: expected NAME=VALUE with "
+                                 f"NAME one of {', '.join(allowed)}")
+            number = parse_si(value, name=name)
+            _probe(name, number)
+            values[name] = number
+        return Step(t, **values)
+    return parse
+
+
+# -- parser ---------------------------------------------------------------------------------
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``boostsim: error: ...`` and exit status 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{PROG}: error: {message} (see '{self.prog} --help')\n")
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=34, width=100)
+
+
+def _parents() -> dict[str, argparse.ArgumentParser]:
+    base = argparse.ArgumentParser(add_help=False)
+    g = base.add_argument_group("output control")
+    g.add_argument("--json", action="store_true",
+                   help="print a JSON summary on stdout (and nothing else there)")
+    g.add_argument("-q", "--quiet", action="store_true",
+                   help="no tables, messages or progress bars (errors still go to stderr)")
+    g.add_argument("--debug", action="store_true", help="show the traceback of errors")
+    board = argparse.ArgumentParser(add_help=False)
+    g = board.add_argument_group("board")
+    g.add_argument("--config", metavar="FILE",
+                   help="board TOML file ([converter] table; other tables are ignored); "
+                        "default: the built-in default board (see 'boostsim config show')")
+    g.add_argument("--set", dest="settings", metavar="NAME=VALUE", action="append",
+                   type=_setting, default=[],
+                   help="override a parameter, SI prefixes allowed (L=47u, fsw=200k, "
+                        "R=inf, synchronous=true); repeatable")
+    files = argparse.ArgumentParser(add_help=False)
+    g = files.add_argument_group("files")
+    g.add_argument("--out", metavar="FILE", help="write results to FILE (.csv, .json, .npz)")
+    g.add_argument("--plot", metavar="FILE", help="write a figure to FILE (.png, .svg, .pdf)")
+    return {"base": base, "board": board, "files": files}
+
+
+def _gain(what: str) -> Callable[[str], float]:
+    @_type
+    def parse(text: str) -> float:
+        value = parse_si(text, name=what)
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"{what} must be a finite number >= 0, got {text!r}")
+        return value
+    return parse
+
+
+def _positive(what: str, unit: str) -> Callable[[str], float]:
+    @_type
+    def parse(text: str) -> float:
+        value = parse_si(text, name=what)
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{what} must be a finite number > 0 [{unit}], got {text!r}")
+        return value
+    return parse
+
+
+def _nonnegative(what: str) -> Callable[[str], float]:
+    @_type
+    def parse(text: str) -> float:
+        value = parse_si(text, name=what)
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"{what} must be a finite number >= 0, got {text!r}")
+        return value
+    return parse

@@ -1,0 +1,115 @@
+"""Shared output: plain-text tables, number formatting, and writing data files and figures.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..params import FIELDS
+from ..units import format_si
+from .context import CliError, Context, _UsageError
+
+# -- shared output helpers ------------------------------------------------------------------
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]],
+           right: Sequence[bool] | None = None) -> str:
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+    right = right or [True] * len(headers)
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(c.rjust(w) if r else c.ljust(w)
+                         for c, w, r in zip(cells, widths, right, strict=True)).rstrip()
+
+    out = [line(headers), line(["-" * w for w in widths])]
+    out += [line(row) for row in rows]
+    return "\n".join(out)
+
+
+def _fmt(value: Any, spec: str) -> str:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    if not math.isfinite(v):
+        return "-"
+    text = format(v, spec)
+    if text.startswith("-") and not any(c in "123456789" for c in text):
+        text = text[1:]  # no "-0.0000"
+    return text
+
+
+def _unit(name: str) -> str:
+    unit = FIELDS[name].unit if name in FIELDS else ""
+    return "Ω" if unit == "ohm" else unit
+
+
+def _si(value: float, name: str) -> str:
+    return format_si(float(value), _unit(name), digits=4)
+
+
+def _write_plot(ctx: Context, fig, path: str) -> None:
+    from ..plots import save
+
+    try:
+        save(fig, path)
+    except OSError as exc:
+        raise CliError(f"cannot write plot {path!r}: {exc.strerror or exc}") from None
+
+
+def _write_columns(ctx: Context, path: str, columns: dict[str, np.ndarray],
+                   meta: dict[str, Any], summary: Any = None) -> None:
+    from ..outputs import write_columns
+
+    try:
+        write_columns(path, columns, meta, summary, progress=ctx.progress)
+    except OSError as exc:
+        raise CliError(f"cannot write {path!r}: {exc.strerror or exc}") from None
+
+
+def _check_writable(path: str | None, kinds: Sequence[str], what: str) -> None:
+    """Fail early (before a long run) on an unknown extension or a missing directory."""
+    if not path:
+        return
+    suffix = Path(path).suffix.lower()
+    if suffix not in kinds:
+        raise _UsageError(f"{what} {path!r}: unknown extension {suffix or '(none)'!r} (use "
+                          f"{', '.join(kinds)})")
+    parent = Path(path).parent
+    if not parent.is_dir():
+        raise CliError(f"cannot write {path!r}: directory {str(parent)!r} does not exist")
+
+
+_DATA_KINDS = (".csv", ".json", ".npz")
+_PLOT_KINDS = (".png", ".svg", ".pdf")
+
+
+def _seconds(seconds: float) -> str:
+    return f"{seconds * 1e3:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _default_file(ctx: Context, given: str | None, default: str) -> str | None:
+    if given:
+        return given
+    return None if ctx.args.no_files else default
+
+
+def _open_log(ctx: Context, path: str | None, columns: Sequence[str], meta: dict[str, Any]):
+    if not path:
+        return None
+    from ..datalog import SampleLog
+
+    try:
+        return SampleLog(path, columns, meta)
+    except OSError as exc:
+        raise CliError(f"cannot write {path!r}: {exc.strerror or exc}") from None

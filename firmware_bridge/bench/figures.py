@@ -1,0 +1,268 @@
+"""Figures of the bench experiments (measured beside simulated), built without pyplot, and the
+live window of ``bench live`` (:class:`LivePlotter`, a separate process when a display exists).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import sys
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from boostsim.analysis import StepMetrics
+from boostsim.params import BoostParams
+
+from .live import LiveResult
+from .step import BenchStep
+from .sweep import BenchSweep, simulate_sweep
+
+# ---------------------------------------------------------------------------- figures
+
+
+def _figure(rows: int, height: float, ratios: Sequence[float] | None = None):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, height), layout="constrained")
+    axes = fig.subplots(rows, 1, sharex=True, gridspec_kw={"height_ratios": ratios}
+                        if ratios else None)
+    return fig, np.atleast_1d(axes)
+
+
+_MEAS = "#1d3557"
+_SIM = "#e76f51"
+_FIT = "#2a9d8f"
+
+
+def bench_sweep_figure(result: BenchSweep, params: BoostParams, *, title: str = ""):
+    """Measured (error bars: 2 standard errors) and simulated output voltage vs duty, and the
+    error per point (with the fitted model, if any)."""
+    from boostsim.plots import board_text
+
+    fig, (ax, ax_e) = _figure(2, 7, (2.2, 1))
+    if result.n_points:
+        lo = float(min(result.duty_effective.min(), result.requested.min()))
+        hi = float(max(result.duty_effective.max(), result.requested.max()))
+    else:
+        lo, hi = float(result.requested.min()), float(result.requested.max())
+    grid = np.linspace(lo, hi, 200) if hi > lo else np.array([lo])
+    with contextlib.suppress(Exception):
+        curve = simulate_sweep(params, grid, result.frequency)
+        ax.plot(grid, curve["vout_mean"], color=_SIM, lw=1.5, label="simulated (steady state)")
+    if result.fit is not None:
+        with contextlib.suppress(Exception):
+            fitted = simulate_sweep(result.fit.params, grid)
+            names = ", ".join(f"{n}={result.fit.values[n]:.3g}" for n in result.fit.names)
+            ax.plot(grid, fitted["vout_mean"], color=_FIT, lw=1.2, ls="--",
+                    label=f"fitted ({names})")
+    if result.n_points:
+        ax.errorbar(result.duty_effective, result.vout_mean, yerr=2 * result.vout_sem,
+                    fmt="o", ms=4, color=_MEAS, label=f"measured ({result.method}, "
+                    f"{int(np.median(result.samples))} samples/point)")
+    ax.set_ylabel("mean output voltage [V]")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper left", fontsize=9)
+    if result.sim is not None and result.n_points:
+        err = result.error * 1e3
+        ax_e.errorbar(result.duty_effective, err, yerr=2 * result.vout_sem * 1e3, fmt="o", ms=4,
+                      color=_MEAS, label="measured - simulated")
+        if result.fit is not None:
+            ax_e.plot(result.duty_effective, (result.vout_mean - result.fit.vout) * 1e3, "s",
+                      ms=4, mfc="none", color=_FIT, label="measured - fitted")
+        ax_e.axhline(0, color="k", lw=0.8)
+        m = result.error_metrics()
+        text = f"error: rms {m['rms'] * 1e3:.2f} mV, max {m['max'] * 1e3:.2f} mV"
+        if result.fit is not None:
+            text += f"; after the fit: rms {result.fit.rms * 1e3:.2f} mV"
+        ax_e.set_title(text, fontsize=10)
+        ax_e.legend(loc="best", fontsize=8)
+    ax_e.set_ylabel("error [mV]")
+    ax_e.set_xlabel("duty (as produced by the PWM)")
+    ax_e.grid(True, alpha=0.3)
+    head = title or "bench sweep: measured vs simulated"
+    if result.aborted:
+        head += f" (aborted after {result.n_points} points)"
+    fig.suptitle(f"{head}\n{board_text(params)}", fontsize=11)
+    return fig
+
+
+def _metrics_text(m: StepMetrics | None) -> list[str]:
+    if m is None:
+        return ["-"] * 5
+    def ms(v: float) -> str:
+        return "-" if not np.isfinite(v) else f"{v * 1e3:.2f} ms"
+    return [f"{m.final:.3f} V", ms(m.rise_time), f"{m.overshoot:.1f} %",
+            f"{m.undershoot:.1f} %", ms(m.settling_time)]
+
+
+def step_figure(step: BenchStep, params: BoostParams, *, title: str = ""):
+    """Measured step (single conversions, light; moving average, dark) over the simulated
+    per-period mean, with a metrics table."""
+    from matplotlib.figure import Figure
+
+    from boostsim.plots import board_text
+
+    fig = Figure(figsize=(11, 5.5), layout="constrained")
+    ax, ax_table = fig.subplots(1, 2, gridspec_kw={"width_ratios": (3.2, 1)})
+    ax.plot(step.t * 1e3, step.vout, ".", ms=1.5, color=_MEAS, alpha=0.25,
+            label=f"measured, {step.rate:.6g} S/s")
+    if step.t_sim is not None:
+        ax.plot(step.t_sim * 1e3, step.vout_sim, color=_SIM, lw=2.2, alpha=0.8,
+                label="simulated (period means)")
+    ax.plot(step.t * 1e3, step.vout_smooth, color=_MEAS, lw=1.0,
+            label=f"measured, {step.smooth}-sample mean")
+    ax.axvline(0, color="k", lw=0.8, ls=":")
+    ax.set_xlabel("time from the step [ms] (board clock)")
+    ax.set_ylabel("output voltage [V]")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best", fontsize=9)
+    rows = ["final", "rise 10-90%", "overshoot", "undershoot", "settling 2%"]
+    cells = [[r, a, b] for r, a, b in zip(rows, _metrics_text(step.metrics),
+                                          _metrics_text(step.metrics_sim), strict=True)]
+    ax_table.axis("off")
+    table = ax_table.table(cellText=cells, colLabels=["", "measured", "simulated"],
+                           loc="center", colLoc="left", cellLoc="left",
+                           colWidths=[0.38, 0.31, 0.31], bbox=[0.0, 0.3, 1.0, 0.45])
+    table.auto_set_font_size(False)
+    table.set_fontsize(9)
+    ax_table.text(0.0, 0.22, f"step marked to ±{step.mark_uncertainty * 1e6:.0f} µs\n"
+                  f"metrics on the {step.smooth}-sample mean", fontsize=8, va="top",
+                  transform=ax_table.transAxes)
+    what = (f"duty {step.duty:g} -> {step.duty_after:g}" if step.kind == "duty" else
+            f"load step {', '.join(f'{k}={v:g}' for k, v in step.load_change.items())} at "
+            f"duty {step.duty:g}")
+    fig.suptitle(f"{title or 'bench step'}: {what}\n{board_text(params)}", fontsize=11)
+    return fig
+
+
+def live_figure(result: LiveResult, params: BoostParams | None = None, *, title: str = ""):
+    """Output voltage and setpoint (with the simulated loop, if any), duty, and the loop's
+    timing (tick intervals and round trips)."""
+    from boostsim.plots import board_text
+
+    fig, (ax, ax_d, ax_t) = _figure(3, 8, (2, 1, 1))
+    s = result.settings
+    ax.plot(result.t, result.vout, color=_MEAS, lw=1, label="measured (MEAS:VOLT?)")
+    ax.plot(result.t, result.vref, color="k", lw=0.8, ls="--", label="setpoint")
+    ax_d.plot(result.t, result.duty, color=_MEAS, lw=1, label="duty (host PID)")
+    if result.sim is not None:
+        ax.plot(result.sim["t"], result.sim["vout"], color=_SIM, lw=1, alpha=0.9,
+                label="simulated loop (period means)")
+        ax_d.step(result.sim["t_ctrl"], result.sim["duty"], where="post", color=_SIM, lw=1,
+                  label="duty (simulated)")
+    ax.set_ylabel("output voltage [V]")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(True, alpha=0.3)
+    ax_d.set_ylabel("duty")
+    ax_d.grid(True, alpha=0.3)
+    ax_d.legend(loc="lower right", fontsize=8)
+    timing = result.timing()
+    if result.ticks > 2:
+        ax_t.plot(result.t[1:], np.diff(result.t) * 1e3, lw=0.8, color="#6c757d",
+                  label="tick interval")
+        ax_t.plot(result.t, result.exchange * 1e3, lw=0.8, color="#e9c46a",
+                  label="serial round trip")
+        ax_t.axhline(1e3 / s["rate"], color="k", lw=0.8, ls=":")
+        ax_t.legend(loc="upper right", fontsize=8)
+    ax_t.set_ylabel("[ms]")
+    ax_t.set_xlabel("time [s] (host clock)")
+    ax_t.grid(True, alpha=0.3)
+    head = (f"{title or 'bench live'}: PID kp={s['kp']:g} ki={s['ki']:g} kd={s['kd']:g} at "
+            f"{s['rate']:g} Hz; achieved {timing['rate']:.1f} Hz, jitter "
+            f"{timing['jitter_std'] * 1e3:.3f} ms rms")
+    fig.suptitle(head + (f"\n{board_text(params)}" if params is not None else ""), fontsize=10)
+    return fig
+
+
+# ---------------------------------------------------------------------------- live window
+
+
+def display_available() -> bool:
+    """Whether a live matplotlib window can open (a desktop session)."""
+    if sys.platform in ("win32", "darwin"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def _plot_process(queue, title: str, window: float) -> None:  # pragma: no cover - needs a display
+    import queue as queue_mod
+
+    import matplotlib.pyplot as plt
+
+    plt.ion()
+    fig, (ax, ax_d) = plt.subplots(2, 1, sharex=True, figsize=(8, 5))
+    fig.suptitle(title)
+    lv, = ax.plot([], [], lw=1, label="vout")
+    lr, = ax.plot([], [], "k--", lw=0.8, label="setpoint")
+    ld, = ax_d.plot([], [], lw=1, label="duty")
+    ax.legend(loc="lower right")
+    ax.set_ylabel("V")
+    ax_d.set_ylabel("duty")
+    ax_d.set_xlabel("s")
+    data: list[tuple] = []
+    while plt.fignum_exists(fig.number):
+        done = False
+        while True:
+            try:
+                item = queue.get_nowait()
+            except queue_mod.Empty:
+                break
+            if item is None:
+                done = True
+                break
+            data.extend(item)
+        if data:
+            arr = np.array(data[-20000:])
+            keep = arr[:, 0] >= arr[-1, 0] - window
+            arr = arr[keep]
+            lv.set_data(arr[:, 0], arr[:, 1])
+            lr.set_data(arr[:, 0], arr[:, 2])
+            ld.set_data(arr[:, 0], arr[:, 3])
+            for a in (ax, ax_d):
+                a.relim()
+                a.autoscale_view()
+        if done:
+            break
+        plt.pause(0.1)
+    plt.ioff()
+    if plt.fignum_exists(fig.number):
+        plt.show()
+
+
+class LivePlotter:
+    """A live matplotlib window in a separate process (so drawing never stalls the control
+    loop), fed in batches. Only when :func:`display_available`; otherwise ``active`` is
+    False and :meth:`push` does nothing."""
+
+    def __init__(self, title: str = "boostsim bench live", window: float = 10.0):
+        self.active = display_available()
+        self._batch: list[tuple] = []
+        self._last = 0.0
+        self._proc = None
+        if self.active:
+            ctx = multiprocessing.get_context("spawn")
+            self._queue = ctx.Queue()
+            self._proc = ctx.Process(target=_plot_process, args=(self._queue, title, window),
+                                     daemon=True)
+            self._proc.start()
+
+    def push(self, t: float, vout: float, vref: float, duty: float) -> None:
+        if not self.active:
+            return
+        self._batch.append((t, vout, vref, duty))
+        now = time.monotonic()
+        if now - self._last > 0.1:
+            self._last = now
+            with contextlib.suppress(Exception):
+                self._queue.put_nowait(self._batch)
+            self._batch = []
+
+    def close(self) -> None:
+        if self.active and self._proc is not None:
+            with contextlib.suppress(Exception):
+                self._queue.put_nowait(self._batch)
+                self._queue.put_nowait(None)
+            self.active = False
