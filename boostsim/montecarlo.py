@@ -27,6 +27,8 @@ last tenth before the step / after it).
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -44,7 +46,7 @@ __all__ = ["COLUMNS", "disturbance_response", "load_step_yield"]
 COLUMNS = ("overshoot", "undershoot", "deviation", "settling_time", "vout_initial",
            "vout_final")
 
-_CHUNK_LANES = 2500  # lanes per kernel call: bounds the memory of the per-period arrays
+_CHUNK_VALUES = 4_000_000  # per-lane, per-period (or per-draw) values in one kernel call
 
 
 def disturbance_response(t: np.ndarray, y: np.ndarray, t_step: float, band: float
@@ -70,12 +72,24 @@ def disturbance_response(t: np.ndarray, y: np.ndarray, t_step: float, band: floa
             "vout_initial": initial, "vout_final": final}
 
 
+def _chunk_controller(controller: DigitalController, start: int) -> DigitalController:
+    """The controller for the chunk of lanes from ``start``: the same loop, with ADC noise
+    seeded by (seed, start) so that chunks draw different noise (none if unseeded)."""
+    adc = controller.adc
+    if adc.seed is not None:
+        adc = dataclasses.replace(adc, seed=[adc.seed, start])
+    return DigitalController(controller.pid, adc=adc, pwm=controller.pwm,
+                             every=controller.every, initial_duty=controller.initial_duty)
+
+
 def load_step_yield(base: BoostParams, controller: DigitalController, *, vref: Any,
                     step: Step, t_end: float, samples: int,
                     tolerances: Sequence[Tolerance], limits: Sequence[Limit] = (),
-                    seed: int = 0, dist: str = "uniform", band: float = 0.01) -> SweepResult:
+                    seed: int = 0, dist: str = "uniform", band: float = 0.01,
+                    x0: Any = None) -> SweepResult:
     """Simulate ``samples`` toleranced boards through start-up and the load ``step`` up to
-    ``t_end`` [s] under ``controller`` (reset for each chunk of lanes) and measure the
+    ``t_end`` [s] (from ``x0``, default rest) under ``controller`` (reset for each chunk of
+    lanes) and measure the
     response; returns a :class:`~boostsim.sweep.SweepResult` whose columns are the sample
     number, the drawn fields and ``COLUMNS`` (plus ``pass`` with limits; see
     ``yield_summary``)."""
@@ -102,11 +116,15 @@ def load_step_yield(base: BoostParams, controller: DigitalController, *, vref: A
     fields = {k: v for k, v in inputs.items() if k != "sample"}
     columns: dict[str, np.ndarray] = {"sample": inputs["sample"], **fields}
     figures = {name: np.empty(samples) for name in COLUMNS}
-    for start in range(0, samples, _CHUNK_LANES):
-        stop = min(start + _CHUNK_LANES, samples)
+    # Lanes per kernel call: bounds the memory of the per-period arrays and the ADC noise.
+    per_lane = math.ceil(t_end * float(base.fsw)) * max(5, controller.adc.oversample)
+    chunk = int(np.clip(_CHUNK_VALUES // per_lane, 64, 2500))
+    for start in range(0, samples, chunk):
+        stop = min(start + chunk, samples)
         params = base.replace(**{k: v[start:stop] for k, v in fields.items()}) if fields \
             else base.replace(L=np.full(stop - start, base.L))
-        means, _ = closed_loop_means(params, controller, t_end=t_end, vref=vref, steps=[step])
+        means, _ = closed_loop_means(params, _chunk_controller(controller, start), t_end=t_end,
+                                     vref=vref, steps=[step], x0=x0)
         t = np.arange(means.shape[1]) / float(base.fsw)
         for name, values in disturbance_response(t, means, step.t, band).items():
             figures[name][start:stop] = values

@@ -74,3 +74,47 @@ def test_limit_names_of_another_study_are_checked():
     with pytest.raises(ValueError, match="unknown figure 'overshot'"):
         parse_limit("overshot<5%", COLUMNS)
     assert parse_limit("overshoot<5%", COLUMNS).hi == pytest.approx(0.05)
+
+
+def test_cli_monte_carlo_is_the_library_study(capsys, tmp_path):
+    import json
+
+    from cli_helpers import cli
+
+    from boostsim.cli.bench import board_loop_controller
+
+    args = ["simulate", "--vref", "12", "--kp", "0.002", "--ki", "30", "--rate", "100k",
+            "--slew", "6k", "--t-end", "12m", "--load-step", "8ms:R=24", "--mc", "16",
+            "--tol", "L=20%", "C=10%", "--seed", "2", "--limit", "undershoot<6.5%", "--json",
+            "--out", str(tmp_path / "mc.csv")]
+    status, out, _ = cli(capsys, *args)
+    assert status == 0
+    doc = json.loads(out)
+    controller, *_ = board_loop_controller(BOARD, kp=0.002, ki=30.0, kd=0.0, tf=0.0,
+                                           rate=100e3, duty_max=None, slew=6e3, noise_lsb=1.0,
+                                           initial_duty=0.0)
+    expected = load_step_yield(BOARD, controller, vref=12.0, step=Step(8e-3, R=24.0),
+                               t_end=12e-3, samples=16, seed=2,
+                               tolerances=[parse_tolerance("L=20%"), parse_tolerance("C=10%")],
+                               limits=[parse_limit("undershoot<6.5%", COLUMNS)])
+    assert doc["yield"]["pass"] == expected.yield_summary()["pass"]
+    assert 0 < doc["yield"]["pass"] < 16
+    assert doc["figures"]["undershoot"]["median"] == pytest.approx(
+        float(np.median(expected.columns["undershoot"])), rel=1e-12)
+    rows = (tmp_path / "mc.csv").read_text().splitlines()
+    assert "undershoot" in next(line for line in rows if not line.startswith("#"))
+
+
+@pytest.mark.parametrize("extra,match", [
+    (["--duty", "0.5", "--mc", "4", "--tol", "L=10%"], "needs the closed loop"),
+    (["--vref", "12", "--kp", "0.002", "--ki", "30", "--tol", "L=10%"], "--tol needs --mc"),
+    (["--vref", "12", "--kp", "0.002", "--ki", "30", "--mc", "4", "--tol", "L=10%",
+      "--load-step", "8ms:R=24", "--load-step", "9ms:R=48"], "exactly one --load-step"),
+    (["--vref", "12", "--kp", "0.002", "--ki", "30", "--mc", "4", "--load-step", "8ms:R=24"],
+     "needs tolerances"),
+])
+def test_cli_monte_carlo_errors_are_one_line(capsys, extra, match):
+    from cli_helpers import cli, one_line_error
+
+    status, _, err = cli(capsys, "simulate", "--t-end", "12m", *extra)
+    assert status == 2 and match in one_line_error(err)
