@@ -19,12 +19,10 @@ from .args import (
     _Formatter,
     _gain,
     _int_at_least,
-    _mc_samples,
     _nonnegative,
     _positive,
     _positive_time,
     _step_parser,
-    _tolerance,
     _type,
     _vout_value,
 )
@@ -42,6 +40,7 @@ from .format import (
     _write_columns,
     _write_plot,
 )
+from .sweep import monte_carlo_options
 
 _SIMULATE_EPILOG = """\
 Simulates the switching converter exactly (closed-form segments, no time-step error) from rest
@@ -330,10 +329,19 @@ def cmd_simulate(ctx: Context) -> int:
     return 0
 
 
+_MC_STATS = ("min", "p1", "p50", "p99", "max")
+_MC_ROWS = (("overshoot", "overshoot [%]", 100, ".3f"),
+            ("undershoot", "undershoot [%]", 100, ".3f"),
+            ("deviation", "deviation [mV]", 1e3, ".1f"),
+            ("settling_time", "settling [ms]", 1e3, ".3f"),
+            ("vout_final", "vout final [V]", 1, ".4f"))
+
+
 def _cmd_monte_carlo(ctx: Context, drive: dict[str, Any], loop: dict[str, Any] | None) -> int:
     """``simulate --mc N``: the load-step yield over tolerances (boostsim.montecarlo)."""
     from ..montecarlo import COLUMNS, load_step_yield
     from ..plots import board_text
+    from .sweep import _stats, yield_lines
 
     a = ctx.args
     if loop is None:
@@ -364,9 +372,7 @@ def _cmd_monte_carlo(ctx: Context, drive: dict[str, Any], loop: dict[str, Any] |
     except ValueError as exc:
         raise CliError(str(exc)) from None
     cols = result.columns
-    stats = {name: {k: float(v) for k, v in zip(
-        ("min", "p1", "median", "p99", "max"),
-        np.percentile(cols[name], [0, 1, 50, 99, 100]), strict=True)} for name in COLUMNS}
+    stats = {name: _stats(cols[name]) for name in COLUMNS}
     step = steps[0]
     summary = {"command": "simulate", "model": "switching", "monte_carlo": {
         "samples": a.mc, "seed": a.seed or 0, "dist": a.dist or "uniform",
@@ -391,24 +397,13 @@ def _cmd_monte_carlo(ctx: Context, drive: dict[str, Any], loop: dict[str, Any] |
                   f"; {a.dist or 'uniform'}, seed {a.seed or 0}) · {board_text(params)} · PID to "
                   f"{a.vref:g} V every {loop['every_periods']} periods · load step at "
                   f"{_si(step.t, 't_rise')} · {_si(a.t_end, 't_rise')}")
-        rows = []
-        for name, label, scale, spec in (("overshoot", "overshoot [%]", 100, ".3f"),
-                                         ("undershoot", "undershoot [%]", 100, ".3f"),
-                                         ("deviation", "deviation [mV]", 1e3, ".1f"),
-                                         ("settling_time", "settling [ms]", 1e3, ".3f"),
-                                         ("vout_final", "vout final [V]", 1, ".4f")):
-            rows.append([label, *(_fmt(stats[name][k] * scale, spec)
-                                  for k in ("min", "p1", "median", "p99", "max"))])
+        rows = [[label, *(_fmt(stats[name][k] * scale, spec) for k in _MC_STATS)]
+                for name, label, scale, spec in _MC_ROWS]
         ctx.print(_table(["figure", "min", "1 %", "median", "99 %", "max"], rows,
-                         [False] + [True] * 5))
+                         [False] + [True] * len(_MC_STATS)))
         ctx.print(f"{a.mc} boards in {result.seconds:.2f} s")
         if a.limits:
-            y = summary["yield"]
-            for text, info in y["limits"].items():
-                ctx.print(f"  {text:<24} {info['pass']:>9} pass  ({info['fraction'] * 100:.2f} %)")
-            lo, hi = y["yield_ci95"]
-            ctx.print(f"yield: {y['yield'] * 100:.2f} % ({y['pass']} of {y['points']}; 95 % "
-                      f"confidence {lo * 100:.2f} .. {hi * 100:.2f} %)")
+            ctx.print("\n".join(yield_lines(summary["yield"])))
         if files:
             ctx.print("wrote " + ", ".join(files.values()))
     ctx.emit_json(summary)
@@ -479,17 +474,9 @@ def register(sub, base: argparse.ArgumentParser, board: argparse.ArgumentParser,
     g.add_argument("--averaged", action="store_true",
                    help="simulate the averaged model instead of the exact switching engine")
     g = p.add_argument_group("closed-loop Monte-Carlo of the load step (with --vref)")
-    g.add_argument("--mc", type=_mc_samples, metavar="N", help="number of boards drawn")
-    g.add_argument("--tol", action="extend", nargs="+", type=_tolerance, default=None,
-                   metavar="NAME=TOL", help="tolerances: L=20%% (relative) or vin=0.25 "
-                                            "(absolute)")
-    g.add_argument("--dist", choices=("uniform", "normal"), default=None,
-                   help="sample distribution (default uniform; normal: tol = 3 sigma)")
-    g.add_argument("--seed", type=_int_at_least(0, "--seed"), default=None,
-                   help="random seed (default 0)")
-    g.add_argument("--limit", dest="limits", action="append", type=_mc_limit, default=[],
-                   metavar="SPEC", help="pass/fail limit on a figure, e.g. 'undershoot<1%%', "
-                                        "settling_time=:2m (repeatable)")
+    monte_carlo_options(g, "number of boards drawn", "", _mc_limit,
+                        "pass/fail limit on a figure, e.g. 'undershoot<1%%', settling_time=:2m "
+                        "(repeatable)")
     g.add_argument("--band", type=_positive("--band", ""), default=None, metavar="FRACTION",
                    help="settling band around the final value (default 0.01)")
     g = p.add_argument_group("tuning (closed loop: --vref V --tune instead of --kp/--ki)")
