@@ -322,17 +322,27 @@ def period(tab, times, t0, Ts, sync, il, vc, duty, on_cache, seg, work):
 
 
 @njit(**_JIT)
-def sample(tab, seg, nseg, tau, snap):
-    """(il, vc, vout) at offset tau into the period held in ``seg`` (engine.sample_segments);
-    a sample within ``snap`` of a switching instant takes the value just after it."""
+def segment_at(seg, nseg, tau, snap):
+    """Index of the segment holding offset tau (engine.sample_segments's choice), or -1 for a
+    sample on the period start (the state there, with the first segment's output)."""
     if abs(tau) <= snap and seg[0, SEG_DUR] > 0:
-        c = tab[int(seg[0, SEG_EPOCH])]
-        il, vc = seg[0, SEG_IL], seg[0, SEG_VC]
-        return il, vc, vout_of(c, int(seg[0, SEG_TOPO]), il, vc)
+        return -1
     i = 0
     for m in range(1, nseg):
         if tau >= seg[m, SEG_START] - snap and seg[m, SEG_DUR] > 0:
             i = m
+    return i
+
+
+@njit(**_JIT)
+def sample(tab, seg, nseg, tau, snap):
+    """(il, vc, vout) at offset tau into the period held in ``seg`` (engine.sample_segments);
+    a sample within ``snap`` of a switching instant takes the value just after it."""
+    i = segment_at(seg, nseg, tau, snap)
+    if i < 0:
+        c = tab[int(seg[0, SEG_EPOCH])]
+        il, vc = seg[0, SEG_IL], seg[0, SEG_VC]
+        return il, vc, vout_of(c, int(seg[0, SEG_TOPO]), il, vc)
     c = tab[int(seg[i, SEG_EPOCH])]
     topology = int(seg[i, SEG_TOPO])
     il, vc = state_at(c, topology, seg[i, SEG_IL], seg[i, SEG_VC], tau - seg[i, SEG_START])
@@ -340,9 +350,29 @@ def sample(tab, seg, nseg, tau, snap):
 
 
 @njit(**_JIT)
-def record_grid(tab, seg, nseg, t0, Ts, dt, n_t, final, wave, lane):
+def step_map(c, topology, h, out):
+    """The affine map of the state over ``h`` seconds in a topology, into ``out``:
+    ``il' = out[0] il + out[1] vc + out[2]``, ``vc' = out[3] il + out[4] vc + out[5]``."""
+    if topology == DIODE:
+        ec, es = exp_coeffs(c, h)
+        n11 = c[N11]
+        e11, e12, e21, e22 = ec + es * n11, es * c[A12], es * c[A21], ec - es * n11
+        il_eq, vc_eq = c[IL_EQ], c[VC_EQ]
+        out[0], out[1], out[2] = e11, e12, il_eq - e11 * il_eq - e12 * vc_eq
+        out[3], out[4], out[5] = e21, e22, vc_eq - e21 * il_eq - e22 * vc_eq
+    else:
+        on = 1.0 if topology == ON else 0.0
+        out[0], out[1], out[2] = on * np.exp(-c[K_ON] * h), 0.0, on * decay(c[K_ON], c[U_ON],
+                                                                             0.0, h)
+        out[3], out[4], out[5] = 0.0, np.exp(-c[M] * h), decay(c[M], -c[W], 0.0, h)
+
+
+@njit(**_JIT)
+def record_grid(tab, seg, nseg, t0, Ts, dt, n_t, final, wave, lane, maps):
     """Write lane's output-grid samples that fall in this period into ``wave`` (3, lanes, n_t)
-    (the final period also takes the sample at t_end)."""
+    (the final period also takes the sample at t_end). The first sample in a segment is its
+    closed form; the next ones step it by ``dt`` with the segment's exact affine map over
+    ``dt``, cached in ``maps`` (3 topologies x [epoch, 6 coefficients], epoch -1: none)."""
     first = np.ceil(t0 / dt - 1e-9)
     if final:
         end = np.floor((t0 + Ts) / dt + 1e-9) + 1
@@ -351,9 +381,32 @@ def record_grid(tab, seg, nseg, t0, Ts, dt, n_t, final, wave, lane):
     if end <= first:
         return
     snap = 8 * 2.220446049250313e-16 * (t0 + Ts)
+    current = -2
+    il, vc = 0.0, 0.0
     for i in range(int(first), min(int(end), n_t)):
-        wave[0, lane, i], wave[1, lane, i], wave[2, lane, i] = sample(tab, seg, nseg,
-                                                                      i * dt - t0, snap)
+        tau = i * dt - t0
+        m = segment_at(seg, nseg, tau, snap)
+        if m < 0:
+            c = tab[int(seg[0, SEG_EPOCH])]
+            topology = int(seg[0, SEG_TOPO])
+            il, vc = seg[0, SEG_IL], seg[0, SEG_VC]
+        else:
+            epoch = int(seg[m, SEG_EPOCH])
+            c = tab[epoch]
+            topology = int(seg[m, SEG_TOPO])
+            if m == current:
+                row = maps[topology]
+                if row[0] != epoch:
+                    row[0] = epoch
+                    step_map(c, topology, dt, row[1:])
+                il, vc = (row[1] * il + row[2] * vc + row[3],
+                          row[4] * il + row[5] * vc + row[6])
+            else:
+                il, vc = state_at(c, topology, seg[m, SEG_IL], seg[m, SEG_VC],
+                                  tau - seg[m, SEG_START])
+        current = m
+        wave[0, lane, i], wave[1, lane, i], wave[2, lane, i] = il, vc, vout_of(c, topology,
+                                                                              il, vc)
 
 
 @njit(**_JIT)
@@ -475,6 +528,7 @@ def run_lane(j, tab, times, Ts, sync, il0, vc0, n_periods, dt, n_t, duty_mode, d
     seg = np.empty((2, MAX_SEGMENTS + 2, 6))
     work = np.empty(MAX_SEGMENTS)
     on_cache = np.full(6, np.nan)
+    maps = np.full((3, 7), -1.0)
     il, vc = il0[j], vc0[j]
     tab_j = tab[j]
     d = duties[0, j]
@@ -511,7 +565,7 @@ def run_lane(j, tab, times, Ts, sync, il0, vc0, n_periods, dt, n_t, duty_mode, d
             means[j, k] = period_mean_vout(tab_j, seg[cur], nseg, Ts[j])
         if n_t > 0:
             record_grid(tab_j, seg[cur], nseg, t0, Ts[j], dt, n_t, k == n_periods - 1,
-                        wave, j)
+                        wave, j, maps)
         prev_nseg = nseg
     il_end[j], vc_end[j] = il, vc
     if duty_mode == 2:
