@@ -6,8 +6,8 @@ Prints medians over ``--repeat`` runs (the machines here are noisy):
 
 1. open-loop ``simulate`` of the default board with the inductance spread +-20 % over the lanes,
    from iL = vC = 0, output sampled once per period (``dt = Ts``), for 1, 100, 1000 and 10000
-   lanes -- with the closed-form CCM run-ahead (default) and stepping every period (what a
-   closed loop costs);
+   lanes -- on the compiled kernel (the default) and on the numpy engine (with its
+   closed-form CCM run-ahead);
 2. a 1000-point ``steady_state`` duty sweep;
 3. ngspice (batch mode, switch + ``sidiode`` ideal diode, max step Ts/100, process start
    included) against one-lane ``simulate`` for the same number of periods, sampled at Ts/100
@@ -49,11 +49,9 @@ def lane_throughput(repeat: int, periods: int) -> list[dict]:
         n_periods = periods if lanes < 10000 else max(periods // 4, 1)
         t_end = n_periods / board.fsw
         row = {"lanes": lanes, "periods": n_periods}
-        for label, run_ahead in (("run_ahead", True), ("stepwise", False)):
-            if not run_ahead and lanes == 10000:
-                continue
+        for label, engine in (("compiled", "auto"), ("numpy", "numpy")):
             run = functools.partial(simulate, params, duty=DUTY, t_end=t_end,
-                                    dt=1 / board.fsw, run_ahead=run_ahead)
+                                    dt=1 / board.fsw, engine=engine)
             seconds = _median_time(run, repeat)
             row[f"{label}_s"] = seconds
             row[f"{label}_lane_periods_per_s"] = lanes * n_periods / seconds
@@ -102,13 +100,12 @@ def main() -> None:
 
     results: dict = {}
     print(f"open-loop simulate, default board, duty {DUTY}, dt = Ts (median of {args.repeat})")
-    print(f"{'lanes':>6} {'periods':>8} {'run-ahead [Mlp/s]':>18} {'stepwise [Mlp/s]':>17}")
+    print(f"{'lanes':>6} {'periods':>8} {'compiled [Mlp/s]':>17} {'numpy [Mlp/s]':>14}")
     results["throughput"] = lane_throughput(args.repeat, args.periods)
     for row in results["throughput"]:
-        stepwise = row.get("stepwise_lane_periods_per_s")
         print(f"{row['lanes']:>6} {row['periods']:>8} "
-              f"{row['run_ahead_lane_periods_per_s'] / 1e6:>18.3f} "
-              f"{'-' if stepwise is None else f'{stepwise / 1e6:.3f}':>17}")
+              f"{row['compiled_lane_periods_per_s'] / 1e6:>17.3f} "
+              f"{row['numpy_lane_periods_per_s'] / 1e6:>14.3f}")
 
     results["steady_sweep"] = steady_sweep(args.repeat)
     print(f"\nsteady_state duty sweep, {results['steady_sweep']['points']} points: "
