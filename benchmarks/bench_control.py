@@ -2,30 +2,45 @@
 
 Run:  python benchmarks/bench_control.py [--repeat 3] [--periods 1000] [--json out.json]
 
-The default board (inductance spread +-20 % over the lanes) starts up under
-``DigitalController`` (ADC with noise, 1250-step PWM, PID every period with soft start) for
-``--periods`` switching periods, output sampled once per period. Medians of ``--repeat`` runs.
-It also times a closed-loop run of ``--seconds`` (default 1 s) of simulated time on one lane
-with the switching engine and with the averaged model (same controller), and prints the
-speed-up and how far apart the two runs' mean output voltages are.
+The default board (inductance spread +-20 % over the lanes, per-lane proportional gains)
+starts up under ``DigitalController`` (ADC with noise, 1250-step PWM, PID every period with
+soft start) for ``--periods`` switching periods, output sampled once per period, on the
+compiled kernel (``engine="auto"``) and, for reference, on the numpy engine. Medians of
+``--repeat`` runs. It also times:
+
+* 1 s of simulated closed loop on one lane (100 000 periods), compiled;
+* the kernel's first call in a fresh process with an empty numba cache (compilation) and with
+  the cache filled (what every later process pays);
+* a closed-loop Monte-Carlo of a load step (``--mc`` samples, L, C, r_C toleranced);
+* ``--seconds`` (default 1 s) of closed loop on one lane with the switching engine and with
+  the averaged model (same controller): the speed-up and how far apart the mean outputs are.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
-from boostsim import default_board, simulate, simulate_averaged
+from boostsim import Step, default_board, simulate, simulate_averaged
 from boostsim.control import ADC, DigitalController
+from boostsim.montecarlo import COLUMNS, load_step_yield
 from boostsim.pid import PID
+from boostsim.sweep import parse_limit, parse_tolerance
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _controller(lanes: int, ts: float) -> DigitalController:
-    kp = np.full(lanes, 0.002) if lanes > 1 else 0.002
+    kp = np.linspace(0.0015, 0.0025, lanes) if lanes > 1 else 0.002
     pid = PID(kp=kp, ki=30.0, kd=0.0, ts=ts, out_min=0.0, out_max=0.8,
               setpoint_rate=12.0 / 4e-3)
     return DigitalController(pid, adc=ADC(noise_rms=0.001))
@@ -37,16 +52,79 @@ def closed_loop_throughput(repeat: int, periods: int) -> list[dict]:
     rows = []
     for lanes in (1, 100, 1000):
         params = board.replace(L=board.L * np.linspace(0.8, 1.2, lanes)) if lanes > 1 else board
-        times = []
-        for _ in range(repeat):
-            controller = _controller(lanes, Ts)
-            start = time.perf_counter()
-            simulate(params, controller=controller, vref=12.0, t_end=periods * Ts, dt=Ts)
-            times.append(time.perf_counter() - start)
-        seconds = statistics.median(times)
-        rows.append({"lanes": lanes, "periods": periods, "seconds": seconds,
-                     "lane_periods_per_s": lanes * periods / seconds})
+        row: dict = {"lanes": lanes, "periods": periods}
+        for engine in ("auto", "numpy"):
+            if engine == "numpy" and lanes == 1000:
+                continue
+            times = []
+            for _ in range(repeat if engine == "auto" else 1):
+                controller = _controller(lanes, Ts)
+                start = time.perf_counter()
+                simulate(params, controller=controller, vref=12.0, t_end=periods * Ts, dt=Ts,
+                         engine=engine)
+                times.append(time.perf_counter() - start)
+            seconds = statistics.median(times)
+            row[f"{engine}_s"] = seconds
+            row[f"{engine}_lane_periods_per_s"] = lanes * periods / seconds
+        rows.append(row)
     return rows
+
+
+def one_second(repeat: int) -> dict:
+    """1 s of 100 kHz closed loop on one lane (compiled)."""
+    board = default_board()
+    Ts = 1 / board.fsw
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        simulate(board, controller=_controller(1, Ts), vref=12.0, t_end=1.0, dt=Ts)
+        times.append(time.perf_counter() - start)
+    seconds = statistics.median(times)
+    return {"periods": round(1.0 / Ts), "seconds": seconds, "periods_per_s": 1.0 / Ts / seconds}
+
+
+_FIRST_CALL = """
+import time
+start = time.perf_counter()
+from boostsim import default_board, simulate
+from boostsim.control import DigitalController
+from boostsim.pid import PID
+imported = time.perf_counter()
+board = default_board()
+pid = PID(kp=0.002, ki=30.0, kd=0.0, ts=1 / board.fsw, out_min=0.0, out_max=0.8)
+simulate(board, controller=DigitalController(pid), vref=12.0, t_end=1e-4)
+print(imported - start, time.perf_counter() - imported)
+"""
+
+
+def first_call() -> dict:
+    """Import and first closed-loop call in fresh processes: empty numba cache, then filled."""
+    out = {}
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache,
+                   PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+        for label in ("cold", "cached"):
+            text = subprocess.run([sys.executable, "-c", _FIRST_CALL], env=env, check=True,
+                                  capture_output=True, text=True).stdout.split()
+            out[f"{label}_import_s"], out[f"{label}_first_call_s"] = map(float, text)
+    return out
+
+
+def monte_carlo(samples: int) -> dict:
+    """Load-step yield of ``samples`` toleranced boards (start-up, then R 48 -> 24 ohm)."""
+    board = default_board()
+    Ts = 1 / board.fsw
+    tolerances = [parse_tolerance(t) for t in ("L=20%", "C=20%", "r_C=50%")]
+    limits = [parse_limit(t, COLUMNS) for t in ("undershoot<7%", "overshoot<5%")]
+    t_step, t_end = 8e-3, 12e-3
+    start = time.perf_counter()
+    result = load_step_yield(board, _controller(1, Ts), vref=12.0, step=Step(t_step, R=24.0),
+                             t_end=t_end, samples=samples, tolerances=tolerances,
+                             limits=limits)
+    seconds = time.perf_counter() - start
+    summary = result.yield_summary()
+    return {"samples": samples, "periods": round(t_end / Ts), "seconds": seconds,
+            "yield": summary["yield"], "lane_periods_per_s": samples * t_end / Ts / seconds}
 
 
 def averaged_speedup(seconds: float) -> dict:
@@ -71,18 +149,37 @@ def main() -> None:
     parser.add_argument("--periods", type=int, default=1000, help="switching periods per run")
     parser.add_argument("--seconds", type=float, default=1.0,
                         help="simulated time of the engine vs averaged comparison [s]")
+    parser.add_argument("--mc", type=int, default=10_000, help="Monte-Carlo samples")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
     results = {"closed_loop": closed_loop_throughput(args.repeat, args.periods)}
-    print(f"closed-loop simulate (PID every period), default board, median of {args.repeat}")
-    print(f"{'lanes':>6} {'periods':>8} {'seconds':>9} {'M lane-periods/s':>17}")
+    print(f"closed-loop simulate (PID every period, start-up), default board, median of "
+          f"{args.repeat}")
+    print(f"{'lanes':>6} {'periods':>8} {'compiled [s]':>13} {'M lane-periods/s':>17} "
+          f"{'numpy [s]':>10} {'ratio':>7}")
     for row in results["closed_loop"]:
-        print(f"{row['lanes']:>6} {row['periods']:>8} {row['seconds']:>9.3f} "
-              f"{row['lane_periods_per_s'] / 1e6:>17.3f}")
+        numpy_s = row.get("numpy_s")
+        ratio = None if numpy_s is None else numpy_s / row["auto_s"]
+        print(f"{row['lanes']:>6} {row['periods']:>8} {row['auto_s']:>13.4f} "
+              f"{row['auto_lane_periods_per_s'] / 1e6:>17.3f} "
+              f"{'-' if numpy_s is None else f'{numpy_s:.3f}':>10} "
+              f"{'-' if ratio is None else f'{ratio:.0f}x':>7}")
+    one = results["one_second"] = one_second(args.repeat)
+    print(f"\n1 s of closed loop, one lane ({one['periods']} periods): {one['seconds']:.3f} s, "
+          f"{one['periods_per_s'] / 1e6:.2f} M periods/s")
+    first = results["first_call"] = first_call()
+    print(f"fresh process: import boostsim {first['cold_import_s']:.2f} s; first closed-loop "
+          f"call {first['cold_first_call_s']:.1f} s with an empty numba cache (compilation), "
+          f"{first['cached_first_call_s']:.2f} s with the cache filled")
+    mc = results["monte_carlo"] = monte_carlo(args.mc)
+    print(f"closed-loop Monte-Carlo, load step, {mc['samples']} samples x {mc['periods']} "
+          f"periods: {mc['seconds']:.2f} s ({mc['lane_periods_per_s'] / 1e6:.1f} M "
+          f"lane-periods/s), yield {100 * mc['yield']:.1f} %")
     speed = results["averaged"] = averaged_speedup(args.seconds)
-    print(f"\n{args.seconds:g} s closed loop, one lane: engine {speed['engine_s']:.2f} s, averaged "
-          f"model {speed['averaged_s']:.2f} s, speed-up {speed['speedup']:.1f}x; mean vout "
-          f"{speed['vout_engine']:.4f} V vs {speed['vout_averaged']:.4f} V")
+    print(f"\n{args.seconds:g} s closed loop, one lane: switching engine "
+          f"{speed['engine_s']:.2f} s, "
+          f"averaged model {speed['averaged_s']:.2f} s; mean vout {speed['vout_engine']:.4f} V "
+          f"vs {speed['vout_averaged']:.4f} V")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(results, fh, indent=2)

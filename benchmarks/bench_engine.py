@@ -6,12 +6,13 @@ Prints medians over ``--repeat`` runs (the machines here are noisy):
 
 1. open-loop ``simulate`` of the default board with the inductance spread +-20 % over the lanes,
    from iL = vC = 0, output sampled once per period (``dt = Ts``), for 1, 100, 1000 and 10000
-   lanes -- with the closed-form CCM run-ahead (default) and stepping every period (what a
-   closed loop costs);
+   lanes -- on the compiled kernel (the default) and on the numpy engine (with its
+   closed-form CCM run-ahead);
 2. a 1000-point ``steady_state`` duty sweep;
 3. ngspice (batch mode, switch + ``sidiode`` ideal diode, max step Ts/100, process start
-   included) against one-lane ``simulate`` for the same number of periods, with the ratio and
-   the difference in mean output voltage over the last 20 periods.
+   included) against one-lane ``simulate`` for the same number of periods, sampled at Ts/100
+   like ngspice's output, on the compiled kernel (the default) and on the numpy engine, with
+   the ratios and the difference in mean output voltage over the last 20 periods.
 """
 
 from __future__ import annotations
@@ -48,11 +49,9 @@ def lane_throughput(repeat: int, periods: int) -> list[dict]:
         n_periods = periods if lanes < 10000 else max(periods // 4, 1)
         t_end = n_periods / board.fsw
         row = {"lanes": lanes, "periods": n_periods}
-        for label, run_ahead in (("run_ahead", True), ("stepwise", False)):
-            if not run_ahead and lanes == 10000:
-                continue
+        for label, engine in (("compiled", "auto"), ("numpy", "numpy")):
             run = functools.partial(simulate, params, duty=DUTY, t_end=t_end,
-                                    dt=1 / board.fsw, run_ahead=run_ahead)
+                                    dt=1 / board.fsw, engine=engine)
             seconds = _median_time(run, repeat)
             row[f"{label}_s"] = seconds
             row[f"{label}_lane_periods_per_s"] = lanes * n_periods / seconds
@@ -71,20 +70,21 @@ def steady_sweep(repeat: int) -> dict:
 def versus_ngspice(repeat: int, periods_list: tuple[int, ...]) -> list[dict]:
     board = default_board()
     Ts = 1 / board.fsw
+    dt = Ts / 100
     rows = []
     for periods in periods_list:
         spice_runs = [run_ngspice(board, DUTY, periods) for _ in range(repeat)]
         spice_s = statistics.median(r.wall_s for r in spice_runs)
-        ours_s = _median_time(lambda p=periods: simulate(board, duty=DUTY, t_end=p * Ts, dt=Ts),
+        ours_s = _median_time(lambda p=periods: simulate(board, duty=DUTY, t_end=p * Ts, dt=dt),
                               repeat)
-        stepwise_s = _median_time(lambda p=periods: simulate(board, duty=DUTY, t_end=p * Ts,
-                                                             dt=Ts, run_ahead=False), repeat)
+        numpy_s = _median_time(lambda p=periods: simulate(board, duty=DUTY, t_end=p * Ts, dt=dt,
+                                                          engine="numpy"), repeat)
         ours = simulate(board, duty=DUTY, t_end=periods * Ts, dt=Ts)
         ours_mean = float(ours.metrics(last_periods=20).vout_mean)
         spice_mean = period_mean(spice_runs[0], Ts, 20)
         rows.append({"periods": periods, "ngspice_s": spice_s, "boostsim_s": ours_s,
-                     "ratio": spice_s / ours_s, "boostsim_stepwise_s": stepwise_s,
-                     "ratio_stepwise": spice_s / stepwise_s,
+                     "ratio": spice_s / ours_s, "boostsim_numpy_s": numpy_s,
+                     "ratio_numpy": spice_s / numpy_s,
                      "vout_mean_boostsim": ours_mean, "vout_mean_ngspice": spice_mean,
                      "vout_mean_rel_diff": (spice_mean - ours_mean) / ours_mean})
     return rows
@@ -100,13 +100,12 @@ def main() -> None:
 
     results: dict = {}
     print(f"open-loop simulate, default board, duty {DUTY}, dt = Ts (median of {args.repeat})")
-    print(f"{'lanes':>6} {'periods':>8} {'run-ahead [Mlp/s]':>18} {'stepwise [Mlp/s]':>17}")
+    print(f"{'lanes':>6} {'periods':>8} {'compiled [Mlp/s]':>17} {'numpy [Mlp/s]':>14}")
     results["throughput"] = lane_throughput(args.repeat, args.periods)
     for row in results["throughput"]:
-        stepwise = row.get("stepwise_lane_periods_per_s")
         print(f"{row['lanes']:>6} {row['periods']:>8} "
-              f"{row['run_ahead_lane_periods_per_s'] / 1e6:>18.3f} "
-              f"{'-' if stepwise is None else f'{stepwise / 1e6:.3f}':>17}")
+              f"{row['compiled_lane_periods_per_s'] / 1e6:>17.3f} "
+              f"{row['numpy_lane_periods_per_s'] / 1e6:>14.3f}")
 
     results["steady_sweep"] = steady_sweep(args.repeat)
     print(f"\nsteady_state duty sweep, {results['steady_sweep']['points']} points: "
@@ -114,12 +113,13 @@ def main() -> None:
 
     if ngspice_available():
         results["ngspice"] = versus_ngspice(args.repeat, (args.periods, 5 * args.periods))
-        print("\none lane vs ngspice (max step Ts/100, process start included)")
+        print("\none lane vs ngspice (max step Ts/100, process start included; boostsim "
+              "sampled at Ts/100)")
         print(f"{'periods':>8} {'ngspice [s]':>12} {'boostsim [s]':>13} {'ratio':>7} "
-              f"{'stepwise ratio':>15} {'mean vout diff':>15}")
+              f"{'numpy-engine ratio':>19} {'mean vout diff':>15}")
         for row in results["ngspice"]:
             print(f"{row['periods']:>8} {row['ngspice_s']:>12.3f} {row['boostsim_s']:>13.4f} "
-                  f"{row['ratio']:>7.1f} {row['ratio_stepwise']:>15.1f} "
+                  f"{row['ratio']:>7.1f} {row['ratio_numpy']:>19.1f} "
                   f"{100 * row['vout_mean_rel_diff']:>14.3f}%")
     else:
         print("\nngspice not found (apt-get install ngspice): comparison skipped")

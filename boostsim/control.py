@@ -59,15 +59,20 @@ class PWM:
                              f"{np.max(fsw):g} Hz")
         return steps
 
+    def counter_limits(self, fsw: np.ndarray | float
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(counter steps per period, lowest and highest compare values) for these frequencies."""
+        steps = self.steps(fsw)
+        return (steps, np.ceil(self.duty_min * steps - 1e-9),
+                np.floor(self.duty_max * steps + 1e-9))
+
     def quantize(self, duty: Any, fsw: np.ndarray | float) -> np.ndarray:
         """The duty the timer really produces: limited, then rounded to a counter step."""
         return self.quantizer(fsw)(duty)
 
     def quantizer(self, fsw: np.ndarray | float) -> Callable[[Any], np.ndarray]:
         """``quantize`` with the counter limits worked out once for these frequencies."""
-        steps = self.steps(fsw)
-        lowest = np.ceil(self.duty_min * steps - 1e-9)
-        highest = np.floor(self.duty_max * steps + 1e-9)
+        steps, lowest, highest = self.counter_limits(fsw)
 
         def quantize(duty: Any) -> np.ndarray:
             return np.clip(np.rint(np.asarray(duty, dtype=float) * steps), lowest,
@@ -157,8 +162,11 @@ class Reference:
     """
 
     def __init__(self, value: Any):
+        # (times [s], values): the reference as steps, or None for a function of time.
+        self.table: tuple[np.ndarray, list[np.ndarray]] | None = None
         if isinstance(value, Reference):
             self._fn: Callable[[np.ndarray], Any] = value._fn
+            self.table = value.table
             return
         if callable(value):
             self._fn = value
@@ -176,11 +184,13 @@ class Reference:
                     else values[0]
 
             self._fn = steps
+            self.table = (times, values)
             return
         constant = np.asarray(value, dtype=float)
         if not np.all(np.isfinite(constant)):
             raise ValueError(f"reference must be finite, got {value!r}")
         self._fn = lambda t: constant
+        self.table = (np.zeros(1), [constant])
 
     def __call__(self, t: Any) -> np.ndarray:
         return np.asarray(self._fn(t), dtype=float)
@@ -224,6 +234,7 @@ class DigitalController:
         self.reference = Reference(vref) if vref is not None else None
         self._rng = np.random.default_rng(self.adc.seed)
         self._rows: list[tuple] = []
+        self._compiled_log: ControlLog | None = None
         self._duty: np.ndarray | None = None
         self._fsw: np.ndarray | None = None
 
@@ -254,6 +265,7 @@ class DigitalController:
         self._quantize = self.pwm.quantizer(fsw)
         self._rng = np.random.default_rng(self.adc.seed)
         self._rows = []
+        self._compiled_log = None
         n = fsw.size
         self._duty = self._quantize(np.full(n, self.initial_duty))
         self.pid.reset(output=self._duty.copy() if n > 1 else float(self._duty[0]))
@@ -287,6 +299,8 @@ class DigitalController:
 
     def log(self) -> ControlLog:
         """Everything the loop computed, one row per control step."""
+        if self._compiled_log is not None:
+            return self._compiled_log
         if not self._rows:
             raise ValueError("the controller has not run yet")
         columns = list(zip(*self._rows, strict=True))

@@ -66,20 +66,10 @@ def ccm_run_ahead(stepper, k: int, K: int, il: np.ndarray, vc: np.ndarray,
     c = stepper.conditions.table(stepper.conditions.epoch_at(k * Ts))
     t_on = duty * Ts
     t_off = Ts - t_on
-    # Switch on: two decoupled first-order pieces, x_edge = diag(a) x + b.
-    a_i = np.exp(-c[sg.K_ON] * t_on)
-    a_v = np.exp(-c[sg.M] * t_on)
-    b_i = sg.decay(c[sg.K_ON], c[sg.U_ON], 0.0, t_on)
-    b_v = sg.decay(c[sg.M], -c[sg.W], 0.0, t_on)
-    # Diode conducting: x_end = x_eq + E (x_edge - x_eq).
-    ec, es = sg.exp_coeffs(c, t_off)
-    e11, e12 = ec + es * c[sg.N11], es * c[sg.A12]
-    e21, e22 = es * c[sg.A21], ec - es * c[sg.N11]
-    il_eq, vc_eq = c[sg.IL_EQ], c[sg.VC_EQ]
+    pm = sg.ccm_period_map(c, t_on, t_off)
+    a_i, b_i, a_v, b_v = pm.a_i, pm.b_i, pm.a_v, pm.b_v
     # One period: x -> Phi x + g.
-    p11, p12, p21, p22 = e11 * a_i, e12 * a_v, e21 * a_i, e22 * a_v
-    g1 = il_eq + e11 * (b_i - il_eq) + e12 * (b_v - vc_eq)
-    g2 = vc_eq + e21 * (b_i - il_eq) + e22 * (b_v - vc_eq)
+    p11, p12, p21, p22, g1, g2 = pm.p11, pm.p12, pm.p21, pm.p22, pm.g1, pm.g2
     n = il.size
     il_seq = np.empty((K + 1, n))
     vc_seq = np.empty((K + 1, n))

@@ -27,6 +27,8 @@ closed form, zero crossings bracketed between them and refined by safeguarded Ne
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 ON, DIODE, IDLE = 0, 1, 2
@@ -188,6 +190,77 @@ def transition_matrix(c: np.ndarray, topology: np.ndarray, tau: np.ndarray) -> n
     out[:, 1, 0] = np.where(diode, es * c[A21], 0.0)
     out[:, 1, 1] = np.where(diode, ec - es * c[N11], e_vc)
     return out
+
+
+class PeriodMap(NamedTuple):
+    """A period in continuous conduction (switch on for t_on, then the diode for t_off) as
+    affine maps of the state, per lane: at the PWM edge ``il = a_i il0 + b_i``,
+    ``vc = a_v vc0 + b_v``; through the diode ``x_end = x_eq + E (x_edge - x_eq)`` with
+    ``E = [[e11, e12], [e21, e22]]``; over the whole period ``x_end = Phi x0 + gamma`` with
+    ``Phi = [[p11, p12], [p21, p22]]``, ``gamma = (g1, g2)``."""
+
+    a_i: np.ndarray
+    b_i: np.ndarray
+    a_v: np.ndarray
+    b_v: np.ndarray
+    e11: np.ndarray
+    e12: np.ndarray
+    e21: np.ndarray
+    e22: np.ndarray
+    il_eq: np.ndarray
+    vc_eq: np.ndarray
+    p11: np.ndarray
+    p12: np.ndarray
+    p21: np.ndarray
+    p22: np.ndarray
+    g1: np.ndarray
+    g2: np.ndarray
+
+
+def on_transition(c: np.ndarray, tau: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(d iL / d iL0, d vC / d vC0) after ``tau`` with the switch on (the maps are diagonal)."""
+    return np.exp(-c[K_ON] * tau), np.exp(-c[M] * tau)
+
+
+def diode_transition(c: np.ndarray, tau: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``e^{A tau}`` of the DIODE topology as (e11, e12, e21, e22)."""
+    ec, es = exp_coeffs(c, tau)
+    return ec + es * c[N11], es * c[A12], es * c[A21], ec - es * c[N11]
+
+
+def ccm_period_map(c: np.ndarray, t_on: np.ndarray, t_off: np.ndarray) -> PeriodMap:
+    """The affine map of a continuous-conduction period (see :class:`PeriodMap`)."""
+    a_i, a_v = on_transition(c, t_on)
+    b_i = decay(c[K_ON], c[U_ON], 0.0, t_on)
+    b_v = decay(c[M], -c[W], 0.0, t_on)
+    e11, e12, e21, e22 = diode_transition(c, t_off)
+    il_eq, vc_eq = c[IL_EQ], c[VC_EQ]
+    g1 = il_eq + e11 * (b_i - il_eq) + e12 * (b_v - vc_eq)
+    g2 = vc_eq + e21 * (b_i - il_eq) + e22 * (b_v - vc_eq)
+    return PeriodMap(a_i, b_i, a_v, b_v, e11, e12, e21, e22, il_eq, vc_eq,
+                     e11 * a_i, e12 * a_v, e21 * a_i, e22 * a_v, g1, g2)
+
+
+def diode_slope(c: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(a11, a12, b1) with ``diL/dt = a11 iL + a12 vC + b1`` [A/s] in the DIODE topology."""
+    return c[A11], c[A12], c[B1]
+
+
+def vout_gains(c: np.ndarray, topology: int) -> tuple[np.ndarray, np.ndarray]:
+    """(d vout / d iL, d vout / d vC) in a topology (vout is affine in the state)."""
+    return (c[A_OUT] * c[R_C] if topology == DIODE else 0.0 * c[A_OUT]), c[A_OUT]
+
+
+def reconduction_threshold(c: np.ndarray) -> np.ndarray:
+    """Capacitor voltage [V] below which an idle diode conducts (vout = vin - v_f)."""
+    return c[V_TH]
+
+
+def ringing_half_period(c: np.ndarray) -> np.ndarray:
+    """Half period [s] of the DIODE ringing (inf when it does not ring): a diode interval
+    shorter than this has at most one extremum of the current."""
+    return c[HALF_RING]
 
 
 # -- event times ------------------------------------------------------------------------------

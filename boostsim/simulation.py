@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from . import fastloop
 from .drive import check_duty, prepare_drive
 from .engine import Period, PeriodView, Segment, Step, Stepper, sample_segments
 from .memory import SAMPLE_WORK_BYTES, check_memory
@@ -106,7 +107,7 @@ class SimulationResult:
 def simulate(params: BoostParams, duty: Any = None, t_end: float | None = None,
              dt: float | None = None, *, x0: Any = None, controller: Controller | None = None,
              vref: Any = None, steps: Sequence[Step] = (), run_ahead: bool = True,
-             progress: bool = False) -> SimulationResult:
+             progress: bool = False, engine: str = "auto") -> SimulationResult:
     """Simulate the switching converter exactly from t = 0 to ``t_end`` [s].
 
     Parameters
@@ -138,7 +139,13 @@ def simulate(params: BoostParams, duty: Any = None, t_end: float | None = None,
         (same results to rounding, much faster); False steps every period.
     progress : bool
         Show a progress bar.
+    engine : "auto", "numpy" or "compiled"
+        "auto" runs open loop, duty schedules and ``DigitalController`` with
+        ``boostsim.pid.PID`` on the compiled kernel (:mod:`boostsim.kernel`, same results to
+        rounding) and any other controller on the numpy engine; "numpy" forces the numpy
+        engine (the reference), "compiled" insists on the kernel.
     """
+    compiled = fastloop.use_compiled(engine, controller)
     drive = prepare_drive(params, duty, t_end, dt, x0=x0, controller=controller, vref=vref,
                           steps=steps, default_dt_periods=1 / 50)
     lanes, n, scalar, Ts, dt = drive.lanes, drive.n, drive.scalar, drive.Ts, drive.dt
@@ -158,7 +165,12 @@ def simulate(params: BoostParams, duty: Any = None, t_end: float | None = None,
     constant_runner = _ConstantDuty(stepper, out, Ts, dt, bar, run_ahead)
     everyone = np.arange(n)
     every = int(getattr(controller, "every", 1)) if controller is not None else 1
-    if controller is None and schedule is None:
+    if compiled:
+        table = out.lane_major()
+        il, vc = fastloop.run(drive, stepper, controller, out.wave, table)
+        if bar is not None:
+            bar.update(n_periods)
+    elif controller is None and schedule is None:
         il, vc = constant_runner.advance(0, n_periods, il, vc, constant)
     elif controller is not None and every > 1:
         # The controller acts every `every` periods and holds its duty in between: run the
@@ -302,9 +314,14 @@ class _Recorder:
         # Period-major storage: each period writes contiguous rows.
         self.rec = {name: np.empty((n_periods, n)) for name in
                     ("duty", "il_start", "vc_start", "t_diode", "t_idle")}
-        self.il = np.empty((n, n_t))
-        self.vc = np.empty((n, n_t))
-        self.vout = np.empty((n, n_t))
+        self.wave = np.empty((3, n, n_t))
+        self.il, self.vc, self.vout = self.wave
+
+    def lane_major(self) -> np.ndarray:
+        """The per-period records as one (5, lanes, periods) array to be filled lane by lane."""
+        table = np.empty((5, self.il.shape[0], self.n_periods))
+        self.rec = {name: part.T for name, part in zip(self.rec, table, strict=True)}
+        return table
 
     def period(self, rows: np.ndarray, k: int, duty: np.ndarray, il0: np.ndarray,
                vc0: np.ndarray, period: Period) -> None:

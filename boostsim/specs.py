@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -257,24 +258,31 @@ def _limit_columns() -> list[str]:
     return ["duty", *(k for k in SUMMARY if k not in ("mode", "converged"))]
 
 
-def parse_limit(text: str) -> Limit:
+def parse_limit(text: str, columns: Sequence[str] | None = None) -> Limit:
     """``NAME=LO:HI`` (either side may be empty), ``NAME<HI``, ``NAME>LO`` (``<=``/``>=`` mean
     the same: bounds are inclusive). Values take SI prefixes or ``%`` (``efficiency>90%``).
 
     Names: the aliases ``vout`` (mean output voltage), ``ripple`` (output ripple,
     peak-to-peak), ``il`` (mean inductor current), ``il_peak`` (inductor current maximum),
     ``loss`` (conduction loss), ``eff`` / ``efficiency``, or any numeric summary column.
+    ``columns``: the figures of another study instead (no aliases).
     """
     match = _LIMIT.match(text)
     if not match or not match["value"]:
         raise ValueError(f"cannot read limit {text!r}: expected NAME=LO:HI, NAME<HI or "
                          f"NAME>LO, e.g. vout=11.5:12.5, ripple<0.1, efficiency>0.9")
     raw = match["name"]
-    name = LIMIT_ALIASES.get(raw, raw)
-    if name not in _limit_columns():
-        raise ValueError(f"cannot read limit {text!r}: unknown figure {raw!r}; known: "
-                         f"{', '.join(LIMIT_ALIASES)}, or a column: "
-                         f"{', '.join(_limit_columns())}")
+    if columns is not None:
+        name = raw
+        if name not in columns:
+            raise ValueError(f"cannot read limit {text!r}: unknown figure {raw!r}; known: "
+                             f"{', '.join(columns)}")
+    else:
+        name = LIMIT_ALIASES.get(raw, raw)
+        if name not in _limit_columns():
+            raise ValueError(f"cannot read limit {text!r}: unknown figure {raw!r}; known: "
+                             f"{', '.join(LIMIT_ALIASES)}, or a column: "
+                             f"{', '.join(_limit_columns())}")
     op, value = match["op"], match["value"]
     lo = hi = None
     if op == "=":

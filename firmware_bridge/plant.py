@@ -571,7 +571,7 @@ class Plant:
 
         p = self._params
         if np.isinf(float(p.R)) and float(p.i_load) == 0.0 and not bool(p.synchronous):
-            return 0.0, float(self._coef[sg.V_TH][0])
+            return 0.0, float(sg.reconduction_threshold(self._coef)[0])
         ss = steady_state(p.replace(fsw=self._freq), 0.0)
         return float(ss.il_start), float(ss.vc_start)
 
@@ -710,8 +710,8 @@ class Plant:
             self._cache.popitem(last=False)
 
     def _ccm_map(self) -> _Chunk:
-        """The affine CCM period map at the present duty (cached); the same closed forms as
-        :func:`boostsim.runahead.ccm_run_ahead`."""
+        """The affine CCM period map at the present duty (cached):
+        :func:`boostsim.segments.ccm_period_map`, as in :func:`boostsim.runahead.ccm_run_ahead`."""
         key = ("ccm", self._freq, self._duty)
         hit = self._cached(key)
         if hit is not None:
@@ -721,22 +721,15 @@ class Plant:
         Ts = 1.0 / self._freq
         t_on = self._duty * Ts
         t_off = Ts - t_on
-        t_on_a = np.array([t_on])
-        a_i = float(np.exp(-c[sg.K_ON] * t_on_a)[0])
-        a_v = float(np.exp(-c[sg.M] * t_on_a)[0])
-        b_i = float(sg.decay(c[sg.K_ON], c[sg.U_ON], 0.0, t_on_a)[0])
-        b_v = float(sg.decay(c[sg.M], -c[sg.W], 0.0, t_on_a)[0])
-        ec, es = sg.exp_coeffs(c, np.array([t_off]))
-        ec, es = float(ec[0]), float(es[0])
-        n11, a12, a21 = float(c[sg.N11][0]), float(c[sg.A12][0]), float(c[sg.A21][0])
-        e11, e12, e21, e22 = ec + es * n11, es * a12, es * a21, ec - es * n11
-        il_eq, vc_eq = float(c[sg.IL_EQ][0]), float(c[sg.VC_EQ][0])
-        phi = (e11 * a_i, e12 * a_v, e21 * a_i, e22 * a_v)
-        gamma = (il_eq + e11 * (b_i - il_eq) + e12 * (b_v - vc_eq),
-                 vc_eq + e21 * (b_i - il_eq) + e22 * (b_v - vc_eq))
+        pm = sg.ccm_period_map(c, np.array([t_on]), np.array([t_off]))
+        a_i, a_v, b_i, b_v = (float(pm.a_i[0]), float(pm.a_v[0]), float(pm.b_i[0]),
+                              float(pm.b_v[0]))
+        il_eq, vc_eq = float(pm.il_eq[0]), float(pm.vc_eq[0])
+        phi = (float(pm.p11[0]), float(pm.p12[0]), float(pm.p21[0]), float(pm.p22[0]))
+        gamma = (float(pm.g1[0]), float(pm.g2[0]))
         sync = bool(self._lanes["synchronous"][0])
-        a11, b1 = float(c[sg.A11][0]), float(c[sg.B1][0])
-        never = not sync and not t_off < float(c[sg.HALF_RING][0])
+        a11, a12, b1 = (float(v[0]) for v in sg.diode_slope(c))
+        never = not sync and not t_off < float(sg.ringing_half_period(c)[0])
 
         def build():
             # x(tau) = o(tau) + Psi(tau) x0 on each segment; vout and iL are linear in x(tau).
@@ -747,25 +740,23 @@ class Plant:
             tau_on = xp[on_sl]
             tau_off = xp[off_sl] - t_on
             ck = c[:, :1]
-            a_out, r_c, i_ld = (float(c[sg.A_OUT][0]), float(c[sg.R_C][0]),
-                                float(c[sg.I_LOAD][0]))
             tabs = {k: np.zeros(xp.size) for k in ("vout", "vout_i", "vout_v", "il", "il_i",
                                                     "il_v")}
             zero = np.zeros(tau_on.size)
             o_i, o_v = sg.on_state(ck, zero, zero, tau_on)
             tabs["il"][on_sl] = o_i
-            tabs["il_i"][on_sl] = np.exp(-c[sg.K_ON][0] * tau_on)
-            tabs["vout"][on_sl] = a_out * (o_v - r_c * i_ld)
-            tabs["vout_v"][on_sl] = a_out * np.exp(-c[sg.M][0] * tau_on)
-            ec_t, es_t = sg.exp_coeffs(ck, tau_off)
-            E11, E12, E21, E22 = ec_t + es_t * n11, es_t * a12, es_t * a21, ec_t - es_t * n11
+            tabs["il_i"][on_sl], on_v = sg.on_transition(ck, tau_on)
+            tabs["vout"][on_sl] = sg.vout_of(ck, sg.ON, o_i, o_v)
+            tabs["vout_v"][on_sl] = sg.vout_gains(ck, sg.ON)[1] * on_v
+            E11, E12, E21, E22 = sg.diode_transition(ck, tau_off)
             oi = il_eq + E11 * (b_i - il_eq) + E12 * (b_v - vc_eq)
             ov = vc_eq + E21 * (b_i - il_eq) + E22 * (b_v - vc_eq)
             pii, piv, pvi, pvv = E11 * a_i, E12 * a_v, E21 * a_i, E22 * a_v
             tabs["il"][off_sl], tabs["il_i"][off_sl], tabs["il_v"][off_sl] = oi, pii, piv
-            tabs["vout"][off_sl] = a_out * (ov + r_c * (oi - i_ld))
-            tabs["vout_i"][off_sl] = a_out * (pvi + r_c * pii)
-            tabs["vout_v"][off_sl] = a_out * (pvv + r_c * piv)
+            tabs["vout"][off_sl] = sg.vout_of(ck, sg.DIODE, oi, ov)
+            gain_i, gain_v = sg.vout_gains(ck, sg.DIODE)
+            tabs["vout_i"][off_sl] = gain_v * pvi + gain_i * pii
+            tabs["vout_v"][off_sl] = gain_v * pvv + gain_i * piv
             return xp, tabs
 
         # Certificate margins (affine in x_k, all > 0 imply the CCM criteria of a period):
@@ -807,7 +798,7 @@ class Plant:
         """() -> tables of the reference period's exact waveform (both limits at each
         switching instant); other start states shift it by their change of vC."""
         Ts = 1.0 / self._freq
-        a_out = float(self._coef[sg.A_OUT][0])
+        a_out = float(sg.vout_gains(self._coef, sg.ON)[1][0])
 
         def build():
             self.stats.tables += 1

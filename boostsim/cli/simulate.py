@@ -21,6 +21,7 @@ from .args import (
     _positive,
     _positive_time,
     _step_parser,
+    _type,
     _vout_value,
 )
 from .bench import board_loop_controller
@@ -36,6 +37,7 @@ from .format import (
     _write_columns,
     _write_plot,
 )
+from .sweep import monte_carlo_options
 
 _SIMULATE_EPILOG = """\
 Simulates the switching converter exactly (closed-form segments, no time-step error) from rest
@@ -59,6 +61,16 @@ closed loop (the host loop of 'boostsim bench live', or the board's own CONT:MOD
                                tune the PID first ('boostsim tune'), then run it; with --tune
                                the loop rate defaults to fsw (the tuner's sample rate)
 
+closed-loop Monte-Carlo of a load step (--mc N; exact switching engine, compiled):
+  --mc 10000 --tol L=20% C=20% r_C=50% --load-step 8ms:R=24 --limit 'undershoot<1%'
+                               N boards drawn as 'boostsim sweep --mc' draws them (--seed,
+                               --dist), each from --start through the load step under the loop;
+                               the step is measured on the exact period means: overshoot and
+                               undershoot (fractions of the final value), deviation [V],
+                               settling_time [s] into --band (default 1 %) of the final value,
+                               vout_initial, vout_final [V]; --limit on them gives the yield;
+                               --out writes one row per board
+
 averaged model:
   --averaged                   simulate the large-signal averaged model (boostsim.averaged;
                                CCM and DCM, no switching ripple) instead of the exact engine,
@@ -74,6 +86,8 @@ examples:
   boostsim simulate --duty 0.6 --t-end 20m --dt 100n --out waves.csv --plot waves.png
   boostsim simulate --duty 0.6 --start steady --t-end 10m --load-step 2ms:R=24 --plot step.png
   boostsim simulate --duty 0.6 --step 10ms:vin=4.5 --step 15ms:vin=5,R=96 --out waves.npz
+  boostsim simulate --vref 12 --tune --crossover 2k --slew 4k --t-end 12m --load-step 8ms:R=32 \
+      --mc 10000 --tol L=20% C=20% r_C=50% --limit 'undershoot<0.9%' --limit 'overshoot<0.2%'
 """
 
 
@@ -190,12 +204,27 @@ def _pid_table(path: str) -> dict[str, float]:
     return out
 
 
+@_type
+def _mc_limit(text: str):
+    from ..montecarlo import COLUMNS
+    from ..specs import parse_limit
+
+    return parse_limit(text, COLUMNS)
+
+
 def cmd_simulate(ctx: Context) -> int:
     from ..averaged import simulate_averaged
     from ..simulation import simulate
 
     a = ctx.args
     drive, loop = _drive(ctx, ctx.board())
+    if a.mc is None:
+        for name, value in (("--tol", a.tol), ("--limit", a.limits), ("--seed", a.seed),
+                            ("--dist", a.dist), ("--band", a.band)):
+            if value:
+                raise _UsageError(f"{name} needs --mc N (a closed-loop Monte-Carlo)")
+    else:
+        return _cmd_monte_carlo(ctx, drive, loop)
     _check_writable(a.out, _DATA_KINDS, "--out")
     _check_writable(a.plot, _PLOT_KINDS, "--plot")
     params = ctx.board()
@@ -289,6 +318,87 @@ def cmd_simulate(ctx: Context) -> int:
     return 0
 
 
+_MC_STATS = ("min", "p1", "p50", "p99", "max")
+_MC_ROWS = (("overshoot", "overshoot [%]", 100, ".3f"),
+            ("undershoot", "undershoot [%]", 100, ".3f"),
+            ("deviation", "deviation [mV]", 1e3, ".1f"),
+            ("settling_time", "settling [ms]", 1e3, ".3f"),
+            ("vout_final", "vout final [V]", 1, ".4f"))
+
+
+def _cmd_monte_carlo(ctx: Context, drive: dict[str, Any], loop: dict[str, Any] | None) -> int:
+    """``simulate --mc N``: the load-step yield over tolerances (boostsim.montecarlo)."""
+    from ..montecarlo import COLUMNS, load_step_yield
+    from ..plots import board_text
+    from .sweep import _stats, yield_lines
+
+    a = ctx.args
+    if loop is None:
+        raise _UsageError("--mc needs the closed loop (--vref V and the gains or --tune)")
+    if a.averaged or a.plot:
+        raise _UsageError("--mc runs the exact switching engine and writes no plot: drop "
+                          f"{'--averaged' if a.averaged else '--plot'}")
+    if not a.tol:
+        raise _UsageError("--mc needs tolerances, e.g. --tol L=20% C=20%")
+    steps = [*a.steps, *a.load_steps]
+    if len(steps) != 1 or steps[0].vin is not None:
+        raise _UsageError("--mc measures one load step: give exactly one --load-step, e.g. "
+                          "--load-step 8ms:R=24")
+    _check_writable(a.out, _DATA_KINDS, "--out")
+    params = ctx.board()
+    x0 = None
+    if a.start == "steady":
+        from ..steady import steady_state
+
+        state = steady_state(params, loop["initial_duty"], points=1)
+        x0 = (state.il_start, state.vc_start)
+    band = 0.01 if a.band is None else a.band
+    try:
+        result = load_step_yield(params, drive["controller"], vref=a.vref, step=steps[0],
+                                 t_end=a.t_end, samples=a.mc, tolerances=a.tol,
+                                 limits=a.limits, seed=a.seed or 0, dist=a.dist or "uniform",
+                                 band=band, x0=x0)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    cols = result.columns
+    stats = {name: _stats(cols[name]) for name in COLUMNS}
+    step = steps[0]
+    summary = {"command": "simulate", "model": "switching", "monte_carlo": {
+        "samples": a.mc, "seed": a.seed or 0, "dist": a.dist or "uniform",
+        "tolerances": [t.describe() for t in a.tol], "band": band},
+        "t_end": a.t_end, "start": a.start, "parameters": params.to_dict(),
+        "closed_loop": loop, "load_step": {"t": step.t, **{k: getattr(step, k) for k in
+                                                           ("R", "i_load")
+                                                           if getattr(step, k) is not None}},
+        "figures": stats, "seconds": result.seconds}
+    if a.limits:
+        summary["yield"] = result.yield_summary()
+    files: dict[str, str] = {}
+    if a.out:
+        columns = {k: v for k, v in cols.items() if k != "converged"}
+        _write_columns(ctx, a.out, columns, ctx.metadata(closed_loop=loop,
+                                                          monte_carlo=summary["monte_carlo"]),
+                       summary)
+        files["data"] = a.out
+    summary["files"] = files
+    if ctx.human:
+        ctx.print(f"boostsim simulate --mc: {a.mc} boards ({', '.join(t.describe() for t in a.tol)}"
+                  f"; {a.dist or 'uniform'}, seed {a.seed or 0}) · {board_text(params)} · PID to "
+                  f"{a.vref:g} V every {loop['every_periods']} periods · load step at "
+                  f"{_si(step.t, 't_rise')} · {_si(a.t_end, 't_rise')}")
+        rows = [[label, *(_fmt(stats[name][k] * scale, spec) for k in _MC_STATS)]
+                for name, label, scale, spec in _MC_ROWS]
+        ctx.print(_table(["figure", "min", "1 %", "median", "99 %", "max"], rows,
+                         [False] + [True] * len(_MC_STATS)))
+        ctx.print(f"{a.mc} boards in {result.seconds:.2f} s")
+        if a.limits:
+            ctx.print("\n".join(yield_lines(summary["yield"])))
+        if files:
+            ctx.print("wrote " + ", ".join(files.values()))
+    ctx.emit_json(summary)
+    return 0
+
+
 def _metrics_table(m: dict[str, Any]) -> str:
     rows = [
         ("output voltage, mean", _fmt(m["vout_mean"], ".4f"), "V"),
@@ -369,6 +479,12 @@ def register(sub, base: argparse.ArgumentParser, board: argparse.ArgumentParser,
                    metavar="N", help="periods in the plot's zoom panel (default 4)")
     g.add_argument("--averaged", action="store_true",
                    help="simulate the averaged model instead of the exact switching engine")
+    g = p.add_argument_group("closed-loop Monte-Carlo of the load step (with --vref)")
+    monte_carlo_options(g, "number of boards drawn", "", _mc_limit,
+                        "pass/fail limit on a figure, e.g. 'undershoot<1%%', settling_time=:2m "
+                        "(repeatable)")
+    g.add_argument("--band", type=_positive("--band", ""), default=None, metavar="FRACTION",
+                   help="settling band around the final value (default 0.01)")
     g = p.add_argument_group("tuning (closed loop: --vref V --tune instead of --kp/--ki)")
     g.add_argument("--tune", action="store_true",
                    help="tune the PID for --crossover/--phase-margin, then run it")

@@ -330,13 +330,33 @@ def _monte_carlo_text(result) -> str:
     lines.append(f"{mc.samples} samples in {_seconds(result.seconds)} · {dcm} in DCM · "
                  f"{int((~converged).sum())} not converged")
     if result.limits:
-        y = result.yield_summary()
-        for text, info in y["limits"].items():
-            lines.append(f"  {text:<24} {info['pass']:>9} pass  ({info['fraction'] * 100:.2f} %)")
-        lo, hi = y["yield_ci95"]
-        lines.append(f"yield: {y['yield'] * 100:.2f} % ({y['pass']} of {y['points']}; 95 % "
-                     f"confidence {lo * 100:.2f} .. {hi * 100:.2f} %)")
+        lines += yield_lines(result.yield_summary())
     return "\n".join(lines)
+
+
+def yield_lines(y: dict[str, Any]) -> list[str]:
+    """Per-limit passes and the yield with its 95 % interval (``SweepResult.yield_summary``)."""
+    lines = [f"  {text:<24} {info['pass']:>9} pass  ({info['fraction'] * 100:.2f} %)"
+             for text, info in y["limits"].items()]
+    lo, hi = y["yield_ci95"]
+    lines.append(f"yield: {y['yield'] * 100:.2f} % ({y['pass']} of {y['points']}; 95 % "
+                 f"confidence {lo * 100:.2f} .. {hi * 100:.2f} %)")
+    return lines
+
+
+def monte_carlo_options(g, samples_help: str, tol_extra: str, limit_type: Any,
+                        limit_help: str) -> None:
+    """--mc, --tol, --dist, --seed and --limit (parsed by ``limit_type``) in group ``g``."""
+    g.add_argument("--mc", type=_mc_samples, metavar="N", help=samples_help)
+    g.add_argument("--tol", action="extend", nargs="+", type=_type(_tolerance), default=None,
+                   metavar="NAME=TOL", help="tolerances: L=20%% (relative) or vin=0.25 "
+                   "(absolute, in the parameter's unit)" + tol_extra)
+    g.add_argument("--dist", choices=("uniform", "normal"), default=None,
+                   help="sample distribution (default uniform; normal: tol = 3 sigma)")
+    g.add_argument("--seed", type=_int_at_least(0, "--seed"), default=None,
+                   help="random seed (default 0: runs are reproducible)")
+    g.add_argument("--limit", dest="limits", action="append", type=limit_type, default=[],
+                   metavar="SPEC", help=limit_help)
 
 
 def register(sub, base: argparse.ArgumentParser, board: argparse.ArgumentParser,
@@ -359,18 +379,10 @@ def register(sub, base: argparse.ArgumentParser, board: argparse.ArgumentParser,
                    metavar="NAME=START:STOP:COUNT[:log]",
                    help="sweep a parameter (also NAME=a,b,c); repeat for a grid")
     g.add_argument("--log", action="store_true", help="make every --sweep range logarithmic")
-    g = p.add_argument_group("Monte-Carlo")
-    g.add_argument("--mc", type=_mc_samples, metavar="N", help="number of Monte-Carlo samples")
-    g.add_argument("--tol", action="extend", nargs="+", type=_type(_tolerance), default=None,
-                   metavar="NAME=TOL", help="tolerances: L=20%% (relative) or vin=0.25 "
-                   "(absolute, in the parameter's unit); also duty=1%%")
-    g.add_argument("--dist", choices=("uniform", "normal"), default=None,
-                   help="sample distribution (default uniform; normal: tol = 3 sigma)")
-    g.add_argument("--seed", type=_int_at_least(0, "--seed"), default=None,
-                   help="random seed (default 0: runs are reproducible)")
-    g.add_argument("--limit", dest="limits", action="append", type=_type(_limit), default=[],
-                   metavar="SPEC", help="pass/fail limit, e.g. vout=11.5:12.5, 'ripple<0.1' "
-                   "(repeatable; see below)")
+    monte_carlo_options(p.add_argument_group("Monte-Carlo"), "number of Monte-Carlo samples",
+                        "; also duty=1%%", _type(_limit),
+                        "pass/fail limit, e.g. vout=11.5:12.5, 'ripple<0.1' (repeatable; see "
+                        "below)")
     g = p.add_argument_group("solver")
     g.add_argument("--transient", action="store_true",
                    help="simulate every point from rest instead of solving the steady state")

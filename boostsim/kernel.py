@@ -1,0 +1,606 @@
+"""The switching engine, the board's ADC, the PID and the PWM as one compiled per-period kernel.
+
+The numba twin of :mod:`boostsim.engine` (the numpy reference), :mod:`boostsim.pid` and
+:class:`boostsim.control.DigitalController`, one lane at a time: each small function mirrors
+its numpy counterpart formula by formula (same operations in the same order, so the two paths
+agree to rounding), and :func:`run_lanes` loops over lanes and periods. It is imported lazily by
+:mod:`boostsim.fastloop`, which prepares the arrays; everything here works in SI units.
+Compiled with ``cache=True`` (no fastmath): later processes load the machine code from disk.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from . import segments as sg
+
+_JIT = dict(cache=True, error_model="numpy")
+
+ON, DIODE, IDLE = sg.ON, sg.DIODE, sg.IDLE
+(K_ON, U_ON, M, W, A_OUT, A11, A12, A21, B1, S, Q2, N11, IL_EQ, VC_EQ, V_TH, SYNC, VIN, G, R_C,
+ I_LOAD, HALF_RING, ROOT) = (sg.K_ON, sg.U_ON, sg.M, sg.W, sg.A_OUT, sg.A11, sg.A12, sg.A21, sg.B1,
+                             sg.S, sg.Q2, sg.N11, sg.IL_EQ, sg.VC_EQ, sg.V_TH, sg.SYNC, sg.VIN,
+                             sg.G, sg.R_C, sg.I_LOAD, sg.HALF_RING, sg.ROOT)
+
+MAX_SEGMENTS = 64  # as engine._MAX_SEGMENTS_PER_PERIOD
+SEG_TOPO, SEG_START, SEG_DUR, SEG_IL, SEG_VC, SEG_EPOCH = range(6)
+
+# PID parameter rows (per lane) and state rows; see boostsim.pid for the law.
+P_KP, P_KI_TS, P_KT_TS, P_D_A, P_D_B, P_MIN, P_MAX, P_RAMP = range(8)
+N_PID_PAR = 8
+(S_INTEGRAL, S_DERIV, S_Y_PREV, S_HAS_Y, S_SP, S_HAS_SP, S_UNCLAMPED, S_OUTPUT) = range(8)
+N_PID_STATE = 8
+
+# ADC settings (one float array): how the sample instant is chosen, divider, conversion.
+(A_IMMEDIATE, A_MID_ON, A_FRACTION, A_DIVIDER, A_FACTOR, A_OFFSET, A_TOP, A_VOLTS_PER_CODE,
+ A_NOISE) = range(9)
+N_ADC = 9
+
+# Per-period record rows, as the numpy recorder's ("duty", "il_start", "vc_start", ...).
+R_DUTY, R_IL, R_VC, R_DIODE, R_IDLE = range(5)
+# Control log rows (boostsim.control.ControlLog after period and t).
+L_SETPOINT, L_CODE, L_MEASURED, L_INTEGRAL, L_COMMAND, L_DUTY = range(6)
+
+
+# -- segments (boostsim.segments) --------------------------------------------------------------
+
+@njit(**_JIT)
+def phi1(z):
+    """(e^z - 1)/z, 1 at z = 0."""
+    if z == 0.0:
+        return 1.0
+    return np.expm1(z) / z
+
+
+@njit(**_JIT)
+def decay(rate, drive, v0, tau):
+    """Solution of v' = -rate v + drive from v0 after tau [s]."""
+    return v0 + (drive - rate * v0) * tau * phi1(-rate * tau)
+
+
+@njit(**_JIT)
+def exp_coeffs(c, tau):
+    """(e^{st} C(t), e^{st} S(t)) of the DIODE topology (segments.exp_coeffs)."""
+    s, q2, root = c[S], c[Q2], c[ROOT]
+    est = np.exp(s * tau)
+    theta = root * tau
+    if q2 < 0:
+        return est * np.cos(theta), est * np.sin(theta) / root
+    if q2 == 0:
+        ec, es = 1.0, tau
+    else:
+        ec, es = np.cosh(theta), np.sinh(theta) / root
+    ec = est * ec
+    es = est * es
+    if not np.isfinite(ec):
+        e1 = np.exp((s + root) * tau)
+        e2 = np.exp((s - root) * tau)
+        ec = 0.5 * (e1 + e2)
+        es = (e1 - e2) / (2 * root)
+    return ec, es
+
+
+@njit(**_JIT)
+def diode_state(c, il0, vc0, tau):
+    """State after tau in the DIODE topology."""
+    d1 = il0 - c[IL_EQ]
+    d2 = vc0 - c[VC_EQ]
+    ec, es = exp_coeffs(c, tau)
+    n11 = c[N11]
+    il = c[IL_EQ] + ec * d1 + es * (n11 * d1 + c[A12] * d2)
+    vc = c[VC_EQ] + ec * d2 + es * (c[A21] * d1 - n11 * d2)
+    return il, vc
+
+
+@njit(**_JIT)
+def on_state(c, il0, vc0, tau):
+    """State after tau with the switch on."""
+    return decay(c[K_ON], c[U_ON], il0, tau), decay(c[M], -c[W], vc0, tau)
+
+
+@njit(**_JIT)
+def state_at(c, topology, il0, vc0, tau):
+    """State after tau in the given topology (IDLE: iL = 0, the ON capacitor equation)."""
+    if topology == DIODE:
+        return diode_state(c, il0, vc0, tau)
+    il, vc = on_state(c, il0, vc0, tau)
+    if topology == ON:
+        return il, vc
+    return 0.0, vc
+
+
+@njit(**_JIT)
+def vout_of(c, topology, il, vc):
+    conducting = il if topology == DIODE else 0.0
+    return c[A_OUT] * (vc + c[R_C] * (conducting - c[I_LOAD]))
+
+
+@njit(**_JIT)
+def diode_derivative(c, il, vc):
+    return c[A11] * il + c[A12] * vc + c[B1]
+
+
+@njit(**_JIT)
+def idle_reconduction_time(c, vc0):
+    """Time until the diode conducts again from IDLE (0 at once, inf never)."""
+    m, w, v_th = c[M], c[W], c[V_TH]
+    if vc0 <= v_th:
+        return 0.0
+    slope = m * vc0 + w
+    y = (vc0 - v_th) / slope
+    u = m * y
+    stretch = 1.0 if u == 0.0 else -np.log1p(-u) / u
+    if slope > 0 and u < 1.0:
+        return y * stretch
+    return np.inf
+
+
+@njit(**_JIT)
+def critical_times(c, p, r, dur, out):
+    """Zeros in (0, dur) of e^{st}[C(t) p + S(t) r] written to ``out``; returns how many."""
+    q2, root = c[Q2], c[ROOT]
+    count = 0
+    if q2 < 0:
+        theta0 = np.arctan2(-p * root, r) % np.pi
+        k_max = int((root * dur) // np.pi) + 2
+        for k in range(k_max):
+            t = (theta0 + np.pi * k) / root
+            if 0 < t < dur and count < out.size:
+                out[count] = t
+                count += 1
+        return count
+    t = np.arctanh(-p * root / r) / root if q2 > 0 else -p / r
+    if 0 < t < dur:
+        out[0] = t
+        count = 1
+    return count
+
+
+@njit(**_JIT)
+def diode_zero_time(c, il0, vc0, dur, il_end, monotonic, work):
+    """First time in (0, dur] at which the diode current falls to zero (inf if none) and the
+    capacitor voltage then (segments.diode_zero_time, one lane)."""
+    lo, hi, f_lo, f_hi = 0.0, dur, il0, il_end
+    if monotonic:
+        found = il_end <= 0.0
+    else:
+        d1 = il0 - c[IL_EQ]
+        d2 = vc0 - c[VC_EQ]
+        y1 = c[A11] * d1 + c[A12] * d2
+        y2 = c[A21] * d1 + (c[S] - c[N11]) * d2
+        count = critical_times(c, y1, c[N11] * y1 + c[A12] * y2, dur, work)
+        crit = np.sort(work[:count])
+        found = False
+        was_positive = il0 > 0.0
+        prev_t, prev_v = 0.0, il0
+        for m in range(count + 1):
+            t = crit[m] if m < count else dur
+            v = diode_state(c, il0, vc0, t)[0]
+            if v <= 0.0 and was_positive:
+                lo, hi, f_lo, f_hi = prev_t, t, prev_v, v
+                found = True
+                break
+            was_positive = was_positive or v > 0.0
+            prev_t, prev_v = t, v
+    if not found:
+        return np.inf, np.nan
+    a11, a12, a21, a22, b1 = c[A11], c[A12], c[A21], c[S] - c[N11], c[B1]
+    t = lo + (hi - lo) * min(max(f_lo / (f_lo - f_hi), 0.0), 1.0)
+    scale = max(hi, 2.2250738585072014e-308)
+    il, vc, d_vc, moved = 0.0, 0.0, 0.0, 0.0
+    for _ in range(40):
+        il, vc = diode_state(c, il0, vc0, t)
+        if il > 0.0:
+            lo = t
+        else:
+            hi = t
+        d_il = a11 * il + a12 * vc + b1
+        d_vc = a21 * il + a22 * vc - c[W]
+        dd_il = a11 * d_il + a12 * d_vc
+        step = -2.0 * il * d_il / (2.0 * d_il * d_il - il * dd_il)
+        t_new = t + step
+        inside = lo <= t_new <= hi and np.isfinite(t_new)
+        if not inside:
+            t_new = 0.5 * (lo + hi)
+        moved = t_new - t
+        t = t_new
+        if (inside and abs(moved) <= 1e-6 * scale) or hi - lo <= 1e-15 * scale:
+            break
+    return t, vc + d_vc * moved
+
+
+@njit(**_JIT)
+def off_segment(c, topology, sync, il, vc, dur, work):
+    """Advance a DIODE or IDLE segment by up to dur: (il, vc, time of the ending event)."""
+    if topology == IDLE:
+        t_event = idle_reconduction_time(c, vc)
+        return 0.0, decay(c[M], -c[W], vc, min(t_event, dur)), t_event
+    il_d, vc_d = diode_state(c, il, vc, dur)
+    slope0 = diode_derivative(c, il, vc)
+    falling0 = slope0 < -1e-12 * (abs(c[A12] * vc) + abs(c[B1]))
+    rising1 = diode_derivative(c, il_d, vc_d) > 0
+    short = dur < c[HALF_RING]
+    candidate = (il_d < 0) or (falling0 and rising1) or not short
+    if candidate and not sync:
+        monotonic = falling0 and not rising1 and short
+        t_zero, vc_zero = diode_zero_time(c, il, vc, dur, il_d, monotonic, work)
+        if np.isfinite(t_zero):
+            return 0.0, vc_zero, t_zero
+    return il_d, vc_d, np.inf
+
+
+# -- one switching period (engine.Stepper.period) ------------------------------------------------
+
+@njit(**_JIT)
+def _put(seg, i, topology, start, dur, il, vc, epoch):
+    seg[i, SEG_TOPO], seg[i, SEG_START], seg[i, SEG_DUR] = topology, start, dur
+    seg[i, SEG_IL], seg[i, SEG_VC], seg[i, SEG_EPOCH] = il, vc, epoch
+
+
+@njit(**_JIT)
+def _next_break(times, first, last, t0, tau, phase_end):
+    for b in range(first, last):
+        offset = times[b] - t0
+        if offset > tau:
+            return min(phase_end, offset)
+    return phase_end
+
+
+@njit(**_JIT)
+def _epoch(times, first, last, t0, tau):
+    epoch = first
+    for b in range(first, last):
+        if times[b] - t0 <= tau:
+            epoch += 1
+    return epoch
+
+
+@njit(**_JIT)
+def period(tab, times, t0, Ts, sync, il, vc, duty, on_cache, seg, work):
+    """One period of one lane from (il, vc): segments into ``seg``; returns (il, vc, t_diode,
+    t_idle, number of segments), -1 segments if the diode chatters."""
+    first = np.searchsorted(times, t0, side="right")
+    last = first
+    while last < times.size and times[last] - t0 < Ts:
+        last += 1
+    breaks = last > first
+    epoch = first
+    tau = 0.0
+    nseg = 0
+    t_edge = duty * Ts
+    while True:
+        c = tab[epoch]
+        end = _next_break(times, first, last, t0, tau, t_edge)
+        dur = end - tau
+        _put(seg, nseg, ON, tau, dur, il, vc, epoch)
+        nseg += 1
+        if breaks:
+            il, vc = on_state(c, il, vc, dur)
+        else:
+            if on_cache[0] != duty or on_cache[1] != epoch:
+                on_cache[0], on_cache[1] = duty, epoch
+                on_cache[2] = np.exp(-c[K_ON] * dur)
+                on_cache[3] = decay(c[K_ON], c[U_ON], 0.0, dur)
+                on_cache[4] = np.exp(-c[M] * dur)
+                on_cache[5] = decay(c[M], -c[W], 0.0, dur)
+            il, vc = on_cache[2] * il + on_cache[3], on_cache[4] * vc + on_cache[5]
+        tau = end
+        epoch = _epoch(times, first, last, t0, tau)
+        if not breaks or tau >= t_edge:
+            break
+    c = tab[epoch]
+    conducting = sync or il > 0 or (il == 0 and vc < c[V_TH])
+    topology = DIODE if conducting else IDLE
+    t_diode = 0.0
+    t_idle = 0.0
+    while tau < Ts:
+        if nseg > MAX_SEGMENTS:
+            return il, vc, t_diode, t_idle, -1
+        c = tab[epoch]
+        end = _next_break(times, first, last, t0, tau, Ts)
+        dur = end - tau
+        il_new, vc_new, t_event = off_segment(c, topology, sync, il, vc, dur, work)
+        hit = t_event < dur
+        seg_dur = t_event if hit else dur
+        _put(seg, nseg, topology, tau, seg_dur, il, vc, epoch)
+        nseg += 1
+        il, vc = il_new, vc_new
+        if topology == DIODE:
+            t_diode += seg_dur
+        else:
+            t_idle += seg_dur
+        if hit:
+            tau = tau + t_event
+            topology = IDLE if topology == DIODE else DIODE
+        else:
+            tau = end
+        epoch = _epoch(times, first, last, t0, tau)
+        if breaks and topology == IDLE and vc < tab[epoch][V_TH]:
+            topology = DIODE  # a line step may start conduction of an idle diode
+    return il, vc, t_diode, t_idle, nseg
+
+
+@njit(**_JIT)
+def segment_at(seg, nseg, tau, snap):
+    """Index of the segment holding offset tau (engine.sample_segments's choice), or -1 for a
+    sample on the period start (the state there, with the first segment's output)."""
+    if abs(tau) <= snap and seg[0, SEG_DUR] > 0:
+        return -1
+    i = 0
+    for m in range(1, nseg):
+        if tau >= seg[m, SEG_START] - snap and seg[m, SEG_DUR] > 0:
+            i = m
+    return i
+
+
+@njit(**_JIT)
+def sample(tab, seg, nseg, tau, snap):
+    """(il, vc, vout) at offset tau into the period held in ``seg`` (engine.sample_segments);
+    a sample within ``snap`` of a switching instant takes the value just after it."""
+    i = segment_at(seg, nseg, tau, snap)
+    if i < 0:
+        c = tab[int(seg[0, SEG_EPOCH])]
+        il, vc = seg[0, SEG_IL], seg[0, SEG_VC]
+        return il, vc, vout_of(c, int(seg[0, SEG_TOPO]), il, vc)
+    c = tab[int(seg[i, SEG_EPOCH])]
+    topology = int(seg[i, SEG_TOPO])
+    il, vc = state_at(c, topology, seg[i, SEG_IL], seg[i, SEG_VC], tau - seg[i, SEG_START])
+    return il, vc, vout_of(c, topology, il, vc)
+
+
+@njit(**_JIT)
+def step_map(c, topology, h, out):
+    """The affine map of the state over ``h`` seconds in a topology, into ``out``:
+    ``il' = out[0] il + out[1] vc + out[2]``, ``vc' = out[3] il + out[4] vc + out[5]``."""
+    if topology == DIODE:
+        ec, es = exp_coeffs(c, h)
+        n11 = c[N11]
+        e11, e12, e21, e22 = ec + es * n11, es * c[A12], es * c[A21], ec - es * n11
+        il_eq, vc_eq = c[IL_EQ], c[VC_EQ]
+        out[0], out[1], out[2] = e11, e12, il_eq - e11 * il_eq - e12 * vc_eq
+        out[3], out[4], out[5] = e21, e22, vc_eq - e21 * il_eq - e22 * vc_eq
+    else:
+        on = 1.0 if topology == ON else 0.0
+        out[0], out[1], out[2] = on * np.exp(-c[K_ON] * h), 0.0, on * decay(c[K_ON], c[U_ON],
+                                                                             0.0, h)
+        out[3], out[4], out[5] = 0.0, np.exp(-c[M] * h), decay(c[M], -c[W], 0.0, h)
+
+
+@njit(**_JIT)
+def record_grid(tab, seg, nseg, t0, Ts, dt, n_t, final, wave, lane, maps):
+    """Write lane's output-grid samples that fall in this period into ``wave`` (3, lanes, n_t)
+    (the final period also takes the sample at t_end). The first sample in a segment is its
+    closed form; the next ones step it by ``dt`` with the segment's exact affine map over
+    ``dt``, cached in ``maps`` (3 topologies x [epoch, 6 coefficients], epoch -1: none)."""
+    first = np.ceil(t0 / dt - 1e-9)
+    if final:
+        end = np.floor((t0 + Ts) / dt + 1e-9) + 1
+    else:
+        end = np.ceil((t0 + Ts) / dt - 1e-9)
+    if end <= first:
+        return
+    snap = 8 * 2.220446049250313e-16 * (t0 + Ts)
+    current = -2
+    il, vc = 0.0, 0.0
+    for i in range(int(first), min(int(end), n_t)):
+        tau = i * dt - t0
+        m = segment_at(seg, nseg, tau, snap)
+        if m < 0:
+            c = tab[int(seg[0, SEG_EPOCH])]
+            topology = int(seg[0, SEG_TOPO])
+            il, vc = seg[0, SEG_IL], seg[0, SEG_VC]
+        else:
+            epoch = int(seg[m, SEG_EPOCH])
+            c = tab[epoch]
+            topology = int(seg[m, SEG_TOPO])
+            if m == current:
+                row = maps[topology]
+                if row[0] != epoch:
+                    row[0] = epoch
+                    step_map(c, topology, dt, row[1:])
+                il, vc = (row[1] * il + row[2] * vc + row[3],
+                          row[4] * il + row[5] * vc + row[6])
+            else:
+                il, vc = state_at(c, topology, seg[m, SEG_IL], seg[m, SEG_VC],
+                                  tau - seg[m, SEG_START])
+        current = m
+        wave[0, lane, i], wave[1, lane, i], wave[2, lane, i] = il, vc, vout_of(c, topology,
+                                                                              il, vc)
+
+
+@njit(**_JIT)
+def phi2(z):
+    """(e^z - 1 - z)/z^2, 1/2 at z = 0, accurate for small |z|."""
+    if abs(z) < 1e-2:
+        return 0.5 + z * (1 / 6 + z * (1 / 24 + z * (1 / 120 + z / 720)))
+    return (np.expm1(z) - z) / (z * z)
+
+
+@njit(**_JIT)
+def vout_integral(c, topology, il0, vc0, dur):
+    """Integral of vout over a segment [V s], in closed form: the decaying pieces through
+    phi2, the DIODE system through A^-1 (x(dur) - x0) + x_eq dur."""
+    if topology == DIODE:
+        il1, vc1 = diode_state(c, il0, vc0, dur)
+        a11, a12, a21, a22 = c[A11], c[A12], c[A21], c[S] - c[N11]
+        det = a11 * a22 - a12 * a21
+        d_il, d_vc = il1 - il0, vc1 - vc0
+        int_il = c[IL_EQ] * dur + (a22 * d_il - a12 * d_vc) / det
+        int_vc = c[VC_EQ] * dur + (a11 * d_vc - a21 * d_il) / det
+    else:
+        int_il = 0.0
+        int_vc = vc0 * dur + (-c[W] - c[M] * vc0) * dur * dur * phi2(-c[M] * dur)
+    return c[A_OUT] * (int_vc + c[R_C] * (int_il - c[I_LOAD] * dur))
+
+
+@njit(**_JIT)
+def period_mean_vout(tab, seg, nseg, Ts):
+    """Mean output voltage over the period held in ``seg`` [V]."""
+    total = 0.0
+    for m in range(nseg):
+        if seg[m, SEG_DUR] > 0:
+            total += vout_integral(tab[int(seg[m, SEG_EPOCH])], int(seg[m, SEG_TOPO]),
+                                   seg[m, SEG_IL], seg[m, SEG_VC], seg[m, SEG_DUR])
+    return total / Ts
+
+
+# -- the board's control loop (boostsim.pid, boostsim.control) ----------------------------------
+
+@njit(**_JIT)
+def pid_update(par, st, use_ramp, backcalc, setpoint, y):
+    """One PID sample for one lane (boostsim.pid.PID.update, same operations and order)."""
+    if use_ramp:
+        s = st[S_SP] if st[S_HAS_SP] else y
+        s = min(max(setpoint, s - par[P_RAMP]), s + par[P_RAMP])
+    else:
+        s = setpoint
+    e = s - y
+    y_prev = st[S_Y_PREV] if st[S_HAS_Y] else y
+    d = par[P_D_A] * st[S_DERIV] - par[P_D_B] * (y - y_prev)
+    lo, hi = par[P_MIN], par[P_MAX]
+    i = st[S_INTEGRAL]
+    v = par[P_KP] * e + i + d
+    u = min(max(v, lo), hi)
+    di = par[P_KI_TS] * e
+    if backcalc:
+        i = i + di + par[P_KT_TS] * (u - v)
+    else:
+        frozen = 1.0 if (v > hi and e > 0) or (v < lo and e < 0) else 0.0
+        i = i + (di - di * frozen)
+    st[S_INTEGRAL], st[S_DERIV], st[S_Y_PREV], st[S_HAS_Y] = i, d, y, 1.0
+    st[S_SP], st[S_HAS_SP], st[S_UNCLAMPED], st[S_OUTPUT] = s, 1.0, v, u
+    return u
+
+
+@njit(**_JIT)
+def pid_sequence(par, st, use_ramp, backcalc, setpoints, measurements):
+    """Run ``pid_update`` over (samples, lanes) inputs (``par``/``st`` rows per lane); returns
+    the outputs (for tests)."""
+    out = np.empty(setpoints.shape)
+    for j in range(setpoints.shape[1]):
+        for k in range(setpoints.shape[0]):
+            out[k, j] = pid_update(par[j], st[j], use_ramp, backcalc, setpoints[k, j],
+                                   measurements[k, j])
+    return out
+
+
+@njit(**_JIT)
+def adc_reading(tab, seg, nseg, adc, offsets, noise, duty, Ts):
+    """The averaged ADC code of one control step from the previous period's segments."""
+    n_os = offsets.size
+    total = 0.0
+    for o in range(n_os):
+        if adc[A_IMMEDIATE]:
+            tau = Ts * (1 - 1e-12)
+        else:
+            centre = 0.5 * duty * Ts if adc[A_MID_ON] else adc[A_FRACTION] * Ts
+            tau = centre if n_os == 1 else min(max(centre + offsets[o], 0.0), Ts * (1 - 1e-12))
+        v_pin = sample(tab, seg, nseg, tau, 0.0)[2] / adc[A_DIVIDER]
+        if adc[A_NOISE] > 0:
+            v_pin = v_pin + adc[A_NOISE] * noise[o]
+        total += min(max(np.rint(v_pin * adc[A_FACTOR] + adc[A_OFFSET]), 0.0), adc[A_TOP])
+    return total if n_os == 1 else total / n_os
+
+
+@njit(**_JIT)
+def quantize(duty, steps, lowest, highest):
+    """The duty the PWM counter produces (control.PWM.quantizer)."""
+    return min(max(np.rint(duty * steps), lowest), highest) / steps
+
+
+@njit(**_JIT)
+def reference(ref_times, ref_values, per_step, j, t, step):
+    """The setpoint at time t: steps in time, or a table per control step."""
+    if per_step:
+        return ref_values[step, j]
+    return ref_values[np.searchsorted(ref_times, t, side="right") - 1, j]
+
+
+# -- the loop over lanes and periods -----------------------------------------------------------
+
+@njit(**_JIT)
+def run_lane(j, tab, times, Ts, sync, il0, vc0, n_periods, dt, n_t, duty_mode, duties,
+             every, pid_par, pid_st, use_ramp, backcalc, adc, offsets, noise, pwm, ref_times,
+             ref_values, ref_per_step, wave, rec, means, log, il_end, vc_end):
+    """Simulate lane ``j`` for ``n_periods`` periods (see :func:`run_lanes`); returns the
+    first period in which the diode chattered, or -1."""
+    seg = np.empty((2, MAX_SEGMENTS + 2, 6))
+    work = np.empty(MAX_SEGMENTS)
+    on_cache = np.full(6, np.nan)
+    maps = np.full((3, 7), -1.0)
+    il, vc = il0[j], vc0[j]
+    tab_j = tab[j]
+    d = duties[0, j]
+    prev_nseg = 0
+    step = 0
+    for k in range(n_periods):
+        t0 = k * Ts[j]
+        cur = k % 2
+        if duty_mode == 1:
+            d = duties[k, j]
+        elif duty_mode == 2 and k > 0 and k % every == 0:
+            draw = step if adc[A_NOISE] > 0 else 0
+            code = adc_reading(tab_j, seg[1 - cur], prev_nseg, adc, offsets, noise[j, draw],
+                               d, Ts[j])
+            measured = code * adc[A_VOLTS_PER_CODE]
+            setpoint = reference(ref_times, ref_values, ref_per_step, j, t0, step)
+            command = pid_update(pid_par[j], pid_st[j], use_ramp, backcalc, setpoint, measured)
+            d = quantize(command, pwm[j, 0], pwm[j, 1], pwm[j, 2])
+            if log.shape[2] > 0:
+                log[L_SETPOINT, j, step] = pid_st[j, S_SP]
+                log[L_CODE, j, step] = code
+                log[L_MEASURED, j, step] = measured
+                log[L_INTEGRAL, j, step] = pid_st[j, S_INTEGRAL]
+                log[L_COMMAND, j, step] = command
+                log[L_DUTY, j, step] = d
+            step += 1
+        rec[R_DUTY, j, k], rec[R_IL, j, k], rec[R_VC, j, k] = d, il, vc
+        il, vc, t_diode, t_idle, nseg = period(tab_j, times, t0, Ts[j], sync[j], il, vc, d,
+                                               on_cache, seg[cur], work)
+        if nseg < 0:
+            return k
+        rec[R_DIODE, j, k], rec[R_IDLE, j, k] = t_diode, t_idle
+        if means.shape[1] > 0:
+            means[j, k] = period_mean_vout(tab_j, seg[cur], nseg, Ts[j])
+        if n_t > 0:
+            record_grid(tab_j, seg[cur], nseg, t0, Ts[j], dt, n_t, k == n_periods - 1,
+                        wave, j, maps)
+        prev_nseg = nseg
+    il_end[j], vc_end[j] = il, vc
+    if duty_mode == 2:
+        duties[0, j] = d
+    return -1
+
+
+@njit(**_JIT)
+def run_lanes(tab, times, Ts, sync, il0, vc0, n_periods, dt, n_t, duty_mode, duties,
+              every, pid_par, pid_st, use_ramp, backcalc, adc, offsets, noise, pwm, ref_times,
+              ref_values, ref_per_step, wave, rec, means, log, il_end, vc_end, chatter):
+    """Simulate every lane for ``n_periods`` periods, one after the other.
+
+    duty_mode 0: constant ``duties[0, j]``; 1: schedule ``duties[k, j]``; 2: the controller
+    (``duties[0, j]`` is its initial quantised duty, and receives the last one). Outputs,
+    lane-major so that each lane writes its own memory, each only if it has rows or columns:
+    ``wave`` (3, lanes, n_t) the waveforms, ``rec`` (5, lanes, periods) the period records,
+    ``means`` (lanes, periods) each period's mean vout, ``log`` (6, lanes, steps) the control
+    steps; ``chatter`` (lanes,) the first period in which a lane's diode chattered (-1: none).
+    """
+    for j in range(Ts.size):
+        chatter[j] = run_lane(j, tab, times, Ts, sync, il0, vc0, n_periods, dt, n_t, duty_mode,
+                              duties, every, pid_par, pid_st, use_ramp, backcalc, adc, offsets,
+                              noise, pwm, ref_times, ref_values, ref_per_step, wave, rec, means,
+                              log, il_end, vc_end)
+
+
+@njit(parallel=True, **_JIT)
+def run_lanes_parallel(tab, times, Ts, sync, il0, vc0, n_periods, dt, n_t, duty_mode, duties,
+                       every, pid_par, pid_st, use_ramp, backcalc, adc, offsets, noise, pwm,
+                       ref_times, ref_values, ref_per_step, wave, rec, means, log, il_end,
+                       vc_end, chatter):
+    """:func:`run_lanes` with the lanes shared out over the cores."""
+    for j in prange(Ts.size):
+        chatter[j] = run_lane(j, tab, times, Ts, sync, il0, vc0, n_periods, dt, n_t, duty_mode,
+                              duties, every, pid_par, pid_st, use_ramp, backcalc, adc, offsets,
+                              noise, pwm, ref_times, ref_values, ref_per_step, wave, rec, means,
+                              log, il_end, vc_end)
