@@ -133,23 +133,53 @@ def test_a_sweep_over_a_corrupting_link_completes(emu):
     assert emu.stats()["link"]["rx_corrupted"] + emu.stats()["link"]["tx_corrupted"] > 0
 
 
+def record_pwm(emu) -> list[tuple[float, float]]:
+    """Wrap the emulated HAL's ``pwm_set`` so that each call is recorded as (board time [s]
+    since boot, duty): when the firmware changed the PWM, on the clock of the stream's
+    timestamps."""
+    calls: list[tuple[float, float]] = []
+    hal = emu.hal
+    inner = hal.pwm_set
+
+    def pwm_set(enabled: bool, freq_hz: float, duty: float) -> None:
+        calls.append((hal.ticks_us() * 1e-6, float(duty) if enabled else 0.0))
+        inner(enabled, freq_hz, duty)
+
+    hal.pwm_set = pwm_set
+    return calls
+
+
 def test_duty_step_matches_the_simulated_step(emu):
+    """Compared in board time: the emulator samples its plant at the board-clock instants of
+    the stream, so the response measured from the board time at which the firmware changed
+    the duty is the same under any host load. The step's own mark (the end of the fetch sent
+    with the duty) is late by the time the board takes from the duty command to the fetch,
+    which on a busy host was 0.7 ms, enough to move the settling time out of its tolerance:
+    the mark is only checked not to be early."""
+    from boostsim.analysis import step_response
+
+    pwm = record_pwm(emu)
     with Board(emu.port, watchdog=1.0) as board:
         step = bench.run_step(board, 0.4, duty_after=0.6, rate=20e3, pre=3e-3, post=12e-3,
                               settle=0.1)
     assert not emu.plant_state()["enabled"]
     assert step.kind == "duty" and not step.gaps
     assert step.mark_uncertainty == pytest.approx(1 / step.rate)
-    assert step.t[0] < -2e-3 and step.t[-1] > 11e-3
+    changes = [t for t, duty in pwm if duty == pytest.approx(0.6)]
+    assert len(changes) == 1
+    late = step.t_board_step - changes[0]   # how late the mark is [s]
+    assert late >= -step.mark_uncertainty
+    t = step.t + late                       # time since the board changed the duty
+    assert t[0] < -2e-3 and t[-1] > 11e-3
     bench.simulate_step(BOARD, step)
-    m, s = step.metrics, step.metrics_sim
+    m, s = step_response(t, step.vout_smooth, 0.0), step.metrics_sim
     assert m.initial == pytest.approx(s.initial, abs=3 * LSB)
     assert m.final == pytest.approx(s.final, abs=3 * LSB)
     assert m.overshoot == pytest.approx(s.overshoot, abs=6)       # % of the step
     assert m.rise_time == pytest.approx(s.rise_time, abs=0.1e-3)
     assert m.settling_time == pytest.approx(s.settling_time, abs=0.5e-3)
     # sample by sample, within the noise and the ripple (the sample phase is unknown)
-    sim_at = np.interp(step.t, step.t_sim, step.vout_sim)
+    sim_at = np.interp(t, step.t_sim, step.vout_sim)
     assert np.sqrt(np.mean((step.vout_smooth - sim_at) ** 2)) < 0.1
 
 

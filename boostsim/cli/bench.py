@@ -19,7 +19,6 @@ from .args import (
     _duty_range,
     _duty_value,
     _Formatter,
-    _gain,
     _int_at_least,
     _nonnegative,
     _Parser,
@@ -28,6 +27,8 @@ from .args import (
     _probe,
     _type,
     _vout_value,
+    pid_loop,
+    pid_options,
 )
 from .context import PROG, CliError, Context, _UsageError
 from .format import (
@@ -314,16 +315,7 @@ def register(sub, base: argparse.ArgumentParser, board: argparse.ArgumentParser,
                                     "measuring with MEAS:VOLT?.", epilog=_BENCH_LIVE_EPILOG)
     g = q.add_argument_group("loop")
     g.add_argument("--vref", type=_vout_value, required=True, metavar="V", help="setpoint [V]")
-    g.add_argument("--kp", type=_gain("--kp"), required=True, metavar="K",
-                   help="proportional gain [duty/V]")
-    g.add_argument("--ki", type=_gain("--ki"), required=True, metavar="K",
-                   help="integral gain [duty/(V s)]")
-    g.add_argument("--kd", type=_gain("--kd"), default=0.0, metavar="K",
-                   help="derivative gain [duty s/V] (default 0)")
-    g.add_argument("--tf", type=_nonnegative("--tf"), default=0.0, metavar="S",
-                   help="derivative filter time constant [s] (default 0)")
-    g.add_argument("--rate", type=_positive("--rate", "Hz"), default=200.0, metavar="HZ",
-                   help="loop rate (default 200 Hz)")
+    pid_options(g)
     g.add_argument("--duration", type=_positive_time("--duration"), default=None,
                    metavar="TIME", help="run time (default: until Ctrl-C)")
     g.add_argument("--slew", type=_positive("--slew", "V/s"), default=None, metavar="V/S",
@@ -707,6 +699,10 @@ def cmd_bench_live(ctx: Context) -> int:
     a = ctx.args
     if a.log and a.out and a.log != a.out:
         raise _UsageError("--log is the same as --out for bench live: give one")
+    pid = pid_loop(a)
+    if pid is None:
+        raise _UsageError("the loop needs its gains: --kp K and/or --ki K, or --pid-config FILE")
+    a.kp, a.ki, a.kd, a.tf, a.rate = pid.kp, pid.ki, pid.kd, pid.tf, pid.rate
     out = _default_file(ctx, a.out or a.log, "bench_live.csv")
     plot = _default_file(ctx, a.plot, "bench_live.png")
     _check_writable(out, (".csv",), "--out")

@@ -5,25 +5,24 @@ from __future__ import annotations
 
 import argparse
 import math
-import tomllib
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..params import BoostParams
-from ..units import parse_si
 from .args import (
     _STEP_NAMES,
     _duty_value,
     _Formatter,
-    _gain,
     _int_at_least,
     _nonnegative,
     _positive,
     _positive_time,
     _step_parser,
     _vout_value,
+    pid_given,
+    pid_loop,
+    pid_options,
 )
 from .bench import board_loop_controller
 from .context import CliError, Context, _UsageError
@@ -85,21 +84,7 @@ examples:
 def _loop_options(g) -> None:
     g.add_argument("--vref", type=_vout_value, metavar="V",
                    help="regulate the output to V with the PID (closed loop)")
-    g.add_argument("--kp", type=_gain("--kp"), default=None, metavar="K",
-                   help="proportional gain [duty/V]")
-    g.add_argument("--ki", type=_gain("--ki"), default=None, metavar="K",
-                   help="integral gain [duty/(V s)]")
-    g.add_argument("--kd", type=_gain("--kd"), default=None, metavar="K",
-                   help="derivative gain [duty s/V] (default 0)")
-    g.add_argument("--rate", type=_positive("--rate", "Hz"), default=None, metavar="HZ",
-                   help="loop rate (default 200 Hz, with --tune fsw; the PID runs every "
-                        "fsw/rate periods)")
-    g.add_argument("--tf", type=_nonnegative("--tf"), default=None, metavar="S",
-                   help="derivative filter time constant [s] (default 0; 'boostsim tune' "
-                        "prints it)")
-    g.add_argument("--pid-config", metavar="FILE",
-                   help="take kp, ki, kd, tf and rate from the [pid] table of FILE (as written "
-                        "by 'boostsim tune --out gains.toml'); --kp etc. override it")
+    pid_options(g)
     g.add_argument("--slew", type=_positive("--slew", "V/s"), default=None, metavar="V/S",
                    help="setpoint slew limit for a soft start (default: steps)")
     g.add_argument("--duty-max", type=_duty_value, default=None, metavar="D",
@@ -122,10 +107,8 @@ def _drive(ctx: Context, params: BoostParams) -> tuple[dict[str, Any], dict[str,
     if a.vref is None:
         if a.tune:
             raise _UsageError("--tune needs --vref V (the closed loop's setpoint)")
-        for name in ("kp", "ki", "pid_config"):
-            if getattr(a, name) is not None:
-                raise _UsageError(f"--{name.replace('_', '-')} needs --vref (the closed loop's "
-                                  f"setpoint)")
+        for name in pid_given(a):
+            raise _UsageError(f"{name} needs --vref (the closed loop's setpoint)")
         if a.duty is None:
             raise _UsageError("give the open-loop duty, e.g. --duty 0.6, or a closed loop, "
                               "e.g. --vref 12 --kp 0.01 --ki 5")
@@ -136,27 +119,19 @@ def _drive(ctx: Context, params: BoostParams) -> tuple[dict[str, Any], dict[str,
         raise CliError("the closed loop needs a single converter (no per-lane parameters)")
     tuned = None
     if a.tune:
-        for name in ("kp", "ki", "pid_config"):
-            if getattr(a, name) is not None:
-                raise _UsageError(f"--tune computes the gains: do not give "
-                                  f"--{name.replace('_', '-')}")
+        for name in pid_given(a):
+            raise _UsageError(f"--tune computes the gains: do not give {name}")
         if a.crossover is None:
             raise _UsageError("--tune needs the loop's crossover frequency, e.g. --crossover 2k")
         tuned, _ = _tune(ctx, params, a.vref, a.crossover, a.phase_margin, a.rate, a.delay)
         kp, ki, kd, tf = tuned.kp, tuned.ki, tuned.kd, tuned.tf
         rate = 1.0 / tuned.ts
     else:
-        table = _pid_table(a.pid_config) if a.pid_config else {}
-
-        def pick(name: str, default: float | None) -> float | None:
-            given = getattr(a, name)
-            return given if given is not None else table.get(name, default)
-
-        kp, ki, kd, tf = pick("kp", None), pick("ki", None), pick("kd", 0.0), pick("tf", 0.0)
-        if kp is None or ki is None:
-            raise _UsageError("the closed loop needs its gains: --kp K --ki K (and optionally "
-                              "--kd), --pid-config gains.toml, or --tune --crossover F")
-        rate = pick("rate", 200.0)
+        given = pid_loop(a)
+        if given is None:
+            raise _UsageError("the closed loop needs its gains: --kp K and/or --ki K (and "
+                              "optionally --kd), --pid-config gains.toml, or --tune --crossover F")
+        kp, ki, kd, tf, rate = given.kp, given.ki, given.kd, given.tf, given.rate
     controller, every, ts, duty_max = board_loop_controller(
         params, kp=kp, ki=ki, kd=kd, tf=tf, rate=rate, duty_max=a.duty_max, slew=a.slew,
         noise_lsb=a.adc_noise, initial_duty=a.initial_duty)
@@ -169,33 +144,6 @@ def _drive(ctx: Context, params: BoostParams) -> tuple[dict[str, Any], dict[str,
     if tuned is not None:
         loop["tuned"] = _predicted(tuned, a.crossover)
     return {"controller": controller, "vref": a.vref}, loop
-
-
-def _pid_table(path: str) -> dict[str, float]:
-    """The [pid] table of a TOML file (kp, ki, kd, tf [s], rate [Hz]), checked."""
-    try:
-        document = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise CliError(f"cannot read {path!r}: {exc.strerror or exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise CliError(f"{path}: not valid TOML: {exc}") from None
-    table = document.get("pid")
-    if not isinstance(table, dict):
-        raise CliError(f"{path}: no [pid] table (write one with 'boostsim tune --out FILE')")
-    unknown = set(table) - {"kp", "ki", "kd", "tf", "rate"}
-    if unknown:
-        raise CliError(f"{path}: unknown [pid] key(s) {sorted(unknown)}; known: kp, ki, kd, tf, "
-                       f"rate")
-    out = {}
-    for key, value in table.items():
-        try:
-            number = parse_si(value, name=f"[pid] {key}")
-        except ValueError as exc:
-            raise CliError(f"{path}: {exc}") from None
-        if not math.isfinite(number) or number < 0 or (key == "rate" and number == 0):
-            raise CliError(f"{path}: [pid] {key} must be a finite number >= 0, got {value!r}")
-        out[key] = number
-    return out
 
 
 def cmd_simulate(ctx: Context) -> int:
