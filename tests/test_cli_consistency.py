@@ -1,0 +1,107 @@
+"""The commands agree with each other: one --rate (same meaning, same default) in simulate,
+tune, bode and bench live; bode takes --pid-config like simulate; percentages where duties are
+read; usage errors name the subcommand's --help; bode's own examples are stable loops."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+
+import pytest
+
+from boostsim.cli import build_parser
+from boostsim.cli.control import _BODE_EPILOG
+
+from cli_helpers import cli, one_line_error
+
+
+def _subparser(parser: argparse.ArgumentParser, *words: str) -> argparse.ArgumentParser:
+    for word in words:
+        action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = action.choices[word]
+    return parser
+
+
+def _option(parser: argparse.ArgumentParser, flag: str) -> argparse.Action:
+    return next(a for a in parser._actions if flag in a.option_strings)
+
+
+def test_rate_is_one_option_in_every_loop_command():
+    parser = build_parser()
+    rates = [_option(_subparser(parser, *words), "--rate")
+             for words in (["simulate"], ["tune"], ["bode"], ["bench", "live"])]
+    assert len({(r.help, r.default, r.metavar) for r in rates}) == 1
+    assert rates[0].type("1k") == 1000.0
+    for words in (["simulate"], ["bode"], ["bench", "live"]):
+        p = _subparser(parser, *words)
+        for flag in ("--kp", "--ki", "--kd", "--tf", "--pid-config"):
+            assert _option(p, flag).help == _option(_subparser(parser, "simulate"), flag).help
+
+
+def test_given_gains_run_at_the_same_default_rate_in_simulate_and_bode(capsys):
+    gains = ["--vref", "12", "--kp", "0.01", "--ki", "5"]
+    status, out, err = cli(capsys, "bode", *gains, "--json", "--no-files")
+    assert status == 0, err
+    bode_rate = json.loads(out)["rate_Hz"]
+    status, out, err = cli(capsys, "simulate", *gains, "--t-end", "20m", "--json")
+    assert status == 0, err
+    assert json.loads(out)["closed_loop"]["rate"] == bode_rate == 200.0
+
+
+def test_bode_takes_the_gains_file_of_tune(capsys, tmp_path):
+    gains = tmp_path / "gains.toml"
+    status, out, err = cli(capsys, "tune", "--vref", "12", "--crossover", "2k", "--out",
+                           str(gains))
+    assert status == 0, err
+    status, out, err = cli(capsys, "bode", "--vref", "12", "--pid-config", str(gains),
+                           "--json", "--no-files")
+    assert status == 0, err
+    doc = json.loads(out)
+    assert doc["rate_Hz"] == pytest.approx(100e3)
+    assert doc["margins"]["crossover_hz"] == pytest.approx(2000, rel=1e-3)
+    assert doc["margins"]["phase_margin_deg"] == pytest.approx(50, abs=0.2)
+    # an option overrides the file's value
+    status, out, err = cli(capsys, "bode", "--vref", "12", "--pid-config", str(gains),
+                           "--rate", "50k", "--json", "--no-files")
+    assert status == 0, err
+    assert json.loads(out)["rate_Hz"] == pytest.approx(50e3)
+
+
+def test_duty_as_a_percentage(capsys):
+    status, out, err = cli(capsys, "steady", "--duty", "60%", "--json")
+    assert status == 0, err
+    percent = json.loads(out)
+    status, out, err = cli(capsys, "steady", "--duty", "0.6", "--json")
+    assert json.loads(out)["vout_mean"] == percent["vout_mean"]
+    status, out, err = cli(capsys, "sweep", "--duty", "10%:30%:10%", "--json", "--no-files")
+    assert status == 0, err
+    assert json.loads(out)["study"]["axes"]["duty"] == "0.1,0.2,0.3"
+    status, out, err = cli(capsys, "steady", "--duty", "100%")
+    assert status == 2 and "duty must be in [0, 1)" in one_line_error(err)
+
+
+@pytest.mark.parametrize("words", [["bode"], ["simulate"], ["bench", "live"], ["sweep"]])
+def test_usage_errors_point_at_the_subcommands_help(capsys, words):
+    status, out, err = cli(capsys, *words, "--no-such-option")
+    assert status == 2 and out == ""
+    assert one_line_error(err).endswith(f"(see 'boostsim {' '.join(words)} --help')")
+
+
+def test_the_examples_of_bode_help_are_stable_loops(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    lines = _BODE_EPILOG.split("examples:")[1].replace("\\\n", " ").splitlines()
+    commands = [shlex.split(line.split("#")[0]) for line in lines if line.strip()]
+    loops = 0
+    for command in commands:
+        for part in " ".join(command).split(" && "):
+            words = part.split()
+            assert words[0] == "boostsim"
+            status, out, err = cli(capsys, *words[1:], "--json")
+            assert status == 0, (words, err)
+            doc = json.loads(out)
+            if "margins" in doc:
+                loops += 1
+                assert doc["margins"]["stable"], words
+                assert doc["margins"]["phase_margin_deg"] > 30, words
+    assert loops >= 3
