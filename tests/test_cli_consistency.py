@@ -9,11 +9,10 @@ import json
 import shlex
 
 import pytest
+from cli_helpers import cli, one_line_error
 
 from boostsim.cli import build_parser
 from boostsim.cli.control import _BODE_EPILOG
-
-from cli_helpers import cli, one_line_error
 
 
 def _subparser(parser: argparse.ArgumentParser, *words: str) -> argparse.ArgumentParser:
