@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 
 from .params import FIELDS, BoostParams
 from .theory import ccm_vout, vout_ideal
-from .units import format_si
+from .units import format_si, quantity
 
 __all__ = ["averaged_figure", "bode_figure", "bode_phase", "monte_carlo_figure", "save",
            "steady_figure", "sweep_figure", "waveform_figure"]
@@ -324,7 +324,7 @@ def monte_carlo_figure(result, *, title: str | None = None) -> Figure:
     tol = ", ".join(t.describe() for t in mc.tolerances) or "no tolerances"
     op = (f"duty {result.columns['duty'][0]:.4g}" if result.sweep.vout is None else
           f"duty {result.nominal_duty:.4g} (for vout = {result.sweep.vout[0]:g} V nominal)")
-    head = title or f"Monte-Carlo: {mc.samples} samples, {mc.dist}, seed {mc.seed}"
+    head = title or f"Monte-Carlo: {quantity(mc.samples, 'sample')}, {mc.dist}, seed {mc.seed}"
     line2 = f"{tol} · {op} · {board_text(result.sweep.base)}"
     line3 = ""
     if result.limits:
@@ -396,7 +396,8 @@ def monte_carlo_figure(result, *, title: str | None = None) -> Figure:
         ax.grid(True, alpha=0.3)
     bad = int((~ok).sum())
     if bad:
-        fig.text(0.99, 0.005, f"{bad} samples did not converge (excluded, counted as fails)",
+        fig.text(0.99, 0.005, f"{quantity(bad, 'sample')} did not converge (excluded, counted "
+                 f"as fails)",
                  ha="right", fontsize=8, color=_LIMIT_COLOR)
     return fig
 
@@ -504,7 +505,7 @@ def waveform_figure(sim, *, zoom_periods: int = 4, title: str | None = None) -> 
                        else None)
     right[0].legend(fontsize=8, loc="upper right")
     right[2].set_xlabel(f"time [{zunit}]")
-    right[0].set_title(f"zoom: last {len(ks)} periods", fontsize=10)
+    right[0].set_title(f"zoom: last {quantity(len(ks), 'period')}", fontsize=10)
     left[0].set_title("whole run" + (" (min/max envelope)" if _envelope(t, il) is not None
                                      else ""), fontsize=10)
     right[2].set_ylabel("switch state")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
 
 import pytest
@@ -104,3 +105,31 @@ def test_the_examples_of_bode_help_are_stable_loops(capsys, tmp_path, monkeypatc
                 assert doc["margins"]["stable"], words
                 assert doc["margins"]["phase_margin_deg"] > 30, words
     assert loops >= 3
+
+
+def test_a_large_grid_prints_an_excerpt_that_says_which_rows(capsys, tmp_path):
+    args = ["sweep", "--duty", "0.1:0.8:0.1", "--sweep", "L=10u:100u:20"]
+    status, out, err = cli(capsys, *args, "--no-files")
+    assert status == 0, err
+    note = next(line for line in out.splitlines() if line.startswith("(showing"))
+    assert note == ("(showing 21 of 160 points: one row in 8 and the last, rows 1, 9, 17, ..., "
+                    "153, 160; write all of them with --out FILE)")
+    table = [line for line in out.splitlines() if line.startswith(("0.", "1."))]
+    assert len(table) == 21
+    csv = tmp_path / "grid.csv"
+    status, out, err = cli(capsys, *args, "--no-files", "--out", str(csv))
+    assert f"all 160 are in {csv})" in out
+
+
+@pytest.mark.parametrize("args, text", [
+    (["tune", "--vref", "12", "--crossover", "2k"], "(every 1 period)"),
+    (["sweep", "--duty", "0.6", "--no-files"], "· 1 point ·"),
+    (["sweep", "--duty", "0.6", "--mc", "1", "--tol", "L=10%", "--no-files"], "1 sample,"),
+    (["simulate", "--vref", "12", "--tune", "--crossover", "2k", "--t-end", "2m"],
+     "= every 1 period ·"),
+])
+def test_one_is_singular(capsys, args, text):
+    status, out, err = cli(capsys, *args)
+    assert status == 0, err
+    assert text in out
+    assert not re.search(r"\b1 (period|point|sample)s\b", out)

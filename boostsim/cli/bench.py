@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..params import BoostParams
-from ..units import parse_si
+from ..units import parse_si, quantity
 from .args import (
     _duty_range,
     _duty_value,
@@ -494,7 +494,8 @@ def cmd_bench_sweep(ctx: Context) -> int:
         raise _UsageError(f"the sweep reaches duty {np.max(duties):g}, above --max-duty "
                           f"{a.max_duty:g}")
     if a.fit and duties.size <= len(a.fit):
-        raise _UsageError(f"--fit {','.join(a.fit)} needs more than {len(a.fit)} points")
+        raise _UsageError(f"--fit {','.join(a.fit)} needs more than "
+                          f"{quantity(len(a.fit), 'point')}")
     with _BenchSession(ctx) as session:
         board = session.board
         limit = board.duty_limit
@@ -506,7 +507,7 @@ def cmd_bench_sweep(ctx: Context) -> int:
         log = _open_log(ctx, a.log, ("t_s", "point", "duty", "vout_V"), meta)
         if ctx.human:
             ctx.print(f"boostsim bench sweep: {board.identity} on {board.port_name} · "
-                      f"{duties.size} points · settle {a.settle:g} s · {a.samples} "
+                      f"{quantity(duties.size, 'point')} · settle {a.settle:g} s · {a.samples} "
                       f"{'MEAS:VOLT? readings' if a.method == 'query' else 'streamed samples'}"
                       f" per point")
             ctx.print(f"{'point':>5}  {'duty':>6}  {'vout [V]':>9}  {'sem [mV]':>8}  "
@@ -537,7 +538,7 @@ def cmd_bench_sweep(ctx: Context) -> int:
         result.fit = bench.fit_losses(params, result.duty_effective, result.vout_mean,
                                       result.vout_sem, a.fit, frequency=result.frequency)
     elif a.fit:
-        ctx.warn(f"--fit skipped: only {result.n_points} points were measured")
+        ctx.warn(f"--fit skipped: only {quantity(result.n_points, 'point')} were measured")
     metrics = result.error_metrics()
     summary: dict[str, Any] = {
         "command": "bench sweep", "firmware": meta["firmware"], "port": meta["port"],
@@ -560,7 +561,7 @@ def cmd_bench_sweep(ctx: Context) -> int:
         files["log"] = a.log
     summary["files"] = files
     if ctx.human:
-        ctx.print(f"{result.n_points} points: error (measured - simulated) rms "
+        ctx.print(f"{quantity(result.n_points, 'point')}: error (measured - simulated) rms "
                   f"{_mv(metrics['rms'])} mV, max {_mv(metrics['max'])} mV; mean "
                   f"(error/sem)^2 = {_fmt(metrics['chi2_per_point'], '.2f')}")
         if stats["retries"] or stats["resets"] or result.resets:
@@ -585,7 +586,8 @@ def cmd_bench_sweep(ctx: Context) -> int:
             ctx.print("wrote " + ", ".join(files.values()))
     ctx.emit_json(summary)
     if result.aborted:
-        message = (f"sweep stopped after {result.n_points} of {duties.size} points (kept in "
+        message = (f"sweep stopped after {result.n_points} of "
+                   f"{quantity(duties.size, 'point')} (kept in "
                    f"{out or 'memory'}): {result.aborted}")
         if result.abort_kind in ("interrupt", "terminate"):
             print(f"{PROG}: {message}; output off", file=sys.stderr)
@@ -672,7 +674,8 @@ def cmd_bench_step(ctx: Context) -> int:
         what = (f"duty {step.duty:g} -> {step.duty_after:g}" if step.kind == "duty" else
                 f"load {', '.join(f'{k}={v:g}' for k, v in step.load_change.items())} at duty "
                 f"{step.duty:g}")
-        ctx.print(f"boostsim bench step: {board.identity} · {what} · {step.t.size} samples at "
+        ctx.print(f"boostsim bench step: {board.identity} · {what} · "
+                  f"{quantity(step.t.size, 'sample')} at "
                   f"{step.rate:.6g} S/s (step marked to ±{step.mark_uncertainty * 1e6:.0f} µs)")
         rows = []
         for label, key, scale, spec, unit in (

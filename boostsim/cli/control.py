@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..params import BoostParams
-from ..units import format_si, parse_si
+from ..units import format_si, parse_si, quantity
 from .args import (
     _duty_value,
     _Formatter,
@@ -112,7 +112,7 @@ def _sample_period(ctx: Context, params: BoostParams, rate: float | None) -> tup
     every = max(1, round(fsw / rate))
     if abs(fsw / every - rate) > 1e-3 * rate:
         ctx.warn(f"--rate {rate:g} Hz is not a whole number of switching periods: the loop "
-                 f"runs every {every} periods ({fsw / every:g} Hz)")
+                 f"runs every {quantity(every, 'period')} ({fsw / every:g} Hz)")
     return every / fsw, every
 
 
@@ -199,8 +199,8 @@ def cmd_tune(ctx: Context) -> int:
         from ..plots import board_text
 
         ctx.print(f"boostsim tune: {board_text(params)} · vref {a.vref:g} V (duty "
-                  f"{gains.duty:.4f}) · PID at {rate:g} Hz (every {every} "
-                  f"period{'s' if every > 1 else ''})")
+                  f"{gains.duty:.4f}) · PID at {rate:g} Hz (every "
+                  f"{quantity(every, 'period')})")
         kind = " (integral only: crossover below the LC resonance)" \
             if predicted["integral_only"] else ""
         ctx.print(f"gains{kind}:")

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..params import BoostParams
+from ..units import quantity
 from .args import (
     _STEP_NAMES,
     _duty_value,
@@ -137,7 +138,7 @@ def _drive(ctx: Context, params: BoostParams) -> tuple[dict[str, Any], dict[str,
         noise_lsb=a.adc_noise, initial_duty=a.initial_duty)
     if tuned is None and abs(1.0 / ts - rate) > 1e-3 * rate:
         ctx.warn(f"--rate {rate:g} Hz is not a whole number of switching periods: the loop "
-                 f"runs every {every} periods ({1 / ts:g} Hz)")
+                 f"runs every {quantity(every, 'period')} ({1 / ts:g} Hz)")
     loop = {"vref": a.vref, "kp": kp, "ki": ki, "kd": kd, "tf": tf, "rate": 1.0 / ts,
             "every_periods": every, "slew": a.slew, "duty_max": duty_max,
             "initial_duty": a.initial_duty, "adc_noise_lsb": a.adc_noise}
@@ -175,7 +176,8 @@ def cmd_simulate(ctx: Context) -> int:
         raise CliError(f"{n_t} output samples: too many; raise --dt or shorten --t-end")
     periods = math.ceil(a.t_end * params.fsw - 1e-9)
     if periods < a.last_periods:
-        raise CliError(f"--t-end {a.t_end:g} s is only {periods} periods; --last-periods is "
+        raise CliError(f"--t-end {a.t_end:g} s is only {quantity(periods, 'period')}; "
+                       f"--last-periods is "
                        f"{a.last_periods}")
     engine = simulate_averaged if a.averaged else simulate
     result = engine(params, t_end=a.t_end, dt=dt, x0=x0, steps=steps,
@@ -220,14 +222,14 @@ def cmd_simulate(ctx: Context) -> int:
         how = (f"duty {drive['duty']:g}" if loop is None else
                f"PID to {loop['vref']:g} V (kp {loop['kp']:.6g}, ki {loop['ki']:.6g}, kd "
                f"{loop['kd']:.6g}" + (f", tf {loop['tf']:.4g}" if loop["tf"] else "") +
-               f") at {loop['rate']:g} Hz = every {loop['every_periods']} periods")
+               f") at {loop['rate']:g} Hz = every {quantity(loop['every_periods'], 'period')}")
         if loop is not None and "tuned" in loop:
             t = loop["tuned"]
             how += (f" · tuned for {_fmt(t['crossover_hz'], '.0f')} Hz, "
                     f"{_fmt(t['phase_margin_deg'], '.1f')} deg")
         model = "averaged model" if a.averaged else "exact switching"
         first = (f"boostsim simulate ({model}): {board_text(params)} · {how} · "
-                 f"{_si(a.t_end, 't_rise')} ({periods} periods) from "
+                 f"{_si(a.t_end, 't_rise')} ({quantity(periods, 'period')}) from "
                  f"{'rest' if a.start == 'zero' else 'the steady state'}")
         if steps:
             first += " · steps: " + "; ".join(
@@ -239,7 +241,7 @@ def cmd_simulate(ctx: Context) -> int:
             log = drive["controller"].log()
             ctx.print(f"{log.period.size} control steps; last: measured "
                       f"{float(log.measured[-1, 0]):.4f} V, duty {float(log.duty[-1, 0]):.4f}")
-        ctx.print(f"last {a.last_periods} periods" +
+        ctx.print(f"last {quantity(a.last_periods, 'period')}" +
                   (" (averaged model: no ripple, no losses breakdown):" if a.averaged else ":"))
         ctx.print(_averaged_table(m) if a.averaged else _metrics_table(m))
         if files:

@@ -15,6 +15,7 @@ import numpy as np
 
 from boostsim.analysis import StepMetrics
 from boostsim.params import BoostParams
+from boostsim.units import quantity
 
 from .live import LiveResult
 from .step import BenchStep
@@ -61,7 +62,7 @@ def bench_sweep_figure(result: BenchSweep, params: BoostParams, *, title: str = 
     if result.n_points:
         ax.errorbar(result.duty_effective, result.vout_mean, yerr=2 * result.vout_sem,
                     fmt="o", ms=4, color=_MEAS, label=f"measured ({result.method}, "
-                    f"{int(np.median(result.samples))} samples/point)")
+                    f"{quantity(int(np.median(result.samples)), 'sample')}/point)")
     ax.set_ylabel("mean output voltage [V]")
     ax.grid(True, alpha=0.3)
     ax.legend(loc="upper left", fontsize=9)
@@ -84,7 +85,7 @@ def bench_sweep_figure(result: BenchSweep, params: BoostParams, *, title: str = 
     ax_e.grid(True, alpha=0.3)
     head = title or "bench sweep: measured vs simulated"
     if result.aborted:
-        head += f" (aborted after {result.n_points} points)"
+        head += f" (aborted after {quantity(result.n_points, 'point')})"
     fig.suptitle(f"{head}\n{board_text(params)}", fontsize=11)
     return fig
 
