@@ -133,3 +133,30 @@ def test_one_is_singular(capsys, args, text):
     assert status == 0, err
     assert text in out
     assert not re.search(r"\b1 (period|point|sample)s\b", out)
+
+
+def test_emulate_follows_the_common_conventions(capsys, tmp_path):
+    status, out, err = cli(capsys, "emulate", "-q", "--duration", "0.2")
+    assert status == 0 and err == ""
+    assert len(out.splitlines()) == 1 and out.startswith("/dev/")
+    status, out, err = cli(capsys, "emulate", "--json", "--quiet", "--duration", "0.2",
+                           "--seed", "1")
+    assert status == 0 and err == ""
+    doc = json.loads(out)
+    assert doc["command"] == "emulate" and doc["port"].startswith("/dev/")
+    assert doc["errors"] == [] and doc["stats"]["polls"] > 0
+    status, out, err = cli(capsys, "emulate", "--config", str(tmp_path / "missing.toml"))
+    assert status == 1 and out == ""
+    assert one_line_error(err).startswith("boostsim: error: cannot read configuration")
+    for args in (["--drop", "2"], ["--fault", "1:explode"], ["--duration", "-1"],
+                 ["--no-such-option"]):
+        status, out, err = cli(capsys, "emulate", *args)
+        assert status == 2 and out == ""
+        assert one_line_error(err).endswith("(see 'boostsim emulate --help')"), args
+
+
+def test_the_firmware_config_option_has_one_name():
+    parser = build_parser()
+    for words in (["emulate"], ["firmware", "install"], ["firmware", "files"]):
+        flags = {f for a in _subparser(parser, *words)._actions for f in a.option_strings}
+        assert "--firmware-config" in flags and "--board-config" not in flags, words

@@ -72,8 +72,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["emulate"]:
-        return emulate.run(argv[1:])
     parser = build_parser()
     try:
         args, extra = parser.parse_known_args(argv)
