@@ -211,8 +211,12 @@ def cmd_simulate(ctx: Context) -> int:
     if a.plot:
         from ..plots import averaged_figure, waveform_figure
 
-        fig = (averaged_figure(result) if a.averaged else
-               waveform_figure(result, zoom_periods=a.zoom_periods))
+        closed = {} if loop is None else {
+            "vref": loop["vref"],
+            "loop": f"PID kp {loop['kp']:.4g}, ki {loop['ki']:.4g}, kd {loop['kd']:.3g} at "
+                    f"{loop['rate']:g} Hz"}
+        fig = (averaged_figure(result, **closed) if a.averaged else
+               waveform_figure(result, zoom_periods=a.zoom_periods, **closed))
         _write_plot(ctx, fig, a.plot)
         files["plot"] = a.plot
     summary["files"] = files
