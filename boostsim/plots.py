@@ -118,7 +118,7 @@ def _limit_lines(ax, limits, column: str, scale: float = 1.0, vertical: bool = F
         for bound in (lim.lo, lim.hi):
             if bound is None:
                 continue
-            kw = dict(color=_LIMIT_COLOR, ls="--", lw=1.2,
+            kw = dict(color=_LIMIT_COLOR, ls="--", lw=1.2, gid="limit",
                       label="limit" if first else None)
             (ax.axvline if vertical else ax.axhline)(bound * scale, **kw)
             first = False

@@ -15,6 +15,7 @@ import pytest
 
 from boostsim import default_board, steady_state
 from firmware_bridge import bench
+from firmware_bridge.bench.figures import startup_window
 from firmware_bridge.board import Board, TripError
 from firmware_bridge.emulator import Emulator
 from firmware_bridge.firmware import config
@@ -209,9 +210,11 @@ def test_the_host_loop_regulates_and_matches_the_simulated_loop(emu, tmp_path):
                                 log=log, status=statuses.append, status_every=0.1)
     assert result.stopped == "duration" and result.error is None
     assert not emu.plant_state()["enabled"]
-    timing = result.timing()  # loose: the emulator shares this interpreter (timing figures
-    assert 100 < timing["rate"] < 205 and result.ticks >= 60  # are benchmarks/bench_serial.py)
-    tail = result.t > 0.45
+    # The tick rate is the host's (timing figures are benchmarks/bench_serial.py): on a busy
+    # host it drops, so only what holds under any load is checked: never faster than set,
+    # and enough ticks for the loop to settle (about 25 at 200 Hz, see the simulation below).
+    assert result.timing()["rate"] < 205 and result.ticks >= 40
+    tail = np.arange(result.ticks) >= result.ticks - result.ticks // 4
     assert abs(result.vout[tail].mean() - 10.0) < 0.03
     assert statuses and {"vout", "duty", "rate", "jitter"} <= set(statuses[-1])
     _, cols = read_log(tmp_path / "live.csv")
@@ -221,6 +224,27 @@ def test_the_host_loop_regulates_and_matches_the_simulated_loop(emu, tmp_path):
     late = sim["t_ctrl"] > 0.1
     assert abs(sim["measured"][late].mean() - 10.0) < 0.05
     assert float(sim["every"]) == 500
+    # the figure: the start-up zoomed in an inset, every line labelled
+    fig = bench.live_figure(result, BOARD)
+    main = fig.axes[0]
+    inset = next(a for a in main.child_axes if a.get_title().startswith("start-up"))
+    end = startup_window(result.t, result.vout, result.vref)
+    assert inset.get_xlim()[1] == pytest.approx(end * 1e3)
+    legend = {t.get_text() for a in fig.axes if a.get_legend()
+              for t in a.get_legend().get_texts()}
+    assert {"measured (MEAS:VOLT?)", "setpoint", "simulated loop (period means)",
+            "start-up (zoom)", "set period (1/200 Hz)"} <= legend
+
+
+def test_the_start_up_window():
+    t = np.arange(0, 2.0, 0.005)
+    vout = 10 * (1 - np.exp(-t / 0.02))           # within 2 % of 10 V after 78 ms
+    end = startup_window(t, vout, np.full_like(t, 10.0))
+    assert end == pytest.approx(3 * 0.08, abs=0.006)
+    assert startup_window(t, np.zeros_like(t), np.full_like(t, 10.0)) is None
+    assert startup_window(t[:5], vout[:5], np.full(5, 10.0)) is None
+    slow = 10 * (1 - np.exp(-t / 0.3))
+    assert startup_window(t, slow, np.full_like(t, 10.0)) == pytest.approx(0.5, abs=0.006)
 
 
 def test_the_live_loop_stops_on_a_trip_with_the_data_kept(emu):
@@ -292,5 +316,10 @@ def test_figures_build_headless(emu):
     result.sim = bench.simulate_sweep(BOARD, result.duty_effective, result.frequency)
     fig = bench.bench_sweep_figure(result, BOARD)
     assert len(fig.axes) == 2
+    # the legends say what the error bars are
+    legend = [t.get_text() for a in fig.axes for t in a.get_legend().get_texts()]
+    assert "measured mean (query); error bars ±2 standard errors of the mean of 4 readings" \
+        in legend
+    assert "measured - simulated (±2 standard errors)" in legend
     assert not bench.LivePlotter().active or bench.display_available()
     time.sleep(0)
