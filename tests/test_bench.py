@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 import pytest
+from board_clock import record_pwm
 
 from boostsim import default_board, steady_state
 from firmware_bridge import bench
@@ -134,22 +135,6 @@ def test_a_sweep_over_a_corrupting_link_completes(emu):
     assert emu.stats()["link"]["rx_corrupted"] + emu.stats()["link"]["tx_corrupted"] > 0
 
 
-def record_pwm(emu) -> list[tuple[float, float]]:
-    """Wrap the emulated HAL's ``pwm_set`` so that each call is recorded as (board time [s]
-    since boot, duty): when the firmware changed the PWM, on the clock of the stream's
-    timestamps."""
-    calls: list[tuple[float, float]] = []
-    hal = emu.hal
-    inner = hal.pwm_set
-
-    def pwm_set(enabled: bool, freq_hz: float, duty: float) -> None:
-        calls.append((hal.ticks_us() * 1e-6, float(duty) if enabled else 0.0))
-        inner(enabled, freq_hz, duty)
-
-    hal.pwm_set = pwm_set
-    return calls
-
-
 def test_duty_step_matches_the_simulated_step(emu):
     """Compared in board time: the emulator samples its plant at the board-clock instants of
     the stream, so the response measured from the board time at which the firmware changed
@@ -166,7 +151,7 @@ def test_duty_step_matches_the_simulated_step(emu):
     assert not emu.plant_state()["enabled"]
     assert step.kind == "duty" and not step.gaps
     assert step.mark_uncertainty == pytest.approx(1 / step.rate)
-    changes = [t for t, duty in pwm if duty == pytest.approx(0.6)]
+    changes = [t for t, _, duty in pwm if duty == pytest.approx(0.6)]
     assert len(changes) == 1
     late = step.t_board_step - changes[0]   # how late the mark is [s]
     assert late >= -step.mark_uncertainty
