@@ -53,13 +53,8 @@ def _setting(text: str) -> tuple[str, str]:
 
 
 def _positive_time(what: str) -> Callable[[str], float]:
-    @_type
-    def parse(text: str) -> float:
-        value = parse_si(text, name=what)
-        if not (math.isfinite(value) and value > 0):
-            raise ValueError(f"{what} must be a finite time > 0 [s], got {text!r}")
-        return value
-    return parse
+    """A duration > 0 [s] with SI prefixes (20m)."""
+    return _finite(what, "time", "s", positive=True)
 
 
 def _int_at_least(minimum: int, what: str) -> Callable[[str], int]:
@@ -225,34 +220,29 @@ def _parents() -> dict[str, argparse.ArgumentParser]:
     return {"base": base, "board": board, "files": files}
 
 
-def _gain(what: str) -> Callable[[str], float]:
+def _finite(what: str, noun: str = "number", unit: str = "", *,
+            positive: bool) -> Callable[[str], float]:
+    """A finite number with SI prefixes, > 0 (``positive``) or >= 0."""
+    bound = "> 0" if positive else ">= 0"
+    unit = f" [{unit}]" if unit else ""
+
     @_type
     def parse(text: str) -> float:
         value = parse_si(text, name=what)
-        if not (math.isfinite(value) and value >= 0):
-            raise ValueError(f"{what} must be a finite number >= 0, got {text!r}")
+        if not (math.isfinite(value) and (value > 0 if positive else value >= 0)):
+            raise ValueError(f"{what} must be a finite {noun} {bound}{unit}, got {text!r}")
         return value
     return parse
 
 
 def _positive(what: str, unit: str) -> Callable[[str], float]:
-    @_type
-    def parse(text: str) -> float:
-        value = parse_si(text, name=what)
-        if not (math.isfinite(value) and value > 0):
-            raise ValueError(f"{what} must be a finite number > 0 [{unit}], got {text!r}")
-        return value
-    return parse
+    """A finite number > 0 [unit] with SI prefixes."""
+    return _finite(what, unit=unit, positive=True)
 
 
 def _nonnegative(what: str) -> Callable[[str], float]:
-    @_type
-    def parse(text: str) -> float:
-        value = parse_si(text, name=what)
-        if not (math.isfinite(value) and value >= 0):
-            raise ValueError(f"{what} must be a finite number >= 0, got {text!r}")
-        return value
-    return parse
+    """A finite number >= 0 with SI prefixes."""
+    return _finite(what, positive=False)
 
 
 # -- the PID loop (simulate, bode, bench live; --rate also tune) ----------------------------
@@ -273,11 +263,11 @@ def rate_option(g) -> None:
 
 def pid_options(g) -> None:
     """The PID gains, rate and ``--pid-config`` (resolved by :func:`pid_loop`)."""
-    g.add_argument("--kp", type=_gain("--kp"), default=None, metavar="K",
+    g.add_argument("--kp", type=_nonnegative("--kp"), default=None, metavar="K",
                    help="proportional gain [duty/V]")
-    g.add_argument("--ki", type=_gain("--ki"), default=None, metavar="K",
+    g.add_argument("--ki", type=_nonnegative("--ki"), default=None, metavar="K",
                    help="integral gain [duty/(V s)]")
-    g.add_argument("--kd", type=_gain("--kd"), default=None, metavar="K",
+    g.add_argument("--kd", type=_nonnegative("--kd"), default=None, metavar="K",
                    help="derivative gain [duty s/V] (default 0)")
     g.add_argument("--tf", type=_nonnegative("--tf"), default=None, metavar="S",
                    help="derivative filter time constant [s] (default 0; 'boostsim tune' "
