@@ -296,10 +296,11 @@ def pid_given(args: argparse.Namespace) -> list[str]:
             if getattr(args, name, None) is not None]
 
 
-def pid_loop(args: argparse.Namespace) -> PIDLoop | None:
+def pid_loop(args: argparse.Namespace, *, need: tuple[str, ...] = ()) -> PIDLoop | None:
     """The loop of :func:`pid_options`: --pid-config's [pid] table overridden by the options
-    given; None without --kp, --ki or a table that has them. Usage error (exit 2) when kd/tf
-    come without kp/ki; CliError for an unreadable table."""
+    given; None without --kp, --ki or a table that has them. A loop that runs on the converter
+    (simulate, bench live) needs both (``need=("kp", "ki")``); a Bode plot takes either. Usage
+    error (exit 2) for a loop without its gains; CliError for an unreadable table."""
     from .context import _UsageError
 
     table = _pid_table(args.pid_config) if args.pid_config else {}
@@ -309,11 +310,13 @@ def pid_loop(args: argparse.Namespace) -> PIDLoop | None:
         return given if given is not None else table.get(name, default)
 
     kp, ki = pick("kp", None), pick("ki", None)
-    if kp is None and ki is None:
-        if pid_given(args):
-            raise _UsageError("give the PID gains: --kp K and/or --ki K (or --pid-config FILE "
-                              "with them)")
+    if kp is None and ki is None and not pid_given(args):
         return None
+    missing = [f"--{name}" for name in need if pick(name, None) is None]
+    if missing or (kp is None and ki is None):
+        gains = " ".join(f"--{name} K" for name in need) if need else "--kp K and/or --ki K"
+        raise _UsageError(f"give the PID gains: {gains} (or --pid-config FILE with them)" +
+                          (f"; missing {', '.join(missing)}" if missing else ""))
     return PIDLoop(kp=kp or 0.0, ki=ki or 0.0, kd=pick("kd", 0.0), tf=pick("tf", 0.0),
                    rate=pick("rate", HOST_LOOP_RATE))
 

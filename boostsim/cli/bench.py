@@ -702,9 +702,9 @@ def cmd_bench_live(ctx: Context) -> int:
     a = ctx.args
     if a.log and a.out and a.log != a.out:
         raise _UsageError("--log is the same as --out for bench live: give one")
-    pid = pid_loop(a)
+    pid = pid_loop(a, need=("kp", "ki"))
     if pid is None:
-        raise _UsageError("the loop needs its gains: --kp K and/or --ki K, or --pid-config FILE")
+        raise _UsageError("the loop needs its gains: --kp K --ki K, or --pid-config FILE")
     a.kp, a.ki, a.kd, a.tf, a.rate = pid.kp, pid.ki, pid.kd, pid.tf, pid.rate
     out = _default_file(ctx, a.out or a.log, "bench_live.csv")
     plot = _default_file(ctx, a.plot, "bench_live.png")

@@ -128,7 +128,7 @@ def _drive(ctx: Context, params: BoostParams) -> tuple[dict[str, Any], dict[str,
         kp, ki, kd, tf = tuned.kp, tuned.ki, tuned.kd, tuned.tf
         rate = 1.0 / tuned.ts
     else:
-        given = pid_loop(a)
+        given = pid_loop(a, need=("kp", "ki"))
         if given is None:
             raise _UsageError("the closed loop needs its gains: --kp K and/or --ki K (and "
                               "optionally --kd), --pid-config gains.toml, or --tune --crossover F")
