@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from .params import BoostParams, broadcast_lanes
+from .units import quantity
 
 __all__ = ["Drive", "check_duty", "lane_arrays", "operating_lanes", "prepare_drive"]
 
@@ -147,7 +148,8 @@ def _check_schedule(schedule: np.ndarray, n: int, n_periods: int) -> np.ndarray:
     if schedule.shape[1] not in (1, n):
         raise ValueError(f"duty schedule has {schedule.shape[1]} columns for {n} lanes")
     if schedule.shape[0] < n_periods:
-        raise ValueError(f"duty schedule has {schedule.shape[0]} periods but the simulation "
+        raise ValueError(f"duty schedule has {quantity(schedule.shape[0], 'period')} but the "
+                         f"simulation "
                          f"needs {n_periods}")
     full = np.broadcast_to(schedule[:n_periods], (n_periods, n)).astype(float)
     bad = ~np.isfinite(full) | (full < 0) | (full >= 1)

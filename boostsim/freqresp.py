@@ -42,6 +42,7 @@ from .linearised import small_signal
 from .params import BoostParams
 from .simulation import simulate
 from .steady import steady_state
+from .units import quantity
 
 __all__ = ["MeasuredResponse", "measure_gvd", "modulation_factor"]
 
@@ -190,7 +191,7 @@ def measure_gvd(params: BoostParams, duty: float, freqs: Any, amplitude: float =
         previous = raw
     if not converged.all():
         warnings.warn(f"measure_gvd: the response at {used[~converged]} Hz did not settle to "
-                      f"{tol:g} within {k0} periods", RuntimeWarning, stacklevel=2)
+                      f"{tol:g} within {quantity(k0, 'period')}", RuntimeWarning, stacklevel=2)
     if np.any(res.periods.mode == "DCM") and model.mode == "CCM":
         warnings.warn("measure_gvd: the perturbation pushed the converter into DCM; reduce "
                       "the amplitude (or pass max_swing)", RuntimeWarning, stacklevel=2)

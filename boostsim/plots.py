@@ -17,10 +17,10 @@ from matplotlib.figure import Figure
 
 from .params import FIELDS, BoostParams
 from .theory import ccm_vout, vout_ideal
-from .units import format_si
+from .units import format_si, quantity
 
-__all__ = ["averaged_figure", "bode_figure", "bode_phase", "monte_carlo_figure", "save",
-           "steady_figure", "sweep_figure", "waveform_figure"]
+__all__ = ["averaged_figure", "bode_figure", "bode_phase", "monte_carlo_figure", "plain_axes",
+           "save", "steady_figure", "sweep_figure", "waveform_figure"]
 
 _DCM_COLOR = "#f4a261"
 _LIMIT_COLOR = "#d62828"
@@ -33,10 +33,24 @@ def save(fig: Figure, path: str | Path, dpi: int = 120) -> None:
     if suffix not in fig.canvas.get_supported_filetypes():
         raise ValueError(f"cannot write plot {str(path)!r}: unknown image format "
                          f"{suffix or '(none)'!r} (use .png, .svg or .pdf)")
+    plain_axes(fig)
     from .outputs import atomic_file
 
     with atomic_file(path, "wb") as f:  # an interrupted save leaves the earlier file
         fig.savefig(f, dpi=dpi, format=suffix)
+
+
+def plain_axes(fig: Figure) -> Figure:
+    """Turn off the offset ("+2e5", "1e-3+12.0") of every plain-number axis of ``fig``: each
+    tick label reads as the value itself. Returns ``fig``."""
+    from matplotlib.ticker import ScalarFormatter
+
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            formatter = axis.get_major_formatter()
+            if isinstance(formatter, ScalarFormatter):
+                formatter.set_useOffset(False)
+    return fig
 
 
 def _label(name: str) -> str:
@@ -327,7 +341,7 @@ def monte_carlo_figure(result, *, title: str | None = None) -> Figure:
     tol = ", ".join(t.describe() for t in mc.tolerances) or "no tolerances"
     op = (f"duty {result.columns['duty'][0]:.4g}" if result.sweep.vout is None else
           f"duty {result.nominal_duty:.4g} (for vout = {result.sweep.vout[0]:g} V nominal)")
-    head = title or f"Monte-Carlo: {mc.samples} samples, {mc.dist}, seed {mc.seed}"
+    head = title or f"Monte-Carlo: {quantity(mc.samples, 'sample')}, {mc.dist}, seed {mc.seed}"
     line2 = f"{tol} · {op} · {board_text(result.sweep.base)}"
     line3 = ""
     if result.limits:
@@ -340,6 +354,8 @@ def monte_carlo_figure(result, *, title: str | None = None) -> Figure:
               ("vout_ripple", "output ripple, peak-to-peak [mV]", 1e3),
               ("efficiency", "efficiency [%]", 100.0),
               ("il_max", "inductor current peak [A]", 1.0))
+    from matplotlib.ticker import MaxNLocator
+
     bins = int(np.clip(np.sqrt(max(ok.sum(), 1)), 10, 80))
     for ax, (name, label, scale) in zip(fig.subplots(2, 2).ravel(), panels, strict=True):
         raw = np.asarray(cols[name], dtype=float)[ok]
@@ -368,22 +384,27 @@ def monte_carlo_figure(result, *, title: str | None = None) -> Figure:
                 passed &= lim.passes(raw)
             ax.hist([values[passed], values[~passed]], bins=edges, stacked=True,
                     color=["C0", _LIMIT_COLOR], alpha=0.85,
-                    label=["pass", "fail"] if limits else None)
+                    label=["pass", "fail"] if limits else ["samples", "_fail"])
             ax.set_xlim(*view)
             mean, std = values.mean(), values.std()
-            ax.axvline(mean, color="k", lw=1)
+            ax.axvline(mean, color="k", lw=1, label="mean")
             note = (f"mean {mean:.6g}\nstd {std:.3g}\nmin {values.min():.5g}\n"
                     f"max {values.max():.5g}")
             if off:
                 note += f"\nlimit {', '.join(off)} off scale"
             ax.text(0.02, 0.96, note, transform=ax.transAxes, va="top", fontsize=8,
                     bbox=dict(boxstyle="round", fc="w", ec="0.8", alpha=0.9))
+            outside = "outside the limits"
             for lim in limits:
                 x0, x1 = ax.get_xlim()
                 if lim.lo is not None and lim.lo * scale > x0:
-                    ax.axvspan(x0, lim.lo * scale, color=_LIMIT_COLOR, alpha=0.1, lw=0)
+                    ax.axvspan(x0, lim.lo * scale, color=_LIMIT_COLOR, alpha=0.1, lw=0,
+                               label=outside)
+                    outside = "_outside"
                 if lim.hi is not None and lim.hi * scale < x1:
-                    ax.axvspan(lim.hi * scale, x1, color=_LIMIT_COLOR, alpha=0.1, lw=0)
+                    ax.axvspan(lim.hi * scale, x1, color=_LIMIT_COLOR, alpha=0.1, lw=0,
+                               label=outside)
+                    outside = "_outside"
                 ax.set_xlim(x0, x1)
             _limit_lines(ax, limits, name, scale, vertical=True)
         if limits:
@@ -391,17 +412,22 @@ def monte_carlo_figure(result, *, title: str | None = None) -> Figure:
                     if raw.size else 0.0)
             ax.set_title(f"{short}: {', '.join(lim.text for lim in limits)} "
                          f"({frac:.2f} % pass)", fontsize=10)
-            ax.legend(fontsize=8, loc="upper right")
         else:
             ax.set_title(short, fontsize=10)
+        if values.size:
+            ax.legend(fontsize=8, loc="upper right")
+        # At most 6 ticks, each the value itself (no offset): readable for narrow spreads.
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=5, min_n_ticks=3))
+        ax.xaxis.set_major_formatter(_plain())
         ax.set_xlabel(label)
         ax.set_ylabel("samples")
         ax.grid(True, alpha=0.3)
     bad = int((~ok).sum())
     if bad:
-        fig.text(0.99, 0.005, f"{bad} samples did not converge (excluded, counted as fails)",
+        fig.text(0.99, 0.005, f"{quantity(bad, 'sample')} did not converge (excluded, counted "
+                 f"as fails)",
                  ha="right", fontsize=8, color=_LIMIT_COLOR)
-    return fig
+    return plain_axes(fig)
 
 
 # -- waveforms ------------------------------------------------------------------------------
@@ -436,11 +462,13 @@ def _time_scale(span: float) -> tuple[float, str]:
     return 1e-9, "ns"
 
 
-def waveform_figure(sim, *, zoom_periods: int = 4, title: str | None = None) -> Figure:
+def waveform_figure(sim, *, zoom_periods: int = 4, title: str | None = None,
+                    vref: float | None = None, loop: str | None = None) -> Figure:
     """Inductor current, output voltage and switch state of one simulated converter
     (:class:`boostsim.simulation.SimulationResult` with scalar inputs), over the whole run (left;
     long records drawn as their min/max envelope) and zoomed on the last ``zoom_periods``
-    periods (right). Line and load steps are marked."""
+    periods (right). Line and load steps are marked. Closed loop: ``vref`` [V] (the setpoint,
+    drawn on the output) and ``loop`` (a description of the controller, in the title)."""
     t, il, vout = sim.t, np.atleast_2d(sim.il)[0], np.atleast_2d(sim.vout)[0]
     rec = sim.periods
     t_start, t_on = np.atleast_2d(rec.t_start)[0], np.atleast_2d(rec.t_on)[0]
@@ -507,7 +535,7 @@ def waveform_figure(sim, *, zoom_periods: int = 4, title: str | None = None) -> 
                        else None)
     right[0].legend(fontsize=8, loc="upper right")
     right[2].set_xlabel(f"time [{zunit}]")
-    right[0].set_title(f"zoom: last {len(ks)} periods", fontsize=10)
+    right[0].set_title(f"zoom: last {quantity(len(ks), 'period')}", fontsize=10)
     left[0].set_title("whole run" + (" (min/max envelope)" if _envelope(t, il) is not None
                                      else ""), fontsize=10)
     right[2].set_ylabel("switch state")
@@ -515,8 +543,23 @@ def waveform_figure(sim, *, zoom_periods: int = 4, title: str | None = None) -> 
         ax.grid(True, alpha=0.3)
     for ax in (left[0], left[1], right[0], right[1]):
         ax.tick_params(labelbottom=False)
-    fig.suptitle(title or f"Switching simulation: {board_text(sim.params)}", fontsize=12)
-    return fig
+    _closed_loop(fig, (left[1], right[1]), left[2], vref, loop, "Switching simulation",
+                 sim.params, title)
+    return plain_axes(fig)
+
+
+def _closed_loop(fig: Figure, vout_axes, duty_ax, vref: float | None, loop: str | None,
+                 what: str, params: BoostParams, title: str | None) -> None:
+    """The setpoint on the output axes, the duty labelled as the PID's output, and a title
+    that says open or closed loop."""
+    if vref is not None:
+        for k, ax in enumerate(vout_axes):
+            ax.axhline(vref, color="k", ls=":", lw=1.2, label=f"vref {vref:g} V")
+            ax.legend(fontsize=8, loc="lower right" if k == 0 else "upper right")
+        duty_ax.set_ylabel("duty (PID output)")
+    how = (f"closed loop, {loop}" if loop else "closed loop") if vref is not None \
+        else "open loop"
+    fig.suptitle(title or f"{what} ({how})\n{board_text(params)}", fontsize=12)
 
 
 # -- one operating point --------------------------------------------------------------------
@@ -719,9 +762,11 @@ def bode_figure(f: Any, *, loop: Any = None, plant: Any = None, controller: Any 
     return fig
 
 
-def averaged_figure(result, *, title: str | None = None) -> Figure:
+def averaged_figure(result, *, title: str | None = None, vref: float | None = None,
+                    loop: str | None = None) -> Figure:
     """Inductor current, output voltage (switching-period averages) and duty of one
-    :func:`boostsim.averaged.simulate_averaged` run, steps marked."""
+    :func:`boostsim.averaged.simulate_averaged` run, steps marked; ``vref``, ``loop``: the
+    closed loop's setpoint [V] and description, as in :func:`waveform_figure`."""
     t = np.asarray(result.t, dtype=float)
     il, vout = np.atleast_2d(result.il)[0], np.atleast_2d(result.vout)[0]
     rec = result.periods
@@ -744,6 +789,6 @@ def averaged_figure(result, *, title: str | None = None) -> Figure:
     ax_d.set_xlabel(f"time [{unit}]")
     for ax in (ax_i, ax_v, ax_d):
         ax.grid(True, alpha=0.3)
-    fig.suptitle(title or f"Averaged-model simulation: {board_text(result.params)}",
-                 fontsize=12)
-    return fig
+    _closed_loop(fig, (ax_v,), ax_d, vref, loop, "Averaged-model simulation", result.params,
+                 title)
+    return plain_axes(fig)

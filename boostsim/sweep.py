@@ -61,6 +61,7 @@ from .specs import (
     parse_value_range,
 )
 from .steady import duty_for_vout, solve_duty, steady_state
+from .units import quantity
 
 __all__ = [
     "DEFAULT_DUTY_RANGE",
@@ -316,7 +317,7 @@ def _axis_text(axis: Axis) -> str:
     v = axis.values
     if v.size <= 4:
         return ",".join(f"{x:g}" for x in v)
-    return f"{v[0]:g}..{v[-1]:g} ({v.size} points{', log' if axis.log else ''})"
+    return f"{v[0]:g}..{v[-1]:g} ({quantity(v.size, 'point')}{', log' if axis.log else ''})"
 
 
 # -- evaluation -----------------------------------------------------------------------------
@@ -336,8 +337,8 @@ def _transient_columns(params: BoostParams, duty: np.ndarray, spec: Transient,
 
     periods = int(np.ceil(spec.t_end * np.max(np.atleast_1d(params.fsw)) - 1e-9))
     if periods < 2 * spec.last_periods:
-        raise ValueError(f"t_end = {spec.t_end:g} s gives {periods} periods: at least "
-                         f"{2 * spec.last_periods} are needed to measure the last "
+        raise ValueError(f"t_end = {spec.t_end:g} s gives {quantity(periods, 'period')}: at "
+                         f"least {2 * spec.last_periods} are needed to measure the last "
                          f"{spec.last_periods} and check that they settled")
     n = duty.size
     batch = max(1, _TRANSIENT_BYTES // (8 * 8 * periods))

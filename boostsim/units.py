@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import re
 
-__all__ = ["format_si", "parse_si"]
+__all__ = ["format_si", "parse_si", "quantity"]
 
 # Prefix -> power of ten (applied in decimal, so "100u" is exactly the float 1e-4).
 _PREFIXES = {"f": -15, "p": -12, "n": -9, "u": -6, "µ": -6, "μ": -6, "m": -3, "k": 3, "K": 3,
@@ -148,3 +148,9 @@ def format_si(value: float, unit: str = "", digits: int = 4) -> str:
             return f"{value / scale:.{digits}g}{prefix}{unit}"
     scale, prefix = _FORMAT_PREFIXES[-1]
     return f"{value / scale:.{digits}g}{prefix}{unit}"
+
+
+def quantity(n: int, noun: str, plural: str | None = None) -> str:
+    """``n`` and the noun in agreement: ``quantity(1, "period")`` -> "1 period", else "periods"."""
+    return f"{n} {noun if n == 1 else (plural or noun + 's')}"
+

@@ -12,9 +12,11 @@ import time
 
 import numpy as np
 import pytest
+from board_clock import record_pwm
 
 from boostsim import default_board, steady_state
 from firmware_bridge import bench
+from firmware_bridge.bench.figures import startup_window
 from firmware_bridge.board import Board, TripError
 from firmware_bridge.emulator import Emulator
 from firmware_bridge.firmware import config
@@ -136,22 +138,36 @@ def test_a_sweep_over_a_corrupting_link_completes(emu):
 
 
 def test_duty_step_matches_the_simulated_step(emu):
+    """Compared in board time: the emulator samples its plant at the board-clock instants of
+    the stream, so the response measured from the board time at which the firmware changed
+    the duty is the same under any host load. The step's own mark (the end of the fetch sent
+    with the duty) is late by the time the board takes from the duty command to the fetch,
+    which on a busy host was 0.7 ms, enough to move the settling time out of its tolerance:
+    the mark is only checked not to be early."""
+    from boostsim.analysis import step_response
+
+    pwm = record_pwm(emu)
     with Board(emu.port, watchdog=1.0) as board:
         step = bench.run_step(board, 0.4, duty_after=0.6, rate=20e3, pre=3e-3, post=12e-3,
                               settle=0.1)
     assert not emu.plant_state()["enabled"]
     assert step.kind == "duty" and not step.gaps
     assert step.mark_uncertainty == pytest.approx(1 / step.rate)
-    assert step.t[0] < -2e-3 and step.t[-1] > 11e-3
+    changes = [t for t, _, duty in pwm if duty == pytest.approx(0.6)]
+    assert len(changes) == 1
+    late = step.t_board_step - changes[0]   # how late the mark is [s]
+    assert late >= -step.mark_uncertainty
+    t = step.t + late                       # time since the board changed the duty
+    assert t[0] < -2e-3 and t[-1] > 11e-3
     bench.simulate_step(BOARD, step)
-    m, s = step.metrics, step.metrics_sim
+    m, s = step_response(t, step.vout_smooth, 0.0), step.metrics_sim
     assert m.initial == pytest.approx(s.initial, abs=3 * LSB)
     assert m.final == pytest.approx(s.final, abs=3 * LSB)
     assert m.overshoot == pytest.approx(s.overshoot, abs=6)       # % of the step
     assert m.rise_time == pytest.approx(s.rise_time, abs=0.1e-3)
     assert m.settling_time == pytest.approx(s.settling_time, abs=0.5e-3)
     # sample by sample, within the noise and the ripple (the sample phase is unknown)
-    sim_at = np.interp(step.t, step.t_sim, step.vout_sim)
+    sim_at = np.interp(t, step.t_sim, step.vout_sim)
     assert np.sqrt(np.mean((step.vout_smooth - sim_at) ** 2)) < 0.1
 
 
@@ -181,9 +197,11 @@ def test_the_host_loop_regulates_and_matches_the_simulated_loop(emu, tmp_path):
                                 log=log, status=statuses.append, status_every=0.1)
     assert result.stopped == "duration" and result.error is None
     assert not emu.plant_state()["enabled"]
-    timing = result.timing()  # loose: the emulator shares this interpreter (timing figures
-    assert 100 < timing["rate"] < 205 and result.ticks >= 60  # are benchmarks/bench_serial.py)
-    tail = result.t > 0.45
+    # The tick rate is the host's (timing figures are benchmarks/bench_serial.py): on a busy
+    # host it drops, so only what holds under any load is checked: never faster than set,
+    # and enough ticks for the loop to settle (about 25 at 200 Hz, see the simulation below).
+    assert result.timing()["rate"] < 205 and result.ticks >= 40
+    tail = np.arange(result.ticks) >= result.ticks - result.ticks // 4
     assert abs(result.vout[tail].mean() - 10.0) < 0.03
     assert statuses and {"vout", "duty", "rate", "jitter"} <= set(statuses[-1])
     _, cols = read_log(tmp_path / "live.csv")
@@ -193,6 +211,27 @@ def test_the_host_loop_regulates_and_matches_the_simulated_loop(emu, tmp_path):
     late = sim["t_ctrl"] > 0.1
     assert abs(sim["measured"][late].mean() - 10.0) < 0.05
     assert float(sim["every"]) == 500
+    # the figure: the start-up zoomed in an inset, every line labelled
+    fig = bench.live_figure(result, BOARD)
+    main = fig.axes[0]
+    inset = next(a for a in main.child_axes if a.get_title().startswith("start-up"))
+    end = startup_window(result.t, result.vout, result.vref)
+    assert inset.get_xlim()[1] == pytest.approx(end * 1e3)
+    legend = {t.get_text() for a in fig.axes if a.get_legend()
+              for t in a.get_legend().get_texts()}
+    assert {"measured (MEAS:VOLT?)", "setpoint", "simulated loop (period means)",
+            "start-up (zoom)", "set period (1/200 Hz)"} <= legend
+
+
+def test_the_start_up_window():
+    t = np.arange(0, 2.0, 0.005)
+    vout = 10 * (1 - np.exp(-t / 0.02))           # within 2 % of 10 V after 78 ms
+    end = startup_window(t, vout, np.full_like(t, 10.0))
+    assert end == pytest.approx(3 * 0.08, abs=0.006)
+    assert startup_window(t, np.zeros_like(t), np.full_like(t, 10.0)) is None
+    assert startup_window(t[:5], vout[:5], np.full(5, 10.0)) is None
+    slow = 10 * (1 - np.exp(-t / 0.3))
+    assert startup_window(t, slow, np.full_like(t, 10.0)) == pytest.approx(0.5, abs=0.006)
 
 
 def test_the_live_loop_stops_on_a_trip_with_the_data_kept(emu):
@@ -267,5 +306,10 @@ def test_figures_build_headless(emu):
     result.sim = bench.simulate_sweep(BOARD, result.duty_effective, result.frequency)
     fig = bench.bench_sweep_figure(result, BOARD)
     assert len(fig.axes) == 2
+    # the legends say what the error bars are
+    legend = [t.get_text() for a in fig.axes for t in a.get_legend().get_texts()]
+    assert "measured mean (query); error bars ±2 standard errors of the mean of 4 readings" \
+        in legend
+    assert "measured - simulated (±2 standard errors)" in legend
     assert not bench.LivePlotter().active or bench.display_available()
     time.sleep(0)

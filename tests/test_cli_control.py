@@ -116,10 +116,11 @@ def test_bode_tuned_loop_writes_csv_with_units_and_plot(capsys, tmp_path):
 
 def test_bode_given_gains_json_margins_match_tune(capsys, tmp_path):
     status, out, _ = cli(capsys, "tune", "--vref", "12", "--crossover", "2k", "--json")
-    g = json.loads(out)["gains"]
+    doc = json.loads(out)
+    g = doc["gains"]
     status, out, err = cli(capsys, "bode", "--vref", "12", "--kp", repr(g["kp"]), "--ki",
                            repr(g["ki"]), "--kd", repr(g["kd"]), "--tf", repr(g["tf"]),
-                           "--json", "--no-files")
+                           "--rate", repr(doc["rate_Hz"]), "--json", "--no-files")
     assert status == 0, err
     m = json.loads(out)["margins"]
     assert m["crossover_hz"] == pytest.approx(2000, rel=1e-3)

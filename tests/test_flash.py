@@ -77,7 +77,7 @@ def test_cli_firmware_errors_are_one_line(tmp_path):
     assert no_action.stderr.strip() == ("boostsim: error: choose an action: install or files "
                                         "(see 'boostsim firmware --help')")
     missing = subprocess.run([sys.executable, "-m", "boostsim", "firmware", "files", "--out",
-                              str(tmp_path), "--board-config", str(tmp_path / "nope.py")],
+                              str(tmp_path), "--firmware-config", str(tmp_path / "nope.py")],
                              capture_output=True, text=True)
     assert missing.returncode == 1
     assert len(missing.stderr.strip().splitlines()) == 1

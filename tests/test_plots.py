@@ -105,8 +105,21 @@ def test_monte_carlo_figure_marks_limits_and_yield(tmp_path):
     assert "yield" in title and "2000 samples" in title and "L=±20%" in title
     eff_ax = next(a for a in fig.axes if a.get_xlabel() == "efficiency [%]")
     assert "efficiency>0.9607" in eff_ax.get_title()
-    assert any(abs(line.get_xdata()[0] - 96.07) < 1e-9 for line in eff_ax.lines)
+    assert any(abs(line.get_xdata()[0] - 96.07) < 1e-9 for line in eff_ax.lines
+               if line.get_gid() == "limit")
+    for ax in fig.axes:
+        # every line and region is in the legend (a limit's second bound shares its entry)
+        legend = [t.get_text() for t in ax.get_legend().get_texts()]
+        for artist in (*ax.lines, *ax.patches[-2:]):
+            label = artist.get_label()
+            assert label in legend or artist.get_gid() == "limit" or \
+                label.startswith("_"), label
+        assert "mean" in legend
+        # readable ticks: few, and no offset ("+1.2e1") on the value axis
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert 3 <= len(ticks) <= 7
     assert _saved(fig, tmp_path).startswith(PNG)
+    assert all(ax.xaxis.get_major_formatter().get_offset() == "" for ax in fig.axes)
 
 
 def test_waveform_figure_has_zoom_switch_state_and_steps(tmp_path):
@@ -171,3 +184,30 @@ def test_bode_figure_marks_margins_rhp_zero_and_resonance(tmp_path):
     assert any(t.startswith("LC resonance") for t in legend)
     assert any(t.startswith("plant Gvd") for t in legend)
     assert _saved(fig, tmp_path, "plant.png").startswith(PNG)
+
+
+def test_closed_loop_waveform_shows_the_setpoint_and_says_closed_loop(tmp_path):
+    sim = simulate(BOARD, 0.6, 2e-3, 1e-6)
+    fig = waveform_figure(sim, vref=12.0, loop="PID kp 0.01, ki 5 at 200 Hz")
+    _, ylabels, legend = _labels(fig)
+    assert "closed loop, PID kp 0.01, ki 5 at 200 Hz" in fig.get_suptitle()
+    assert legend.count("vref 12 V") == 2          # whole run and zoom
+    assert "duty (PID output)" in ylabels
+    vout_axes = [a for a in fig.axes if any(line.get_label() == "vref 12 V" for line in a.lines)]
+    assert all(line.get_ydata()[0] == 12.0 for a in vout_axes for line in a.lines
+               if line.get_label() == "vref 12 V")
+    assert "open loop" in waveform_figure(sim).get_suptitle()
+    assert _saved(fig, tmp_path).startswith(PNG)
+
+
+def test_no_offset_tick_labels_on_long_runs(tmp_path):
+    """A 0.2 s run zooms on t = 199960..200000 us: plain tick labels, not "+1.9996e5"."""
+    sim = simulate(BOARD, 0.6, 0.2, 1e-5)
+    fig = waveform_figure(sim, zoom_periods=4)
+    _saved(fig, tmp_path)
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            assert axis.get_major_formatter().get_offset() == "", ax.get_ylabel()
+    zoom = next(a for a in fig.axes if a.get_ylabel() == "switch state")
+    labels = [t.get_text() for t in zoom.get_xticklabels() if t.get_text()]
+    assert any(label.startswith("1999") for label in labels), labels

@@ -74,13 +74,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if _interrupt.release():  # Ctrl-C while the command was starting
         return 130
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["emulate"]:
-        return emulate.run(argv[1:])
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
+    if extra:
+        print(f"{PROG}: error: unrecognized arguments: {' '.join(extra)} (see "
+              f"'{_where(args)} --help')", file=sys.stderr)
+        return 2
     if args.command is None:
         print(f"{PROG}: error: choose a command: sweep, simulate, steady, tune, bode, "
               f"config, bench, emulate, firmware (see '{PROG} --help')", file=sys.stderr)
@@ -110,9 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ctx.warn(text)
         return int(status or 0)
     except _UsageError as exc:
-        where = args.command + (f" {args.bench_command}" if getattr(args, "bench_command", None)
-                                else "")
-        print(f"{PROG}: error: {exc} (see '{PROG} {where} --help')", file=sys.stderr)
+        print(f"{PROG}: error: {exc} (see '{_where(args)} --help')", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         kept = ctx.outputs.discarded
@@ -130,3 +130,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: internal error: {type(exc).__name__}: {_one_line(exc)} (run "
               f"with --debug for the traceback)", file=sys.stderr)
         return 1
+
+
+def _where(args: argparse.Namespace) -> str:
+    """The (sub)command line whose --help to point at: ``boostsim bench live``."""
+    words = [PROG, args.command or ""]
+    for name in ("bench_command", "firmware_command", "config_command"):
+        if getattr(args, name, None):
+            words.append(getattr(args, name))
+    return " ".join(w for w in words if w)

@@ -5,7 +5,9 @@ class with one-line errors, and the option groups every command reuses.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -49,13 +51,8 @@ def _setting(text: str) -> tuple[str, str]:
 
 
 def _positive_time(what: str) -> Callable[[str], float]:
-    @_type
-    def parse(text: str) -> float:
-        value = parse_si(text, name=what)
-        if not (math.isfinite(value) and value > 0):
-            raise ValueError(f"{what} must be a finite time > 0 [s], got {text!r}")
-        return value
-    return parse
+    """A duration > 0 [s] with SI prefixes (20m)."""
+    return _finite(what, "time", "s", positive=True)
 
 
 def _int_at_least(minimum: int, what: str) -> Callable[[str], int]:
@@ -90,9 +87,24 @@ def _mc_samples(text: str) -> int:
     return value
 
 
+def _fraction(text: str, what: str) -> float:
+    """A number with SI prefixes, or a percentage: ``0.6``, ``60%``."""
+    text = text.strip()
+    if text.endswith("%"):
+        return parse_si(text[:-1], name=what) / 100.0
+    return parse_si(text, name=what)
+
+
+def _fractions(text: str, what: str) -> str:
+    """A range or list (``a:b:c``, ``a,b``) with its percentages written as fractions."""
+    return re.sub(r"[^:,]+", lambda m: (repr(_fraction(m.group(0), what))
+                                       if m.group(0).strip().endswith("%") else m.group(0)),
+                  text)
+
+
 @_type
 def _duty_value(text: str) -> float:
-    value = parse_si(text, name="duty")
+    value = _fraction(text, "duty")
     if not (0 <= value < 1):
         raise ValueError(f"duty must be in [0, 1), got {text!r}")
     return value
@@ -109,7 +121,7 @@ def _vout_value(text: str) -> float:
 def _duty_range(text: str) -> np.ndarray:
     from ..sweep import parse_duty_range
 
-    return parse_duty_range(text)
+    return parse_duty_range(_fractions(text, "duty"))
 
 
 def _vout_range(text: str) -> np.ndarray:
@@ -206,31 +218,130 @@ def _parents() -> dict[str, argparse.ArgumentParser]:
     return {"base": base, "board": board, "files": files}
 
 
-def _gain(what: str) -> Callable[[str], float]:
+def _finite(what: str, noun: str = "number", unit: str = "", *,
+            positive: bool) -> Callable[[str], float]:
+    """A finite number with SI prefixes, > 0 (``positive``) or >= 0."""
+    bound = "> 0" if positive else ">= 0"
+    unit = f" [{unit}]" if unit else ""
+
     @_type
     def parse(text: str) -> float:
         value = parse_si(text, name=what)
-        if not (math.isfinite(value) and value >= 0):
-            raise ValueError(f"{what} must be a finite number >= 0, got {text!r}")
+        if not (math.isfinite(value) and (value > 0 if positive else value >= 0)):
+            raise ValueError(f"{what} must be a finite {noun} {bound}{unit}, got {text!r}")
         return value
     return parse
 
 
 def _positive(what: str, unit: str) -> Callable[[str], float]:
-    @_type
-    def parse(text: str) -> float:
-        value = parse_si(text, name=what)
-        if not (math.isfinite(value) and value > 0):
-            raise ValueError(f"{what} must be a finite number > 0 [{unit}], got {text!r}")
-        return value
-    return parse
+    """A finite number > 0 [unit] with SI prefixes."""
+    return _finite(what, unit=unit, positive=True)
 
 
 def _nonnegative(what: str) -> Callable[[str], float]:
-    @_type
-    def parse(text: str) -> float:
-        value = parse_si(text, name=what)
-        if not (math.isfinite(value) and value >= 0):
-            raise ValueError(f"{what} must be a finite number >= 0, got {text!r}")
-        return value
-    return parse
+    """A finite number >= 0 with SI prefixes."""
+    return _finite(what, positive=False)
+
+
+# -- the PID loop (simulate, bode, bench live; --rate also tune) ----------------------------
+
+HOST_LOOP_RATE = 200.0
+"""The default PID rate [Hz] of given gains: the host loop of ``bench live``."""
+
+_RATE_HELP = ("PID sample rate [Hz]; the PID runs every round(fsw/rate) switching periods "
+              f"(default: the rate in --pid-config, else {HOST_LOOP_RATE:g} Hz, the host loop "
+              "of 'bench live'; gains tuned here for --crossover default to fsw)")
+
+
+def rate_option(g) -> None:
+    """``--rate HZ``: the one definition of the PID rate (default None: see :func:`pid_loop`)."""
+    g.add_argument("--rate", type=_positive("--rate", "Hz"), default=None, metavar="HZ",
+                   help=_RATE_HELP)
+
+
+def pid_options(g) -> None:
+    """The PID gains, rate and ``--pid-config`` (resolved by :func:`pid_loop`)."""
+    g.add_argument("--kp", type=_nonnegative("--kp"), default=None, metavar="K",
+                   help="proportional gain [duty/V]")
+    g.add_argument("--ki", type=_nonnegative("--ki"), default=None, metavar="K",
+                   help="integral gain [duty/(V s)]")
+    g.add_argument("--kd", type=_nonnegative("--kd"), default=None, metavar="K",
+                   help="derivative gain [duty s/V] (default 0)")
+    g.add_argument("--tf", type=_nonnegative("--tf"), default=None, metavar="S",
+                   help="derivative filter time constant [s] (default 0; 'boostsim tune' "
+                        "prints it)")
+    rate_option(g)
+    g.add_argument("--pid-config", metavar="FILE",
+                   help="take kp, ki, kd, tf and rate from the [pid] table of FILE (as written "
+                        "by 'boostsim tune --out gains.toml'); --kp etc. override it")
+
+
+@dataclasses.dataclass(frozen=True)
+class PIDLoop:
+    """Gains and rate of a PID loop from the command line (kp duty/V, ki duty/(V s), kd duty
+    s/V, tf s, rate Hz)."""
+
+    kp: float
+    ki: float
+    kd: float
+    tf: float
+    rate: float
+
+
+def pid_given(args: argparse.Namespace) -> list[str]:
+    """The PID options given on the command line (``--kp``, ..., ``--pid-config``)."""
+    return [f"--{name.replace('_', '-')}" for name in ("kp", "ki", "kd", "tf", "pid_config")
+            if getattr(args, name, None) is not None]
+
+
+def pid_loop(args: argparse.Namespace, *, need: tuple[str, ...] = ()) -> PIDLoop | None:
+    """The loop of :func:`pid_options`: --pid-config's [pid] table overridden by the options
+    given; None without --kp, --ki or a table that has them. A loop that runs on the converter
+    (simulate, bench live) needs both (``need=("kp", "ki")``); a Bode plot takes either. Usage
+    error (exit 2) for a loop without its gains; CliError for an unreadable table."""
+    from .context import _UsageError
+
+    table = _pid_table(args.pid_config) if args.pid_config else {}
+
+    def pick(name: str, default: float | None) -> float | None:
+        given = getattr(args, name)
+        return given if given is not None else table.get(name, default)
+
+    kp, ki = pick("kp", None), pick("ki", None)
+    if kp is None and ki is None and not pid_given(args):
+        return None
+    missing = [f"--{name}" for name in need if pick(name, None) is None]
+    if missing or (kp is None and ki is None):
+        gains = " ".join(f"--{name} K" for name in need) if need else "--kp K and/or --ki K"
+        raise _UsageError(f"give the PID gains: {gains} (or --pid-config FILE with them)" +
+                          (f"; missing {', '.join(missing)}" if missing else ""))
+    return PIDLoop(kp=kp or 0.0, ki=ki or 0.0, kd=pick("kd", 0.0), tf=pick("tf", 0.0),
+                   rate=pick("rate", HOST_LOOP_RATE))
+
+
+def _pid_table(path: str) -> dict[str, float]:
+    """The [pid] table of a TOML file (kp, ki, kd, tf [s], rate [Hz]), checked."""
+    from ..params import parse_toml, read_config_text
+    from .context import CliError
+
+    try:
+        document = parse_toml(read_config_text(path), source=path)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    table = document.get("pid")
+    if not isinstance(table, dict):
+        raise CliError(f"{path}: no [pid] table (write one with 'boostsim tune --out FILE')")
+    unknown = set(table) - {"kp", "ki", "kd", "tf", "rate"}
+    if unknown:
+        raise CliError(f"{path}: unknown [pid] key(s) {sorted(unknown)}; known: kp, ki, kd, tf, "
+                       f"rate")
+    out = {}
+    for key, value in table.items():
+        try:
+            number = parse_si(value, name=f"[pid] {key}")
+        except ValueError as exc:
+            raise CliError(f"{path}: {exc}") from None
+        if not math.isfinite(number) or number < 0 or (key == "rate" and number == 0):
+            raise CliError(f"{path}: [pid] {key} must be a finite number >= 0, got {value!r}")
+        out[key] = number
+    return out

@@ -16,12 +16,11 @@ from typing import Any
 import numpy as np
 
 from ..params import BoostParams
-from ..units import parse_si
+from ..units import parse_si, quantity
 from .args import (
     _duty_range,
     _duty_value,
     _Formatter,
-    _gain,
     _int_at_least,
     _nonnegative,
     _Parser,
@@ -30,6 +29,8 @@ from .args import (
     _probe,
     _type,
     _vout_value,
+    pid_loop,
+    pid_options,
 )
 from .context import PROG, CliError, Context, _UsageError
 from .format import (
@@ -326,16 +327,7 @@ def register(sub, base: argparse.ArgumentParser, board: argparse.ArgumentParser,
                                     "measuring with MEAS:VOLT?.", epilog=_BENCH_LIVE_EPILOG)
     g = q.add_argument_group("loop")
     g.add_argument("--vref", type=_vout_value, required=True, metavar="V", help="setpoint [V]")
-    g.add_argument("--kp", type=_gain("--kp"), required=True, metavar="K",
-                   help="proportional gain [duty/V]")
-    g.add_argument("--ki", type=_gain("--ki"), required=True, metavar="K",
-                   help="integral gain [duty/(V s)]")
-    g.add_argument("--kd", type=_gain("--kd"), default=0.0, metavar="K",
-                   help="derivative gain [duty s/V] (default 0)")
-    g.add_argument("--tf", type=_nonnegative("--tf"), default=0.0, metavar="S",
-                   help="derivative filter time constant [s] (default 0)")
-    g.add_argument("--rate", type=_positive("--rate", "Hz"), default=200.0, metavar="HZ",
-                   help="loop rate (default 200 Hz)")
+    pid_options(g)
     g.add_argument("--duration", type=_positive_time("--duration"), default=None,
                    metavar="TIME", help="run time (default: until Ctrl-C)")
     g.add_argument("--slew", type=_positive("--slew", "V/s"), default=None, metavar="V/S",
@@ -570,7 +562,8 @@ def cmd_bench_sweep(ctx: Context) -> int:
         raise _UsageError(f"the sweep reaches duty {np.max(duties):g}, above --max-duty "
                           f"{a.max_duty:g}")
     if a.fit and duties.size <= len(a.fit):
-        raise _UsageError(f"--fit {','.join(a.fit)} needs more than {len(a.fit)} points")
+        raise _UsageError(f"--fit {','.join(a.fit)} needs more than "
+                          f"{quantity(len(a.fit), 'point')}")
     partial = _partial_path(out)
     with _BenchSession(ctx) as session:
         board = session.board
@@ -584,7 +577,7 @@ def cmd_bench_sweep(ctx: Context) -> int:
         points = _open_log(ctx, partial, _SWEEP_ROW, meta)  # "incomplete" until closed
         if ctx.human:
             ctx.print(f"boostsim bench sweep: {board.identity} on {board.port_name} · "
-                      f"{duties.size} points · settle {a.settle:g} s · {a.samples} "
+                      f"{quantity(duties.size, 'point')} · settle {a.settle:g} s · {a.samples} "
                       f"{'MEAS:VOLT? readings' if a.method == 'query' else 'streamed samples'}"
                       f" per point")
             ctx.print(f"{'point':>5}  {'duty':>6}  {'vout [V]':>9}  {'sem [mV]':>8}  "
@@ -621,7 +614,7 @@ def cmd_bench_sweep(ctx: Context) -> int:
         result.fit = bench.fit_losses(params, result.duty_effective, result.vout_mean,
                                       result.vout_sem, a.fit, frequency=result.frequency)
     elif a.fit:
-        ctx.warn(f"--fit skipped: only {result.n_points} points were measured")
+        ctx.warn(f"--fit skipped: only {quantity(result.n_points, 'point')} were measured")
     metrics = result.error_metrics()
     summary: dict[str, Any] = {
         "command": "bench sweep", "firmware": meta["firmware"], "port": meta["port"],
@@ -650,7 +643,7 @@ def cmd_bench_sweep(ctx: Context) -> int:
         files["log"] = a.log
     summary["files"] = files
     if ctx.human:
-        ctx.print(f"{result.n_points} points: error (measured - simulated) rms "
+        ctx.print(f"{quantity(result.n_points, 'point')}: error (measured - simulated) rms "
                   f"{_mv(metrics['rms'])} mV, max {_mv(metrics['max'])} mV; mean "
                   f"(error/sem)^2 = {_fmt(metrics['chi2_per_point'], '.2f')}")
         if stats["retries"] or stats["resets"] or result.resets:
@@ -676,7 +669,8 @@ def cmd_bench_sweep(ctx: Context) -> int:
     ctx.emit_json(summary)
     if result.aborted:
         ctx.outputs.commit()  # complete files of the points measured, marked aborted
-        message = (f"sweep stopped after {result.n_points} of {duties.size} points (kept in "
+        message = (f"sweep stopped after {result.n_points} of "
+                   f"{quantity(duties.size, 'point')} (kept in "
                    f"{out or 'memory'}): {result.aborted}")
         if result.abort_kind in ("interrupt", "terminate"):
             print(f"{PROG}: {message}; output off", file=sys.stderr)
@@ -763,7 +757,8 @@ def cmd_bench_step(ctx: Context) -> int:
         what = (f"duty {step.duty:g} -> {step.duty_after:g}" if step.kind == "duty" else
                 f"load {', '.join(f'{k}={v:g}' for k, v in step.load_change.items())} at duty "
                 f"{step.duty:g}")
-        ctx.print(f"boostsim bench step: {board.identity} · {what} · {step.t.size} samples at "
+        ctx.print(f"boostsim bench step: {board.identity} · {what} · "
+                  f"{quantity(step.t.size, 'sample')} at "
                   f"{step.rate:.6g} S/s (step marked to ±{step.mark_uncertainty * 1e6:.0f} µs)")
         rows = []
         for label, key, scale, spec, unit in (
@@ -790,6 +785,10 @@ def cmd_bench_live(ctx: Context) -> int:
     a = ctx.args
     if a.log and a.out and a.log != a.out:
         raise _UsageError("--log is the same as --out for bench live: give one")
+    pid = pid_loop(a, need=("kp", "ki"))
+    if pid is None:
+        raise _UsageError("the loop needs its gains: --kp K --ki K, or --pid-config FILE")
+    a.kp, a.ki, a.kd, a.tf, a.rate = pid.kp, pid.ki, pid.kd, pid.tf, pid.rate
     out = _default_file(ctx, a.out or a.log, "bench_live.csv")
     plot = _default_file(ctx, a.plot, "bench_live.png")
     _check_writable(out, (".csv",), "--out")

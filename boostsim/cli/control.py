@@ -12,16 +12,19 @@ from typing import Any
 import numpy as np
 
 from ..params import BoostParams
-from ..units import format_si, parse_si
+from ..units import format_si, parse_si, quantity
 from .args import (
     _duty_value,
     _Formatter,
-    _gain,
     _int_at_least,
     _nonnegative,
     _positive,
     _type,
     _vout_value,
+    pid_given,
+    pid_loop,
+    pid_options,
+    rate_option,
 )
 from .context import CliError, Context, _UsageError
 from .format import (
@@ -59,15 +62,19 @@ The loop gain T = C Gvd of the sampled-data PID loop (boostsim.design.loop_gain:
 pulse transfer function of the averaged plant with the hold and the sampling/PWM delay) at the
 operating point of --vref or --duty, with the plant Gvd and the controller C dashed; the
 crossover, phase margin and gain margin are marked and printed, the RHP zero marked. Gains:
-given (--kp/--ki [--kd --tf] --rate) or tuned first (--vref V --crossover F [--phase-margin]).
-Without gains: the averaged plant Gvd alone (continuous), with the RHP zero and the LC
-resonance marked. --out writes the curves (f_Hz, T_mag_dB, T_phase_deg, plant_mag_dB,
-plant_phase_deg, controller_mag_dB, controller_phase_deg; .csv, .json or .npz).
+given (--kp/--ki [--kd --tf] --rate, or --pid-config FILE) or tuned first (--vref V
+--crossover F [--phase-margin]). Without gains: the averaged plant Gvd alone (continuous), with
+the RHP zero and the LC resonance marked. --out writes the curves (f_Hz, T_mag_dB,
+T_phase_deg, plant_mag_dB, plant_phase_deg, controller_mag_dB, controller_phase_deg; .csv,
+.json or .npz).
 
 examples:
   boostsim bode --vref 12                                  # the plant alone -> bode.png
   boostsim bode --vref 12 --crossover 2k --out bode.csv --plot bode.png
-  boostsim bode --duty 0.6 --kp 0.05 --ki 100 --rate 100k
+  boostsim bode --vref 12 --kp 0.01 --ki 5 --rate 200      # the bench live loop: PM 43 deg
+  boostsim bode --duty 0.6 --kp 0.07 --ki 170 --kd 2.3e-5 --tf 1.6e-5 --rate 100k   # PM 50 deg
+  boostsim tune --vref 12 --crossover 2k --out gains.toml && \
+      boostsim bode --vref 12 --pid-config gains.toml
 """
 
 
@@ -105,7 +112,7 @@ def _sample_period(ctx: Context, params: BoostParams, rate: float | None) -> tup
     every = max(1, round(fsw / rate))
     if abs(fsw / every - rate) > 1e-3 * rate:
         ctx.warn(f"--rate {rate:g} Hz is not a whole number of switching periods: the loop "
-                 f"runs every {every} periods ({fsw / every:g} Hz)")
+                 f"runs every {quantity(every, 'period')} ({fsw / every:g} Hz)")
     return every / fsw, every
 
 
@@ -192,8 +199,8 @@ def cmd_tune(ctx: Context) -> int:
         from ..plots import board_text
 
         ctx.print(f"boostsim tune: {board_text(params)} · vref {a.vref:g} V (duty "
-                  f"{gains.duty:.4f}) · PID at {rate:g} Hz (every {every} "
-                  f"period{'s' if every > 1 else ''})")
+                  f"{gains.duty:.4f}) · PID at {rate:g} Hz (every "
+                  f"{quantity(every, 'period')})")
         kind = " (integral only: crossover below the LC resonance)" \
             if predicted["integral_only"] else ""
         ctx.print(f"gains{kind}:")
@@ -271,18 +278,17 @@ def cmd_bode(ctx: Context) -> int:
     from ..plots import board_text, bode_figure, bode_phase
 
     a = ctx.args
-    given = [name for name in ("kp", "ki", "kd", "tf") if getattr(a, name) is not None]
+    given = pid_given(a)
     tuned = a.crossover is not None
     if a.vref is None and a.duty is None:
         raise _UsageError("give the operating point: --vref V or --duty D")
     if tuned and given:
-        raise _UsageError(f"--crossover tunes the gains: do not give --{given[0]}")
+        raise _UsageError(f"--crossover tunes the gains: do not give {given[0]}")
     if tuned and a.vref is None:
         raise _UsageError("--crossover needs --vref V (the tuner's setpoint), not --duty")
     if not tuned and a.phase_margin is not None:
         raise _UsageError("--phase-margin needs --crossover F (tune the PID first)")
-    if given and a.kp is None and a.ki is None:
-        raise _UsageError("give the PID gains: --kp K and/or --ki K")
+    pid = None if tuned else pid_loop(a)
     plot = _default_file(ctx, a.plot, "bode.png")
     _check_writable(a.out, _DATA_KINDS, "--out")
     _check_writable(plot, _PLOT_KINDS, "--plot")
@@ -298,14 +304,13 @@ def cmd_bode(ctx: Context) -> int:
         loop, duty, how = gains.loop, gains.duty, f"tuned for {a.crossover:g} Hz"
         summary["gains"] = {"kp": gains.kp, "ki": gains.ki, "kd": gains.kd, "tf": gains.tf,
                             "ts": gains.ts}
-    elif given:
-        T, every = _sample_period(ctx, params, a.rate)
+    elif pid is not None:
+        T, every = _sample_period(ctx, params, pid.rate)
         duty = (a.duty if a.duty is not None
                 else float(averaged_duty_for_vout(params, a.vref)))
         try:
-            pid = PIDGains(kp=a.kp or 0.0, ki=a.ki or 0.0, kd=a.kd or 0.0, tf=a.tf or 0.0,
-                           ts=T)
-            loop = loop_gain(params, duty, pid, delay_periods=a.delay, sample_period=T)
+            gains = PIDGains(kp=pid.kp, ki=pid.ki, kd=pid.kd, tf=pid.tf, ts=T)
+            loop = loop_gain(params, duty, gains, delay_periods=a.delay, sample_period=T)
         except ValueError as exc:
             raise CliError(str(exc)) from None
         how = "given gains"
@@ -400,8 +405,7 @@ def register(sub, base: argparse.ArgumentParser, board: argparse.ArgumentParser,
     g.add_argument("--vref", type=_vout_value, metavar="V", required=True,
                    help="regulated output voltage [V] (sets the operating point)")
     _design_options(g, required=True)
-    g.add_argument("--rate", type=_positive("--rate", "Hz"), default=None, metavar="HZ",
-                   help="PID sample rate (default: fsw, every switching period)")
+    rate_option(g)
     g = p.add_argument_group("files")
     g.add_argument("--out", metavar="FILE",
                    help="write the gains: .toml (a [pid] table) or .json")
@@ -418,17 +422,7 @@ def register(sub, base: argparse.ArgumentParser, board: argparse.ArgumentParser,
     g.add_argument("--vref", type=_vout_value, metavar="V",
                    help="output voltage [V]: the duty of the averaged model")
     g.add_argument("--duty", type=_duty_value, metavar="D", help="duty in [0, 1)")
-    g = p.add_argument_group("controller (given gains)")
-    g.add_argument("--kp", type=_gain("--kp"), default=None, metavar="K",
-                   help="proportional gain [duty/V]")
-    g.add_argument("--ki", type=_gain("--ki"), default=None, metavar="K",
-                   help="integral gain [duty/(V s)]")
-    g.add_argument("--kd", type=_gain("--kd"), default=None, metavar="K",
-                   help="derivative gain [duty s/V] (default 0)")
-    g.add_argument("--tf", type=_nonnegative("--tf"), default=None, metavar="S",
-                   help="derivative filter time constant [s] (default 0)")
-    g.add_argument("--rate", type=_positive("--rate", "Hz"), default=None, metavar="HZ",
-                   help="PID sample rate (default: fsw)")
+    pid_options(p.add_argument_group("controller (given gains)"))
     g = p.add_argument_group("controller (tuned: --vref V --crossover F)")
     _design_options(g)
     g = p.add_argument_group("frequency range")

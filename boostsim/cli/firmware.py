@@ -17,7 +17,7 @@ from .context import CliError, Context
 _FIRMWARE_EPILOG = """\
 examples:
   boostsim firmware install --port /dev/ttyACM0
-  boostsim firmware install --port COM3 --board-config my_config.py --dry-run
+  boostsim firmware install --port COM3 --firmware-config my_config.py --dry-run
   boostsim firmware files --out pico_files/
 
 A Pico already running the firmware must be started in safe mode to be re-flashed (jumper
@@ -29,7 +29,7 @@ def cmd_firmware_install(ctx: Context) -> int:
     from firmware_bridge import flash
 
     try:
-        command = flash.install(ctx.args.port, config=ctx.args.board_config,
+        command = flash.install(ctx.args.port, config=ctx.args.firmware_config,
                                 dry_run=ctx.args.dry_run)
     except flash.FlashError as exc:
         raise CliError(str(exc)) from None
@@ -46,7 +46,7 @@ def cmd_firmware_files(ctx: Context) -> int:
     from firmware_bridge import flash
 
     try:
-        written = flash.stage(ctx.args.out, config=ctx.args.board_config)
+        written = flash.stage(ctx.args.out, config=ctx.args.firmware_config)
     except flash.FlashError as exc:
         raise CliError(str(exc)) from None
     ctx.print(f"wrote {len(written)} files to {ctx.args.out}: "
@@ -71,7 +71,7 @@ def register(sub, base: argparse.ArgumentParser, board: argparse.ArgumentParser,
                         epilog=_FIRMWARE_EPILOG)
     q.add_argument("--port", required=True, metavar="PATH",
                    help="the Pico's serial port, e.g. /dev/ttyACM0 or COM3")
-    q.add_argument("--board-config", metavar="FILE",
+    q.add_argument("--firmware-config", metavar="FILE",
                    help="your board's config.py instead of the default (pins, divider, limits)")
     q.add_argument("--dry-run", action="store_true", help="print the mpremote command only")
     q.set_defaults(func=cmd_firmware_install)
@@ -80,7 +80,7 @@ def register(sub, base: argparse.ArgumentParser, board: argparse.ArgumentParser,
                         description="Write the files the board needs to a folder.",
                         epilog=_FIRMWARE_EPILOG)
     q.add_argument("--out", required=True, metavar="DIR", help="folder to write the files to")
-    q.add_argument("--board-config", metavar="FILE",
+    q.add_argument("--firmware-config", metavar="FILE",
                    help="your board's config.py instead of the default")
     q.set_defaults(func=cmd_firmware_files)
     p.set_defaults(func=None, config_parser=p)

@@ -9,13 +9,12 @@ from typing import Any
 
 import numpy as np
 
-from ..params import BoostParams, parse_toml, read_config_text
-from ..units import parse_si
+from ..params import BoostParams
+from ..units import quantity
 from .args import (
     _STEP_NAMES,
     _duty_value,
     _Formatter,
-    _gain,
     _int_at_least,
     _nonnegative,
     _positive,
@@ -23,6 +22,9 @@ from .args import (
     _step_parser,
     _type,
     _vout_value,
+    pid_given,
+    pid_loop,
+    pid_options,
 )
 from .bench import board_loop_controller
 from .context import CliError, Context, _UsageError
@@ -96,21 +98,7 @@ examples:
 def _loop_options(g) -> None:
     g.add_argument("--vref", type=_vout_value, metavar="V",
                    help="regulate the output to V with the PID (closed loop)")
-    g.add_argument("--kp", type=_gain("--kp"), default=None, metavar="K",
-                   help="proportional gain [duty/V]")
-    g.add_argument("--ki", type=_gain("--ki"), default=None, metavar="K",
-                   help="integral gain [duty/(V s)]")
-    g.add_argument("--kd", type=_gain("--kd"), default=None, metavar="K",
-                   help="derivative gain [duty s/V] (default 0)")
-    g.add_argument("--rate", type=_positive("--rate", "Hz"), default=None, metavar="HZ",
-                   help="loop rate (default 200 Hz, with --tune fsw; the PID runs every "
-                        "fsw/rate periods)")
-    g.add_argument("--tf", type=_nonnegative("--tf"), default=None, metavar="S",
-                   help="derivative filter time constant [s] (default 0; 'boostsim tune' "
-                        "prints it)")
-    g.add_argument("--pid-config", metavar="FILE",
-                   help="take kp, ki, kd, tf and rate from the [pid] table of FILE (as written "
-                        "by 'boostsim tune --out gains.toml'); --kp etc. override it")
+    pid_options(g)
     g.add_argument("--slew", type=_positive("--slew", "V/s"), default=None, metavar="V/S",
                    help="setpoint slew limit for a soft start (default: steps)")
     g.add_argument("--duty-max", type=_duty_value, default=None, metavar="D",
@@ -133,10 +121,8 @@ def _drive(ctx: Context, params: BoostParams) -> tuple[dict[str, Any], dict[str,
     if a.vref is None:
         if a.tune:
             raise _UsageError("--tune needs --vref V (the closed loop's setpoint)")
-        for name in ("kp", "ki", "pid_config"):
-            if getattr(a, name) is not None:
-                raise _UsageError(f"--{name.replace('_', '-')} needs --vref (the closed loop's "
-                                  f"setpoint)")
+        for name in pid_given(a):
+            raise _UsageError(f"{name} needs --vref (the closed loop's setpoint)")
         if a.duty is None:
             raise _UsageError("give the open-loop duty, e.g. --duty 0.6, or a closed loop, "
                               "e.g. --vref 12 --kp 0.01 --ki 5")
@@ -147,61 +133,31 @@ def _drive(ctx: Context, params: BoostParams) -> tuple[dict[str, Any], dict[str,
         raise CliError("the closed loop needs a single converter (no per-lane parameters)")
     tuned = None
     if a.tune:
-        for name in ("kp", "ki", "pid_config"):
-            if getattr(a, name) is not None:
-                raise _UsageError(f"--tune computes the gains: do not give "
-                                  f"--{name.replace('_', '-')}")
+        for name in pid_given(a):
+            raise _UsageError(f"--tune computes the gains: do not give {name}")
         if a.crossover is None:
             raise _UsageError("--tune needs the loop's crossover frequency, e.g. --crossover 2k")
         tuned, _ = _tune(ctx, params, a.vref, a.crossover, a.phase_margin, a.rate, a.delay)
         kp, ki, kd, tf = tuned.kp, tuned.ki, tuned.kd, tuned.tf
         rate = 1.0 / tuned.ts
     else:
-        table = _pid_table(a.pid_config) if a.pid_config else {}
-
-        def pick(name: str, default: float | None) -> float | None:
-            given = getattr(a, name)
-            return given if given is not None else table.get(name, default)
-
-        kp, ki, kd, tf = pick("kp", None), pick("ki", None), pick("kd", 0.0), pick("tf", 0.0)
-        if kp is None or ki is None:
-            raise _UsageError("the closed loop needs its gains: --kp K --ki K (and optionally "
-                              "--kd), --pid-config gains.toml, or --tune --crossover F")
-        rate = pick("rate", 200.0)
+        given = pid_loop(a, need=("kp", "ki"))
+        if given is None:
+            raise _UsageError("the closed loop needs its gains: --kp K and/or --ki K (and "
+                              "optionally --kd), --pid-config gains.toml, or --tune --crossover F")
+        kp, ki, kd, tf, rate = given.kp, given.ki, given.kd, given.tf, given.rate
     controller, every, ts, duty_max = board_loop_controller(
         params, kp=kp, ki=ki, kd=kd, tf=tf, rate=rate, duty_max=a.duty_max, slew=a.slew,
         noise_lsb=a.adc_noise, initial_duty=a.initial_duty)
     if tuned is None and abs(1.0 / ts - rate) > 1e-3 * rate:
         ctx.warn(f"--rate {rate:g} Hz is not a whole number of switching periods: the loop "
-                 f"runs every {every} periods ({1 / ts:g} Hz)")
+                 f"runs every {quantity(every, 'period')} ({1 / ts:g} Hz)")
     loop = {"vref": a.vref, "kp": kp, "ki": ki, "kd": kd, "tf": tf, "rate": 1.0 / ts,
             "every_periods": every, "slew": a.slew, "duty_max": duty_max,
             "initial_duty": a.initial_duty, "adc_noise_lsb": a.adc_noise}
     if tuned is not None:
         loop["tuned"] = _predicted(tuned, a.crossover)
     return {"controller": controller, "vref": a.vref}, loop
-
-
-def _pid_table(path: str) -> dict[str, float]:
-    """The [pid] table of a TOML file (kp, ki, kd, tf [s], rate [Hz]), checked."""
-    document = parse_toml(read_config_text(path), source=path)
-    table = document.get("pid")
-    if not isinstance(table, dict):
-        raise CliError(f"{path}: no [pid] table (write one with 'boostsim tune --out FILE')")
-    unknown = set(table) - {"kp", "ki", "kd", "tf", "rate"}
-    if unknown:
-        raise CliError(f"{path}: unknown [pid] key(s) {sorted(unknown)}; known: kp, ki, kd, tf, "
-                       f"rate")
-    out = {}
-    for key, value in table.items():
-        try:
-            number = parse_si(value, name=f"[pid] {key}")
-        except ValueError as exc:
-            raise CliError(f"{path}: {exc}") from None
-        if not math.isfinite(number) or number < 0 or (key == "rate" and number == 0):
-            raise CliError(f"{path}: [pid] {key} must be a finite number >= 0, got {value!r}")
-        out[key] = number
-    return out
 
 
 @_type
@@ -248,7 +204,8 @@ def cmd_simulate(ctx: Context) -> int:
         raise CliError(f"{n_t} output samples: too many; raise --dt or shorten --t-end")
     periods = math.ceil(a.t_end * params.fsw - 1e-9)
     if periods < a.last_periods:
-        raise CliError(f"--t-end {a.t_end:g} s is only {periods} periods; --last-periods is "
+        raise CliError(f"--t-end {a.t_end:g} s is only {quantity(periods, 'period')}; "
+                       f"--last-periods is "
                        f"{a.last_periods}")
     engine = simulate_averaged if a.averaged else simulate
     result = engine(params, t_end=a.t_end, dt=dt, x0=x0, steps=steps,
@@ -276,8 +233,12 @@ def cmd_simulate(ctx: Context) -> int:
     if a.plot:
         from ..plots import averaged_figure, waveform_figure
 
-        fig = (averaged_figure(result) if a.averaged else
-               waveform_figure(result, zoom_periods=a.zoom_periods))
+        closed = {} if loop is None else {
+            "vref": loop["vref"],
+            "loop": f"PID kp {loop['kp']:.4g}, ki {loop['ki']:.4g}, kd {loop['kd']:.3g} at "
+                    f"{loop['rate']:g} Hz"}
+        fig = (averaged_figure(result, **closed) if a.averaged else
+               waveform_figure(result, zoom_periods=a.zoom_periods, **closed))
         _write_plot(ctx, fig, a.plot)
         files["plot"] = a.plot
     summary["files"] = files
@@ -287,14 +248,14 @@ def cmd_simulate(ctx: Context) -> int:
         how = (f"duty {drive['duty']:g}" if loop is None else
                f"PID to {loop['vref']:g} V (kp {loop['kp']:.6g}, ki {loop['ki']:.6g}, kd "
                f"{loop['kd']:.6g}" + (f", tf {loop['tf']:.4g}" if loop["tf"] else "") +
-               f") at {loop['rate']:g} Hz = every {loop['every_periods']} periods")
+               f") at {loop['rate']:g} Hz = every {quantity(loop['every_periods'], 'period')}")
         if loop is not None and "tuned" in loop:
             t = loop["tuned"]
             how += (f" · tuned for {_fmt(t['crossover_hz'], '.0f')} Hz, "
                     f"{_fmt(t['phase_margin_deg'], '.1f')} deg")
         model = "averaged model" if a.averaged else "exact switching"
         first = (f"boostsim simulate ({model}): {board_text(params)} · {how} · "
-                 f"{_si(a.t_end, 't_rise')} ({periods} periods) from "
+                 f"{_si(a.t_end, 't_rise')} ({quantity(periods, 'period')}) from "
                  f"{'rest' if a.start == 'zero' else 'the steady state'}")
         if steps:
             first += " · steps: " + "; ".join(
@@ -306,7 +267,7 @@ def cmd_simulate(ctx: Context) -> int:
             log = drive["controller"].log()
             ctx.print(f"{log.period.size} control steps; last: measured "
                       f"{float(log.measured[-1, 0]):.4f} V, duty {float(log.duty[-1, 0]):.4f}")
-        ctx.print(f"last {a.last_periods} periods" +
+        ctx.print(f"last {quantity(a.last_periods, 'period')}" +
                   (" (averaged model: no ripple, no losses breakdown):" if a.averaged else ":"))
         ctx.print(_averaged_table(m) if a.averaged else _metrics_table(m))
         note = _not_settled_note(m)

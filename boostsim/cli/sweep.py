@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from ..units import quantity
 from .args import (
     _axis,
     _duty_range,
@@ -154,14 +155,14 @@ def cmd_sweep(ctx: Context) -> int:
         files["plot"] = plot
     summary["files"] = files
     if ctx.human:
-        ctx.print(_monte_carlo_text(result) if mc is not None else _sweep_text(result))
+        ctx.print(_monte_carlo_text(result) if mc is not None else _sweep_text(result, out))
         if files:
             ctx.print("wrote " + ", ".join(files.values()))
     ctx.emit_json(summary)
     bad = int((~result.columns["converged"].astype(bool)).sum())
     if bad:
         what = "did not settle" if transient else "did not converge"
-        ctx.warn(f"{bad} of {result.n_points} points {what} (their figures are empty)")
+        ctx.warn(f"{bad} of {quantity(result.n_points, 'point')} {what} (their figures are empty)")
     return 0
 
 
@@ -216,12 +217,24 @@ def _sweep_summary(result) -> dict[str, Any]:
 
 
 def _pick_rows(n: int, limit: int = 100, shown: int = 21) -> np.ndarray:
+    """All rows up to ``limit``, else every k-th row (about ``shown`` of them) and the last."""
     if n <= limit:
         return np.arange(n)
-    return np.unique(np.linspace(0, n - 1, shown).round().astype(int))
+    rows = np.arange(0, n, math.ceil(n / (shown - 1)))
+    return rows if rows[-1] == n - 1 else np.append(rows, n - 1)
 
 
-def _sweep_text(result) -> str:
+def _excerpt_note(rows: np.ndarray, n: int, out: str | None) -> str:
+    """Which rows of ``n`` an excerpt shows (1-based), and where the others are."""
+    numbers = [str(int(i) + 1) for i in rows]
+    listed = ", ".join([*numbers[:3], "...", *numbers[-2:]] if len(numbers) > 6 else numbers)
+    where = f"all {n} are in {out}" if out else "write all of them with --out FILE"
+    return (f"(showing {rows.size} of {quantity(n, 'point')}: one row in "
+            f"{int(rows[1] - rows[0])} and the last, rows {listed}; {where})")
+
+
+def _sweep_text(result, out: str | None = None) -> str:
+    """The sweep as a table (an excerpt of large sweeps); ``out``: the file with every row."""
     sweep = result.sweep
     cols = result.columns
     n = result.n_points
@@ -260,7 +273,7 @@ def _sweep_text(result) -> str:
     right[headers.index("mode")] = False
     text = [_title_line(sweep), _table(headers, rows, right)]
     if rows_idx.size < n:
-        text.append(f"(showing {rows_idx.size} of {n} points; all are in the --out file)")
+        text.append(_excerpt_note(rows_idx, n, out))
     text.append(_sweep_footer(result))
     return "\n".join(text)
 
@@ -270,13 +283,13 @@ def _title_line(sweep) -> str:
 
     axes = ", ".join(f"{a.name} {a.values.size}" for a in sweep.grid_axes if a.values.size > 1)
     how = "transient" if sweep.transient else "steady state"
-    return f"boostsim sweep: {board_text(sweep.base)} · {sweep.n_points} points" + \
+    return f"boostsim sweep: {board_text(sweep.base)} · {quantity(sweep.n_points, 'point')}" + \
         (f" ({axes})" if axes else "") + f" · {how}"
 
 
 def _sweep_footer(result) -> str:
     cols = result.columns
-    parts = [f"{result.n_points} points in {_seconds(result.seconds)}"]
+    parts = [f"{quantity(result.n_points, 'point')} in {_seconds(result.seconds)}"]
     eff = cols["efficiency"]
     if np.isfinite(eff).any():
         i = int(np.nanargmax(eff))
@@ -294,7 +307,7 @@ def _sweep_footer(result) -> str:
     if result.limits:
         y = result.yield_summary()
         lines.append(f"limits ({', '.join(lim.text for lim in result.limits)}): {y['pass']} of "
-                     f"{y['points']} points pass")
+                     f"{quantity(y['points'], 'point')} pass")
     unreachable = int(np.isnan(cols["duty"]).sum()) if result.sweep.target == "vout" else 0
     if unreachable:
         lines.append(f"{unreachable} targets are out of reach (empty rows)")
@@ -307,7 +320,7 @@ def _monte_carlo_text(result) -> str:
     sweep, cols = result.sweep, result.columns
     mc = sweep.mc
     converged = cols["converged"].astype(bool)
-    lines = [f"boostsim Monte-Carlo: {mc.samples} samples, {mc.dist}, seed {mc.seed}, "
+    lines = [f"boostsim Monte-Carlo: {quantity(mc.samples, 'sample')}, {mc.dist}, seed {mc.seed}, "
              f"{', '.join(t.describe() for t in mc.tolerances)}",
              f"board: {board_text(sweep.base)}"]
     if sweep.vout is not None:
@@ -327,7 +340,7 @@ def _monte_carlo_text(result) -> str:
                                                           "p99", "max"))])
     lines.append(_table(headers, rows, [False] + [True] * 7))
     dcm = int((cols["mode"] == "DCM").sum())
-    lines.append(f"{mc.samples} samples in {_seconds(result.seconds)} · {dcm} in DCM · "
+    lines.append(f"{quantity(mc.samples, 'sample')} in {_seconds(result.seconds)} · {dcm} in DCM · "
                  f"{int((~converged).sum())} not converged")
     if result.limits:
         lines += yield_lines(result.yield_summary())

@@ -15,6 +15,7 @@ import numpy as np
 
 from boostsim.analysis import StepMetrics
 from boostsim.params import BoostParams
+from boostsim.units import quantity
 
 from .live import LiveResult
 from .step import BenchStep
@@ -38,9 +39,10 @@ _FIT = "#2a9d8f"
 
 
 def bench_sweep_figure(result: BenchSweep, params: BoostParams, *, title: str = ""):
-    """Measured (error bars: 2 standard errors) and simulated output voltage vs duty, and the
-    error per point (with the fitted model, if any)."""
-    from boostsim.plots import board_text
+    """Measured (error bars: ±2 standard errors of each point's mean, the legend says so) and
+    simulated output voltage vs duty, and the error per point (with the fitted model, if
+    any)."""
+    from boostsim.plots import board_text, plain_axes
 
     fig, (ax, ax_e) = _figure(2, 7, (2.2, 1))
     if result.n_points:
@@ -58,17 +60,19 @@ def bench_sweep_figure(result: BenchSweep, params: BoostParams, *, title: str = 
             names = ", ".join(f"{n}={result.fit.values[n]:.3g}" for n in result.fit.names)
             ax.plot(grid, fitted["vout_mean"], color=_FIT, lw=1.2, ls="--",
                     label=f"fitted ({names})")
+    readings = quantity(int(np.median(result.samples)) if result.n_points else 0, "reading")
+    bars = f"error bars ±2 standard errors of the mean of {readings}"
     if result.n_points:
         ax.errorbar(result.duty_effective, result.vout_mean, yerr=2 * result.vout_sem,
-                    fmt="o", ms=4, color=_MEAS, label=f"measured ({result.method}, "
-                    f"{int(np.median(result.samples))} samples/point)")
+                    fmt="o", ms=4, color=_MEAS, capsize=2,
+                    label=f"measured mean ({result.method}); {bars}")
     ax.set_ylabel("mean output voltage [V]")
     ax.grid(True, alpha=0.3)
     ax.legend(loc="upper left", fontsize=9)
     if result.sim is not None and result.n_points:
         err = result.error * 1e3
         ax_e.errorbar(result.duty_effective, err, yerr=2 * result.vout_sem * 1e3, fmt="o", ms=4,
-                      color=_MEAS, label="measured - simulated")
+                      color=_MEAS, capsize=2, label="measured - simulated (±2 standard errors)")
         if result.fit is not None:
             ax_e.plot(result.duty_effective, (result.vout_mean - result.fit.vout) * 1e3, "s",
                       ms=4, mfc="none", color=_FIT, label="measured - fitted")
@@ -84,9 +88,9 @@ def bench_sweep_figure(result: BenchSweep, params: BoostParams, *, title: str = 
     ax_e.grid(True, alpha=0.3)
     head = title or "bench sweep: measured vs simulated"
     if result.aborted:
-        head += f" (aborted after {result.n_points} points)"
+        head += f" (aborted after {quantity(result.n_points, 'point')})"
     fig.suptitle(f"{head}\n{board_text(params)}", fontsize=11)
-    return fig
+    return plain_axes(fig)
 
 
 def _metrics_text(m: StepMetrics | None) -> list[str]:
@@ -103,7 +107,7 @@ def step_figure(step: BenchStep, params: BoostParams, *, title: str = ""):
     per-period mean, with a metrics table."""
     from matplotlib.figure import Figure
 
-    from boostsim.plots import board_text
+    from boostsim.plots import board_text, plain_axes
 
     fig = Figure(figsize=(11, 5.5), layout="constrained")
     ax, ax_table = fig.subplots(1, 2, gridspec_kw={"width_ratios": (3.2, 1)})
@@ -135,13 +139,13 @@ def step_figure(step: BenchStep, params: BoostParams, *, title: str = ""):
             f"load step {', '.join(f'{k}={v:g}' for k, v in step.load_change.items())} at "
             f"duty {step.duty:g}")
     fig.suptitle(f"{title or 'bench step'}: {what}\n{board_text(params)}", fontsize=11)
-    return fig
+    return plain_axes(fig)
 
 
 def live_figure(result: LiveResult, params: BoostParams | None = None, *, title: str = ""):
     """Output voltage and setpoint (with the simulated loop, if any), duty, and the loop's
     timing (tick intervals and round trips)."""
-    from boostsim.plots import board_text
+    from boostsim.plots import board_text, plain_axes
 
     fig, (ax, ax_d, ax_t) = _figure(3, 8, (2, 1, 1))
     s = result.settings
@@ -156,6 +160,7 @@ def live_figure(result: LiveResult, params: BoostParams | None = None, *, title:
     ax.set_ylabel("output voltage [V]")
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(True, alpha=0.3)
+    _startup_zoom(ax, result)
     ax_d.set_ylabel("duty")
     ax_d.grid(True, alpha=0.3)
     ax_d.legend(loc="lower right", fontsize=8)
@@ -165,7 +170,8 @@ def live_figure(result: LiveResult, params: BoostParams | None = None, *, title:
                   label="tick interval")
         ax_t.plot(result.t, result.exchange * 1e3, lw=0.8, color="#e9c46a",
                   label="serial round trip")
-        ax_t.axhline(1e3 / s["rate"], color="k", lw=0.8, ls=":")
+        ax_t.axhline(1e3 / s["rate"], color="k", lw=0.8, ls=":",
+                     label=f"set period (1/{s['rate']:g} Hz)")
         ax_t.legend(loc="upper right", fontsize=8)
     ax_t.set_ylabel("[ms]")
     ax_t.set_xlabel("time [s] (host clock)")
@@ -174,7 +180,45 @@ def live_figure(result: LiveResult, params: BoostParams | None = None, *, title:
             f"{s['rate']:g} Hz; achieved {timing['rate']:.1f} Hz, jitter "
             f"{timing['jitter_std'] * 1e3:.3f} ms rms")
     fig.suptitle(head + (f"\n{board_text(params)}" if params is not None else ""), fontsize=10)
-    return fig
+    return plain_axes(fig)
+
+
+def startup_window(t: np.ndarray, vout: np.ndarray, vref: np.ndarray,
+                   band: float = 0.02) -> float | None:
+    """End [s] of the start-up to show in a zoom: three times the time the output takes to
+    first come within ``band`` (relative) of the setpoint, at most a quarter of the run; None
+    if it never gets there or the run is too short to zoom into."""
+    t, vout, vref = (np.asarray(x, dtype=float) for x in (t, vout, vref))
+    if t.size < 8:
+        return None
+    near = np.flatnonzero(np.abs(vout - vref) <= band * np.abs(vref))
+    if near.size == 0 or t[near[0]] <= t[0]:
+        return None
+    end = min(t[0] + 3 * (t[near[0]] - t[0]), t[0] + 0.25 * (t[-1] - t[0]))
+    return float(end) if np.count_nonzero(t <= end) >= 4 else None
+
+
+def _startup_zoom(ax, result: LiveResult) -> None:
+    """An inset of ``ax`` with the start-up (measured, setpoint, simulated)."""
+    end = startup_window(result.t, result.vout, result.vref)
+    if end is None:
+        return
+    inset = ax.inset_axes([0.33, 0.1, 0.4, 0.5])
+    keep = result.t <= end
+    inset.plot(result.t[keep] * 1e3, result.vout[keep], color=_MEAS, lw=1, marker=".", ms=3)
+    inset.plot(result.t[keep] * 1e3, result.vref[keep], color="k", lw=0.8, ls="--")
+    if result.sim is not None:
+        ks = np.asarray(result.sim["t"]) <= end
+        inset.plot(np.asarray(result.sim["t"])[ks] * 1e3, np.asarray(result.sim["vout"])[ks],
+                   color=_SIM, lw=1)
+    inset.set_title(f"start-up, first {end * 1e3:.0f} ms", fontsize=8)
+    inset.set_xlabel("time [ms]", fontsize=7)
+    inset.tick_params(labelsize=7)
+    inset.grid(True, alpha=0.3)
+    inset.set_xlim(result.t[0] * 1e3, end * 1e3)
+    ax.axvspan(result.t[0], end, color="0.85", alpha=0.5, lw=0, zorder=0,
+               label="start-up (zoom)")
+    ax.legend(loc="lower right", fontsize=8)
 
 
 # ---------------------------------------------------------------------------- live window

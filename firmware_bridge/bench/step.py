@@ -14,6 +14,7 @@ import numpy as np
 from boostsim import steady_state
 from boostsim.analysis import StepMetrics, step_response
 from boostsim.params import BoostParams
+from boostsim.units import quantity
 
 from ..board import Board, BoardError, TripError
 from ..firmware import config as fw
@@ -158,7 +159,7 @@ def run_step(board: Board, duty: float, *, duty_after: float | None = None,
     t = times - t_step
     n = smooth if smooth is not None else max(1, round(effective / 8000))
     if gaps:
-        report(f"warning: {sum(g[1] for g in gaps)} samples lost in {len(gaps)} gap(s)")
+        report(f"warning: {quantity(sum(g[1] for g in gaps), 'sample')} lost in {len(gaps)} gap(s)")
     after = t >= 0  # smooth each side on its own: no averaging across the step
     vs = np.concatenate([_smooth(volts[~after], n), _smooth(volts[after], n)])
     result = BenchStep(t=t, vout=volts, vout_smooth=vs, index=index,
