@@ -17,8 +17,10 @@ them), with only these changes:
 * a Dask ``--scheduler tcp://host:8786`` (a placeholder address) runs on a local cluster
   when ``dask.distributed`` is installed, else the command is skipped;
 * ``bench calibrate --interactive`` reads its meter readings from stdin;
+* ``emulate`` gets ``--link`` to a file in its scratch directory (and a missing ``--config``
+  file a copy of the default board);
 * ``bench live`` without ``--duration`` (it runs until Ctrl-C) gets ``--duration 1``;
-* ``--board-config my_config.py`` (the user's own firmware settings) gets a copy of the
+* ``--firmware-config my_config.py`` (the user's own firmware settings) gets a copy of the
   firmware's ``config.py``.
 A line ``A && B`` runs A, then B.
 """
@@ -142,8 +144,8 @@ def _run(command: str, scratch: Path, capsys, monkeypatch) -> None:
         return
     if "--interactive" in argv:
         monkeypatch.setattr(sys, "stdin", io.StringIO("6.8\n12.0\n"))
-    if "--board-config" in argv:
-        user_file = scratch / argv[argv.index("--board-config") + 1]
+    if "--firmware-config" in argv:
+        user_file = scratch / argv[argv.index("--firmware-config") + 1]
         shutil.copy(ROOT / "firmware_bridge" / "firmware" / "config.py", user_file)
     status = main(argv)
     out, err = capsys.readouterr()
@@ -155,8 +157,15 @@ def _run_emulator(command: str, scratch: Path) -> None:
     argv = [a for a in shlex.split(command, comments=True)[1:] if a != "&"]
     link = scratch / "board"
     argv = [str(link) if a == "/tmp/board" else a for a in argv]
+    if "--link" not in argv:  # the example prints its device path; the test needs a link
+        argv += ["--link", str(link)]
+    if "--config" in argv and not (scratch / argv[argv.index("--config") + 1]).exists():
+        shutil.copy(ROOT / "boostsim" / "data" / "default_board.toml",
+                    scratch / argv[argv.index("--config") + 1])
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen([sys.executable, "-m", "boostsim", *argv], env=env,
+    # stdin a pipe kept open: --console reads commands from it (EOF would end the emulator)
+    proc = subprocess.Popen([sys.executable, "-m", "boostsim", *argv], env=env, cwd=scratch,
+                            stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 30
