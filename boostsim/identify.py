@@ -1,0 +1,416 @@
+"""System identification: fit the exact switching model to a measured output stream.
+
+Given the excitation (the duty schedule: a starting duty and the times [s] at which the duty
+changed, on the same clock as the samples) and the measured output voltage at the sample times,
+:func:`identify` fits the inductance ``L``, the capacitance ``C``, a lumped series loss
+resistance ``r_series = r_L + r_on`` (split in the starting board's ratio), the capacitor ESR
+``r_C`` and the input voltage ``vin`` (with a measured ``vin`` as a prior where the board has
+one) -- plus the excitation's timing offset, a nuisance parameter -- by
+``scipy.optimize.least_squares`` on simulated vs measured samples.
+
+Every model evaluation is one :func:`boostsim.simulate` call whose lanes are the candidate and,
+for the Jacobian, one forward-difference lane per parameter. Uncertainties come from the
+Jacobian at the optimum (``cov = pinv(J^T J)`` scaled by the residual variance); parameters the
+data cannot separate (a relative 1-sigma above ``max_rel_std`` or a correlation beyond
+``max_corr``) are reported as not determined, together with the product of powers of them that
+the data does determine (e.g. ``L^1 C^0.97``, the resonance).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .params import BoostParams
+
+__all__ = ["FIT_NAMES", "Combination", "Excitation", "Identification", "identify",
+           "model_vout"]
+
+#: What :func:`identify` can fit: name -> (unit, description).
+FIT_NAMES: dict[str, tuple[str, str]] = {
+    "L": ("H", "inductance"),
+    "C": ("F", "output capacitance"),
+    "r_series": ("ohm", "lumped series loss resistance r_L + r_on"),
+    "r_C": ("ohm", "capacitor ESR"),
+    "vin": ("V", "input voltage"),
+    "delay": ("s", "timing offset of the duty changes (nuisance)"),
+}
+_POSITIVE = ("L", "C", "r_series", "r_C", "vin")
+_FLOOR = {"r_series": 1e-4, "r_C": 1e-5}  # lower bounds of the loss resistances [ohm]
+
+
+@dataclasses.dataclass(frozen=True)
+class Excitation:
+    """The duty schedule that drove the measurement.
+
+    ``duty0``: the duty before the record starts (the converter is in its periodic steady state
+    there at t = 0); ``times`` [s] (increasing, >= 0) at which the duty became ``duties``;
+    ``frequency`` [Hz] the switching frequency. Duties are the ones the PWM really produced.
+    """
+
+    duty0: float
+    times: np.ndarray
+    duties: np.ndarray
+    frequency: float
+
+    def __post_init__(self) -> None:
+        times = np.atleast_1d(np.asarray(self.times, dtype=float))
+        duties = np.atleast_1d(np.asarray(self.duties, dtype=float))
+        if times.ndim != 1 or times.shape != duties.shape:
+            raise ValueError(f"excitation: times and duties must be 1-D of one length, got "
+                             f"{times.shape} and {duties.shape}")
+        if not (math.isfinite(self.frequency) and self.frequency > 0):
+            raise ValueError(f"excitation: frequency must be > 0 [Hz], got {self.frequency!r}")
+        every = np.append(duties, self.duty0)
+        if not np.all(np.isfinite(every)) or np.any(every < 0) or np.any(every >= 1):
+            raise ValueError("excitation: duties must be in [0, 1)")
+        if not np.all(np.isfinite(times)) or np.any(times < 0) or np.any(np.diff(times) < 0):
+            raise ValueError("excitation: change times must be finite, >= 0 and "
+                             "non-decreasing [s]")
+        object.__setattr__(self, "times", times)
+        object.__setattr__(self, "duties", duties)
+        object.__setattr__(self, "duty0", float(self.duty0))
+
+    def schedule(self, n_periods: int, delay: np.ndarray) -> np.ndarray:
+        """Per-period duties, shape (n_periods, lanes), with the changes moved by ``delay``
+        [s] per lane. A change inside a period gives that period the time-weighted duty, so
+        the schedule varies smoothly with ``delay`` (finite differences see it)."""
+        delay = np.atleast_1d(np.asarray(delay, dtype=float))
+        ts = 1.0 / self.frequency
+        k = np.arange(n_periods)[:, None]
+        out = np.full((n_periods, delay.size), self.duty0)
+        before = np.append(self.duty0, self.duties[:-1])
+        for t_change, d_old, d_new in zip(self.times, before, self.duties, strict=True):
+            where = (t_change + delay[None, :]) / ts  # in periods
+            # Fraction of period k after the change: clip(k + 1 - where, 0, 1).
+            after = np.clip(k + 1 - where, 0.0, 1.0)
+            out += after * (d_new - d_old)
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Combination:
+    """A product of powers of fitted parameters that the data determines although its factors
+    are not separately determined: ``value = prod(start-scaled values ** exponents)``."""
+
+    names: tuple[str, ...]
+    exponents: tuple[float, ...]
+    value: float  # in the SI units of the product
+    rel_std: float  # relative 1-sigma
+
+    @property
+    def text(self) -> str:
+        terms = [n if abs(e - 1) < 5e-3 else f"{n}^{e:.2f}" for n, e in
+                 zip(self.names, self.exponents, strict=True)]
+        return "·".join(terms)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"combination": self.text, "names": list(self.names),
+                "exponents": list(self.exponents), "value": self.value,
+                "rel_std": self.rel_std}
+
+
+@dataclasses.dataclass
+class Identification:
+    """The result of :func:`identify`. Per fitted name (see :data:`FIT_NAMES`): ``start`` and
+    ``value`` (SI), ``std`` (1 sigma, SI), ``ci95`` (low, high), ``determined`` (False where
+    the data cannot separate the parameter; its value is then no more than the start moved
+    along an undetermined direction). ``combinations``: what is determined instead.
+    ``params`` the fitted board, ``params_start`` the starting board; ``rms_start_V``/
+    ``rms_V`` the residual before/after; ``model_start``/``model_fit`` the simulated samples.
+    """
+
+    names: tuple[str, ...]
+    start: dict[str, float]
+    value: dict[str, float]
+    std: dict[str, float]
+    ci95: dict[str, tuple[float, float]]
+    determined: dict[str, bool]
+    combinations: list[Combination]
+    correlation: np.ndarray
+    params: BoostParams
+    params_start: BoostParams
+    rms_start_V: float
+    rms_V: float
+    sigma_V: float
+    chi2_per_dof: float
+    success: bool
+    message: str
+    evaluations: int
+    fit_s: float
+    t: np.ndarray
+    vout: np.ndarray
+    model_start: np.ndarray
+    model_fit: np.ndarray
+    excitation: Excitation
+    vin_measured: float | None = None
+
+    def table(self) -> str:
+        """Fitted vs starting values with 95 % intervals, as text."""
+        rows = [("parameter", "start", "fitted", "95 % interval", "unit", "")]
+        for n in self.names:
+            unit = FIT_NAMES[n][0]
+            lo, hi = self.ci95[n]
+            note = "" if self.determined[n] else "NOT DETERMINED"
+            rows.append((n, f"{self.start[n]:.4g}", f"{self.value[n]:.4g}",
+                         f"{lo:.4g} .. {hi:.4g}", unit, note))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                 for r in rows]
+        for c in self.combinations:
+            lines.append(f"determined instead: {c.text} = {c.value:.4g} ± "
+                         f"{100 * c.rel_std:.2g} % (1σ)")
+        lines.append(f"residual rms {1e3 * self.rms_start_V:.2f} mV (start) -> "
+                     f"{1e3 * self.rms_V:.2f} mV (fitted); noise {1e3 * self.sigma_V:.2f} mV, "
+                     f"chi2/dof {self.chi2_per_dof:.2f}; {self.evaluations} evaluations, "
+                     f"{self.fit_s:.1f} s; {'converged' if self.success else 'NOT converged'}")
+        return "\n".join(lines)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain values, units in the keys."""
+        out: dict[str, Any] = {}
+        for n in self.names:
+            unit = FIT_NAMES[n][0]
+            out[n] = {f"start_{unit}": self.start[n], f"value_{unit}": self.value[n],
+                      f"std_{unit}": self.std[n], f"ci95_{unit}": list(self.ci95[n]),
+                      "determined": self.determined[n]}
+        return {"parameters": out, "combinations": [c.as_dict() for c in self.combinations],
+                "correlation": {"names": list(self.names),
+                                "matrix": np.round(self.correlation, 4).tolist()},
+                "rms_start_V": self.rms_start_V, "rms_V": self.rms_V, "sigma_V": self.sigma_V,
+                "chi2_per_dof": self.chi2_per_dof, "success": self.success,
+                "message": self.message, "evaluations": self.evaluations,
+                "fit_s": self.fit_s, "vin_measured_V": self.vin_measured}
+
+
+# ---------------------------------------------------------------------------- the model
+
+
+def _board(base: BoostParams, values: dict[str, np.ndarray], share: float) -> BoostParams:
+    """``base`` with per-lane fitted values (``r_series`` split into r_L and r_on)."""
+    changes: dict[str, Any] = {k: v for k, v in values.items() if k in ("L", "C", "r_C", "vin")}
+    if "r_series" in values:
+        changes["r_L"] = values["r_series"] * share
+        changes["r_on"] = values["r_series"] * (1.0 - share)
+    return base.replace(**changes)
+
+
+def model_vout(params: BoostParams, excitation: Excitation, t: np.ndarray,
+               delay: Any = 0.0) -> np.ndarray:
+    """Simulated output [V] at the sample times ``t`` [s] for every lane of ``params``:
+    the exact switching model from the periodic steady state at ``duty0``, driven by the
+    excitation (moved by ``delay`` [s] per lane); the per-period means interpolated to ``t``.
+    Returns shape (lanes, samples)."""
+    from .simulation import simulate
+    from .steady import steady_state
+
+    t = np.asarray(t, dtype=float)
+    p = params.replace(fsw=float(excitation.frequency))
+    lanes = p.n_lanes
+    delay = np.broadcast_to(np.asarray(delay, dtype=float), (lanes,))
+    ts = 1.0 / excitation.frequency
+    n_periods = max(2, math.ceil(float(t[-1]) / ts) + 2)
+    start = steady_state(p, excitation.duty0, points=2)
+    x0 = np.stack([np.broadcast_to(start.il_start, (lanes,)),
+                   np.broadcast_to(start.vc_start, (lanes,))], axis=-1)
+    schedule = excitation.schedule(n_periods, delay)
+    with np.errstate(all="ignore"):
+        sim = simulate(p, duty=schedule, t_end=n_periods * ts, dt=n_periods * ts / 2, x0=x0)
+        means = np.atleast_2d(sim.period_means()["vout"])
+    centres = (np.arange(n_periods) + 0.5) * ts
+    return np.stack([np.interp(t, centres, lane) for lane in means])
+
+
+# ---------------------------------------------------------------------------- the fit
+
+
+def _noise_sigma(v: np.ndarray) -> float:
+    """Sample-to-sample noise [V] (robust, from first differences)."""
+    d = np.diff(v)
+    if d.size < 2:
+        return float("nan")
+    return float(1.4826 * np.median(np.abs(d - np.median(d))) / math.sqrt(2))
+
+
+def identify(params: BoostParams, excitation: Excitation, t: Any, vout: Any, *,
+             fit: Sequence[str] = ("L", "C", "r_series", "r_C", "vin", "delay"),
+             vin_measured: float | None = None, vin_rel_sigma: float = 0.01,
+             max_delay: float | None = None, max_rel_std: float = 0.25,
+             max_corr: float = 0.95, max_evaluations: int = 40) -> Identification:
+    """Fit ``fit`` (names of :data:`FIT_NAMES`) so the exact switching model driven by
+    ``excitation`` matches the measured ``vout`` [V] at times ``t`` [s] (same clock as the
+    excitation; t = 0 where the converter is in its steady state at ``duty0``).
+
+    ``params``: the starting board (one lane); the parameters not fitted stay as they are
+    (the load ``R`` is taken as known). ``vin_measured`` [V]: a measured input voltage, used
+    as a prior with relative 1-sigma ``vin_rel_sigma``. ``max_delay`` [s]: bound of the
+    timing offset (default one switching period plus the largest sample interval).
+    ``max_rel_std``: the relative 1-sigma beyond which a parameter is reported as not
+    determined (so is one with a correlation of +-1: a singular direction of J^T J);
+    ``max_corr``: pairs correlated beyond it, one of them not determined, are reported with
+    the product of their powers that is determined. Raises ValueError on bad input.
+    """
+    from scipy.optimize import least_squares
+
+    t0 = time.perf_counter()
+    if not isinstance(params, BoostParams) or params.n_lanes != 1:
+        raise ValueError("identify: params must be one board (a single-lane BoostParams)")
+    names = tuple(dict.fromkeys(fit))
+    unknown = [n for n in names if n not in FIT_NAMES]
+    if unknown or not names:
+        raise ValueError(f"identify: cannot fit {unknown or list(names)}; fittable: "
+                         f"{', '.join(FIT_NAMES)}")
+    t = np.asarray(t, dtype=float).reshape(-1)
+    y = np.asarray(vout, dtype=float).reshape(-1)
+    if t.shape != y.shape:
+        raise ValueError(f"identify: t and vout differ in length ({t.size} vs {y.size})")
+    if t.size <= 3 * len(names):
+        raise ValueError(f"identify: {t.size} samples are too few to fit {len(names)} "
+                         f"parameters")
+    if not (np.all(np.isfinite(t)) and np.all(np.isfinite(y))):
+        raise ValueError("identify: t and vout must be finite")
+    if t[0] < 0 or np.any(np.diff(t) <= 0):
+        raise ValueError("identify: sample times must be >= 0 and increasing [s]")
+    if vin_measured is not None and not (math.isfinite(vin_measured) and vin_measured > 0):
+        raise ValueError(f"identify: vin_measured must be > 0 [V], got {vin_measured!r}")
+    ts = 1.0 / excitation.frequency
+    if max_delay is None:
+        max_delay = ts + float(np.max(np.diff(t)))
+    base = params.replace(fsw=float(excitation.frequency))
+    r_l0, r_on0 = float(base.r_L), float(base.r_on)
+    share = r_l0 / (r_l0 + r_on0) if r_l0 + r_on0 > 0 else 1.0
+    start = {"L": float(base.L), "C": float(base.C), "r_series": r_l0 + r_on0,
+             "r_C": float(base.r_C), "vin": float(base.vin), "delay": 0.0}
+    start = {n: start[n] for n in names}
+    if vin_measured is not None and "vin" in names:
+        start["vin"] = float(vin_measured)
+    # Internal coordinates: log of the value / start for positive parameters (relative
+    # steps, positivity), delay in switching periods.
+    ref = {n: max(start[n], _FLOOR.get(n, 0.0) * 10) for n in names if n in _POSITIVE}
+
+    def values_of(u: np.ndarray) -> dict[str, np.ndarray]:
+        u = np.atleast_2d(u)
+        return {n: (ref[n] * np.exp(u[:, i]) if n in _POSITIVE else u[:, i] * ts)
+                for i, n in enumerate(names)}
+
+    lower = np.array([math.log(_FLOOR[n] / ref[n]) if n in _FLOOR else
+                      (math.log(0.2) if n in _POSITIVE else -max_delay / ts) for n in names])
+    upper = np.array([math.log(100.0) if n in _FLOOR else
+                      (math.log(5.0) if n in _POSITIVE else max_delay / ts) for n in names])
+    u_start = np.clip(np.array([math.log(start[n] / ref[n]) if n in _POSITIVE else 0.0
+                                for n in names]), lower, upper)
+    sigma = _noise_sigma(y)
+    if not (sigma > 0):
+        sigma = max(float(np.std(y)), 1e-3)
+    vin_i = names.index("vin") if "vin" in names else None
+    h = 1e-3  # forward-difference step in the internal coordinates
+    cache: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
+    counter = [0]
+
+    def evaluate(u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        key = np.asarray(u, dtype=float).tobytes()
+        if key in cache:
+            return cache[key]
+        # Lane 0: the candidate; lane j + 1: parameter j moved by h (the Jacobian).
+        lanes = np.repeat(u[None, :], len(names) + 1, axis=0)
+        steps = np.where(u + h <= upper, h, -h)
+        lanes[1:] += np.diag(steps)
+        vals = values_of(lanes)
+        delay = vals.pop("delay", np.zeros(len(lanes)))
+        try:
+            board = _board(base, vals, share)
+        except ValueError:
+            bad = np.full(y.size + (vin_i is not None), 1e6)
+            cache[key] = (bad, np.zeros((bad.size, len(names))))
+            return cache[key]
+        model = model_vout(board, excitation, t, delay)
+        counter[0] += 1
+        res = (model - y[None, :]) / sigma
+        if vin_measured is not None and vin_i is not None:
+            vin = vals["vin"]
+            prior = (vin - vin_measured) / (vin_rel_sigma * vin_measured)
+            res = np.concatenate([res, prior[:, None]], axis=1)
+        res = np.where(np.isfinite(res), res, 1e6)
+        jac = ((res[1:] - res[0][None, :]) / steps[:, None]).T
+        cache.clear()
+        cache[key] = (res[0], jac)
+        return cache[key]
+
+    first = evaluate(u_start)
+    model_start = first[0][: y.size] * sigma + y
+    sol = least_squares(lambda u: evaluate(u)[0], u_start, jac=lambda u: evaluate(u)[1],
+                        bounds=(lower, upper), method="trf", x_scale=1.0,
+                        max_nfev=max_evaluations, xtol=1e-6, ftol=1e-9)
+    res, jac = evaluate(sol.x)
+    dof = max(1, res.size - len(names))
+    chi2 = float(np.sum(res ** 2)) / dof
+    cov = np.linalg.pinv(jac.T @ jac) * chi2  # scaled by the residual variance
+    std_u = np.sqrt(np.clip(np.diag(cov), 0, None))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        corr = cov / np.outer(std_u, std_u)
+    corr = np.nan_to_num(corr)
+    fitted = {n: float(v[0]) for n, v in values_of(sol.x).items()}
+    std: dict[str, float] = {}
+    ci: dict[str, tuple[float, float]] = {}
+    determined: dict[str, bool] = {}
+    for i, n in enumerate(names):
+        if n in _POSITIVE:
+            std[n] = fitted[n] * std_u[i]
+            ci[n] = (fitted[n] * math.exp(-1.96 * std_u[i]), fitted[n] * math.exp(1.96 *
+                                                                                std_u[i]))
+            ok = std_u[i] <= max_rel_std
+        else:
+            std[n] = std_u[i] * ts
+            ci[n] = (fitted[n] - 1.96 * std[n], fitted[n] + 1.96 * std[n])
+            ok = bool(1.96 * std_u[i] <= max_delay / ts)
+        # A marginal interval already includes what correlations cost; a correlation of
+        # +-1 means a singular direction, where the interval itself is not to be trusted.
+        determined[n] = bool(ok and np.all(np.abs(np.delete(corr[i], i)) < 0.999))
+    combos = _combinations(names, sol.x, cov, corr, ref, determined, max_corr)
+    vals = values_of(sol.x)
+    delay = vals.pop("delay", np.zeros(1))
+    board = _board(base, vals, share)
+    model_fit = model_vout(board, excitation, t, delay)[0]
+    return Identification(
+        names=names, start=start, value=fitted, std=std, ci95=ci, determined=determined,
+        combinations=combos, correlation=corr, params=board.replace(fsw=float(params.fsw)),
+        params_start=params, rms_start_V=float(np.sqrt(np.mean((model_start - y) ** 2))),
+        rms_V=float(np.sqrt(np.mean((model_fit - y) ** 2))), sigma_V=sigma,
+        chi2_per_dof=chi2, success=bool(sol.success), message=str(sol.message),
+        evaluations=counter[0], fit_s=time.perf_counter() - t0, t=t, vout=y,
+        model_start=model_start, model_fit=model_fit, excitation=excitation,
+        vin_measured=vin_measured)
+
+
+def _combinations(names: tuple[str, ...], u: np.ndarray, cov: np.ndarray, corr: np.ndarray,
+                  ref: dict[str, float], determined: dict[str, bool], max_corr: float
+                  ) -> list[Combination]:
+    """For each pair of strongly correlated positive parameters (at least one undetermined):
+    the best-determined product ``a * b^e`` (the minor axis of their joint covariance in
+    log coordinates)."""
+    out = []
+    idx = [i for i, n in enumerate(names) if n in _POSITIVE]
+    for a in idx:
+        for b in idx:
+            if b <= a or abs(corr[a, b]) < max_corr:
+                continue
+            if determined[names[a]] and determined[names[b]]:
+                continue
+            block = cov[np.ix_([a, b], [a, b])]
+            w, v = np.linalg.eigh(block)
+            minor = v[:, 0]
+            lead = int(np.argmax(np.abs(minor)))  # normalise the larger exponent to 1
+            pair = (a, b) if lead == 0 else (b, a)
+            vec = minor[[lead, 1 - lead]] / minor[lead]
+            log_value = sum(vec[k] * (math.log(ref[names[i]]) + u[i])
+                            for k, i in enumerate(pair))
+            rel = math.sqrt(max(w[0], 0.0)) / abs(minor[lead])
+            out.append(Combination(names=(names[pair[0]], names[pair[1]]),
+                                   exponents=(1.0, float(vec[1])),
+                                   value=math.exp(log_value), rel_std=rel))
+    return out
