@@ -38,7 +38,7 @@ FIT_NAMES: dict[str, tuple[str, str]] = {
     "r_series": ("ohm", "lumped series loss resistance r_L + r_on"),
     "r_C": ("ohm", "capacitor ESR"),
     "vin": ("V", "input voltage"),
-    "delay": ("s", "timing offset of the duty changes (nuisance)"),
+    "delay": ("s", "timing offset of each duty change (nuisance, not in the table)"),
 }
 _POSITIVE = ("L", "C", "r_series", "r_C", "vin")
 _FLOOR = {"r_series": 1e-4, "r_C": 1e-5}  # lower bounds of the loss resistances [ohm]
@@ -76,17 +76,21 @@ class Excitation:
         object.__setattr__(self, "duties", duties)
         object.__setattr__(self, "duty0", float(self.duty0))
 
-    def schedule(self, n_periods: int, delay: np.ndarray) -> np.ndarray:
+    def schedule(self, n_periods: int, delay: Any = 0.0) -> np.ndarray:
         """Per-period duties, shape (n_periods, lanes), with the changes moved by ``delay``
-        [s] per lane. A change inside a period gives that period the time-weighted duty, so
-        the schedule varies smoothly with ``delay`` (finite differences see it)."""
-        delay = np.atleast_1d(np.asarray(delay, dtype=float))
+        [s]: per lane (lanes,) or per lane and change (lanes, changes). A change inside a
+        period gives that period the time-weighted duty, so the schedule varies smoothly with
+        ``delay`` (finite differences see it)."""
+        delay = np.asarray(delay, dtype=float)
+        delay = delay.reshape(-1, 1) if delay.ndim < 2 else delay
+        delay = np.broadcast_to(delay, (delay.shape[0], self.times.size))
         ts = 1.0 / self.frequency
         k = np.arange(n_periods)[:, None]
-        out = np.full((n_periods, delay.size), self.duty0)
+        out = np.full((n_periods, delay.shape[0]), self.duty0)
         before = np.append(self.duty0, self.duties[:-1])
-        for t_change, d_old, d_new in zip(self.times, before, self.duties, strict=True):
-            where = (t_change + delay[None, :]) / ts  # in periods
+        for j, (t_change, d_old, d_new) in enumerate(zip(self.times, before, self.duties,
+                                                         strict=True)):
+            where = (t_change + delay[None, :, j]) / ts  # in periods
             # Fraction of period k after the change: clip(k + 1 - where, 0, 1).
             after = np.clip(k + 1 - where, 0.0, 1.0)
             out += after * (d_new - d_old)
@@ -149,6 +153,8 @@ class Identification:
     model_fit: np.ndarray
     excitation: Excitation
     vin_measured: float | None = None
+    delays_s: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
+    delays_std_s: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
 
     def table(self) -> str:
         """Fitted vs starting values with 95 % intervals, as text."""
@@ -171,6 +177,28 @@ class Identification:
                      f"{self.fit_s:.1f} s; {'converged' if self.success else 'NOT converged'}")
         return "\n".join(lines)
 
+    def comment_block(self, measured: str) -> str:
+        """TOML comment lines: what was measured (``measured``), each fitted value with its
+        95 % interval (or that it is not determined), the combinations determined instead,
+        and how r_series was split into r_L and r_on."""
+        lines = [f"# identified by boostsim bench identify: {measured}",
+                 f"# {self.t.size} samples over {1e3 * self.t[-1]:.1f} ms, residual rms "
+                 f"{1e3 * self.rms_V:.2f} mV (start {1e3 * self.rms_start_V:.2f} mV), "
+                 f"chi2/dof {self.chi2_per_dof:.2f}"]
+        for n in self.names:
+            lo, hi = self.ci95[n]
+            what = ("95 % interval" if self.determined[n] else
+                    "NOT DETERMINED by this record; interval")
+            lines.append(f"#   {n} = {self.value[n]:.5g} {FIT_NAMES[n][0]} ({what} "
+                         f"{lo:.4g} .. {hi:.4g}; start {self.start[n]:.4g})")
+        for c in self.combinations:
+            lines.append(f"#   determined instead: {c.text} = {c.value:.5g} ± "
+                         f"{100 * c.rel_std:.2g} % (1 sigma)")
+        if "r_series" in self.names:
+            lines.append("#   r_series = r_L + r_on, split in the starting board's ratio")
+        lines.append("#   R, v_f, r_d and the rest: from the starting board, not fitted")
+        return "\n".join(lines) + "\n"
+
     def as_dict(self) -> dict[str, Any]:
         """Plain values, units in the keys."""
         out: dict[str, Any] = {}
@@ -185,7 +213,8 @@ class Identification:
                 "rms_start_V": self.rms_start_V, "rms_V": self.rms_V, "sigma_V": self.sigma_V,
                 "chi2_per_dof": self.chi2_per_dof, "success": self.success,
                 "message": self.message, "evaluations": self.evaluations,
-                "fit_s": self.fit_s, "vin_measured_V": self.vin_measured}
+                "fit_s": self.fit_s, "vin_measured_V": self.vin_measured,
+                "delays_s": self.delays_s.tolist(), "delays_std_s": self.delays_std_s.tolist()}
 
 
 # ---------------------------------------------------------------------------- the model
@@ -204,7 +233,8 @@ def model_vout(params: BoostParams, excitation: Excitation, t: np.ndarray,
                delay: Any = 0.0) -> np.ndarray:
     """Simulated output [V] at the sample times ``t`` [s] for every lane of ``params``:
     the exact switching model from the periodic steady state at ``duty0``, driven by the
-    excitation (moved by ``delay`` [s] per lane); the per-period means interpolated to ``t``.
+    excitation (moved by ``delay`` [s], see :meth:`Excitation.schedule`); the per-period
+    means interpolated to ``t``.
     Returns shape (lanes, samples)."""
     from .simulation import simulate
     from .steady import steady_state
@@ -212,7 +242,11 @@ def model_vout(params: BoostParams, excitation: Excitation, t: np.ndarray,
     t = np.asarray(t, dtype=float)
     p = params.replace(fsw=float(excitation.frequency))
     lanes = p.n_lanes
-    delay = np.broadcast_to(np.asarray(delay, dtype=float), (lanes,))
+    delay = np.asarray(delay, dtype=float)
+    if delay.ndim < 2:
+        delay = np.broadcast_to(delay.reshape(-1), (lanes,))
+    elif delay.shape[0] != lanes:
+        raise ValueError(f"model_vout: delay has {delay.shape[0]} lanes, params {lanes}")
     ts = 1.0 / excitation.frequency
     n_periods = max(2, math.ceil(float(t[-1]) / ts) + 2)
     start = steady_state(p, excitation.duty0, points=2)
@@ -248,8 +282,9 @@ def identify(params: BoostParams, excitation: Excitation, t: Any, vout: Any, *,
 
     ``params``: the starting board (one lane); the parameters not fitted stay as they are
     (the load ``R`` is taken as known). ``vin_measured`` [V]: a measured input voltage, used
-    as a prior with relative 1-sigma ``vin_rel_sigma``. ``max_delay`` [s]: bound of the
-    timing offset (default one switching period plus the largest sample interval).
+    as a prior with relative 1-sigma ``vin_rel_sigma``. ``"delay"``: a timing offset per duty
+    change, within ``max_delay`` [s] (default one switching period plus the largest sample
+    interval: a change is known to one sample); reported as ``delays_s``, not in the table.
     ``max_rel_std``: the relative 1-sigma beyond which a parameter is reported as not
     determined (so is one with a correlation of +-1: a singular direction of J^T J);
     ``max_corr``: pairs correlated beyond it, one of them not determined, are reported with
@@ -260,18 +295,20 @@ def identify(params: BoostParams, excitation: Excitation, t: Any, vout: Any, *,
     t0 = time.perf_counter()
     if not isinstance(params, BoostParams) or params.n_lanes != 1:
         raise ValueError("identify: params must be one board (a single-lane BoostParams)")
-    names = tuple(dict.fromkeys(fit))
-    unknown = [n for n in names if n not in FIT_NAMES]
+    requested = tuple(dict.fromkeys(fit))
+    unknown = [n for n in requested if n not in FIT_NAMES]
+    names = tuple(n for n in requested if n in _POSITIVE)
     if unknown or not names:
-        raise ValueError(f"identify: cannot fit {unknown or list(names)}; fittable: "
-                         f"{', '.join(FIT_NAMES)}")
+        raise ValueError(f"identify: cannot fit {unknown or list(requested)}; fittable: "
+                         f"{', '.join(FIT_NAMES)} (at least one but delay)")
     t = np.asarray(t, dtype=float).reshape(-1)
     y = np.asarray(vout, dtype=float).reshape(-1)
     if t.shape != y.shape:
         raise ValueError(f"identify: t and vout differ in length ({t.size} vs {y.size})")
-    if t.size <= 3 * len(names):
-        raise ValueError(f"identify: {t.size} samples are too few to fit {len(names)} "
-                         f"parameters")
+    n_delay = excitation.times.size if "delay" in requested else 0
+    n_par = len(names) + n_delay
+    if t.size <= 3 * n_par:
+        raise ValueError(f"identify: {t.size} samples are too few to fit {n_par} parameters")
     if not (np.all(np.isfinite(t)) and np.all(np.isfinite(y))):
         raise ValueError("identify: t and vout must be finite")
     if t[0] < 0 or np.any(np.diff(t) <= 0):
@@ -284,30 +321,31 @@ def identify(params: BoostParams, excitation: Excitation, t: Any, vout: Any, *,
     base = params.replace(fsw=float(excitation.frequency))
     r_l0, r_on0 = float(base.r_L), float(base.r_on)
     share = r_l0 / (r_l0 + r_on0) if r_l0 + r_on0 > 0 else 1.0
-    start = {"L": float(base.L), "C": float(base.C), "r_series": r_l0 + r_on0,
-             "r_C": float(base.r_C), "vin": float(base.vin), "delay": 0.0}
-    start = {n: start[n] for n in names}
-    if vin_measured is not None and "vin" in names:
-        start["vin"] = float(vin_measured)
-    # Internal coordinates: log of the value / start for positive parameters (relative
-    # steps, positivity), delay in switching periods.
-    ref = {n: max(start[n], _FLOOR.get(n, 0.0) * 10) for n in names if n in _POSITIVE}
+    every = {"L": float(base.L), "C": float(base.C), "r_series": r_l0 + r_on0,
+             "r_C": float(base.r_C), "vin": float(base.vin)}
+    if vin_measured is not None:
+        every["vin"] = float(vin_measured)
+    start = {n: every[n] for n in names}
+    # Internal coordinates: log(value / ref) for the physical parameters (relative steps,
+    # positivity), then the timing offsets in switching periods.
+    ref = {n: max(start[n], _FLOOR.get(n, 0.0) * 10) for n in names}
+    lower = np.array([math.log(_FLOOR[n] / ref[n]) if n in _FLOOR else math.log(0.2)
+                      for n in names] + [-max_delay / ts] * n_delay)
+    upper = np.array([math.log(100.0) if n in _FLOOR else math.log(5.0) for n in names]
+                     + [max_delay / ts] * n_delay)
+    u_start = np.clip(np.array([math.log(start[n] / ref[n]) for n in names]
+                               + [0.0] * n_delay), lower, upper)
 
-    def values_of(u: np.ndarray) -> dict[str, np.ndarray]:
+    def board_of(u: np.ndarray) -> tuple[BoostParams, np.ndarray]:
         u = np.atleast_2d(u)
-        return {n: (ref[n] * np.exp(u[:, i]) if n in _POSITIVE else u[:, i] * ts)
-                for i, n in enumerate(names)}
+        vals = {n: ref[n] * np.exp(u[:, i]) for i, n in enumerate(names)}
+        delay = u[:, len(names):] * ts if n_delay else np.zeros((u.shape[0], 1))
+        return _board(base, vals, share), delay
 
-    lower = np.array([math.log(_FLOOR[n] / ref[n]) if n in _FLOOR else
-                      (math.log(0.2) if n in _POSITIVE else -max_delay / ts) for n in names])
-    upper = np.array([math.log(100.0) if n in _FLOOR else
-                      (math.log(5.0) if n in _POSITIVE else max_delay / ts) for n in names])
-    u_start = np.clip(np.array([math.log(start[n] / ref[n]) if n in _POSITIVE else 0.0
-                                for n in names]), lower, upper)
     sigma = _noise_sigma(y)
     if not (sigma > 0):
         sigma = max(float(np.std(y)), 1e-3)
-    vin_i = names.index("vin") if "vin" in names else None
+    vin_i = names.index("vin") if "vin" in names and vin_measured is not None else None
     h = 1e-3  # forward-difference step in the internal coordinates
     cache: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
     counter = [0]
@@ -316,23 +354,16 @@ def identify(params: BoostParams, excitation: Excitation, t: Any, vout: Any, *,
         key = np.asarray(u, dtype=float).tobytes()
         if key in cache:
             return cache[key]
-        # Lane 0: the candidate; lane j + 1: parameter j moved by h (the Jacobian).
-        lanes = np.repeat(u[None, :], len(names) + 1, axis=0)
+        # Lane 0: the candidate; lane j + 1: coordinate j moved by h (the Jacobian).
+        lanes = np.repeat(u[None, :], n_par + 1, axis=0)
         steps = np.where(u + h <= upper, h, -h)
         lanes[1:] += np.diag(steps)
-        vals = values_of(lanes)
-        delay = vals.pop("delay", np.zeros(len(lanes)))
-        try:
-            board = _board(base, vals, share)
-        except ValueError:
-            bad = np.full(y.size + (vin_i is not None), 1e6)
-            cache[key] = (bad, np.zeros((bad.size, len(names))))
-            return cache[key]
+        board, delay = board_of(lanes)
         model = model_vout(board, excitation, t, delay)
         counter[0] += 1
         res = (model - y[None, :]) / sigma
-        if vin_measured is not None and vin_i is not None:
-            vin = vals["vin"]
+        if vin_i is not None:
+            vin = ref["vin"] * np.exp(lanes[:, vin_i])
             prior = (vin - vin_measured) / (vin_rel_sigma * vin_measured)
             res = np.concatenate([res, prior[:, None]], axis=1)
         res = np.where(np.isfinite(res), res, 1e6)
@@ -341,40 +372,32 @@ def identify(params: BoostParams, excitation: Excitation, t: Any, vout: Any, *,
         cache[key] = (res[0], jac)
         return cache[key]
 
-    first = evaluate(u_start)
-    model_start = first[0][: y.size] * sigma + y
+    model_start = evaluate(u_start)[0][: y.size] * sigma + y
     sol = least_squares(lambda u: evaluate(u)[0], u_start, jac=lambda u: evaluate(u)[1],
                         bounds=(lower, upper), method="trf", x_scale=1.0,
                         max_nfev=max_evaluations, xtol=1e-6, ftol=1e-9)
     res, jac = evaluate(sol.x)
-    dof = max(1, res.size - len(names))
+    dof = max(1, res.size - n_par)
     chi2 = float(np.sum(res ** 2)) / dof
     cov = np.linalg.pinv(jac.T @ jac) * chi2  # scaled by the residual variance
     std_u = np.sqrt(np.clip(np.diag(cov), 0, None))
     with np.errstate(invalid="ignore", divide="ignore"):
-        corr = cov / np.outer(std_u, std_u)
-    corr = np.nan_to_num(corr)
-    fitted = {n: float(v[0]) for n, v in values_of(sol.x).items()}
+        corr_all = np.nan_to_num(cov / np.outer(std_u, std_u))
+    k = len(names)
+    corr = corr_all[:k, :k]
+    fitted = {n: float(ref[n] * math.exp(sol.x[i])) for i, n in enumerate(names)}
     std: dict[str, float] = {}
     ci: dict[str, tuple[float, float]] = {}
     determined: dict[str, bool] = {}
     for i, n in enumerate(names):
-        if n in _POSITIVE:
-            std[n] = fitted[n] * std_u[i]
-            ci[n] = (fitted[n] * math.exp(-1.96 * std_u[i]), fitted[n] * math.exp(1.96 *
-                                                                                std_u[i]))
-            ok = std_u[i] <= max_rel_std
-        else:
-            std[n] = std_u[i] * ts
-            ci[n] = (fitted[n] - 1.96 * std[n], fitted[n] + 1.96 * std[n])
-            ok = bool(1.96 * std_u[i] <= max_delay / ts)
+        std[n] = fitted[n] * std_u[i]
+        ci[n] = (fitted[n] * math.exp(-1.96 * std_u[i]), fitted[n] * math.exp(1.96 * std_u[i]))
         # A marginal interval already includes what correlations cost; a correlation of
         # +-1 means a singular direction, where the interval itself is not to be trusted.
-        determined[n] = bool(ok and np.all(np.abs(np.delete(corr[i], i)) < 0.999))
-    combos = _combinations(names, sol.x, cov, corr, ref, determined, max_corr)
-    vals = values_of(sol.x)
-    delay = vals.pop("delay", np.zeros(1))
-    board = _board(base, vals, share)
+        others = np.abs(np.delete(corr[i], i))
+        determined[n] = bool(std_u[i] <= max_rel_std and np.all(others < 0.999))
+    combos = _combinations(names, sol.x[:k], cov[:k, :k], corr, ref, determined, max_corr)
+    board, delay = board_of(sol.x)
     model_fit = model_vout(board, excitation, t, delay)[0]
     return Identification(
         names=names, start=start, value=fitted, std=std, ci95=ci, determined=determined,
@@ -384,7 +407,8 @@ def identify(params: BoostParams, excitation: Excitation, t: Any, vout: Any, *,
         chi2_per_dof=chi2, success=bool(sol.success), message=str(sol.message),
         evaluations=counter[0], fit_s=time.perf_counter() - t0, t=t, vout=y,
         model_start=model_start, model_fit=model_fit, excitation=excitation,
-        vin_measured=vin_measured)
+        vin_measured=vin_measured, delays_s=delay[0] if n_delay else np.zeros(0),
+        delays_std_s=std_u[k:] * ts)
 
 
 def _combinations(names: tuple[str, ...], u: np.ndarray, cov: np.ndarray, corr: np.ndarray,

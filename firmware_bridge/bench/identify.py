@@ -84,7 +84,7 @@ def _check_duties(board: Board, duty0: float, amplitude: float) -> None:
 
 
 def measure_identify(board: Board, duty0: float, amplitude: float = 0.04, *,
-                     bit: float = 2e-3, order: int = 4, rate: float = 20e3,
+                     bit: float = 2e-3, order: int = 3, rate: float = 20e3,
                      pre: float = 4e-3, post: float = 8e-3, settle: float = 0.2, log=None,
                      report: Reporter = _quiet) -> IdentifyRecord:
     """Run the excitation on ``board`` and stream the output.
@@ -176,7 +176,7 @@ def measure_identify(board: Board, duty0: float, amplitude: float = 0.04, *,
 
 
 def predicted_peak(params: BoostParams, duty0: float, amplitude: float, *, bit: float = 2e-3,
-                   order: int = 4, frequency: float = fw.PWM_FREQ_DEFAULT) -> float:
+                   order: int = 3, frequency: float = fw.PWM_FREQ_DEFAULT) -> float:
     """The highest output [V] the excitation reaches on ``params`` (simulated, per-period
     means): what :func:`run_identify` checks against ``max_vout`` before it starts."""
     levels = _levels(duty0, amplitude, prbs(order))
