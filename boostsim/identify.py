@@ -401,7 +401,8 @@ def identify(params: BoostParams, excitation: Excitation, t: Any, vout: Any, *,
     model_fit = model_vout(board, excitation, t, delay)[0]
     return Identification(
         names=names, start=start, value=fitted, std=std, ci95=ci, determined=determined,
-        combinations=combos, correlation=corr, params=board.replace(fsw=float(params.fsw)),
+        combinations=combos, correlation=corr,
+        params=_board(params, {n: float(v) for n, v in fitted.items()}, share),
         params_start=params, rms_start_V=float(np.sqrt(np.mean((model_start - y) ** 2))),
         rms_V=float(np.sqrt(np.mean((model_fit - y) ** 2))), sigma_V=sigma,
         chi2_per_dof=chi2, success=bool(sol.success), message=str(sol.message),
