@@ -155,6 +155,7 @@ class Identification:
     vin_measured: float | None = None
     delays_s: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
     delays_std_s: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
+    phase: float | None = None  # of the samples in the PWM period, in periods
 
     def table(self) -> str:
         """Fitted vs starting values with 95 % intervals, as text."""
@@ -230,19 +231,43 @@ def _board(base: BoostParams, values: dict[str, np.ndarray], share: float) -> Bo
 
 
 def model_vout(params: BoostParams, excitation: Excitation, t: np.ndarray,
-               delay: Any = 0.0) -> np.ndarray:
+               delay: Any = 0.0, phase: Any = None) -> np.ndarray:
     """Simulated output [V] at the sample times ``t`` [s] for every lane of ``params``:
     the exact switching model from the periodic steady state at ``duty0``, driven by the
     excitation (moved by ``delay`` [s], see :meth:`Excitation.schedule`); the per-period
-    means interpolated to ``t``.
-    Returns shape (lanes, samples)."""
+    means interpolated to ``t``. With ``phase`` (per lane, in switching periods: where the
+    samples fall in the PWM period) the switching ripple is added: the instantaneous output
+    minus its mean in the periodic steady state at the duty in force (exact in steady
+    state, an approximation for the first periods after a change). Returns (lanes, samples).
+    """
+    means, duty = _period_means(params, excitation, t, delay)
+    if phase is None:
+        return means
+    p = params.replace(fsw=float(excitation.frequency))
+    lanes = means.shape[0]
+    phase = np.broadcast_to(np.asarray(phase, dtype=float).reshape(-1), (lanes,))
+    levels = np.unique(np.append(excitation.duties, excitation.duty0))
+    tables = _ripple_tables(p, levels, lanes)
+    which = np.abs(duty[:, :, None] - levels[None, None, :]).argmin(axis=2)
+    theta = np.mod(np.asarray(t, dtype=float)[None, :] * excitation.frequency
+                   + phase[:, None], 1.0)
+    return means + _ripple_at(tables, which, theta)
+
+
+_RIPPLE_POINTS = 400  # waveform samples per switching period for the ripple tables
+
+
+def _period_means(params: BoostParams, excitation: Excitation, t: np.ndarray,
+                  delay: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(per-period means interpolated to ``t``, the duty of the period each sample is in),
+    both shape (lanes, samples)."""
     from .simulation import simulate
     from .steady import steady_state
 
     t = np.asarray(t, dtype=float)
     p = params.replace(fsw=float(excitation.frequency))
-    lanes = p.n_lanes
     delay = np.asarray(delay, dtype=float)
+    lanes = max(p.n_lanes, delay.shape[0] if delay.ndim == 2 else delay.size)
     if delay.ndim < 2:
         delay = np.broadcast_to(delay.reshape(-1), (lanes,))
     elif delay.shape[0] != lanes:
@@ -255,9 +280,40 @@ def model_vout(params: BoostParams, excitation: Excitation, t: np.ndarray,
     schedule = excitation.schedule(n_periods, delay)
     with np.errstate(all="ignore"):
         sim = simulate(p, duty=schedule, t_end=n_periods * ts, dt=n_periods * ts / 2, x0=x0)
-        means = np.atleast_2d(sim.period_means()["vout"])
-    centres = (np.arange(n_periods) + 0.5) * ts
-    return np.stack([np.interp(t, centres, lane) for lane in means])
+        means = np.broadcast_to(np.atleast_2d(sim.period_means()["vout"]),
+                                (lanes, n_periods))
+    # Linear interpolation between period centres, every lane at once.
+    pos = np.clip(t / ts - 0.5, 0.0, n_periods - 1.0)
+    i0 = np.minimum(pos.astype(int), n_periods - 2)
+    w = pos - i0
+    out = means[:, i0] * (1 - w) + means[:, i0 + 1] * w
+    k = np.minimum((t / ts).astype(int), n_periods - 1)
+    return out, schedule[k].T
+
+
+def _ripple_tables(params: BoostParams, levels: np.ndarray, lanes: int) -> np.ndarray:
+    """Steady-state output minus its mean over one period, shape (lanes, levels, points + 1)
+    on a uniform phase grid from 0 to 1."""
+    from .steady import steady_state
+
+    out = np.empty((lanes, levels.size, _RIPPLE_POINTS + 1))
+    for j, d in enumerate(levels):
+        with np.errstate(all="ignore"):
+            ss = steady_state(params, float(d), points=_RIPPLE_POINTS)
+        vout = np.broadcast_to(np.atleast_2d(ss.vout), (lanes, _RIPPLE_POINTS + 1))
+        out[:, j] = vout - np.broadcast_to(np.atleast_1d(ss.vout_mean), (lanes,))[:, None]
+    return np.nan_to_num(out)
+
+
+def _ripple_at(tables: np.ndarray, which: np.ndarray, theta: np.ndarray) -> np.ndarray:
+    """Linear interpolation of ``tables`` (lanes, levels, K) at phases ``theta`` in [0, 1)
+    with level indices ``which``, both (lanes, samples)."""
+    k = tables.shape[2] - 1
+    pos = theta * k
+    i0 = np.minimum(pos.astype(int), k - 1)
+    w = pos - i0
+    lane = np.arange(tables.shape[0])[:, None]
+    return tables[lane, which, i0] * (1 - w) + tables[lane, which, i0 + 1] * w
 
 
 # ---------------------------------------------------------------------------- the fit
@@ -275,7 +331,8 @@ def identify(params: BoostParams, excitation: Excitation, t: Any, vout: Any, *,
              fit: Sequence[str] = ("L", "C", "r_series", "r_C", "vin", "delay"),
              vin_measured: float | None = None, vin_rel_sigma: float = 0.01,
              max_delay: float | None = None, max_rel_std: float = 0.25,
-             max_corr: float = 0.95, max_evaluations: int = 40) -> Identification:
+             max_corr: float = 0.95, max_evaluations: int = 40,
+             ripple: bool = True) -> Identification:
     """Fit ``fit`` (names of :data:`FIT_NAMES`) so the exact switching model driven by
     ``excitation`` matches the measured ``vout`` [V] at times ``t`` [s] (same clock as the
     excitation; t = 0 where the converter is in its steady state at ``duty0``).
@@ -285,6 +342,10 @@ def identify(params: BoostParams, excitation: Excitation, t: Any, vout: Any, *,
     as a prior with relative 1-sigma ``vin_rel_sigma``. ``"delay"``: a timing offset per duty
     change, within ``max_delay`` [s] (default one switching period plus the largest sample
     interval: a change is known to one sample); reported as ``delays_s``, not in the table.
+    ``ripple``: model the switching ripple in the single conversions; the phase of the
+    samples in the PWM period (a nuisance, not smooth to fit) is scanned before the fit and
+    again after it (refitting while it moves). The ripple is what makes ``r_C`` observable
+    (its step in the output at every switching edge).
     ``max_rel_std``: the relative 1-sigma beyond which a parameter is reported as not
     determined (so is one with a correlation of +-1: a singular direction of J^T J);
     ``max_corr``: pairs correlated beyond it, one of them not determined, are reported with
@@ -335,12 +396,15 @@ def identify(params: BoostParams, excitation: Excitation, t: Any, vout: Any, *,
                      + [max_delay / ts] * n_delay)
     u_start = np.clip(np.array([math.log(start[n] / ref[n]) for n in names]
                                + [0.0] * n_delay), lower, upper)
+    k = len(names)
 
     def board_of(u: np.ndarray) -> tuple[BoostParams, np.ndarray]:
         u = np.atleast_2d(u)
         vals = {n: ref[n] * np.exp(u[:, i]) for i, n in enumerate(names)}
-        delay = u[:, len(names):] * ts if n_delay else np.zeros((u.shape[0], 1))
+        delay = u[:, k:] * ts if n_delay else np.zeros((u.shape[0], 1))
         return _board(base, vals, share), delay
+
+    phase = [_scan_phase(base, excitation, t, y, 0.0) if ripple else None]
 
     sigma = _noise_sigma(y)
     if not (sigma > 0):
@@ -351,7 +415,7 @@ def identify(params: BoostParams, excitation: Excitation, t: Any, vout: Any, *,
     counter = [0]
 
     def evaluate(u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        key = np.asarray(u, dtype=float).tobytes()
+        key = np.append(np.asarray(u, dtype=float), phase[0] or 0.0).tobytes()
         if key in cache:
             return cache[key]
         # Lane 0: the candidate; lane j + 1: coordinate j moved by h (the Jacobian).
@@ -359,7 +423,7 @@ def identify(params: BoostParams, excitation: Excitation, t: Any, vout: Any, *,
         steps = np.where(u + h <= upper, h, -h)
         lanes[1:] += np.diag(steps)
         board, delay = board_of(lanes)
-        model = model_vout(board, excitation, t, delay)
+        model = model_vout(board, excitation, t, delay, phase[0])
         counter[0] += 1
         res = (model - y[None, :]) / sigma
         if vin_i is not None:
@@ -373,9 +437,20 @@ def identify(params: BoostParams, excitation: Excitation, t: Any, vout: Any, *,
         return cache[key]
 
     model_start = evaluate(u_start)[0][: y.size] * sigma + y
-    sol = least_squares(lambda u: evaluate(u)[0], u_start, jac=lambda u: evaluate(u)[1],
-                        bounds=(lower, upper), method="trf", x_scale=1.0,
-                        max_nfev=max_evaluations, xtol=1e-6, ftol=1e-9)
+    u = u_start
+    for _ in range(3):
+        sol = least_squares(lambda u: evaluate(u)[0], u, jac=lambda u: evaluate(u)[1],
+                            bounds=(lower, upper), method="trf", x_scale=1.0,
+                            max_nfev=max(1, max_evaluations - counter[0]), xtol=1e-4,
+                            ftol=1e-6)
+        u = sol.x
+        if not ripple or counter[0] >= max_evaluations:
+            break
+        board, delay = board_of(u)
+        moved = _scan_phase(board, excitation, t, y, delay)
+        if abs((moved - phase[0] + 0.5) % 1.0 - 0.5) <= 1.5 / _PHASE_STEPS:
+            break
+        phase[0] = moved
     res, jac = evaluate(sol.x)
     dof = max(1, res.size - n_par)
     chi2 = float(np.sum(res ** 2)) / dof
@@ -383,7 +458,6 @@ def identify(params: BoostParams, excitation: Excitation, t: Any, vout: Any, *,
     std_u = np.sqrt(np.clip(np.diag(cov), 0, None))
     with np.errstate(invalid="ignore", divide="ignore"):
         corr_all = np.nan_to_num(cov / np.outer(std_u, std_u))
-    k = len(names)
     corr = corr_all[:k, :k]
     fitted = {n: float(ref[n] * math.exp(sol.x[i])) for i, n in enumerate(names)}
     std: dict[str, float] = {}
@@ -398,7 +472,7 @@ def identify(params: BoostParams, excitation: Excitation, t: Any, vout: Any, *,
         determined[n] = bool(std_u[i] <= max_rel_std and np.all(others < 0.999))
     combos = _combinations(names, sol.x[:k], cov[:k, :k], corr, ref, determined, max_corr)
     board, delay = board_of(sol.x)
-    model_fit = model_vout(board, excitation, t, delay)[0]
+    model_fit = model_vout(board, excitation, t, delay, phase[0])[0]
     return Identification(
         names=names, start=start, value=fitted, std=std, ci95=ci, determined=determined,
         combinations=combos, correlation=corr,
@@ -409,7 +483,29 @@ def identify(params: BoostParams, excitation: Excitation, t: Any, vout: Any, *,
         evaluations=counter[0], fit_s=time.perf_counter() - t0, t=t, vout=y,
         model_start=model_start, model_fit=model_fit, excitation=excitation,
         vin_measured=vin_measured, delays_s=delay[0] if n_delay else np.zeros(0),
-        delays_std_s=std_u[k:] * ts)
+        delays_std_s=std_u[k:k + n_delay] * ts,
+        phase=phase[0])
+
+
+_PHASE_STEPS = 200
+
+
+def _scan_phase(params: BoostParams, excitation: Excitation, t: np.ndarray, y: np.ndarray,
+                delay: Any, steps: int = _PHASE_STEPS) -> float:
+    """The phase [periods] of the samples in the PWM period that best explains the measured
+    ripple around the model ``params`` (one lane) with the changes moved by ``delay`` [s]
+    (a scan: the residual is not smooth in the phase)."""
+    means, duty = _period_means(params, excitation, t, delay)
+    levels = np.unique(np.append(excitation.duties, excitation.duty0))
+    tables = np.broadcast_to(_ripple_tables(params, levels, 1), (steps, levels.size,
+                                                                  _RIPPLE_POINTS + 1))
+    which = np.broadcast_to(np.abs(duty[0][:, None] - levels[None, :]).argmin(axis=1),
+                            (steps, t.size))
+    phases = np.arange(steps) / steps
+    theta = np.mod(t[None, :] * excitation.frequency + phases[:, None], 1.0)
+    detrended = y - means[0]
+    cost = np.sum((detrended[None, :] - _ripple_at(tables, which, theta)) ** 2, axis=1)
+    return float(phases[int(np.argmin(cost))])
 
 
 def _combinations(names: tuple[str, ...], u: np.ndarray, cov: np.ndarray, corr: np.ndarray,
