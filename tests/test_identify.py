@@ -163,3 +163,34 @@ def test_bench_identify_refuses_unsafe_excitations(tmp_path, capsys):
                          "--max-vout", "10")
     assert status == 1 and "predicted" in one_line_error(err)
     assert not (tmp_path / "f.toml").exists()
+
+
+def test_excitation_above_max_vout_turns_the_output_off():
+    """An adversarial board: the host's max_vout sits just above the operating point, so the
+    excitation's first swing exceeds it. The capture stops with a one-line error and the
+    output is off (also when the model's own check is bypassed by calling the measurement
+    directly)."""
+    from firmware_bridge.bench.identify import measure_identify
+    from firmware_bridge.board import BoardError
+    from firmware_bridge.emulator import Emulator
+    from firmware_bridge.session import connect
+
+    with Emulator(_hidden(), seed=12) as emu, connect(emu.port, max_vout=9.9) as board:
+        with pytest.raises(BoardError, match=r"max_vout|trip"):
+            measure_identify(board, 0.5, 0.08, settle=0.1)
+        assert board.query("OUTP?") in (0, False)
+        assert emu.plant_state()["enabled"] is False
+
+
+def test_excitation_outside_the_duty_limits_is_refused_before_anything_runs():
+    from firmware_bridge.bench.identify import measure_identify
+    from firmware_bridge.emulator import Emulator
+    from firmware_bridge.session import connect
+
+    with Emulator(seed=13) as emu, connect(emu.port, max_duty=0.52) as board:
+        for duty0, amplitude, match in ((0.5, 0.04, "max_duty"), (0.02, 0.04, "below"),
+                                        (0.3, 0.2, "amplitude"), (0.3, -0.01, "amplitude")):
+            with pytest.raises(ValueError, match=match):
+                measure_identify(board, duty0, amplitude)
+        assert board.output_state is not True
+        assert emu.plant_state()["enabled"] is False

@@ -5,7 +5,6 @@ the exact switching model fitted to it (:func:`run_identify`, :func:`boostsim.id
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from typing import Any
 
@@ -14,9 +13,16 @@ import numpy as np
 from boostsim.identify import Excitation, Identification, identify, model_vout
 from boostsim.params import BoostParams
 
-from ..board import Board, BoardError, TripError
+from ..board import Board, BoardError
 from ..firmware import config as fw
-from .common import Reporter, _hold_and_fetch, _quiet, effective_pwm, switch_on_at, unlocked_rate
+from .common import (
+    Reporter,
+    _hold_and_fetch,
+    _quiet,
+    _streamed,
+    _streaming_at,
+    effective_pwm,
+)
 
 __all__ = ["IdentifyRecord", "measure_identify", "prbs", "run_identify"]
 
@@ -120,47 +126,24 @@ def measure_identify(board: Board, duty0: float, amplitude: float = 0.04, *,
     vin = None
     begin = time.monotonic()
     freq = board.frequency
-    try:
-        trip = board.trip()
-        if trip != "NONE":
-            raise TripError(f"the board has a latched {trip} trip from before (clear it first)",
-                            trip, "PROT:TRIP?")
-        switch_on_at(board, duty0)
-        board.hold(settle, expect_on=True)
-        try:
+    with _streaming_at(board, duty0, settle=settle, rate=rate, take=take) as (effective, every):
+        try:  # the input under load, while the stream runs
             vin = float(board.measure_vin())
         except BoardError as exc:
             if exc.code != -241:
                 raise
             report("no input-voltage channel: vin is fitted from the output alone")
-        effective = board.configure_acquisition(unlocked_rate(rate, freq))
-        every = min(0.02, fw.RING_SIZE / effective / 4)
-        board.start_acquisition()
-        try:
-            _hold_and_fetch(board, pre, take, every)
-            take(board.fetch())
-            for level in [*levels, duty0]:
-                acq, mark = board.send_marked("SOUR:PWM:DUTY", round(float(level), 6))
-                take(acq)
-                marks.append(mark)
-                if len(marks) <= levels.size:
-                    time.sleep(bit)  # the next change's fetch takes what came meanwhile
-                else:
-                    _hold_and_fetch(board, post, take, every)
-            board.check(expect_on=True)
-        finally:
-            with contextlib.suppress(BoardError):
-                board.stop_acquisition()
+        _hold_and_fetch(board, pre, take, every)
         take(board.fetch())
-    finally:
-        with contextlib.suppress(BoardError):
-            board.output(False)
-    if any(c.ovp_tripped or c.wdog_tripped for c in chunks):
-        raise TripError("the board tripped during the excitation", "OVP")
-    index = np.concatenate([c.index for c in chunks if c.count])
-    times = np.concatenate([c.t for c in chunks if c.count])
-    volts = np.concatenate([c.volts for c in chunks if c.count])
-    gaps = [g for c in chunks for g in c.gaps]
+        for level in [*levels, duty0]:
+            acq, mark = board.send_marked("SOUR:PWM:DUTY", round(float(level), 6))
+            take(acq)
+            marks.append(mark)
+            if len(marks) <= levels.size:
+                time.sleep(bit)  # the next change's fetch takes what came meanwhile
+            else:
+                _hold_and_fetch(board, post, take, every)
+    index, times, volts, gaps = _streamed(chunks, "the excitation")
     if gaps:
         report(f"warning: {sum(g[1] for g in gaps)} samples lost in {len(gaps)} gap(s)")
     period = 1.0 / effective
