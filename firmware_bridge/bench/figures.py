@@ -14,8 +14,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from boostsim.analysis import StepMetrics
-from boostsim.identify import Identification
+from boostsim.identify import FIT_NAMES, Identification
 from boostsim.params import BoostParams
+from boostsim.units import format_si
 
 from .live import LiveResult
 from .step import BenchStep
@@ -298,13 +299,15 @@ def identify_figure(result: Identification, *, title: str = ""):
     ax_table.axis("off")
     cells = []
     for n in result.names:
+        unit = FIT_NAMES[n][0].replace("ohm", "Ω")
         lo, hi = result.ci95[n]
         mark = "" if result.determined[n] else " (?)"
-        cells.append([n, f"{result.start[n]:.4g}", f"{result.value[n]:.4g}{mark}",
-                      f"{lo:.3g}..{hi:.3g}"])
+        cells.append([n, format_si(result.start[n], unit, digits=3),
+                      format_si(result.value[n], unit, digits=4) + mark,
+                      f"{format_si(lo, '', digits=3)} .. {format_si(hi, unit, digits=3)}"])
     table = ax_table.table(cellText=cells, colLabels=["", "start", "fitted", "95 %"],
                            loc="center", colLoc="left", cellLoc="left",
-                           colWidths=[0.22, 0.22, 0.26, 0.3], bbox=[0.0, 0.45, 1.0, 0.4])
+                           colWidths=[0.17, 0.2, 0.25, 0.38], bbox=[0.0, 0.45, 1.0, 0.4])
     table.auto_set_font_size(False)
     table.set_fontsize(8)
     notes = ["(?): not determined by this record"] + [
