@@ -17,6 +17,9 @@ One experiment per module, as PyMeasure keeps procedures, results and plots apar
   conversions like ``MEAS:VOLT?``).
 * :mod:`.calibrate`: :func:`measure_reading`, :func:`solve_calibration`,
   :func:`calibration_toml`: ADC calibration from one or two reference voltages.
+* :mod:`.identify`: :func:`measure_identify`, a PRBS duty excitation streamed on the board's
+  clock, and :func:`run_identify`, which fits the exact model to it
+  (:func:`boostsim.identify.identify`).
 * :mod:`.common`: what they share (the effective RP2040 duty, ramping the output on, holding
   while streaming, outlier rejection); :mod:`.figures`: their figures.
 
@@ -30,14 +33,48 @@ from __future__ import annotations
 
 from .calibrate import calibration_toml, measure_reading, solve_calibration
 from .common import effective_pwm, ramp_duty, switch_on_at, unlocked_rate
-from .figures import LivePlotter, bench_sweep_figure, display_available, live_figure, step_figure
+from .figures import (
+    LivePlotter,
+    bench_sweep_figure,
+    display_available,
+    identify_figure,
+    live_figure,
+    step_figure,
+)
+from .identify import IdentifyRecord, measure_identify, run_identify
 from .live import LIVE_COLUMNS, LiveResult, host_loop_controller, run_live, simulate_live
 from .step import BenchStep, run_step, simulate_step
 from .sweep import FITTABLE, BenchSweep, LossFit, fit_losses, measure_sweep, simulate_sweep
 
-__all__ = ["FITTABLE", "LIVE_COLUMNS", "BenchStep", "BenchSweep", "LivePlotter", "LiveResult",
-           "LossFit", "bench_sweep_figure", "calibration_toml", "display_available",
-           "effective_pwm", "fit_losses", "host_loop_controller", "live_figure",
-           "measure_reading", "measure_sweep", "ramp_duty", "run_live", "run_step",
-           "simulate_live", "simulate_step", "simulate_sweep", "solve_calibration",
-           "step_figure", "switch_on_at", "unlocked_rate"]
+__all__ = [
+    "FITTABLE",
+    "LIVE_COLUMNS",
+    "BenchStep",
+    "BenchSweep",
+    "IdentifyRecord",
+    "LivePlotter",
+    "LiveResult",
+    "LossFit",
+    "bench_sweep_figure",
+    "calibration_toml",
+    "display_available",
+    "effective_pwm",
+    "fit_losses",
+    "host_loop_controller",
+    "identify_figure",
+    "live_figure",
+    "measure_identify",
+    "measure_reading",
+    "measure_sweep",
+    "ramp_duty",
+    "run_identify",
+    "run_live",
+    "run_step",
+    "simulate_live",
+    "simulate_step",
+    "simulate_sweep",
+    "solve_calibration",
+    "step_figure",
+    "switch_on_at",
+    "unlocked_rate",
+]

@@ -4,14 +4,15 @@ locked to the PWM, ramping the output on, holding while streaming, outlier rejec
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
-from ..board import Board
+from ..board import Board, BoardError, TripError
 from ..firmware import config as fw
 from ..rp2040 import PWM_CLOCK, rp2040_pwm
 
@@ -111,6 +112,46 @@ def _hold_and_fetch(board: Board, seconds: float, take: Callable[[Any], None],
             return
         time.sleep(min(every, remaining))
         take(board.fetch())
+
+
+@contextlib.contextmanager
+def _streaming_at(board: Board, duty: float, *, settle: float, rate: float,
+                  take: Callable[[Any], None]) -> Iterator[tuple[float, float]]:
+    """Refuse a latched trip, ramp the output on to ``duty`` (:func:`switch_on_at`), hold
+    ``settle`` s, then stream at about ``rate`` (:func:`unlocked_rate`) inside the block,
+    which gets (effective rate [Hz], fetch interval [s] that keeps the ring from
+    overflowing). On exit the output is checked on (normal exit), the stream stops, the rest
+    is fetched into ``take``, and the output is off however the block ends."""
+    try:
+        trip = board.trip()
+        if trip != "NONE":
+            raise TripError(f"the board has a latched {trip} trip from before (clear it first)",
+                            trip, "PROT:TRIP?")
+        switch_on_at(board, duty)
+        board.hold(settle, expect_on=True)
+        effective = board.configure_acquisition(unlocked_rate(rate, board.frequency))
+        board.start_acquisition()
+        try:
+            yield effective, min(0.02, fw.RING_SIZE / effective / 4)
+            board.check(expect_on=True)
+        finally:
+            with contextlib.suppress(BoardError):
+                board.stop_acquisition()
+        take(board.fetch())
+    finally:
+        with contextlib.suppress(BoardError):
+            board.output(False)
+
+
+def _streamed(chunks: list, what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, list]:
+    """The fetched chunks of a streamed capture joined: (index, board time [s], volts, gaps);
+    TripError naming ``what`` if the board tripped meanwhile."""
+    if any(c.ovp_tripped or c.wdog_tripped for c in chunks):
+        raise TripError(f"the board tripped during {what}", "OVP")
+    index = np.concatenate([c.index for c in chunks if c.count])
+    times = np.concatenate([c.t for c in chunks if c.count])
+    volts = np.concatenate([c.volts for c in chunks if c.count])
+    return index, times, volts, [g for c in chunks for g in c.gaps]
 
 
 def _smooth(y: np.ndarray, n: int) -> np.ndarray:

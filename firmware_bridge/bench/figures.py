@@ -14,8 +14,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from boostsim.analysis import StepMetrics
+from boostsim.identify import FIT_NAMES, Identification
 from boostsim.params import BoostParams
-from boostsim.units import quantity
+from boostsim.units import format_si, quantity
 
 from .live import LiveResult
 from .step import BenchStep
@@ -310,3 +311,53 @@ class LivePlotter:
                 self._queue.put_nowait(self._batch)
                 self._queue.put_nowait(None)
             self.active = False
+
+
+def identify_figure(result: Identification, *, title: str = ""):
+    """Measured output (single conversions) over the model before (starting board) and after
+    the fit, with the residuals below and the fitted-vs-start table beside."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 6.5), layout="constrained")
+    grid = fig.add_gridspec(2, 2, width_ratios=(3.2, 1.3), height_ratios=(3, 1.2))
+    ax = fig.add_subplot(grid[0, 0])
+    ax_res = fig.add_subplot(grid[1, 0], sharex=ax)
+    ax_table = fig.add_subplot(grid[:, 1])
+    t_ms = result.t * 1e3
+    ax.plot(t_ms, result.vout, ".", ms=2, color=_MEAS, alpha=0.35, label="measured")
+    ax.plot(t_ms, result.model_start, color="0.55", lw=1.2, ls="--",
+            label=f"starting board (rms {result.rms_start_V * 1e3:.1f} mV)")
+    ax.plot(t_ms, result.model_fit, color=_SIM, lw=1.8,
+            label=f"fitted (rms {result.rms_V * 1e3:.1f} mV)")
+    for t_change in result.excitation.times:
+        ax.axvline(t_change * 1e3, color="k", lw=0.5, ls=":", alpha=0.4)
+    ax.set_ylabel("output voltage [V]")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best", fontsize=9)
+    ax_res.plot(t_ms, (result.vout - result.model_start) * 1e3, color="0.55", lw=0.6)
+    ax_res.plot(t_ms, (result.vout - result.model_fit) * 1e3, color=_SIM, lw=0.8)
+    ax_res.set_ylabel("measured - model [mV]")
+    ax_res.set_xlabel("time [ms] (board clock)")
+    ax_res.grid(True, alpha=0.3)
+    ax_table.axis("off")
+    cells = []
+    for n in result.names:
+        unit = FIT_NAMES[n][0].replace("ohm", "Ω")
+        lo, hi = result.ci95[n]
+        mark = "" if result.determined[n] else " (?)"
+        cells.append([n, format_si(result.start[n], unit, digits=3),
+                      format_si(result.value[n], unit, digits=4) + mark,
+                      f"{format_si(lo, '', digits=3)} .. {format_si(hi, unit, digits=3)}"])
+    table = ax_table.table(cellText=cells, colLabels=["", "start", "fitted", "95 %"],
+                           loc="center", colLoc="left", cellLoc="left",
+                           colWidths=[0.17, 0.2, 0.25, 0.38], bbox=[0.0, 0.45, 1.0, 0.4])
+    table.auto_set_font_size(False)
+    table.set_fontsize(8)
+    notes = ["(?): not determined by this record"] + [
+        f"determined: {c.text} = {c.value:.3g} ± {100 * c.rel_std:.2g} %"
+        for c in result.combinations]
+    ax_table.text(0.0, 0.4, "\n".join(notes), fontsize=8, va="top",
+                  transform=ax_table.transAxes)
+    fig.suptitle(f"{title or 'bench identify'}: duty {result.excitation.duty0:.3g} ± PRBS, "
+                 f"{result.t.size} samples", fontsize=11)
+    return fig

@@ -16,16 +16,15 @@ from boostsim.analysis import StepMetrics, step_response
 from boostsim.params import BoostParams
 from boostsim.units import quantity
 
-from ..board import Board, BoardError, TripError
-from ..firmware import config as fw
+from ..board import Board
 from .common import (
     Reporter,
     _hold_and_fetch,
     _quiet,
     _smooth,
+    _streamed,
+    _streaming_at,
     effective_pwm,
-    switch_on_at,
-    unlocked_rate,
 )
 
 # ---------------------------------------------------------------------------- step
@@ -102,56 +101,32 @@ def run_step(board: Board, duty: float, *, duty_after: float | None = None,
 
     mark_lo = mark_hi = None
     freq = board.frequency
-    try:
-        trip = board.trip()
-        if trip != "NONE":
-            raise TripError(f"the board has a latched {trip} trip from before (clear it first)",
-                            trip, "PROT:TRIP?")
-        switch_on_at(board, duty)
-        board.hold(settle, expect_on=True)
-        effective = board.configure_acquisition(unlocked_rate(rate, freq))
-        ring_time = fw.RING_SIZE / effective
-        every = min(0.02, ring_time / 4)
-        board.start_acquisition()
-        try:
-            _hold_and_fetch(board, pre, take, every)
-            take(board.fetch())
-            if duty_after is not None:
-                acq, mark = board.send_marked("SOUR:PWM:DUTY", round(float(duty_after), 6))
-                take(acq)
-                mark_lo = mark_hi = mark
+    with _streaming_at(board, duty, settle=settle, rate=rate, take=take) as (effective, every):
+        _hold_and_fetch(board, pre, take, every)
+        take(board.fetch())
+        if duty_after is not None:
+            acq, mark = board.send_marked("SOUR:PWM:DUTY", round(float(duty_after), 6))
+            take(acq)
+            mark_lo = mark_hi = mark
+            uncertainty = 1.0 / effective
+        else:
+            before = board.fetch()
+            take(before)
+            lo = before.index[-1] + 1 if before.count else _last_index(chunks) + 1
+            when = apply_load()
+            after = board.fetch()
+            take(after)
+            hi = after.index[-1] + 1 if after.count else lo
+            if when is not None and after.count:
+                # The caller knows the board time of the change (an emulator does).
+                exact = after.index[-1] + (float(when) - after.t[-1]) * effective
+                mark_lo = mark_hi = min(max(exact, lo), hi)
                 uncertainty = 1.0 / effective
             else:
-                before = board.fetch()
-                take(before)
-                lo = before.index[-1] + 1 if before.count else _last_index(chunks) + 1
-                when = apply_load()
-                after = board.fetch()
-                take(after)
-                hi = after.index[-1] + 1 if after.count else lo
-                if when is not None and after.count:
-                    # The caller knows the board time of the change (an emulator does).
-                    exact = after.index[-1] + (float(when) - after.t[-1]) * effective
-                    mark_lo = mark_hi = min(max(exact, lo), hi)
-                    uncertainty = 1.0 / effective
-                else:
-                    mark_lo, mark_hi = lo, hi
-                    uncertainty = max(1, hi - lo) / effective / 2
-            _hold_and_fetch(board, post, take, every)
-            board.check(expect_on=True)
-        finally:
-            with contextlib.suppress(BoardError):
-                board.stop_acquisition()
-        take(board.fetch())
-    finally:
-        with contextlib.suppress(BoardError):
-            board.output(False)
-    index = np.concatenate([c.index for c in chunks if c.count])
-    volts = np.concatenate([c.volts for c in chunks if c.count])
-    times = np.concatenate([c.t for c in chunks if c.count])
-    gaps = [g for c in chunks for g in c.gaps]
-    if any(c.ovp_tripped or c.wdog_tripped for c in chunks):
-        raise TripError("the board tripped during the step capture", "OVP")
+                mark_lo, mark_hi = lo, hi
+                uncertainty = max(1, hi - lo) / effective / 2
+        _hold_and_fetch(board, post, take, every)
+    index, times, volts, gaps = _streamed(chunks, "the step capture")
     mark = 0.5 * (mark_lo + mark_hi)
     period = 1.0 / effective
     t0_board = times[0] - index[0] * period  # board time of index 0

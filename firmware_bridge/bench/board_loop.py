@@ -1,0 +1,98 @@
+"""The board's own PID loop (``CONT:MODE PID``): a setpoint step streamed on the board's clock
+(:func:`run_board_step`) and the same loop in the switching simulator
+(:func:`simulate_board_step`), for comparing a model's predicted closed-loop step with the
+board's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+
+import numpy as np
+
+from boostsim import simulate, steady_state
+from boostsim.params import BoostParams
+
+from ..board import Board, BoardError
+from ..firmware import config as fw
+from .common import _hold_and_fetch, _streamed, unlocked_rate
+from .live import host_loop_controller
+
+__all__ = ["BoardLoop", "run_board_step", "simulate_board_step"]
+
+
+@dataclasses.dataclass(frozen=True)
+class BoardLoop:
+    """The on-board PID and its setpoint step: gains ``kp`` [duty/V], ``ki`` [duty/(V s)],
+    ``kd`` [duty s/V], update ``rate`` [Hz], the step ``v_from`` -> ``v_to`` [V]."""
+
+    kp: float
+    ki: float
+    rate: float
+    v_from: float
+    v_to: float
+    kd: float = 0.0
+
+
+def run_board_step(board: Board, loop: BoardLoop, *, pre: float = 0.01, post: float = 0.15,
+                   settle: float = 0.5, soft_start: float = 50.0, rate: float = 20e3
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Run the board's PID at ``loop.v_from`` (soft start at ``soft_start`` V/s, ``settle``
+    s), stream the output, step the setpoint to ``loop.v_to`` (marked on the sample clock)
+    and capture ``post`` s. Returns (t [s] from the step, vout [V] single conversions). The
+    output is off and the board back in ``CONT:MODE OPEN`` when this returns."""
+    chunks: list = []
+    board.send("CONT:PID", loop.kp, loop.ki, loop.kd)
+    board.send("CONT:RATE", loop.rate)
+    board.send("CONT:SLEW", soft_start)
+    board.send("CONT:VREF", loop.v_from)
+    board.send("CONT:MODE", "PID")
+    try:
+        board.output(True)
+        board.hold(settle, expect_on=True)
+        board.send("CONT:SLEW", 0.0)  # the step itself is a step
+        effective = board.configure_acquisition(unlocked_rate(rate, board.frequency))
+        board.start_acquisition()
+        try:
+            _hold_and_fetch(board, pre, chunks.append, 0.005)
+            chunks.append(board.fetch())
+            acq, mark = board.send_marked("CONT:VREF", loop.v_to)
+            chunks.append(acq)
+            _hold_and_fetch(board, post, chunks.append, min(0.02, fw.RING_SIZE / effective / 4))
+            board.check(expect_on=True)
+        finally:
+            with contextlib.suppress(BoardError):
+                board.stop_acquisition()
+        chunks.append(board.fetch())
+    finally:
+        with contextlib.suppress(BoardError):
+            board.output(False)
+        with contextlib.suppress(BoardError):
+            board.send("CONT:MODE", "OPEN")
+    index, _, volts, _ = _streamed(chunks, "the closed-loop step")
+    return (index - mark + 0.5) / effective, volts
+
+
+def simulate_board_step(params: BoostParams, loop: BoardLoop, t: np.ndarray, *,
+                        pre: float = 0.01, seed: int | None = 1) -> np.ndarray:
+    """The same loop in the switching simulator (the firmware's ``CONT_AVG`` conversions per
+    update, the RP2040 PWM), from the steady state at ``v_from`` with the integrator there,
+    the setpoint stepped at t = 0; per-period means of vout [V] at ``t`` [s]."""
+    duties = np.linspace(0.02, fw.DUTY_LIMIT_DEFAULT, 150)
+    curve = steady_state(params, duties, points=2).vout_mean
+    if not curve.min() <= loop.v_from <= curve.max():
+        raise ValueError(f"v_from {loop.v_from:g} V is outside what the board reaches in open "
+                         f"loop ({curve.min():.3g} .. {curve.max():.3g} V)")
+    d_from = float(np.interp(loop.v_from, curve, duties))
+    start = steady_state(params, d_from, points=2)
+    ctrl, every, _ = host_loop_controller(params, kp=loop.kp, ki=loop.ki, kd=loop.kd,
+                                          rate=loop.rate, average=fw.CONT_AVG, seed=seed,
+                                          initial_duty=d_from)
+    ts = 1.0 / float(params.fsw)
+    t = np.asarray(t, dtype=float)
+    sim = simulate(params, controller=ctrl, vref=[(0, loop.v_from), (pre, loop.v_to)],
+                   t_end=pre + max(float(t[-1]), ts), dt=ts * every,
+                   x0=(float(start.il_start), float(start.vc_start)))
+    means = sim.period_means()
+    return np.interp(t, np.ravel(means["t_start"]) + 0.5 * ts - pre, np.ravel(means["vout"]))
