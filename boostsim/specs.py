@@ -58,8 +58,11 @@ _TOL_FIELDS = ("duty", *_PARAMS)
 # -- ranges, axes, tolerances, limits -------------------------------------------------------
 
 def _number(text: str, what: str) -> float:
+    """The number in ``text``; a unit word must be the unit of the converter field ``what``
+    (``L=22uF`` is refused) when ``what`` names one."""
+    field = FIELDS.get(what)
     try:
-        return parse_si(text.strip(), name=what)
+        return parse_si(text.strip(), name=what, unit=field.unit if field else None)
     except ValueError as exc:
         raise ValueError(str(exc)) from None
 

@@ -93,3 +93,13 @@ def test_limits_forms_aliases_and_units():
 def test_bad_limits_say_why(text, match):
     with pytest.raises(ValueError, match=match):
         parse_limit(text)
+
+
+def test_axis_and_tolerance_values_carry_the_fields_unit():
+    # A unit word must be the swept field's own unit: a farad inductor is a slip, not 22 uH.
+    np.testing.assert_allclose(parse_axis("L=22uH:220u:2").values, [22e-6, 220e-6])
+    assert parse_tolerance("C=5uF").value == pytest.approx(5e-6)
+    for text, parse in (("L=22uF:220u:3", parse_axis), ("fsw=100kV,200k", parse_axis),
+                        ("C=5uH", parse_tolerance)):
+        with pytest.raises(ValueError, match="is not the unit of this value"):
+            parse(text)
