@@ -453,10 +453,12 @@ def test_a_killed_sweep_keeps_every_point_and_the_previous_result(emu, tmp_path)
     assert np.all(np.isfinite(cols["vout_meas_V"])) and np.all(np.isfinite(cols["vout_sim_V"]))
     # The earlier result is untouched (no partial file ever replaces it).
     assert (tmp_path / "sweep.csv").read_text() == "# an earlier, complete result\n"
-    # A sweep that ends replaces it with the complete result and removes its partial file.
+    # A sweep that ends replaces it with the complete result and removes its partial file
+    # (--clear-trip: the killed host left the output on, so the board's watchdog tripped).
     partial.rename(tmp_path / "kept.partial.csv")
     proc = run("bench", "sweep", "--port", emu.port, "--duty", "0.2:0.3:0.1", "--settle",
-               "0.05", "--samples", "4", "--out", "sweep.csv", "--no-files", cwd=tmp_path)
+               "0.05", "--samples", "4", "--out", "sweep.csv", "--no-files", "--clear-trip",
+               cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     meta, cols = read_csv(tmp_path / "sweep.csv")
     assert meta["status"] == "complete" and cols["duty"].size == 2

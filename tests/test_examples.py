@@ -54,15 +54,17 @@ def _readme_commands() -> list[str]:
             parts = [p.strip() for p in line.split("&&") if p.strip().startswith("boostsim ")]
             if parts:
                 commands.append(" && ".join(parts))
+    rows = set()  # a table row's command: run with the options its row gives
     for line in README.splitlines():
         cells = line.split("|")
         first = re.fullmatch(r"\s*`(boostsim [^`/]*)`\s*", cells[1]) if len(cells) > 2 else None
         if first:
+            rows.add(first[1])
             for span in re.findall(r"`([^`]*)`", "|".join(cells[2:])):
                 if span.startswith("--") and " " in span:
                     commands.append(f"{first[1]} {span}")
     for span in re.findall(r"`(boostsim [^`]*)`", README):
-        if "/" not in span and not re.fullmatch(r"boostsim \w+", span):
+        if "/" not in span and not re.fullmatch(r"boostsim \w+", span) and span not in rows:
             commands.append(span)
     return [("README.md", c) for c in commands]
 
