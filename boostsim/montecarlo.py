@@ -92,7 +92,7 @@ def load_step_yield(base: BoostParams, controller: DigitalController, *, vref: A
     lanes) and measure the
     response; returns a :class:`~boostsim.sweep.SweepResult` whose columns are the sample
     number, the drawn fields and ``COLUMNS`` (plus ``pass`` with limits; see
-    ``yield_summary``)."""
+    ``yield_summary``), and whose ``nominal`` holds ``COLUMNS`` for the nominal board."""
     started = time.perf_counter()
     if step.vin is not None or (step.R is None and step.i_load is None):
         raise ValueError("a load step changes R and/or i_load (not vin)")
@@ -129,10 +129,17 @@ def load_step_yield(base: BoostParams, controller: DigitalController, *, vref: A
         for name, values in disturbance_response(t, means, step.t, band).items():
             figures[name][start:stop] = values
     columns.update(figures)
+    # The nominal board under the same loop (its own noise draw), for comparison.
+    means, _ = closed_loop_means(base, _chunk_controller(controller, samples), t_end=t_end,
+                                 vref=vref, steps=[step], x0=x0)
+    t = np.arange(means.shape[1]) / float(base.fsw)
+    nominal = {name: float(values[0]) for name, values in
+               disturbance_response(t, np.atleast_2d(means), step.t, band).items()}
     columns["converged"] = np.all([np.isfinite(v) for v in figures.values()], axis=0)
     if limits:
         ok = columns["converged"].copy()
         for lim in limits:
             ok &= lim.passes(columns[lim.name])
         columns["pass"] = ok
-    return SweepResult(sweep, columns, tuple(limits), seconds=time.perf_counter() - started)
+    return SweepResult(sweep, columns, tuple(limits), seconds=time.perf_counter() - started,
+                       nominal=nominal)

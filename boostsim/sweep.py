@@ -423,6 +423,9 @@ class SweepResult:
     limits: tuple[Limit, ...] = ()
     nominal_duty: float | None = None
     seconds: float = 0.0
+    #: The study's figures for the nominal board (no tolerance drawn), where it has them
+    #: (:func:`boostsim.montecarlo.load_step_yield`); None otherwise.
+    nominal: dict[str, float] | None = None
 
     @property
     def n_points(self) -> int:

@@ -118,3 +118,23 @@ def test_cli_monte_carlo_errors_are_one_line(capsys, extra, match):
 
     status, _, err = cli(capsys, "simulate", "--t-end", "12m", *extra)
     assert status == 2 and match in one_line_error(err)
+
+
+def test_the_nominal_board_is_reported_beside_the_draws():
+    # A zero tolerance draws the nominal board in every lane: the study's own nominal figures
+    # must then sit inside the (noise-only) spread of the draws, and equal the numpy engine's.
+    result = load_step_yield(BOARD, DigitalController(_controller().pid, adc=ADC()),
+                             vref=12.0, step=STEP, t_end=T_END, samples=4,
+                             tolerances=[parse_tolerance("L=0%")])
+    assert set(result.nominal) == set(COLUMNS)
+    for name in COLUMNS:  # noise-free ADC: every lane is the nominal board exactly
+        np.testing.assert_allclose(result.columns[name], result.nominal[name], rtol=1e-9,
+                                   atol=1e-12, err_msg=name)
+    ref = simulate(BOARD, controller=DigitalController(_controller().pid, adc=ADC()),
+                   vref=12.0, t_end=T_END, dt=TS, steps=[STEP], engine="numpy")
+    means = ref.period_means()
+    expected = disturbance_response(means["t_start"], np.atleast_2d(means["vout"]), STEP.t,
+                                    0.01)
+    for name in COLUMNS:
+        assert result.nominal[name] == pytest.approx(float(expected[name][0]), rel=1e-9,
+                                                     abs=1e-12), name

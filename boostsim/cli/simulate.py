@@ -331,7 +331,7 @@ def _cmd_monte_carlo(ctx: Context, drive: dict[str, Any], loop: dict[str, Any] |
         "closed_loop": loop, "load_step": {"t": step.t, **{k: getattr(step, k) for k in
                                                            ("R", "i_load")
                                                            if getattr(step, k) is not None}},
-        "figures": stats, "seconds": result.seconds}
+        "figures": stats, "nominal": result.nominal, "seconds": result.seconds}
     if a.limits:
         summary["yield"] = result.yield_summary()
     files: dict[str, str] = {}
@@ -347,10 +347,11 @@ def _cmd_monte_carlo(ctx: Context, drive: dict[str, Any], loop: dict[str, Any] |
                   f"; {a.dist or 'uniform'}, seed {a.seed or 0}) · {board_text(params)} · PID to "
                   f"{a.vref:g} V every {loop['every_periods']} periods · load step at "
                   f"{_si(step.t, 't_rise')} · {_si(a.t_end, 't_rise')}")
-        rows = [[label, *(_fmt(stats[name][k] * scale, spec) for k in _MC_STATS)]
+        rows = [[label, _fmt(result.nominal[name] * scale, spec),
+                 *(_fmt(stats[name][k] * scale, spec) for k in _MC_STATS)]
                 for name, label, scale, spec in _MC_ROWS]
-        ctx.print(_table(["figure", "min", "1 %", "median", "99 %", "max"], rows,
-                         [False] + [True] * len(_MC_STATS)))
+        ctx.print(_table(["figure", "nominal", "min", "1 %", "median", "99 %", "max"], rows,
+                         [False] + [True] * (1 + len(_MC_STATS))))
         ctx.print(f"{a.mc} boards in {result.seconds:.2f} s")
         if a.limits:
             ctx.print("\n".join(yield_lines(summary["yield"])))
