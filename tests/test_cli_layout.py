@@ -84,6 +84,40 @@ def test_the_bench_package_is_allowed_and_nothing_beside_it():
     assert not is_board_command("bench/session.py")
 
 
+def unresolved_imports(root: Path) -> set[str]:
+    """'module imports name' for each relative import (lazy ones too) in the package directory
+    ``root`` that names no module of it: what moving a module leaves behind, and what only
+    fails when that import runs."""
+    bad = set()
+    for p in root.rglob("*.py"):
+        tree = ast.parse(p.read_text(encoding="utf-8"), filename=str(p))
+        package = p.relative_to(root.parent).with_suffix("").parts[:-1]
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.ImportFrom) and node.level):
+                continue
+            base = package[:len(package) - node.level + 1]
+            target = root.parent.joinpath(*base, *(node.module or "").split("."))
+            if not (target.with_suffix(".py").is_file() or (target / "__init__.py").is_file()):
+                bad.add(f"{p.relative_to(root).as_posix()} imports "
+                        f"{'.' * node.level}{node.module or ''}")
+    return bad
+
+
+def test_relative_imports_name_existing_modules(tmp_path):
+    assert unresolved_imports(BOOSTSIM) == set()
+    assert unresolved_imports(BRIDGE) == set()
+    sim = tmp_path / "boostsim"
+    (sim / "cli" / "bench").mkdir(parents=True)
+    (sim / "__init__.py").write_text("")
+    (sim / "params.py").write_text("")
+    (sim / "cli" / "config.py").write_text("")
+    (sim / "cli" / "bench" / "__init__.py").write_text("from . import sweep\n")
+    (sim / "cli" / "bench" / "sweep.py").write_text(
+        "from ...params import X\nfrom ..config import Y\n\n"
+        "def f():\n    from .config import Z\n    from ..bench import sweep\n")
+    assert unresolved_imports(sim) == {"cli/bench/sweep.py imports .config"}
+
+
 def test_host_code_does_not_import_the_emulator():
     assert emulator_importers() == set()
 

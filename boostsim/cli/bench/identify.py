@@ -63,7 +63,7 @@ def cmd_bench_identify(ctx: Context) -> int:
     from firmware_bridge import bench
     from firmware_bridge.bench.identify import MAX_AMPLITUDE
 
-    from .config import effective_toml
+    from ..config import effective_toml
 
     a = ctx.args
     out = Path(a.out)
