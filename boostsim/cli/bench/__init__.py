@@ -10,7 +10,7 @@ import argparse
 
 from ..args import _Formatter, _Parser
 from . import calibrate, identify, live, ports, step, sweep
-from .session import board_loop_controller, connection_options
+from .session import BenchParents, board_loop_controller, connection_options
 
 __all__ = ["board_loop_controller", "register"]
 
@@ -52,7 +52,6 @@ examples:
 def register(sub, base: argparse.ArgumentParser, board: argparse.ArgumentParser,
              files: argparse.ArgumentParser) -> None:
     """Add the ``bench`` command and its actions to the subparsers ``sub``."""
-    common = connection_options()
     p = sub.add_parser("bench", formatter_class=_Formatter, help="the bench board",
                        description="Experiments on the bench board (or its emulator), each "
                                    "beside the same simulation.", epilog=_BENCH_EPILOG)
@@ -60,5 +59,6 @@ def register(sub, base: argparse.ArgumentParser, board: argparse.ArgumentParser,
     p.set_defaults(func=None)
 
     ports.register(bsub, base, _BENCH_EPILOG)
+    parents = BenchParents(base, board, files, connection_options())
     for action in (sweep, step, live, identify, calibrate):
-        action.register(bsub, base, board, files, common)
+        action.register(bsub, parents)

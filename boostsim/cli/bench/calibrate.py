@@ -4,14 +4,13 @@ two reference voltages.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from ...units import parse_si
 from ..args import _duty_value, _Formatter, _int_at_least, _nonnegative, _vout_value
 from ..context import CliError, Context, _UsageError
 from ..format import _check_writable
-from .session import _BenchSession
+from .session import BenchParents, _BenchSession
 
 _BENCH_CALIBRATE_EPILOG = """\
 Calibration of the output-voltage reading: v = gain * v_board + offset (CAL:VOUT). One point
@@ -35,11 +34,10 @@ examples:
 """
 
 
-def register(bsub, base: argparse.ArgumentParser, board: argparse.ArgumentParser,
-             files: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
-    """Add ``bench calibrate`` to the bench subparsers ``bsub`` (the shared option groups:
-    ``base``, ``board``, ``files`` and the connection options ``common``)."""
-    q = bsub.add_parser("calibrate", parents=[base, board, common], formatter_class=_Formatter,
+def register(bsub, p: BenchParents) -> None:
+    """Add ``bench calibrate`` to the bench subparsers ``bsub``."""
+    q = bsub.add_parser("calibrate", parents=[p.base, p.board, p.connection],
+                        formatter_class=_Formatter,
                         help="ADC calibration from reference voltages",
                         description="Calibrate the board's output-voltage reading from one or "
                                     "two reference voltages.", epilog=_BENCH_CALIBRATE_EPILOG)

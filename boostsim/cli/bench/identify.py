@@ -4,13 +4,12 @@ as the fitted board file.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from ..args import _duty_value, _Formatter, _int_at_least, _positive, _positive_time
 from ..context import CliError, Context, _UsageError
 from ..format import _PLOT_KINDS, _check_writable, _write_plot
-from .session import _BenchSession
+from .session import BenchParents, _BenchSession
 
 _BENCH_IDENTIFY_EPILOG = """\
 The output is ramped on to --duty and held 0.2 s; the input voltage is read (MEAS:VOLT:IN?,
@@ -29,11 +28,10 @@ examples:
 """
 
 
-def register(bsub, base: argparse.ArgumentParser, board: argparse.ArgumentParser,
-             files: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
-    """Add ``bench identify`` to the bench subparsers ``bsub`` (the shared option groups:
-    ``base``, ``board``, ``files`` and the connection options ``common``)."""
-    q = bsub.add_parser("identify", parents=[base, board, common], formatter_class=_Formatter,
+def register(bsub, p: BenchParents) -> None:
+    """Add ``bench identify`` to the bench subparsers ``bsub``."""
+    q = bsub.add_parser("identify", parents=[p.base, p.board, p.connection],
+                        formatter_class=_Formatter,
                         help="identify L, C, losses and vin from a PRBS excitation",
                         description="Fit the exact switching model (L, C, series losses, ESR, "
                                     "vin) to a short PRBS duty excitation streamed by the "

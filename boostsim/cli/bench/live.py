@@ -4,7 +4,6 @@ beside the same loop simulated.
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from typing import Any
@@ -24,7 +23,7 @@ from ..args import (
 )
 from ..context import CliError, Context, _UsageError
 from ..format import _PLOT_KINDS, _check_writable, _default_file, _fmt, _open_log, _write_plot
-from .session import _BenchSession
+from .session import BenchParents, _BenchSession
 
 _BENCH_LIVE_EPILOG = """\
 The host runs boostsim.pid.PID every 1/--rate s: one serial round trip per tick reads the output
@@ -62,11 +61,10 @@ def _vref_step(text: str) -> tuple[float, float]:
     return t, v
 
 
-def register(bsub, base: argparse.ArgumentParser, board: argparse.ArgumentParser,
-             files: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
-    """Add ``bench live`` to the bench subparsers ``bsub`` (the shared option groups:
-    ``base``, ``board``, ``files`` and the connection options ``common``)."""
-    q = bsub.add_parser("live", parents=[base, board, files, common], formatter_class=_Formatter,
+def register(bsub, p: BenchParents) -> None:
+    """Add ``bench live`` to the bench subparsers ``bsub``."""
+    q = bsub.add_parser("live", parents=[p.base, p.board, p.files, p.connection],
+                        formatter_class=_Formatter,
                         help="host PID loop holding a reference voltage",
                         description="Closed loop on the host: boostsim.pid.PID at a fixed rate, "
                                     "measuring with MEAS:VOLT?.", epilog=_BENCH_LIVE_EPILOG)

@@ -1,11 +1,13 @@
-"""What the bench actions share: the connection and safety options, the CLI's wrapper of
-:class:`firmware_bridge.session.BenchSession` (driver errors as one-line errors), and the
-board's PID loop as a simulator controller (for ``simulate --vref``).
+"""What the bench actions share: their parent option groups (among them the connection and
+safety options), the CLI's wrapper of :class:`firmware_bridge.session.BenchSession` (driver
+errors as one-line errors), and the board's PID loop as a simulator controller (for
+``simulate --vref``).
 """
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from typing import Any
 
 from ...params import BoostParams
@@ -49,6 +51,18 @@ def connection_options() -> argparse.ArgumentParser:
     g.add_argument("--clear-trip", action="store_true",
                    help="clear a latched OVP/watchdog trip before starting")
     return common
+
+
+@dataclass(frozen=True)
+class BenchParents:
+    """The option groups shared by the bench actions, as argparse parent parsers: the
+    command-wide options, the board file, the output files, and the board connection and
+    safety options (:func:`connection_options`). Each action takes the groups it needs."""
+
+    base: argparse.ArgumentParser
+    board: argparse.ArgumentParser
+    files: argparse.ArgumentParser
+    connection: argparse.ArgumentParser
 
 
 def board_loop_controller(params: BoostParams, *, duty_max: float | None, **loop: Any

@@ -4,8 +4,6 @@ beside the simulated step.
 
 from __future__ import annotations
 
-import argparse
-
 from ...units import parse_si, quantity
 from ..args import _Formatter, _int_at_least, _nonnegative, _positive, _positive_time, _probe, _type
 from ..context import CliError, Context, _UsageError
@@ -20,7 +18,7 @@ from ..format import (
     _write_columns,
     _write_plot,
 )
-from .session import _BenchSession
+from .session import BenchParents, _BenchSession
 
 _BENCH_STEP_EPILOG = """\
 The output runs at the first duty for --settle, the board streams at about --rate, and after
@@ -60,11 +58,10 @@ def _load_change(text: str) -> dict[str, float]:
     return {name: number}
 
 
-def register(bsub, base: argparse.ArgumentParser, board: argparse.ArgumentParser,
-             files: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
-    """Add ``bench step`` to the bench subparsers ``bsub`` (the shared option groups:
-    ``base``, ``board``, ``files`` and the connection options ``common``)."""
-    q = bsub.add_parser("step", parents=[base, board, files, common], formatter_class=_Formatter,
+def register(bsub, p: BenchParents) -> None:
+    """Add ``bench step`` to the bench subparsers ``bsub``."""
+    q = bsub.add_parser("step", parents=[p.base, p.board, p.files, p.connection],
+                        formatter_class=_Formatter,
                         help="duty or load step, measured vs simulated",
                         description="A step response captured by the board's streaming ADC, "
                                     "beside the simulated step.", epilog=_BENCH_STEP_EPILOG)

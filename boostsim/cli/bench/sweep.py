@@ -4,7 +4,6 @@ of the same board.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import sys
@@ -28,7 +27,7 @@ from ..format import (
     _write_columns,
     _write_plot,
 )
-from .session import _BenchSession
+from .session import BenchParents, _BenchSession
 
 _BENCH_SWEEP_EPILOG = """\
 At each duty (in the given order): set it (read back), wait --settle (the output state is polled:
@@ -79,11 +78,10 @@ def _fit_names(text: str) -> tuple[str, ...]:
     return names
 
 
-def register(bsub, base: argparse.ArgumentParser, board: argparse.ArgumentParser,
-             files: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
-    """Add ``bench sweep`` to the bench subparsers ``bsub`` (the shared option groups:
-    ``base``, ``board``, ``files`` and the connection options ``common``)."""
-    q = bsub.add_parser("sweep", parents=[base, board, files, common], formatter_class=_Formatter,
+def register(bsub, p: BenchParents) -> None:
+    """Add ``bench sweep`` to the bench subparsers ``bsub``."""
+    q = bsub.add_parser("sweep", parents=[p.base, p.board, p.files, p.connection],
+                        formatter_class=_Formatter,
                         help="open-loop duty sweep, measured vs simulated",
                         description="Open-loop duty sweep on the board beside the simulated "
                                     "sweep of the same board.", epilog=_BENCH_SWEEP_EPILOG)
