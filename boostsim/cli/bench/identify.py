@@ -24,7 +24,7 @@ the uncertainties in a comment block: 'boostsim tune --config FILE' designs for 
 
 examples:
   boostsim bench identify --port /dev/ttyACM0 --out fitted.toml --plot fit.png --max-vout 14
-  boostsim bench identify --port emu: --config hidden.toml --out fitted.toml --json
+  boostsim bench identify --port emu: --out emulated.toml --json   # the emulated default board
 """
 
 
