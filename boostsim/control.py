@@ -82,7 +82,8 @@ class PWM:
 
         def quantize(duty: Any) -> np.ndarray:
             d = np.clip(np.asarray(duty, dtype=float), self.duty_min, self.duty_max)
-            return np.where(np.isnan(d), d, compare_level(duty_u16(d), top) / steps)
+            out = compare_level(duty_u16(d), top) / steps
+            return np.where(np.isnan(d), d, out) if np.isnan(d).any() else out
 
         return quantize
 

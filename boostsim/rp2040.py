@@ -93,8 +93,10 @@ def duty_u16(duty: Any) -> np.ndarray:
     """``hal.py``'s ``int(duty * 65535 + 0.5)`` in single precision, held to 0..65535 (the
     firmware passes duties in [0, 1]; MicroPython caps the value at 65535)."""
     d = np.asarray(duty, dtype=np.float32)
-    u = np.floor(d * np.float32(DUTY_U16_MAX) + np.float32(0.5))
-    return np.clip(np.nan_to_num(u, nan=0.0), 0, DUTY_U16_MAX).astype(np.int64)
+    u = np.clip(np.floor(d * np.float32(DUTY_U16_MAX) + np.float32(0.5)), 0, DUTY_U16_MAX)
+    if np.isnan(u).any():  # no duty: 0 (callers keep NaN apart, see control.PWM)
+        u = np.nan_to_num(u, nan=0.0)
+    return u.astype(np.int64)
 
 
 def compare_level(u16: Any, top: Any) -> np.ndarray:
