@@ -22,29 +22,35 @@ from typing import Any
 import numpy as np
 
 from .pid import PID
+from .rp2040 import PWM_CLOCK, compare_level, duty_u16, slice_setup
 
 __all__ = ["ADC", "PWM", "DigitalController", "Reference"]
 
 
 @dataclasses.dataclass(frozen=True)
 class PWM:
-    """PWM modulator of the microcontroller.
+    """PWM modulator of the microcontroller: the RP2040 slice as the firmware drives it.
 
-    ``timer_clock`` [Hz] over the switching frequency gives the counter resolution (125 MHz /
-    100 kHz = 1250 steps on an RP2040); the duty is rounded to the nearest step and held within
-    [duty_min, duty_max] (the modulator cannot do otherwise; the PID's own output limits should
-    sit inside these). ``update``: "next" applies a new duty from the period after the ADC
-    sample, "immediate" (idealised) in the period right after the sample instant.
+    The duty is limited to [duty_min, duty_max] (the firmware's own clamp; the PID's output
+    limits should sit inside these), then quantised as on the board (:mod:`boostsim.rp2040`):
+    ``duty_u16`` rounded from the duty, the compare level rounded from that, over the slice's
+    ``top + 1`` counter steps at ``timer_clock`` [Hz] (125 MHz / 100 kHz = 1250 steps). A limit
+    that falls between steps is rounded like any duty, so the duty produced can pass it by up
+    to half a step (0.85 at 1250 steps gives 1063/1250), as on the board. ``update``: "next"
+    applies a new duty from the period after the ADC sample, "immediate" (idealised) in the
+    period right after the sample instant.
     """
 
-    timer_clock: float = 125e6
+    timer_clock: float = PWM_CLOCK
     duty_min: float = 0.0
     duty_max: float = 0.85
     update: str = "next"
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.timer_clock) and self.timer_clock > 0):
-            raise ValueError(f"PWM timer_clock must be > 0 [Hz], got {self.timer_clock!r}")
+        if not (isinstance(self.timer_clock, int | float) and math.isfinite(self.timer_clock)
+                and self.timer_clock > 0 and self.timer_clock == int(self.timer_clock)):
+            raise ValueError(f"PWM timer_clock must be a whole number of Hz > 0, got "
+                             f"{self.timer_clock!r}")
         if not 0.0 <= self.duty_min < self.duty_max < 1.0:
             raise ValueError(f"PWM duty limits must satisfy 0 <= duty_min < duty_max < 1, got "
                              f"{self.duty_min!r}, {self.duty_max!r}")
@@ -53,30 +59,31 @@ class PWM:
 
     def steps(self, fsw: np.ndarray | float) -> np.ndarray:
         """Counter steps per switching period (the duty resolution is 1/steps)."""
-        steps = np.rint(self.timer_clock / np.asarray(fsw, dtype=float))
-        if np.any(steps < 2):
-            raise ValueError(f"PWM timer_clock {self.timer_clock:g} Hz is too slow for fsw "
-                             f"{np.max(fsw):g} Hz")
-        return steps
+        return (slice_setup(fsw, self.timer_clock)[1] + 1).astype(float)
 
     def counter_limits(self, fsw: np.ndarray | float
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(counter steps per period, lowest and highest compare values) for these frequencies."""
+        """(counter steps per period, compare levels of duty_min and duty_max) for these
+        frequencies: the quantised duty is the compare level of the duty, held between them."""
         steps = self.steps(fsw)
-        return (steps, np.ceil(self.duty_min * steps - 1e-9),
-                np.floor(self.duty_max * steps + 1e-9))
+        top = steps.astype(np.int64) - 1
+        levels = (compare_level(duty_u16(limit), top).astype(float)
+                  for limit in (self.duty_min, self.duty_max))
+        return (steps, *levels)
 
     def quantize(self, duty: Any, fsw: np.ndarray | float) -> np.ndarray:
-        """The duty the timer really produces: limited, then rounded to a counter step."""
+        """The duty the timer really produces: limited, then quantised as on the board."""
         return self.quantizer(fsw)(duty)
 
     def quantizer(self, fsw: np.ndarray | float) -> Callable[[Any], np.ndarray]:
-        """``quantize`` with the counter limits worked out once for these frequencies."""
-        steps, lowest, highest = self.counter_limits(fsw)
+        """``quantize`` with the slice worked out once for these frequencies (NaN stays NaN)."""
+        steps = self.steps(fsw)
+        top = steps.astype(np.int64) - 1
 
         def quantize(duty: Any) -> np.ndarray:
-            return np.clip(np.rint(np.asarray(duty, dtype=float) * steps), lowest,
-                           highest) / steps
+            d = np.clip(np.asarray(duty, dtype=float), self.duty_min, self.duty_max)
+            out = compare_level(duty_u16(d), top) / steps
+            return np.where(np.isnan(d), d, out) if np.isnan(d).any() else out
 
         return quantize
 

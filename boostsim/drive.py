@@ -65,13 +65,17 @@ def prepare_drive(params: BoostParams, duty: Any, t_end: float | None, dt: float
         else:
             duty_lanes = duty_array
     x0_array = _initial_state(x0)
+    inputs = {"duty": duty_lanes, "x0": x0_array[..., 0]}
     # Lanes may also come from the controller (per-lane gains) or a per-lane constant vref.
-    controller_lanes = max(getattr(controller, "n_lanes", 1),
-                           np.size(vref) if _is_lane_vector(vref) else 1)
-    lanes, n, scalar = lane_arrays(
-        params, duty_lanes, x0_array[..., 0],
-        np.zeros(controller_lanes) if controller_lanes > 1 else 0.0,
-        *[v for s in steps for v in (s.vin, s.R, s.i_load) if v is not None])
+    controller_lanes = getattr(controller, "n_lanes", 1)
+    if controller_lanes > 1:
+        inputs["controller (its per-lane gains or reference)"] = np.zeros(controller_lanes)
+    if _is_lane_vector(vref):
+        inputs["vref"] = vref
+    for i, s in enumerate(steps):
+        inputs.update({f"steps[{i}].{k}": v for k, v in
+                       (("vin", s.vin), ("R", s.R), ("i_load", s.i_load)) if v is not None})
+    lanes, n, scalar = lane_arrays(params, **inputs)
     Ts = 1.0 / lanes["fsw"]
     if dt is None:
         dt = float(np.min(Ts)) * default_dt_periods
@@ -119,15 +123,22 @@ def _initial_state(x0: Any) -> np.ndarray:
     return array
 
 
-def lane_arrays(params: BoostParams, *extra: Any) -> tuple[dict[str, np.ndarray], int, bool]:
-    """Broadcast parameters and other per-lane inputs; returns (lane arrays, n, all scalar)."""
+def lane_arrays(params: BoostParams, /, **inputs: Any
+                ) -> tuple[dict[str, np.ndarray], int, bool]:
+    """Broadcast parameters and other per-lane inputs; returns (lane arrays, n, all scalar).
+
+    ``inputs`` are named as the caller's user knows them (``duty=...``, ``vout=...``): the
+    names appear in the errors about their shapes and lengths."""
     if not isinstance(params, BoostParams):
         raise TypeError(f"params must be a BoostParams, got {type(params).__name__}")
     own = {k: getattr(params, k) for k in params.field_names()}
-    named = {**own, **{f"_extra{i}": np.asarray(v) for i, v in enumerate(extra)}}
+    clash = sorted(set(inputs) & set(own))
+    if clash:
+        raise TypeError(f"lane_arrays: inputs named like parameters: {clash}")
+    named = {**own, **{k: np.asarray(v) for k, v in inputs.items()}}
     for key, value in named.items():
         if np.ndim(value) > 1:
-            raise ValueError(f"{key.lstrip('_')}: per-lane values must be 1-D, got shape "
+            raise ValueError(f"{key}: per-lane values must be 1-D, got shape "
                              f"{np.shape(value)}")
     n, arrays = broadcast_lanes(**named)
     scalar = all(np.ndim(v) == 0 for v in named.values())
@@ -167,7 +178,7 @@ def operating_lanes(params: BoostParams, duty: Any, what: str
     Refuses lanes with no load (R=inf, i_load=0, diode rectifier), which have no ``what``: the
     output charges up without limit.
     """
-    lanes, n, scalar = lane_arrays(params, np.asarray(duty, dtype=float))
+    lanes, n, scalar = lane_arrays(params, duty=np.asarray(duty, dtype=float))
     d = check_duty(np.broadcast_to(np.asarray(duty, dtype=float), (n,)).astype(float), "duty")
     unloaded = ~lanes["synchronous"] & np.isinf(lanes["R"]) & (lanes["i_load"] == 0)
     if np.any(unloaded):

@@ -14,6 +14,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import segments as sg
+from .rp2040 import DUTY_U16_MAX as U16
 
 _JIT = dict(cache=True, error_model="numpy")
 
@@ -505,8 +506,14 @@ def adc_reading(tab, seg, nseg, adc, offsets, noise, duty, Ts):
 
 @njit(**_JIT)
 def quantize(duty, steps, lowest, highest):
-    """The duty the PWM counter produces (control.PWM.quantizer)."""
-    return min(max(np.rint(duty * steps), lowest), highest) / steps
+    """The duty the PWM counter produces (control.PWM.quantizer): boostsim.rp2040's duty_u16
+    (single precision) and compare level, held between the limits' levels (the same as
+    limiting the duty first: the rule is monotonic)."""
+    if np.isnan(duty):
+        return duty
+    u16 = min(max(np.floor(np.float32(duty) * np.float32(U16) + np.float32(0.5)), 0.0), U16)
+    level = (int(u16) * int(steps) + U16 // 2) // U16
+    return min(max(float(level), lowest), highest) / steps
 
 
 @njit(**_JIT)

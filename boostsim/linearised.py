@@ -137,7 +137,7 @@ def averaged_duty_for_vout(params: BoostParams, vout: Any, *, d_max: float = 0.9
     when ``vout`` is below the output at zero duty or above the maximum (naming both).
     """
     target = np.asarray(vout, dtype=float)
-    _, n, scalar = lane_arrays(params, target)
+    _, n, scalar = lane_arrays(params, vout=target)
     target = np.broadcast_to(target, (n,)).astype(float)
     c, _, _ = _lane_circuit(params, np.zeros(n) if n > 1 else 0.0)
     grid = np.linspace(0.0, d_max, 981)

@@ -7,7 +7,8 @@ What it models, per call of the firmware:
   (restarts at 0 on an emulated reset; the plant's own clock keeps running).
 * ``pwm_set(enabled, freq, duty)``: the RP2040 PWM as ``hal.py`` drives it: the duty goes
   through ``duty_u16`` and the slice's counter (``top + 1`` steps at ``pwm_clock``, 125 MHz:
-  1250 steps at 100 kHz), the frequency through the integer divider; off = gate low. The
+  1250 steps at 100 kHz), the frequency through the integer divider (the one model of it,
+  :mod:`boostsim.rp2040`, shared with the simulation and the bench); off = gate low. The
   plant applies it from its next switching period (double-buffered compare register).
 * ``adc_read(channel)``: one 12-bit conversion at this instant of the switching waveform:
   ``vout`` through the board's divider (``vout_divider``, by default the firmware's own
@@ -38,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from .plant import Plant
-from .rp2040 import rp2040_pwm
+from .rp2040 import PWM_CLOCK, pwm_output, rp2040_pwm
 
 __all__ = ["AdcModel", "EmulatedHAL", "LoopStats", "rp2040_pwm"]
 
@@ -128,7 +129,7 @@ class EmulatedHAL:
     def __init__(self, cfg: Any, plant: Plant, *, link: Any = None,
                  clock: Callable[[], float] = time.monotonic, adc: AdcModel | None = None,
                  vout_divider: float | None = None, vin_divider: float | None = None,
-                 pwm_clock: float = 125e6, serial: str = "B0057E0000000001"):
+                 pwm_clock: float = PWM_CLOCK, serial: str = "B0057E0000000001"):
         self.cfg = cfg
         self.plant = plant
         self.link = link
@@ -137,6 +138,8 @@ class EmulatedHAL:
         self.vout_divider = float(vout_divider if vout_divider is not None else cfg.VOUT_DIVIDER)
         self.vin_divider = float(vin_divider if vin_divider is not None else cfg.VIN_DIVIDER)
         self.pwm_clock = float(pwm_clock)
+        if self.pwm_clock != 0:  # 0: ideal PWM; else a clock the slice model takes
+            pwm_output(cfg.PWM_FREQ_DEFAULT, 0.0, self.pwm_clock)
         self.serial = serial
         self.stats = LoopStats()
         self.pwm_request = (False, 0.0, 0.0)   # what the firmware asked for

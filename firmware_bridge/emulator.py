@@ -72,6 +72,7 @@ from .emulated_hal import AdcModel, EmulatedHAL
 from .firmware import config as _fw_config
 from .firmware import device as _device
 from .plant import Plant
+from .rp2040 import PWM_CLOCK
 
 __all__ = ["Emulator", "EmulatorConfig", "FaultLink", "PtyPort", "firmware_config", "main"]
 
@@ -151,7 +152,7 @@ class EmulatorConfig:
     adc_gain_error: float = 0.0
     vout_divider: float | None = None
     vin_divider: float | None = None
-    pwm_clock: float = 125e6
+    pwm_clock: float = PWM_CLOCK
     serial: str = DEFAULT_SERIAL
     seed: int | None = None
     trust_v: float | None = None

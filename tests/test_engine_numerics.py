@@ -138,7 +138,7 @@ def test_steady_state_orbit_is_periodic():
 
 def test_period_map_jacobian_matches_finite_differences():
     for p, x, duty in ((LOSSY, (4.0, 23.0), 0.5), (FAST.replace(R=100), (0.0, 8.0), 0.3)):
-        lanes, _, _ = lane_arrays(p, 0.0)
+        lanes, _, _ = lane_arrays(p, duty=0.0)
         stepper = Stepper(lanes)
         il, vc = np.array([x[0]]), np.array([x[1]])
         d = np.array([duty])
@@ -212,7 +212,7 @@ def test_steady_state_converges_for_a_wide_random_batch_of_designs():
     assert np.max(np.abs(ss.energy_balance)) < 1e-8
     assert {"CCM", "DCM"} <= set(ss.mode)
     # One period from the orbit's start comes back to it.
-    lanes, _, _ = lane_arrays(p, duty)
+    lanes, _, _ = lane_arrays(p, duty=duty)
     back = Stepper(lanes).period(0, ss.il_start, ss.vc_start, duty)
     np.testing.assert_allclose(back.vc_end, ss.vc_start, rtol=1e-9)
     il_scale = np.abs(ss.il_start) + ss.il_ripple

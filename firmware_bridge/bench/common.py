@@ -14,7 +14,7 @@ import numpy as np
 
 from ..board import Board, BoardError, TripError
 from ..firmware import config as fw
-from ..rp2040 import PWM_CLOCK, rp2040_pwm
+from ..rp2040 import PWM_CLOCK, pwm_output
 
 #: Output volts per ADC code with the firmware's nominal divider and reference.
 VOLTS_PER_CODE = fw.ADC_VREF / fw.ADC_FULL_SCALE * fw.VOUT_DIVIDER
@@ -33,8 +33,10 @@ def effective_pwm(duty: Any, freq: float, clock: float = PWM_CLOCK) -> tuple[flo
     """(frequency, duties) the RP2040 really produces for requested ``duty`` values at
     ``freq`` (the firmware's ``duty_u16`` and the slice counter quantise them)."""
     duties = np.atleast_1d(np.asarray(duty, dtype=float))
-    out = np.array([rp2040_pwm(freq, float(d), clock)[1] for d in duties])
-    return rp2040_pwm(freq, 0.5, clock)[0], out
+    if clock == 0:  # ideal PWM
+        return float(freq), duties
+    f, out = pwm_output(freq, duties, clock)
+    return float(f), out
 
 
 def unlocked_rate(rate: float, frequency: float) -> float:
