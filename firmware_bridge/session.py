@@ -47,11 +47,16 @@ def calibration_from_config(document: Mapping[str, Any], source: str
     """(gain, offset [V]) of the ``[board.calibration]`` table of a parsed board TOML document
     (``vout_gain`` default 1, ``vout_offset`` default 0), or None without one.
 
-    Raises ValueError (naming ``source``) when they are not numbers."""
+    Raises ValueError (naming ``source``) when they are not numbers or the table has other
+    keys (a misspelt key would otherwise leave the board uncalibrated without a word)."""
     board = document.get("board")
     table = board.get("calibration") if isinstance(board, dict) else None
     if not table:
         return None
+    unknown = sorted(set(table) - {"vout_gain", "vout_offset"})
+    if unknown:
+        raise ValueError(f"{source}: unknown key(s) {', '.join(unknown)} in [board.calibration]"
+                         f" (known: vout_gain, vout_offset)")
     try:
         gain = float(table.get("vout_gain", 1.0))
         offset = float(table.get("vout_offset", 0.0))

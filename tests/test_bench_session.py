@@ -41,6 +41,8 @@ def test_calibration_from_the_board_file():
                                    "b.toml") == (1.02, 0.0)
     with pytest.raises(ValueError, match=r"b.toml: \[board.calibration\] vout_gain"):
         calibration_from_config({"board": {"calibration": {"vout_gain": "high"}}}, "b.toml")
+    with pytest.raises(ValueError, match=r"b.toml: unknown key\(s\) vout_gian"):
+        calibration_from_config({"board": {"calibration": {"vout_gian": 1.02}}}, "b.toml")
 
 
 def test_emulator_port_without_an_emulator_is_refused_before_anything_opens():
