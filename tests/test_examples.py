@@ -190,3 +190,13 @@ def _run_on_local_dask(command: str, capsys) -> None:
         status = main(argv)
     out, err = capsys.readouterr()
     assert status == 0, f"{command}\n{out}\n{err}"
+
+
+def test_the_readme_python_runs_as_written(tmp_path, monkeypatch):
+    # The README's ```python blocks, in order, in one namespace (as a reader pastes them).
+    blocks = re.findall(r"```python\n(.*?)```", README, re.S)
+    assert len(blocks) >= 4
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), namespace)
