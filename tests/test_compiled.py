@@ -228,3 +228,22 @@ def test_cache_entries_are_keyed_by_duty_and_epoch():
     for name in ("il", "vc", "vout"):
         assert _rel(getattr(fast, name), getattr(ref, name)) < 1e-9, name
     np.testing.assert_allclose(fast.periods.vc_start, ref.periods.vc_start, rtol=1e-9)
+
+
+def test_mid_on_adc_sample_on_the_cached_map_is_the_segment_sample():
+    # The controller's mid-on ADC sample taken on the cached half-on map against the segment
+    # closed form (kernel.sample), with a picovolt-resolution converter so that a wrong
+    # sample instant or map shows.
+    tab = _lane_table(BOARD)
+    cache, seg, work = kernel.new_cache(), np.zeros((2, kernel.MAX_SEGMENTS + 2, 6)), np.empty(64)
+    adc = np.zeros(kernel.N_ADC)
+    adc[kernel.A_MID_ON], adc[kernel.A_DIVIDER], adc[kernel.A_FACTOR] = 1.0, 1.0, 1e12
+    adc[kernel.A_TOP] = np.inf
+    for duty in (0.05, 0.4, 0.4, 0.85):
+        for il, vc in ((1.5, 11.0), (0.0, 4.0)):
+            nseg = kernel.period(tab, np.zeros(0), 0.0, TS, False, il, vc, duty, cache, seg[0],
+                                 work)[4]
+            fast = kernel.adc_reading(tab, seg, 0, nseg, adc, np.zeros(1), np.zeros((1, 1)), 0,
+                                      duty, TS, cache)
+            vout = kernel.sample(tab, seg[0], nseg, 0.5 * duty * TS, 0.0)[2]
+            assert abs(fast - np.rint(vout * 1e12)) <= 1, (duty, il, vc)
