@@ -6,6 +6,11 @@ its numpy counterpart formula by formula (same operations in the same order, so 
 agree to rounding), and :func:`run_lanes` loops over lanes and periods. It is imported lazily by
 :mod:`boostsim.fastloop`, which prepares the arrays; everything here works in SI units.
 Compiled with ``cache=True`` (no fastmath): later processes load the machine code from disk.
+
+Speed: a period without a step in it runs on affine maps cached per lane and duty
+(:func:`period_maps`; plainly continuous conduction is :func:`ccm_period`, a few multiply-adds),
+and the functions that allocate nothing are compiled without reference counting (``_PURE``).
+Periods with a step, in DCM or at a new duty take the full :func:`period`.
 """
 
 from __future__ import annotations
