@@ -254,8 +254,8 @@ def diode_segment_end(c, sync, il, vc, dur, il_d, vc_d, work):
 # (duty, epoch): a continuous-conduction period is then a handful of multiply-adds.
 
 CACHE_SLOTS = 32
-C_DUTY, C_EPOCH, C_ON, C_HALF, C_OFF = 0, 1, 2, 6, 10  # key, on map (4), half-on (4), off (6)
-N_CACHE = 16
+C_DUTY, C_EPOCH, C_ON, C_HALF, C_OFF = 0, 1, 2, 6, 8  # key, on map (4), half-on vc (2), off (6)
+N_CACHE = 14
 
 
 @njit(**_JIT)
@@ -275,7 +275,13 @@ def on_map(c, h, out):
     """The switch-on map over h [s] into ``out``: il' = out[0] il + out[1],
     vc' = out[2] vc + out[3]."""
     out[0], out[1] = np.exp(-c[K_ON] * h), decay(c[K_ON], c[U_ON], 0.0, h)
-    out[2], out[3] = np.exp(-c[M] * h), decay(c[M], -c[W], 0.0, h)
+    on_vc_map(c, h, out[2:])
+
+
+@njit(**_PURE)
+def on_vc_map(c, h, out):
+    """The capacitor part of the switch-on map over h [s]: vc' = out[0] vc + out[1]."""
+    out[0], out[1] = np.exp(-c[M] * h), decay(c[M], -c[W], 0.0, h)
 
 
 @njit(**_PURE)
@@ -284,7 +290,7 @@ def fill_maps(row, c, epoch, duty, Ts):
     :func:`period` uses."""
     t_edge = duty * Ts
     on_map(c, t_edge, row[C_ON:C_ON + 4])
-    on_map(c, 0.5 * duty * Ts, row[C_HALF:C_HALF + 4])
+    on_vc_map(c, 0.5 * duty * Ts, row[C_HALF:C_HALF + 2])
     step_map(c, DIODE, Ts - t_edge, row[C_OFF:C_OFF + 6])
     row[C_DUTY], row[C_EPOCH] = duty, epoch
 
@@ -620,7 +626,7 @@ def adc_reading(tab, seg, prev, nseg, adc, offsets, noise, draw, duty, Ts, cache
             epoch = int(seg[prev, 0, SEG_EPOCH])
             h = period_maps(cache, tab, epoch, duty, Ts)
             # With the switch on, vout depends on vc alone (vout_of's ON case).
-            vc = cache[h, C_HALF + 2] * seg[prev, 0, SEG_VC] + cache[h, C_HALF + 3]
+            vc = cache[h, C_HALF] * seg[prev, 0, SEG_VC] + cache[h, C_HALF + 1]
             return adc_code(adc, tab[epoch, A_OUT] * (vc - tab[epoch, R_C] * tab[epoch, I_LOAD]),
                             noise[draw, 0])
     seg, noise = seg[prev], noise[draw]
