@@ -8,6 +8,7 @@ soft start) for ``--periods`` switching periods, output sampled once per period,
 compiled kernel (``engine="auto"``) and, for reference, on the numpy engine. Medians of
 ``--repeat`` runs. It also times:
 
+* 1000 lanes once the loop regulates (periods 1000-3000), compiled;
 * 1 s of simulated closed loop on one lane (100 000 periods), compiled;
 * the kernel's first call in a fresh process with an empty numba cache (compilation) and with
   the cache filled (what every later process pays);
@@ -68,6 +69,26 @@ def closed_loop_throughput(repeat: int, periods: int) -> list[dict]:
             row[f"{engine}_lane_periods_per_s"] = lanes * periods / seconds
         rows.append(row)
     return rows
+
+
+def regulated_throughput(repeat: int, lanes: int = 1000) -> dict:
+    """Lane-periods per second once the loop regulates: the extra time of periods 1000-3000
+    over a 1000-period run (start-up from rest is DCM and a new duty nearly every period, so
+    it cannot use the kernel's cached period maps; regulation dithers between a few duties)."""
+    board = default_board()
+    Ts = 1 / board.fsw
+    params = board.replace(L=board.L * np.linspace(0.8, 1.2, lanes))
+    seconds = {}
+    for periods in (1000, 3000):
+        times = []
+        for _ in range(repeat):
+            controller = _controller(lanes, Ts)
+            start = time.perf_counter()
+            simulate(params, controller=controller, vref=12.0, t_end=periods * Ts, dt=Ts)
+            times.append(time.perf_counter() - start)
+        seconds[periods] = statistics.median(times)
+    return {"lanes": lanes, "seconds_1000": seconds[1000], "seconds_3000": seconds[3000],
+            "lane_periods_per_s": lanes * 2000 / (seconds[3000] - seconds[1000])}
 
 
 def one_second(repeat: int) -> dict:
@@ -164,6 +185,10 @@ def main() -> None:
               f"{row['auto_lane_periods_per_s'] / 1e6:>17.3f} "
               f"{'-' if numpy_s is None else f'{numpy_s:.3f}':>10} "
               f"{'-' if ratio is None else f'{ratio:.0f}x':>7}")
+    reg = results["regulated"] = regulated_throughput(args.repeat)
+    print(f"{reg['lanes']} lanes, periods 1000-3000 (regulating): "
+          f"{reg['lane_periods_per_s'] / 1e6:.2f} M lane-periods/s "
+          f"(3000 periods in {reg['seconds_3000']:.3f} s)")
     one = results["one_second"] = one_second(args.repeat)
     print(f"\n1 s of closed loop, one lane ({one['periods']} periods): {one['seconds']:.3f} s, "
           f"{one['periods_per_s'] / 1e6:.2f} M periods/s")

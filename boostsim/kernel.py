@@ -6,6 +6,11 @@ its numpy counterpart formula by formula (same operations in the same order, so 
 agree to rounding), and :func:`run_lanes` loops over lanes and periods. It is imported lazily by
 :mod:`boostsim.fastloop`, which prepares the arrays; everything here works in SI units.
 Compiled with ``cache=True`` (no fastmath): later processes load the machine code from disk.
+
+Speed: a period without a step in it runs on affine maps cached per lane and duty
+(:func:`period_maps`; plainly continuous conduction is :func:`ccm_period`, a few multiply-adds),
+and the functions that allocate nothing are compiled without reference counting (``_PURE``).
+Periods with a step, in DCM or at a new duty take the full :func:`period`.
 """
 
 from __future__ import annotations
@@ -17,6 +22,10 @@ from . import segments as sg
 from .rp2040 import DUTY_U16_MAX as U16
 
 _JIT = dict(cache=True, error_model="numpy")
+# Functions that allocate nothing are compiled without numba's reference counting (its
+# ``_nrt`` flag): otherwise every call increments and decrements each array argument's count
+# atomically -- most of a period's time, and the cores contend for the shared arrays' counts.
+_PURE = dict(_JIT, _nrt=False)
 
 ON, DIODE, IDLE = sg.ON, sg.DIODE, sg.IDLE
 (K_ON, U_ON, M, W, A_OUT, A11, A12, A21, B1, S, Q2, N11, IL_EQ, VC_EQ, V_TH, SYNC, VIN, G, R_C,
@@ -46,7 +55,7 @@ L_SETPOINT, L_CODE, L_MEASURED, L_INTEGRAL, L_COMMAND, L_DUTY = range(6)
 
 # -- segments (boostsim.segments) --------------------------------------------------------------
 
-@njit(**_JIT)
+@njit(**_PURE)
 def phi1(z):
     """(e^z - 1)/z, 1 at z = 0."""
     if z == 0.0:
@@ -54,13 +63,13 @@ def phi1(z):
     return np.expm1(z) / z
 
 
-@njit(**_JIT)
+@njit(**_PURE)
 def decay(rate, drive, v0, tau):
     """Solution of v' = -rate v + drive from v0 after tau [s]."""
     return v0 + (drive - rate * v0) * tau * phi1(-rate * tau)
 
 
-@njit(**_JIT)
+@njit(**_PURE)
 def exp_coeffs(c, tau):
     """(e^{st} C(t), e^{st} S(t)) of the DIODE topology (segments.exp_coeffs)."""
     s, q2, root = c[S], c[Q2], c[ROOT]
@@ -82,7 +91,7 @@ def exp_coeffs(c, tau):
     return ec, es
 
 
-@njit(**_JIT)
+@njit(**_PURE)
 def diode_state(c, il0, vc0, tau):
     """State after tau in the DIODE topology."""
     d1 = il0 - c[IL_EQ]
@@ -94,13 +103,13 @@ def diode_state(c, il0, vc0, tau):
     return il, vc
 
 
-@njit(**_JIT)
+@njit(**_PURE)
 def on_state(c, il0, vc0, tau):
     """State after tau with the switch on."""
     return decay(c[K_ON], c[U_ON], il0, tau), decay(c[M], -c[W], vc0, tau)
 
 
-@njit(**_JIT)
+@njit(**_PURE)
 def state_at(c, topology, il0, vc0, tau):
     """State after tau in the given topology (IDLE: iL = 0, the ON capacitor equation)."""
     if topology == DIODE:
@@ -111,18 +120,18 @@ def state_at(c, topology, il0, vc0, tau):
     return 0.0, vc
 
 
-@njit(**_JIT)
+@njit(**_PURE)
 def vout_of(c, topology, il, vc):
     conducting = il if topology == DIODE else 0.0
     return c[A_OUT] * (vc + c[R_C] * (conducting - c[I_LOAD]))
 
 
-@njit(**_JIT)
+@njit(**_PURE)
 def diode_derivative(c, il, vc):
     return c[A11] * il + c[A12] * vc + c[B1]
 
 
-@njit(**_JIT)
+@njit(**_PURE)
 def idle_reconduction_time(c, vc0):
     """Time until the diode conducts again from IDLE (0 at once, inf never)."""
     m, w, v_th = c[M], c[W], c[V_TH]
@@ -137,7 +146,7 @@ def idle_reconduction_time(c, vc0):
     return np.inf
 
 
-@njit(**_JIT)
+@njit(**_PURE)
 def critical_times(c, p, r, dur, out):
     """Zeros in (0, dur) of e^{st}[C(t) p + S(t) r] written to ``out``; returns how many."""
     q2, root = c[Q2], c[ROOT]
@@ -158,7 +167,7 @@ def critical_times(c, p, r, dur, out):
     return count
 
 
-@njit(**_JIT)
+@njit(**_PURE)
 def diode_zero_time(c, il0, vc0, dur, il_end, monotonic, work):
     """First time in (0, dur] at which the diode current falls to zero (inf if none) and the
     capacitor voltage then (segments.diode_zero_time, one lane)."""
@@ -171,7 +180,7 @@ def diode_zero_time(c, il0, vc0, dur, il_end, monotonic, work):
         y1 = c[A11] * d1 + c[A12] * d2
         y2 = c[A21] * d1 + (c[S] - c[N11]) * d2
         count = critical_times(c, y1, c[N11] * y1 + c[A12] * y2, dur, work)
-        crit = np.sort(work[:count])
+        crit = work  # ascending: critical_times finds them in order
         found = False
         was_positive = il0 > 0.0
         prev_t, prev_v = 0.0, il0
@@ -211,13 +220,20 @@ def diode_zero_time(c, il0, vc0, dur, il_end, monotonic, work):
     return t, vc + d_vc * moved
 
 
-@njit(**_JIT)
+@njit(**_PURE)
 def off_segment(c, topology, sync, il, vc, dur, work):
     """Advance a DIODE or IDLE segment by up to dur: (il, vc, time of the ending event)."""
     if topology == IDLE:
         t_event = idle_reconduction_time(c, vc)
         return 0.0, decay(c[M], -c[W], vc, min(t_event, dur)), t_event
     il_d, vc_d = diode_state(c, il, vc, dur)
+    return diode_segment_end(c, sync, il, vc, dur, il_d, vc_d, work)
+
+
+@njit(**_PURE)
+def diode_segment_end(c, sync, il, vc, dur, il_d, vc_d, work):
+    """A DIODE segment from (il, vc) whose state after dur is (il_d, vc_d): where it ends, as
+    :func:`off_segment` returns it (the diode turn-off found if the current reaches zero)."""
     slope0 = diode_derivative(c, il, vc)
     falling0 = slope0 < -1e-12 * (abs(c[A12] * vc) + abs(c[B1]))
     rising1 = diode_derivative(c, il_d, vc_d) > 0
@@ -231,15 +247,114 @@ def off_segment(c, topology, sync, il, vc, dur, work):
     return il_d, vc_d, np.inf
 
 
-# -- one switching period (engine.Stepper.period) ------------------------------------------------
+# -- cached propagators of a whole period -------------------------------------------------------
+# A period without a line/load step in it is three affine maps fixed by the lane's parameters
+# (its epoch's table row) and the duty: switch on over D Ts, the diode over Ts - D Ts, and the
+# switch on over D Ts / 2 (the mid-on ADC sample). Under a PID the quantised duty takes a few
+# values over and over, so each lane keeps them in a small direct-mapped table keyed by
+# (duty, epoch): a continuous-conduction period is then a handful of multiply-adds.
+
+CACHE_SLOTS = 32
+C_DUTY, C_EPOCH, C_ON, C_HALF, C_OFF = 0, 1, 2, 6, 8  # key, on map (4), half-on vc (2), off (6)
+N_CACHE = 14
+
 
 @njit(**_JIT)
+def new_cache():
+    """An empty propagator table for one lane (every key NaN: no entry)."""
+    return np.full((CACHE_SLOTS, N_CACHE), np.nan)
+
+
+@njit(**_PURE)
+def cache_slot(duty):
+    """The table row a duty lands in (adjacent PWM counts land in different rows)."""
+    return int(duty * 16384.0) % CACHE_SLOTS
+
+
+@njit(**_PURE)
+def on_map(c, h, out):
+    """The switch-on map over h [s] into ``out``: il' = out[0] il + out[1],
+    vc' = out[2] vc + out[3]."""
+    out[0], out[1] = np.exp(-c[K_ON] * h), decay(c[K_ON], c[U_ON], 0.0, h)
+    on_vc_map(c, h, out[2:])
+
+
+@njit(**_PURE)
+def on_vc_map(c, h, out):
+    """The capacitor part of the switch-on map over h [s]: vc' = out[0] vc + out[1]."""
+    out[0], out[1] = np.exp(-c[M] * h), decay(c[M], -c[W], 0.0, h)
+
+
+@njit(**_PURE)
+def fill_maps(row, c, epoch, duty, Ts):
+    """Compute a cache row for this duty and epoch (table row ``c``) with the durations
+    :func:`period` uses."""
+    t_edge = duty * Ts
+    on_map(c, t_edge, row[C_ON:C_ON + 4])
+    on_vc_map(c, 0.5 * duty * Ts, row[C_HALF:C_HALF + 2])
+    step_map(c, DIODE, Ts - t_edge, row[C_OFF:C_OFF + 6])
+    row[C_DUTY], row[C_EPOCH] = duty, epoch
+
+
+@njit(**_PURE)
+def period_maps(cache, tab, epoch, duty, Ts):
+    """The row index of ``cache`` with the maps of a step-free period at this duty in this
+    epoch, filled on a miss. (Indices, not views, on the hot path: every view costs an atomic
+    reference count.)"""
+    s = cache_slot(duty)
+    if cache[s, C_DUTY] != duty or cache[s, C_EPOCH] != epoch:
+        fill_maps(cache[s], tab[epoch], epoch, duty, Ts)
+    return s
+
+
+@njit(**_PURE)
+def step_free_epoch(times, t0, Ts):
+    """The epoch of a period starting at t0 [s] if no step falls inside it, else -1."""
+    first = np.searchsorted(times, t0, side="right")
+    if first < times.size and times[first] - t0 < Ts:
+        return -1
+    return first
+
+
+@njit(**_PURE)
+def ccm_period(tab, epoch, cache, Ts, sync, il, vc, duty, seg, cur):
+    """One step-free period from (il, vc) on the cached maps if it is plainly continuous
+    conduction (the diode conducts from the switch-off edge, its current cannot reach zero
+    before the period ends: :func:`diode_segment_end` needs no search); its two segments go to
+    ``seg[cur]``. Returns (il, vc, True), or (nan, nan, False) for :func:`period` to do it."""
+    s = period_maps(cache, tab, epoch, duty, Ts)
+    t_edge = duty * Ts
+    il_on = cache[s, C_ON] * il + cache[s, C_ON + 1]
+    vc_on = cache[s, C_ON + 2] * vc + cache[s, C_ON + 3]
+    if not (sync or il_on > 0):
+        return np.nan, np.nan, False
+    o = C_OFF
+    il_d = cache[s, o] * il_on + cache[s, o + 1] * vc_on + cache[s, o + 2]
+    vc_d = cache[s, o + 3] * il_on + cache[s, o + 4] * vc_on + cache[s, o + 5]
+    dur = Ts - t_edge
+    if not sync:
+        a11, a12, b1 = tab[epoch, A11], tab[epoch, A12], tab[epoch, B1]
+        falling0 = a11 * il_on + a12 * vc_on + b1 < -1e-12 * (abs(a12 * vc_on) + abs(b1))
+        rising1 = a11 * il_d + a12 * vc_d + b1 > 0
+        if il_d < 0 or (falling0 and rising1) or not dur < tab[epoch, HALF_RING]:
+            return np.nan, np.nan, False
+    for i, (topology, start, length, il_i, vc_i) in enumerate(
+            ((ON, 0.0, t_edge, il, vc), (DIODE, t_edge, dur, il_on, vc_on))):
+        seg[cur, i, SEG_TOPO], seg[cur, i, SEG_START], seg[cur, i, SEG_DUR] = (topology, start,
+                                                                               length)
+        seg[cur, i, SEG_IL], seg[cur, i, SEG_VC], seg[cur, i, SEG_EPOCH] = il_i, vc_i, epoch
+    return il_d, vc_d, True
+
+
+# -- one switching period (engine.Stepper.period) ------------------------------------------------
+
+@njit(**_PURE)
 def _put(seg, i, topology, start, dur, il, vc, epoch):
     seg[i, SEG_TOPO], seg[i, SEG_START], seg[i, SEG_DUR] = topology, start, dur
     seg[i, SEG_IL], seg[i, SEG_VC], seg[i, SEG_EPOCH] = il, vc, epoch
 
 
-@njit(**_JIT)
+@njit(**_PURE)
 def _next_break(times, first, last, t0, tau, phase_end):
     for b in range(first, last):
         offset = times[b] - t0
@@ -248,7 +363,7 @@ def _next_break(times, first, last, t0, tau, phase_end):
     return phase_end
 
 
-@njit(**_JIT)
+@njit(**_PURE)
 def _epoch(times, first, last, t0, tau):
     epoch = first
     for b in range(first, last):
@@ -257,10 +372,12 @@ def _epoch(times, first, last, t0, tau):
     return epoch
 
 
-@njit(**_JIT)
-def period(tab, times, t0, Ts, sync, il, vc, duty, on_cache, seg, work):
+@njit(**_PURE)
+def period(tab, times, t0, Ts, sync, il, vc, duty, cache, seg, work):
     """One period of one lane from (il, vc): segments into ``seg``; returns (il, vc, t_diode,
-    t_idle, number of segments), -1 segments if the diode chatters."""
+    t_idle, number of segments), -1 segments if the diode chatters. Without a step in the
+    period, the switch-on segment and the first diode segment use the lane's cached maps
+    (:func:`period_maps`)."""
     first = np.searchsorted(times, t0, side="right")
     last = first
     while last < times.size and times[last] - t0 < Ts:
@@ -270,6 +387,7 @@ def period(tab, times, t0, Ts, sync, il, vc, duty, on_cache, seg, work):
     tau = 0.0
     nseg = 0
     t_edge = duty * Ts
+    s = 0
     while True:
         c = tab[epoch]
         end = _next_break(times, first, last, t0, tau, t_edge)
@@ -279,13 +397,9 @@ def period(tab, times, t0, Ts, sync, il, vc, duty, on_cache, seg, work):
         if breaks:
             il, vc = on_state(c, il, vc, dur)
         else:
-            if on_cache[0] != duty or on_cache[1] != epoch:
-                on_cache[0], on_cache[1] = duty, epoch
-                on_cache[2] = np.exp(-c[K_ON] * dur)
-                on_cache[3] = decay(c[K_ON], c[U_ON], 0.0, dur)
-                on_cache[4] = np.exp(-c[M] * dur)
-                on_cache[5] = decay(c[M], -c[W], 0.0, dur)
-            il, vc = on_cache[2] * il + on_cache[3], on_cache[4] * vc + on_cache[5]
+            s = period_maps(cache, tab, epoch, duty, Ts)
+            il, vc = cache[s, C_ON] * il + cache[s, C_ON + 1], cache[s, C_ON + 2] * vc + cache[
+                s, C_ON + 3]
         tau = end
         epoch = _epoch(times, first, last, t0, tau)
         if not breaks or tau >= t_edge:
@@ -301,7 +415,13 @@ def period(tab, times, t0, Ts, sync, il, vc, duty, on_cache, seg, work):
         c = tab[epoch]
         end = _next_break(times, first, last, t0, tau, Ts)
         dur = end - tau
-        il_new, vc_new, t_event = off_segment(c, topology, sync, il, vc, dur, work)
+        if not breaks and topology == DIODE and nseg == 1:
+            m = cache[s, C_OFF:C_OFF + 6]  # the diode over Ts - D Ts, from the cache
+            il_new, vc_new, t_event = diode_segment_end(
+                c, sync, il, vc, dur, m[0] * il + m[1] * vc + m[2], m[3] * il + m[4] * vc + m[5],
+                work)
+        else:
+            il_new, vc_new, t_event = off_segment(c, topology, sync, il, vc, dur, work)
         hit = t_event < dur
         seg_dur = t_event if hit else dur
         _put(seg, nseg, topology, tau, seg_dur, il, vc, epoch)
@@ -322,7 +442,7 @@ def period(tab, times, t0, Ts, sync, il, vc, duty, on_cache, seg, work):
     return il, vc, t_diode, t_idle, nseg
 
 
-@njit(**_JIT)
+@njit(**_PURE)
 def segment_at(seg, nseg, tau, snap):
     """Index of the segment holding offset tau (engine.sample_segments's choice), or -1 for a
     sample on the period start (the state there, with the first segment's output)."""
@@ -335,7 +455,7 @@ def segment_at(seg, nseg, tau, snap):
     return i
 
 
-@njit(**_JIT)
+@njit(**_PURE)
 def sample(tab, seg, nseg, tau, snap):
     """(il, vc, vout) at offset tau into the period held in ``seg`` (engine.sample_segments);
     a sample within ``snap`` of a switching instant takes the value just after it."""
@@ -350,7 +470,7 @@ def sample(tab, seg, nseg, tau, snap):
     return il, vc, vout_of(c, topology, il, vc)
 
 
-@njit(**_JIT)
+@njit(**_PURE)
 def step_map(c, topology, h, out):
     """The affine map of the state over ``h`` seconds in a topology, into ``out``:
     ``il' = out[0] il + out[1] vc + out[2]``, ``vc' = out[3] il + out[4] vc + out[5]``."""
@@ -368,7 +488,7 @@ def step_map(c, topology, h, out):
         out[3], out[4], out[5] = 0.0, np.exp(-c[M] * h), decay(c[M], -c[W], 0.0, h)
 
 
-@njit(**_JIT)
+@njit(**_PURE)
 def record_grid(tab, seg, nseg, t0, Ts, dt, n_t, final, wave, lane, maps):
     """Write lane's output-grid samples that fall in this period into ``wave`` (3, lanes, n_t)
     (the final period also takes the sample at t_end). The first sample in a segment is its
@@ -410,7 +530,7 @@ def record_grid(tab, seg, nseg, t0, Ts, dt, n_t, final, wave, lane, maps):
                                                                               il, vc)
 
 
-@njit(**_JIT)
+@njit(**_PURE)
 def phi2(z):
     """(e^z - 1 - z)/z^2, 1/2 at z = 0, accurate for small |z|."""
     if abs(z) < 1e-2:
@@ -418,7 +538,7 @@ def phi2(z):
     return (np.expm1(z) - z) / (z * z)
 
 
-@njit(**_JIT)
+@njit(**_PURE)
 def vout_integral(c, topology, il0, vc0, dur):
     """Integral of vout over a segment [V s], in closed form: the decaying pieces through
     phi2, the DIODE system through A^-1 (x(dur) - x0) + x_eq dur."""
@@ -435,7 +555,7 @@ def vout_integral(c, topology, il0, vc0, dur):
     return c[A_OUT] * (int_vc + c[R_C] * (int_il - c[I_LOAD] * dur))
 
 
-@njit(**_JIT)
+@njit(**_PURE)
 def period_mean_vout(tab, seg, nseg, Ts):
     """Mean output voltage over the period held in ``seg`` [V]."""
     total = 0.0
@@ -486,10 +606,31 @@ def pid_sequence(par, st, use_ramp, backcalc, setpoints, measurements):
     return out
 
 
-@njit(**_JIT)
-def adc_reading(tab, seg, nseg, adc, offsets, noise, duty, Ts):
-    """The averaged ADC code of one control step from the previous period's segments."""
+@njit(**_PURE)
+def adc_code(adc, vout, noise):
+    """The ADC code of one conversion of the output voltage vout [V] (noise: a unit draw)."""
+    v_pin = vout / adc[A_DIVIDER]
+    if adc[A_NOISE] > 0:
+        v_pin = v_pin + adc[A_NOISE] * noise
+    return min(max(np.rint(v_pin * adc[A_FACTOR] + adc[A_OFFSET]), 0.0), adc[A_TOP])
+
+
+@njit(**_PURE)
+def adc_reading(tab, seg, prev, nseg, adc, offsets, noise, draw, duty, Ts, cache):
+    """The averaged ADC code of one control step from the previous period's segments
+    ``seg[prev]`` (noise: this step's unit draws ``noise[draw]``). A single mid-on sample
+    inside the first switch-on segment uses the lane's cached half-on map."""
     n_os = offsets.size
+    if n_os == 1 and adc[A_MID_ON] and not adc[A_IMMEDIATE] and duty > 0:
+        tau = 0.5 * duty * Ts
+        if seg[prev, 1, SEG_START] > tau:  # segment 0 (switch on, from the start) holds it
+            epoch = int(seg[prev, 0, SEG_EPOCH])
+            h = period_maps(cache, tab, epoch, duty, Ts)
+            # With the switch on, vout depends on vc alone (vout_of's ON case).
+            vc = cache[h, C_HALF] * seg[prev, 0, SEG_VC] + cache[h, C_HALF + 1]
+            return adc_code(adc, tab[epoch, A_OUT] * (vc - tab[epoch, R_C] * tab[epoch, I_LOAD]),
+                            noise[draw, 0])
+    seg, noise = seg[prev], noise[draw]
     total = 0.0
     for o in range(n_os):
         if adc[A_IMMEDIATE]:
@@ -497,10 +638,7 @@ def adc_reading(tab, seg, nseg, adc, offsets, noise, duty, Ts):
         else:
             centre = 0.5 * duty * Ts if adc[A_MID_ON] else adc[A_FRACTION] * Ts
             tau = centre if n_os == 1 else min(max(centre + offsets[o], 0.0), Ts * (1 - 1e-12))
-        v_pin = sample(tab, seg, nseg, tau, 0.0)[2] / adc[A_DIVIDER]
-        if adc[A_NOISE] > 0:
-            v_pin = v_pin + adc[A_NOISE] * noise[o]
-        total += min(max(np.rint(v_pin * adc[A_FACTOR] + adc[A_OFFSET]), 0.0), adc[A_TOP])
+        total += adc_code(adc, sample(tab, seg, nseg, tau, 0.0)[2], noise[o])
     return total if n_os == 1 else total / n_os
 
 
@@ -516,7 +654,7 @@ def quantize(duty, steps, lowest, highest):
     return min(max(float(level), lowest), highest) / steps
 
 
-@njit(**_JIT)
+@njit(**_PURE)
 def reference(ref_times, ref_values, per_step, j, t, step):
     """The setpoint at time t: steps in time, or a table per control step."""
     if per_step:
@@ -534,10 +672,13 @@ def run_lane(j, tab, times, Ts, sync, il0, vc0, n_periods, dt, n_t, duty_mode, d
     first period in which the diode chattered, or -1."""
     seg = np.empty((2, MAX_SEGMENTS + 2, 6))
     work = np.empty(MAX_SEGMENTS)
-    on_cache = np.full(6, np.nan)
+    cache = new_cache()
     maps = np.full((3, 7), -1.0)
     il, vc = il0[j], vc0[j]
-    tab_j = tab[j]
+    # Lane-local copies: views of the shared inputs would make the cores contend for their
+    # reference counts on every period.
+    tab_j = tab[j].copy()
+    par, st, noise_j = pid_par[j].copy(), pid_st[j].copy(), noise[j].copy()
     d = duties[0, j]
     prev_nseg = 0
     step = 0
@@ -548,24 +689,33 @@ def run_lane(j, tab, times, Ts, sync, il0, vc0, n_periods, dt, n_t, duty_mode, d
             d = duties[k, j]
         elif duty_mode == 2 and k > 0 and k % every == 0:
             draw = step if adc[A_NOISE] > 0 else 0
-            code = adc_reading(tab_j, seg[1 - cur], prev_nseg, adc, offsets, noise[j, draw],
-                               d, Ts[j])
+            code = adc_reading(tab_j, seg, 1 - cur, prev_nseg, adc, offsets, noise_j, draw,
+                               d, Ts[j], cache)
             measured = code * adc[A_VOLTS_PER_CODE]
             setpoint = reference(ref_times, ref_values, ref_per_step, j, t0, step)
-            command = pid_update(pid_par[j], pid_st[j], use_ramp, backcalc, setpoint, measured)
+            command = pid_update(par, st, use_ramp, backcalc, setpoint, measured)
             d = quantize(command, pwm[j, 0], pwm[j, 1], pwm[j, 2])
             if log.shape[2] > 0:
-                log[L_SETPOINT, j, step] = pid_st[j, S_SP]
+                log[L_SETPOINT, j, step] = st[S_SP]
                 log[L_CODE, j, step] = code
                 log[L_MEASURED, j, step] = measured
-                log[L_INTEGRAL, j, step] = pid_st[j, S_INTEGRAL]
+                log[L_INTEGRAL, j, step] = st[S_INTEGRAL]
                 log[L_COMMAND, j, step] = command
                 log[L_DUTY, j, step] = d
             step += 1
         rec[R_DUTY, j, k], rec[R_IL, j, k], rec[R_VC, j, k] = d, il, vc
-        il, vc, t_diode, t_idle, nseg = period(tab_j, times, t0, Ts[j], sync[j], il, vc, d,
-                                               on_cache, seg[cur], work)
+        epoch = step_free_epoch(times, t0, Ts[j])
+        plain = False
+        if epoch >= 0:
+            il_d, vc_d, plain = ccm_period(tab_j, epoch, cache, Ts[j], sync[j], il, vc, d, seg,
+                                           cur)
+        if plain:
+            il, vc, t_diode, t_idle, nseg = il_d, vc_d, Ts[j] - d * Ts[j], 0.0, 2
+        else:
+            il, vc, t_diode, t_idle, nseg = period(tab_j, times, t0, Ts[j], sync[j], il, vc, d,
+                                                   cache, seg[cur], work)
         if nseg < 0:
+            pid_st[j] = st
             return k
         rec[R_DIODE, j, k], rec[R_IDLE, j, k] = t_diode, t_idle
         if means.shape[1] > 0:
@@ -575,6 +725,7 @@ def run_lane(j, tab, times, Ts, sync, il0, vc0, n_periods, dt, n_t, duty_mode, d
                         wave, j, maps)
         prev_nseg = nseg
     il_end[j], vc_end[j] = il, vc
+    pid_st[j] = st
     if duty_mode == 2:
         duties[0, j] = d
     return -1

@@ -171,3 +171,79 @@ def test_exact_period_means_of_the_kernel_equal_the_engine_quadrature():
     ref = simulate(params, controller=_controller(noise=0.001), engine="numpy", dt=TS, **kw)
     np.testing.assert_array_equal(duty, ref.periods.duty)
     assert _rel(means, ref.period_means()["vout"]) < 1e-9
+
+
+def _lane_table(params, steps=()):
+    from boostsim.drive import prepare_drive
+    from boostsim.engine import Stepper
+
+    drive = prepare_drive(params, 0.5, TS, None, x0=None, controller=None, vref=None,
+                          steps=steps, default_dt_periods=1.0)
+    stepper = Stepper(drive.lanes, steps)
+    return np.ascontiguousarray(stepper.conditions.tables.transpose(2, 0, 1))[0]
+
+
+@pytest.mark.parametrize("synchronous", [False, True])
+def test_cached_period_is_the_uncached_period(synchronous):
+    # A step-free period on the cached maps (kernel.ccm_period) against the segment closed
+    # forms (on_state, off_segment), from continuous-conduction states; a state whose diode
+    # current reaches zero within the period is left to the full period (False).
+    tab = _lane_table(BOARD.replace(synchronous=synchronous))
+    cache, seg, work = kernel.new_cache(), np.zeros((2, kernel.MAX_SEGMENTS + 2, 6)), np.empty(64)
+    c = tab[0]
+    for duty in (0.0, 0.1, 0.55, 0.55, 0.9, 1249 / 1250):
+        for il, vc in ((0.5, 9.0), (2.0, 12.0), (0.01, 5.0)):
+            il_on, vc_on = kernel.on_state(c, il, vc, duty * TS)
+            il_ref, vc_ref, t_off = kernel.off_segment(c, kernel.DIODE, synchronous, il_on,
+                                                       vc_on, TS - duty * TS, work)
+            il_c, vc_c, plain = kernel.ccm_period(tab, 0, cache, TS, synchronous, il, vc, duty,
+                                                  seg, 1)
+            if not plain:
+                assert not synchronous and (np.isfinite(t_off) or il_on <= 0)
+                continue
+            assert t_off == np.inf
+            assert il_c == pytest.approx(il_ref, rel=1e-12, abs=1e-12)
+            assert vc_c == pytest.approx(vc_ref, rel=1e-12)
+            np.testing.assert_array_equal(seg[1, :2, kernel.SEG_TOPO], [kernel.ON, kernel.DIODE])
+            np.testing.assert_allclose(seg[1, 1, [kernel.SEG_IL, kernel.SEG_VC]],
+                                       [il_on, vc_on], rtol=1e-12, atol=1e-12)
+    if not synchronous:  # light current at a low duty: the diode turns off (DCM)
+        assert not kernel.ccm_period(tab, 0, cache, TS, False, 0.01, 5.2, 0.05, seg, 0)[2]
+
+
+def test_cache_entries_are_keyed_by_duty_and_epoch():
+    # Two duties that share a cache row, alternating irregularly, before and after a load and
+    # a line step (new epochs, same duties): every period must use its own duty's and epoch's
+    # maps, as the numpy engine does.
+    d1 = 0.5
+    d2 = d1 + kernel.CACHE_SLOTS / 16384
+    assert kernel.cache_slot(d1) == kernel.cache_slot(d2)
+    pattern = np.random.default_rng(3).integers(0, 2, 400)
+    duty = np.where(pattern == 1, d2, d1)[:, None]
+    lanes = BOARD.replace(synchronous=np.array([False, True]))
+    kw = dict(duty=duty, t_end=400 * TS, dt=TS / 3,
+              steps=[Step(1.2e-3, R=24.0), Step(2.5e-3, vin=6.0)])
+    ref = simulate(lanes, engine="numpy", run_ahead=False, **kw)
+    fast = simulate(lanes, engine="compiled", **kw)
+    for name in ("il", "vc", "vout"):
+        assert _rel(getattr(fast, name), getattr(ref, name)) < 1e-9, name
+    np.testing.assert_allclose(fast.periods.vc_start, ref.periods.vc_start, rtol=1e-9)
+
+
+def test_mid_on_adc_sample_on_the_cached_map_is_the_segment_sample():
+    # The controller's mid-on ADC sample taken on the cached half-on map against the segment
+    # closed form (kernel.sample), with a picovolt-resolution converter so that a wrong
+    # sample instant or map shows.
+    tab = _lane_table(BOARD)
+    cache, seg, work = kernel.new_cache(), np.zeros((2, kernel.MAX_SEGMENTS + 2, 6)), np.empty(64)
+    adc = np.zeros(kernel.N_ADC)
+    adc[kernel.A_MID_ON], adc[kernel.A_DIVIDER], adc[kernel.A_FACTOR] = 1.0, 1.0, 1e12
+    adc[kernel.A_TOP] = np.inf
+    for duty in (0.05, 0.4, 0.4, 0.85):
+        for il, vc in ((1.5, 11.0), (0.0, 4.0)):
+            nseg = kernel.period(tab, np.zeros(0), 0.0, TS, False, il, vc, duty, cache, seg[0],
+                                 work)[4]
+            fast = kernel.adc_reading(tab, seg, 0, nseg, adc, np.zeros(1), np.zeros((1, 1)), 0,
+                                      duty, TS, cache)
+            vout = kernel.sample(tab, seg[0], nseg, 0.5 * duty * TS, 0.0)[2]
+            assert abs(fast - np.rint(vout * 1e12)) <= 1, (duty, il, vc)

@@ -228,3 +228,29 @@ def test_adc_model_quantises_clips_and_is_seeded():
     assert 1.5 < a.std() < 2.5 and abs(a.mean() - 2048) < 0.3
     off = AdcModel(3.3, 4096, 4095, offset_lsb=3, gain_error=0.01)
     assert off.code(1.65) == int(2048 * 1.01 + 3 + 0.5)
+
+
+@pytest.mark.parametrize(("R", "duty", "x0"), [(48.0, 0.6, None), (1000.0, 0.3, None),
+                                               (48.0, 0.6, (0.0, 14.0))])
+def test_one_instant_is_evaluated_as_numpy_interp_does(R, duty, x0):
+    # A single firmware read goes through _Chunk.evaluate_at (Python floats); it must give
+    # np.interp's numbers bit for bit, on grid points, between them and at both ends.
+    params = BOARD.replace(R=R)
+    if x0 is None:
+        plant, _ = _at_steady(params, duty)
+    else:  # above its output at rest: discontinuous conduction on the way down
+        plant = Plant(params, x0=x0)
+        plant.set_pwm(0.0, True, FSW, duty)
+    plant.advance(3.5 / FSW)
+    chunk = plant._get_chunk()
+    xp = chunk.tables[0]
+    rng = np.random.default_rng(5)
+    taus = np.concatenate([xp, rng.uniform(xp[0], xp[-1], 200), [xp[0], xp[-1]]])
+    il, vc = plant.state
+    for tau in taus:
+        for current in (False, True):
+            v_ref, i_ref = chunk.evaluate(np.array([tau]), il, vc, current)
+            v, i = chunk.evaluate_at(float(tau), il, vc, current)
+            assert v == v_ref[0], (chunk.kind, tau)
+            if current:
+                assert i == i_ref[0], (chunk.kind, tau)
