@@ -202,8 +202,8 @@ def main() -> None:
           f"lane-periods/s), yield {100 * mc['yield']:.1f} %")
     speed = results["averaged"] = averaged_speedup(args.seconds)
     print(f"\n{args.seconds:g} s closed loop, one lane: switching engine "
-          f"{speed['engine_s']:.2f} s, "
-          f"averaged model {speed['averaged_s']:.2f} s; mean vout {speed['vout_engine']:.4f} V "
+          f"{speed['engine_s']:.3g} s, "
+          f"averaged model {speed['averaged_s']:.3g} s; mean vout {speed['vout_engine']:.4f} V "
           f"vs {speed['vout_averaged']:.4f} V")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
