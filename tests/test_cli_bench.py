@@ -131,7 +131,7 @@ def test_emulate_and_sweep_as_processes(tmp_path):
 def test_usage_errors_and_no_board(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for argv, text in (
-            (["bench"], "choose an action: ports, sweep, step, live or calibrate"),
+            (["bench"], "choose an action: ports, sweep, step, live, calibrate or identify"),
             (["bench", "step", "--duty", "0.5"], "give a duty step FROM:TO"),
             (["bench", "step", "--duty", "0.5", "--load-step", "R=24", "--port", "/dev/x"],
              "external gear"),

@@ -3,7 +3,7 @@
 Commands: ``sweep`` (duty/parameter grids, Monte-Carlo), ``simulate`` (switching waveforms,
 open loop or under a host/board PID loop), ``steady`` (one operating point and its losses),
 ``tune`` (PID gains for a crossover and phase margin), ``bode`` (loop-gain Bode plot),
-``config init|show``, ``bench ports|sweep|step|live|calibrate`` (the bench board or its
+``config init|show``, ``bench ports|sweep|step|live|calibrate|identify`` (the bench board or its
 emulator, each experiment beside the same simulation) and ``emulate`` (the board emulator on a
 pseudo-terminal). ``boostsim CMD --help`` lists each command's options with examples.
 
@@ -36,7 +36,8 @@ commands:
   tune       PID gains for a loop crossover and phase margin (predicted margins, overshoot)
   bode       loop-gain (or plant) Bode plot with crossover, phase and gain margins
   config     write the default board file (init) or show the effective configuration (show)
-  bench      the bench board: ports, sweep, step, live (host PID loop), calibrate
+  bench      the bench board: ports, sweep, step, live (host PID loop), calibrate,
+             identify
   emulate    emulate the bench board on a pseudo-terminal (for bench commands without hardware)
   firmware   copy the board firmware to a Pico (mpremote) or write its files to a folder
 
@@ -89,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.func is None:
         actions = {"config": "init or show", "firmware": "install or files",
-                   "bench": "ports, sweep, step, live or calibrate"}[args.command]
+                   "bench": "ports, sweep, step, live, calibrate or identify"}[args.command]
         print(f"{PROG}: error: choose an action: {actions} (see '{PROG} {args.command} "
               f"--help')", file=sys.stderr)
         return 2
