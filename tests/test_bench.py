@@ -165,7 +165,11 @@ def test_duty_step_matches_the_simulated_step(emu):
     assert m.final == pytest.approx(s.final, abs=3 * LSB)
     assert m.overshoot == pytest.approx(s.overshoot, abs=6)       # % of the step
     assert m.rise_time == pytest.approx(s.rise_time, abs=0.1e-3)
-    assert m.settling_time == pytest.approx(s.settling_time, abs=0.5e-3)
+    # A settling time is the last exit from the band: on a ringing response it jumps by half a
+    # ringing period whenever noise lifts or lowers one peak across the band edge, so it is
+    # compared to 1.5 ringing periods (2 pi sqrt(LC) = 0.63 ms for the default board).
+    ringing = 2 * np.pi * np.sqrt(BOARD.L * BOARD.C)
+    assert m.settling_time == pytest.approx(s.settling_time, abs=1.5 * ringing)
     # sample by sample, within the noise and the ripple (the sample phase is unknown)
     sim_at = np.interp(t, step.t_sim, step.vout_sim)
     assert np.sqrt(np.mean((step.vout_smooth - sim_at) ** 2)) < 0.1
