@@ -83,6 +83,7 @@ def pid_arrays(pid: PID, n: int) -> tuple[np.ndarray, np.ndarray]:
     par[:, k.P_RAMP] = lanes(pid._ramp_step)
     st = np.empty((n, k.N_PID_STATE))
     st[:, k.S_INTEGRAL], st[:, k.S_DERIV] = lanes(pid.integral), lanes(pid.derivative)
+    st[:, k.S_INTEGRAL_ERROR] = lanes(pid._integral_error)
     st[:, k.S_Y_PREV], st[:, k.S_HAS_Y] = lanes(pid._y_prev), float(pid._y_prev is not None)
     st[:, k.S_SP] = lanes(pid.ramped_setpoint)
     st[:, k.S_HAS_SP] = float(pid.ramped_setpoint is not None)
@@ -102,6 +103,7 @@ def _restore_pid(pid: PID, st: np.ndarray, n: int) -> None:
                                                  value(k.S_Y_PREV))
     pid.ramped_setpoint, pid.unclamped = value(k.S_SP), value(k.S_UNCLAMPED)
     pid.last_output = value(k.S_OUTPUT)
+    pid._integral_error = value(k.S_INTEGRAL_ERROR)
     pid.saturated = pid.last_output != pid.unclamped
 
 
