@@ -45,9 +45,10 @@ def available() -> bool:
 
 
 def supports(controller: Any) -> bool:
-    """True for open loop and for the built-in controller with the built-in PID."""
+    """True for open loop and for the built-in controller with the built-in PID and an ADC
+    the kernel models (no DNL table, no sampling jitter: those run on the numpy engine)."""
     return controller is None or (type(controller) is DigitalController
-                                  and type(controller.pid) is PID)
+                                  and type(controller.pid) is PID and controller.adc.compiled)
 
 
 def use_compiled(engine: str, controller: Any) -> bool:
@@ -58,9 +59,11 @@ def use_compiled(engine: str, controller: Any) -> bool:
         return False
     if engine == "compiled":
         if not supports(controller):
+            what = (type(controller).__name__ if type(controller) is not DigitalController
+                    or type(controller.pid) is not PID else "an ADC with DNL or jitter")
             raise ValueError(f"engine='compiled' runs open loop and DigitalController with "
-                             f"boostsim.pid.PID, not {type(controller).__name__}; use "
-                             f"engine='auto'")
+                             f"boostsim.pid.PID and an ideal-timing, DNL-free ADC, not "
+                             f"{what}; use engine='auto'")
         if _load() is None:
             raise ValueError(f"engine='compiled' needs numba: {_import_error}")
         return True
