@@ -469,10 +469,9 @@ def pid_update(par, st, use_ramp, backcalc, setpoint, y):
     else:
         frozen = 1.0 if (v > hi and e > 0) or (v < lo and e < 0) else 0.0
         di = di - di * frozen
-    di = di + st[S_INTEGRAL_ERROR]  # compensated sum (TwoSum), as boostsim.pid
+    di = di + st[S_INTEGRAL_ERROR]  # compensated (Kahan) sum, as boostsim.pid
     total = i + di
-    di_part = total - i
-    st[S_INTEGRAL_ERROR] = (i - (total - di_part)) + (di - di_part)
+    st[S_INTEGRAL_ERROR] = di - (total - i)
     i = total
     st[S_INTEGRAL], st[S_DERIV], st[S_Y_PREV], st[S_HAS_Y] = i, d, y, 1.0
     st[S_SP], st[S_HAS_SP], st[S_UNCLAMPED], st[S_OUTPUT] = s, 1.0, v, u

@@ -52,9 +52,9 @@ Integral term, forward Euler (``integral`` holds I, already in output units)::
     anti_windup="backcalc"  (back-calculation / tracking, tracking gain kt in 1/s)
         I_{k+1} = I_k + ki*ts*e_k + kt*ts*(u_k - v_k)
 
-    The sum is compensated (Knuth's TwoSum): ``integral`` holds the rounded I and a hidden
-    term the rounding error, carried into the next increment, so increments far below the
-    integral's resolution still add up. That matters in single precision (MicroPython on the
+    The sum is compensated (Kahan summation): ``integral`` holds the rounded I and a hidden
+    term what the rounding left out, carried into the next increment, so increments far below
+    the integral's resolution still add up. That matters in single precision (MicroPython on the
     RP2040): a slow loop's ki*ts*e can fall below half an ulp of I (3e-8 at I = 0.5), and a
     plain sum then never integrates a small error away. In double precision it changes I by
     rounding only.
@@ -232,11 +232,10 @@ class PID:
         else:
             frozen = (v > hi) * (e > 0) + (v < lo) * (e < 0)  # 0/1 (or bool array)
             di = di - di * frozen
-        # i + di + carried error, compensated (TwoSum: exact error of the rounded sum).
+        # i + di + carried error, compensated (Kahan: what the rounded sum left out).
         di = di + self._integral_error
         total = i + di
-        di_part = total - i
-        self._integral_error = (i - (total - di_part)) + (di - di_part)
+        self._integral_error = di - (total - i)
         i = total
         self.integral = i
         self.derivative = d
