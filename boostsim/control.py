@@ -262,6 +262,9 @@ class DigitalController:
         self.pid = pid
         self.adc = adc or ADC()
         self.pwm = pwm or PWM()
+        if self.adc.jitter > 0 and self.pwm.update == "immediate":
+            raise ValueError("ADC jitter needs PWM update='next': the 'immediate' idealisation "
+                             "samples exactly at the end of the period")
         self.every = every
         self.initial_duty = initial_duty
         self.reference = Reference(vref) if vref is not None else None

@@ -6,7 +6,7 @@ import pytest
 
 from boostsim import default_board, simulate
 from boostsim.adc_model import RP2040_DNL, AdcTransfer, enob, rp2040
-from boostsim.control import ADC, DigitalController
+from boostsim.control import ADC, PWM, DigitalController
 from boostsim.pid import PID
 
 BOARD = default_board()
@@ -83,6 +83,9 @@ def test_jitter_moves_the_sampling_instants_within_the_period():
     assert np.std(got[:, 0] - nominal[:, 0]) < 1e-6
     with pytest.raises(ValueError, match="rng"):
         adc.instants(duty, ts)
+    with pytest.raises(ValueError, match="jitter needs PWM update='next'"):
+        DigitalController(PID(kp=0.002, ki=30.0, kd=0.0, ts=TS), adc=adc,
+                          pwm=PWM(update="immediate"))
 
 
 def _run(adc, engine):
