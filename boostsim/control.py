@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from .adc_model import AdcTransfer
 from .pid import PID
 from .rp2040 import PWM_CLOCK, compare_level, duty_u16, slice_setup
 
@@ -98,6 +99,13 @@ class ADC:
     the on-time) or, as a float in [0, 1), of the switching period. ``oversample`` conversions
     ``spacing`` seconds apart (centred on the instant) are averaged. The reading is converted
     back to volts with the nominal divider and reference (errors are what calibration fixes).
+
+    Imperfections beyond these (off by default, so results stay those of an ideal converter):
+    ``dnl``, the per-code differential non-linearity ({code: LSB} or 2^bits values;
+    :data:`boostsim.adc_model.RP2040_DNL` is the Pico's), and ``jitter`` [s], the rms jitter of
+    every sampling instant (kept within the period). :attr:`transfer` is the
+    :class:`boostsim.adc_model.AdcTransfer` these fields describe, the one the board emulator
+    uses too; the compiled kernel models neither, so such controllers run on the numpy engine.
     """
 
     bits: int = 12
@@ -110,6 +118,8 @@ class ADC:
     oversample: int = 1
     spacing: float = 2e-6
     seed: int | None = 0
+    dnl: Any = None
+    jitter: float = 0.0
 
     def __post_init__(self) -> None:
         if not (isinstance(self.bits, int) and 1 <= self.bits <= 24):
@@ -120,6 +130,13 @@ class ADC:
                 raise ValueError(f"ADC {name} must be > 0, got {value!r}")
         if not (math.isfinite(self.noise_rms) and self.noise_rms >= 0):
             raise ValueError(f"ADC noise_rms must be >= 0 [V], got {self.noise_rms!r}")
+        if not (math.isfinite(self.jitter) and self.jitter >= 0):
+            raise ValueError(f"ADC jitter must be >= 0 [s rms], got {self.jitter!r}")
+        # Builds (and checks) the transfer once: bad DNL tables fail here.
+        object.__setattr__(self, "_transfer", AdcTransfer(
+            bits=self.bits, vref=self.vref, gain_error=self.gain_error,
+            offset_lsb=self.offset_codes, noise_lsb=self.noise_rms / self.vref * self.full_scale,
+            jitter_s=self.jitter, dnl=self.dnl))
         if not (isinstance(self.oversample, int) and self.oversample >= 1):
             raise ValueError(f"ADC oversample must be an integer >= 1, got {self.oversample!r}")
         if self.sample_at != "mid_on" and not (isinstance(self.sample_at, int | float)
@@ -136,25 +153,41 @@ class ADC:
         """Output volts per ADC code (nominal)."""
         return self.vref / self.full_scale * self.divider
 
-    def instants(self, duty: np.ndarray, Ts: np.ndarray) -> np.ndarray:
-        """Sampling instants in the period [s], shape (oversample, lanes)."""
+    @property
+    def transfer(self) -> AdcTransfer:
+        """The pin-volts-to-codes transfer these fields describe (shared with the emulator)."""
+        return self._transfer
+
+    @property
+    def compiled(self) -> bool:
+        """True if the compiled kernel models this ADC (no DNL table, no jitter)."""
+        return self._transfer.ideal and self.jitter == 0
+
+    def instants(self, duty: np.ndarray, Ts: np.ndarray,
+                 rng: np.random.Generator | None = None) -> np.ndarray:
+        """Sampling instants in the period [s], shape (oversample, lanes); with ``jitter`` each
+        is moved by a draw from ``rng`` (required then), kept within the period."""
         if self.sample_at == "mid_on":
             centre = 0.5 * duty * Ts
         else:
             centre = float(self.sample_at) * Ts
-        if self.oversample == 1:
+        if self.oversample == 1 and self.jitter == 0:
             return centre[None, :]
         offsets = (np.arange(self.oversample) - 0.5 * (self.oversample - 1)) * self.spacing
-        return np.clip(centre[None, :] + offsets[:, None], 0.0, Ts * (1 - 1e-12))
+        instants = centre[None, :] + offsets[:, None]
+        if self.jitter > 0:
+            if rng is None:
+                raise ValueError("ADC jitter needs a random generator (rng=...)")
+            instants = instants + rng.normal(0.0, self.jitter, size=instants.shape)
+        return np.clip(instants, 0.0, Ts * (1 - 1e-12))
 
     def codes(self, vout: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Integer codes for output voltages ``vout`` (any shape)."""
         v_pin = np.asarray(vout, dtype=float) / self.divider
         if self.noise_rms > 0:
             v_pin = v_pin + rng.normal(0.0, self.noise_rms, size=v_pin.shape)
-        ideal = v_pin * ((1.0 + self.gain_error) / self.vref * self.full_scale) \
-            + self.offset_codes
-        return np.clip(np.rint(ideal), 0, self.full_scale - 1)
+        transfer = self._transfer
+        return transfer.quantize(transfer.position(v_pin))
 
     def volts(self, codes: np.ndarray) -> np.ndarray:
         """Output volts the firmware computes from (averaged) codes."""
@@ -236,6 +269,9 @@ class DigitalController:
         self.pid = pid
         self.adc = adc or ADC()
         self.pwm = pwm or PWM()
+        if self.adc.jitter > 0 and self.pwm.update == "immediate":
+            raise ValueError("ADC jitter needs PWM update='next': the 'immediate' idealisation "
+                             "samples exactly at the end of the period")
         self.every = every
         self.initial_duty = initial_duty
         self.reference = Reference(vref) if vref is not None else None
@@ -287,7 +323,7 @@ class DigitalController:
         if self.pwm.update == "immediate":
             instants = np.broadcast_to(Ts * (1 - 1e-12), (self.adc.oversample, Ts.size))
         else:
-            instants = self.adc.instants(view.duty, Ts)
+            instants = self.adc.instants(view.duty, Ts, self._rng)
         if self.adc.oversample == 1:
             codes = self.adc.codes(view.sample(instants[0])[2], self._rng)
         else:

@@ -45,9 +45,10 @@ def available() -> bool:
 
 
 def supports(controller: Any) -> bool:
-    """True for open loop and for the built-in controller with the built-in PID."""
+    """True for open loop and for the built-in controller with the built-in PID and an ADC
+    the kernel models (no DNL table, no sampling jitter: those run on the numpy engine)."""
     return controller is None or (type(controller) is DigitalController
-                                  and type(controller.pid) is PID)
+                                  and type(controller.pid) is PID and controller.adc.compiled)
 
 
 def use_compiled(engine: str, controller: Any) -> bool:
@@ -58,9 +59,11 @@ def use_compiled(engine: str, controller: Any) -> bool:
         return False
     if engine == "compiled":
         if not supports(controller):
+            what = (type(controller).__name__ if type(controller) is not DigitalController
+                    or type(controller.pid) is not PID else "an ADC with DNL or jitter")
             raise ValueError(f"engine='compiled' runs open loop and DigitalController with "
-                             f"boostsim.pid.PID, not {type(controller).__name__}; use "
-                             f"engine='auto'")
+                             f"boostsim.pid.PID and an ideal-timing, DNL-free ADC, not "
+                             f"{what}; use engine='auto'")
         if _load() is None:
             raise ValueError(f"engine='compiled' needs numba: {_import_error}")
         return True
@@ -83,6 +86,7 @@ def pid_arrays(pid: PID, n: int) -> tuple[np.ndarray, np.ndarray]:
     par[:, k.P_RAMP] = lanes(pid._ramp_step)
     st = np.empty((n, k.N_PID_STATE))
     st[:, k.S_INTEGRAL], st[:, k.S_DERIV] = lanes(pid.integral), lanes(pid.derivative)
+    st[:, k.S_INTEGRAL_ERROR] = lanes(pid._integral_error)
     st[:, k.S_Y_PREV], st[:, k.S_HAS_Y] = lanes(pid._y_prev), float(pid._y_prev is not None)
     st[:, k.S_SP] = lanes(pid.ramped_setpoint)
     st[:, k.S_HAS_SP] = float(pid.ramped_setpoint is not None)
@@ -102,6 +106,7 @@ def _restore_pid(pid: PID, st: np.ndarray, n: int) -> None:
                                                  value(k.S_Y_PREV))
     pid.ramped_setpoint, pid.unclamped = value(k.S_SP), value(k.S_UNCLAMPED)
     pid.last_output = value(k.S_OUTPUT)
+    pid._integral_error = value(k.S_INTEGRAL_ERROR)
     pid.saturated = pid.last_output != pid.unclamped
 
 

@@ -39,8 +39,9 @@ SEG_TOPO, SEG_START, SEG_DUR, SEG_IL, SEG_VC, SEG_EPOCH = range(6)
 # PID parameter rows (per lane) and state rows; see boostsim.pid for the law.
 P_KP, P_KI_TS, P_KT_TS, P_D_A, P_D_B, P_MIN, P_MAX, P_RAMP = range(8)
 N_PID_PAR = 8
-(S_INTEGRAL, S_DERIV, S_Y_PREV, S_HAS_Y, S_SP, S_HAS_SP, S_UNCLAMPED, S_OUTPUT) = range(8)
-N_PID_STATE = 8
+(S_INTEGRAL, S_DERIV, S_Y_PREV, S_HAS_Y, S_SP, S_HAS_SP, S_UNCLAMPED, S_OUTPUT,
+ S_INTEGRAL_ERROR) = range(9)
+N_PID_STATE = 9
 
 # ADC settings (one float array): how the sample instant is chosen, divider, conversion.
 (A_IMMEDIATE, A_MID_ON, A_FRACTION, A_DIVIDER, A_FACTOR, A_OFFSET, A_TOP, A_VOLTS_PER_CODE,
@@ -585,10 +586,14 @@ def pid_update(par, st, use_ramp, backcalc, setpoint, y):
     u = min(max(v, lo), hi)
     di = par[P_KI_TS] * e
     if backcalc:
-        i = i + di + par[P_KT_TS] * (u - v)
+        di = di + par[P_KT_TS] * (u - v)
     else:
         frozen = 1.0 if (v > hi and e > 0) or (v < lo and e < 0) else 0.0
-        i = i + (di - di * frozen)
+        di = di - di * frozen
+    di = di + st[S_INTEGRAL_ERROR]  # compensated (Kahan) sum, as boostsim.pid
+    total = i + di
+    st[S_INTEGRAL_ERROR] = di - (total - i)
+    i = total
     st[S_INTEGRAL], st[S_DERIV], st[S_Y_PREV], st[S_HAS_Y] = i, d, y, 1.0
     st[S_SP], st[S_HAS_SP], st[S_UNCLAMPED], st[S_OUTPUT] = s, 1.0, v, u
     return u

@@ -52,6 +52,13 @@ Integral term, forward Euler (``integral`` holds I, already in output units)::
     anti_windup="backcalc"  (back-calculation / tracking, tracking gain kt in 1/s)
         I_{k+1} = I_k + ki*ts*e_k + kt*ts*(u_k - v_k)
 
+    The sum is compensated (Kahan summation): ``integral`` holds the rounded I and a hidden
+    term what the rounding left out, carried into the next increment, so increments far below
+    the integral's resolution still add up. That matters in single precision (MicroPython on the
+    RP2040): a slow loop's ki*ts*e can fall below half an ulp of I (3e-8 at I = 0.5), and a
+    plain sum then never integrates a small error away. In double precision it changes I by
+    rounding only.
+
     Unsaturated, both give I(z) = ki*ts / (z - 1) * E(z), so the linear controller is
 
         U(z) = [kp + ki*ts/(z - 1)] * (S(z) - Y(z)) - b*(z - 1)/(z - a) * Y(z)
@@ -178,6 +185,7 @@ class PID:
         setpoint: s0, where the setpoint ramp starts (default: the first measurement).
         """
         self.derivative = 0.0
+        self._integral_error = 0.0  # rounding error of the integral's sum, carried forward
         self._y_prev = measurement
         self.ramped_setpoint = setpoint
         self.saturated = False
@@ -220,10 +228,15 @@ class PID:
         # Integral for the next sample (forward Euler) with anti-windup.
         di = self._ki_ts * e
         if self._backcalc:
-            i = i + di + self._kt_ts * (u - v)
+            di = di + self._kt_ts * (u - v)
         else:
             frozen = (v > hi) * (e > 0) + (v < lo) * (e < 0)  # 0/1 (or bool array)
-            i = i + (di - di * frozen)
+            di = di - di * frozen
+        # i + di + carried error, compensated (Kahan: what the rounded sum left out).
+        di = di + self._integral_error
+        total = i + di
+        self._integral_error = di - (total - i)
+        i = total
         self.integral = i
         self.derivative = d
         self._y_prev = y

@@ -14,8 +14,10 @@ What it models, per call of the firmware:
   ``vout`` through the board's divider (``vout_divider``, by default the firmware's own
   ``VOUT_DIVIDER``: a board that matches its config), ``vin`` through ``VIN_DIVIDER``, ``iin``
   (the instantaneous inductor current through ``IIN_V_PER_A``/``IIN_OFFSET_V``); ADC gain
-  error, offset and Gaussian noise (in codes rms), clipped to 0..ADC_MAX_CODE.
-* ``adc_stream_start/stop``: samples at board times ``t0 + k * period`` pushed into the
+  error, offset, Gaussian noise (in codes rms) and the differential non-linearity, through
+  the shared :class:`boostsim.adc_model.AdcTransfer`, clipped to 0..ADC_MAX_CODE.
+* ``adc_stream_start/stop``: samples at board times ``t0 + k * period`` (each conversion
+  delayed by the timer IRQ's jitter, ``AdcModel.jitter_s`` rms) pushed into the
   firmware's ring; they are produced whenever the emulator catches up with the clock (at least
   every serve-loop poll), each computed at its own exact instant, so the ring sees exactly what
   a timer interrupt would have pushed, overflow included.
@@ -30,6 +32,7 @@ What it models, per call of the firmware:
 
 from __future__ import annotations
 
+import bisect
 import math
 import threading
 import time
@@ -38,6 +41,8 @@ from typing import Any
 
 import numpy as np
 
+from boostsim.adc_model import AdcTransfer
+
 from .plant import Plant
 from .rp2040 import PWM_CLOCK, pwm_output, rp2040_pwm
 
@@ -45,19 +50,31 @@ __all__ = ["AdcModel", "EmulatedHAL", "LoopStats", "rp2040_pwm"]
 
 
 class AdcModel:
-    """12-bit ADC with divider, gain/offset error and Gaussian noise (seeded).
+    """The board's ADC: conversions through a :class:`boostsim.adc_model.AdcTransfer` (the
+    description the simulation's ADC uses too), noise drawn from a seeded generator.
 
     ``noise_lsb``: rms noise in codes; ``offset_lsb``: offset in codes; ``gain_error``:
-    relative (0.01 = reads 1 % high). Conversions are ``floor(v_pin / vref * full_scale *
-    (1 + gain_error) + offset + noise + 0.5)`` clipped to 0..max_code.
+    relative (0.01 = reads 1 % high); ``dnl``: None (ideal) or the per-code DNL table
+    (:data:`boostsim.adc_model.RP2040_DNL`); ``jitter_s``: rms delay of a timer-triggered
+    conversion after its nominal instant [s] (the emulated HAL applies it to streamed
+    samples). Codes are clipped to 0..max_code; NaN reads 0.
     """
 
     def __init__(self, vref: float, full_scale: int, max_code: int, *, noise_lsb: float = 0.0,
-                 offset_lsb: float = 0.0, gain_error: float = 0.0, seed: int | None = None):
+                 offset_lsb: float = 0.0, gain_error: float = 0.0, dnl: Any = None,
+                 jitter_s: float = 0.0, seed: int | None = None):
+        bits = int(full_scale).bit_length() - 1
+        if full_scale != 1 << bits:
+            raise ValueError(f"ADC full scale must be a power of two, got {full_scale!r}")
+        self.transfer = AdcTransfer(bits=bits, vref=float(vref), gain_error=float(gain_error),
+                                    offset_lsb=float(offset_lsb), noise_lsb=float(noise_lsb),
+                                    jitter_s=float(jitter_s), dnl=dnl)
         self.scale = full_scale / vref * (1.0 + gain_error)
         self.max_code = int(max_code)
         self.noise_lsb = float(noise_lsb)
-        self.offset = float(offset_lsb) + 0.5
+        self.jitter_s = float(jitter_s)
+        self.offset = float(offset_lsb)
+        self._levels = None if self.transfer.ideal else self.transfer.levels.tolist()
         self._rng = np.random.default_rng(seed)
         self._noise = np.zeros(0)
         self._pos = 0
@@ -70,25 +87,26 @@ class AdcModel:
         self._pos += n
         return out
 
+    def delays(self, n: int) -> np.ndarray:
+        """Delays [s] of ``n`` timer-triggered conversions (half-normal, ``jitter_s`` rms)."""
+        return np.abs(self._rng.standard_normal(n)) * self.jitter_s
+
     def code(self, v_pin: float) -> int:
+        """One conversion (the scalar twin of :meth:`codes`, for single reads)."""
         x = v_pin * self.scale + self.offset
         if self.noise_lsb:
             x += self.noise_lsb * float(self._normals(1)[0])
         if not x >= 0.0:  # also NaN
             return 0
-        c = int(x)
+        c = round(x) if self._levels is None else bisect.bisect_right(self._levels, x)
         return c if c < self.max_code else self.max_code
 
     def codes(self, v_pin: np.ndarray) -> np.ndarray:
-        x = v_pin * self.scale
-        x += self.offset
-        if self.noise_lsb:
-            x += self.noise_lsb * self._normals(x.size)
-        np.floor(x, out=x)
+        """Conversions of the pin voltages ``v_pin`` [V]."""
+        x = self.transfer.codes(v_pin, self._normals(v_pin.size) if self.noise_lsb else None)
         np.maximum(x, 0.0, out=x)
         np.minimum(x, self.max_code, out=x)
-        if np.isnan(x).any():
-            x[np.isnan(x)] = 0.0
+        x[np.isnan(x)] = 0.0
         return x.astype(np.int64)
 
 
@@ -370,7 +388,11 @@ class EmulatedHAL:
             return None
         n = (now_us - nxt) // period + 1
         stream[2] = nxt + n * period
-        return self.boot_time + (nxt + period * np.arange(n, dtype=np.int64)) * 1e-6
+        times = self.boot_time + (nxt + period * np.arange(n, dtype=np.int64)) * 1e-6
+        if self.adc.jitter_s:
+            # The timer IRQ starts each conversion a little late (never later than now).
+            times = np.maximum.accumulate(np.minimum(times + self.adc.delays(n), t))
+        return times
 
     def _push(self, vout: np.ndarray, times: np.ndarray) -> None:
         push = self._stream[1].push

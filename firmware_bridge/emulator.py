@@ -24,7 +24,9 @@ Command line (``boostsim emulate`` or ``python -m firmware_bridge.emulator``)::
 
 Board description: the ``[converter]`` table of the TOML config (:meth:`BoostParams.load`, the
 same file the simulator reads) and an optional ``[emulator]`` table (see
-:class:`EmulatorConfig`): ADC noise/offset/gain error, the real divider ratios, the PWM timer
+:class:`EmulatorConfig`): ADC noise/offset/gain error, the ADC's non-linearity (the RP2040's
+on request) and timer jitter, single-precision PID arithmetic and its computation time (on by
+default), the real divider ratios, the PWM timer
 clock, the serial number, firmware config overrides (``[emulator.firmware]``). The firmware
 runs with ``firmware/config.py`` (or ``--firmware-config path/to/config.py``): the PWM frequency
 is the one the firmware programs, so the TOML ``fsw`` only matters to the simulator.
@@ -65,7 +67,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from boostsim.adc_model import RP2040_DNL
 from boostsim.params import BoostParams, default_board
+from boostsim.pid import PID
 from boostsim.units import parse_si
 
 from .emulated_hal import AdcModel, EmulatedHAL
@@ -77,6 +83,8 @@ from .rp2040 import PWM_CLOCK
 __all__ = ["Emulator", "EmulatorConfig", "FaultLink", "PtyPort", "firmware_config", "main"]
 
 DEFAULT_SERIAL = "B0057E0000000001"
+#: ``[emulator] adc_dnl`` names: the ADC's DNL table (None: ideal).
+ADC_DNL_TABLES: dict[str, Any] = {"rp2040": RP2040_DNL, "ideal": None}
 SOFT_REBOOT_BANNER = b"MPY: soft reboot\r\n"
 _DIRECTIONS = ("rx", "tx")
 
@@ -128,6 +136,17 @@ class EmulatorConfig:
     noise_lsb               ADC noise, codes rms (default 1.0)
     adc_offset_lsb          ADC offset, codes (default 0)
     adc_gain_error          ADC gain error, relative (default 0)
+    adc_dnl                 ADC differential non-linearity: "ideal" (default) or "rp2040"
+                            (the RP2040-E11 wide codes below 512, 1536, 2560, 3584 and the
+                            missing codes, :data:`boostsim.adc_model.RP2040_DNL`: static
+                            errors up to ~6 LSB that the bench's DC comparisons, made for an
+                            ideal ADC, do not allow for)
+    adc_jitter              rms delay of each streamed conversion after its timer tick [s]
+                            (default 2 us; the host still sees nominal timestamps)
+    float32                 the on-board PID computes in single precision, as MicroPython on
+                            the RP2040 (default true)
+    pid_compute_time        time one on-board PID update takes [s]: the latency between the
+                            control step's ADC sample and its PWM update (default 100 us)
     vout_divider            real V_out divider ratio (default: the firmware's VOUT_DIVIDER);
                             or ``r_top`` and ``r_bottom`` [ohm]
     vin_divider             real V_in divider ratio (default: the firmware's VIN_DIVIDER)
@@ -150,6 +169,10 @@ class EmulatorConfig:
     noise_lsb: float = 1.0
     adc_offset_lsb: float = 0.0
     adc_gain_error: float = 0.0
+    adc_dnl: str = "ideal"
+    adc_jitter: float = 2e-6
+    float32: bool = True
+    pid_compute_time: float = 100e-6
     vout_divider: float | None = None
     vin_divider: float | None = None
     pwm_clock: float = PWM_CLOCK
@@ -162,12 +185,14 @@ class EmulatorConfig:
     firmware: dict[str, Any] = dataclasses.field(default_factory=dict)
     firmware_path: str | None = None
 
-    _KEYS = ("noise_lsb", "adc_offset_lsb", "adc_gain_error", "vout_divider", "r_top",
-             "r_bottom", "vin_divider", "pwm_clock", "serial", "seed", "trust_v",
-             "reset_banner", "boot_delay", "tx_timeout", "firmware")
+    _KEYS = ("noise_lsb", "adc_offset_lsb", "adc_gain_error", "adc_dnl", "adc_jitter",
+             "float32", "pid_compute_time", "vout_divider", "r_top", "r_bottom", "vin_divider",
+             "pwm_clock", "serial", "seed", "trust_v", "reset_banner", "boot_delay",
+             "tx_timeout", "firmware")
 
     def __post_init__(self) -> None:
-        for name in ("noise_lsb", "boot_delay", "tx_timeout", "pwm_clock"):
+        for name in ("noise_lsb", "boot_delay", "tx_timeout", "pwm_clock", "adc_jitter",
+                     "pid_compute_time"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
@@ -175,6 +200,11 @@ class EmulatorConfig:
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be > 0, got {value!r}")
+        if self.adc_dnl not in ADC_DNL_TABLES:
+            raise ValueError(f"adc_dnl must be one of {', '.join(ADC_DNL_TABLES)}, got "
+                             f"{self.adc_dnl!r}")
+        if not isinstance(self.float32, bool):
+            raise ValueError(f"float32 must be true or false, got {self.float32!r}")
         if isinstance(self.reset_banner, str):
             self.reset_banner = self.reset_banner.encode("latin-1")
         if not isinstance(self.params, BoostParams) or self.params.n_lanes != 1:
@@ -188,8 +218,9 @@ class EmulatorConfig:
             raise ValueError(f"[emulator]: unknown key(s) {sorted(unknown)}; known: "
                              f"{', '.join(cls._KEYS)}")
         kw: dict[str, Any] = {"params": params}
-        for name in ("noise_lsb", "adc_offset_lsb", "adc_gain_error", "vout_divider",
-                     "vin_divider", "pwm_clock", "trust_v", "boot_delay", "tx_timeout"):
+        for name in ("noise_lsb", "adc_offset_lsb", "adc_gain_error", "adc_jitter",
+                     "pid_compute_time", "vout_divider", "vin_divider", "pwm_clock", "trust_v",
+                     "boot_delay", "tx_timeout"):
             if name in table:
                 kw[name] = _number(name, table[name])
         if "r_top" in table or "r_bottom" in table:
@@ -200,6 +231,10 @@ class EmulatorConfig:
             if not (r_top >= 0 and r_bottom > 0):
                 raise ValueError("[emulator]: r_top must be >= 0 and r_bottom > 0 [ohm]")
             kw["vout_divider"] = (r_top + r_bottom) / r_bottom
+        if "adc_dnl" in table:
+            kw["adc_dnl"] = table["adc_dnl"]
+        if "float32" in table:
+            kw["float32"] = table["float32"]
         if "serial" in table:
             kw["serial"] = str(table["serial"])
         if "seed" in table:
@@ -229,6 +264,38 @@ class EmulatorConfig:
             return cls.from_dict(params, table)
         except ValueError as exc:
             raise ValueError(f"{path}: {exc}") from None
+
+
+# ---------------------------------------------------------------------------- board PID
+
+
+def board_pid_class(float32: bool, compute_time: float) -> type[PID]:
+    """:class:`boostsim.pid.PID` as the RP2040 runs it: with ``float32`` every number it is
+    given is rounded to single precision (numpy.float32, so its arithmetic rounds as
+    MicroPython's floats do), and each update takes ``compute_time`` seconds (a busy wait in
+    real time: the PWM update follows the control step's ADC sample that much later)."""
+
+    def board(x: Any) -> Any:
+        return np.float32(x) if float32 and isinstance(x, float | int | np.floating) \
+            and not isinstance(x, bool) else x
+
+    class BoardPID(PID):
+        def __init__(self, *args: Any, **kwargs: Any):
+            super().__init__(*map(board, args), **{k: board(v) for k, v in kwargs.items()})
+
+        def reset(self, output: Any = None, measurement: Any = None,
+                  setpoint: Any = None) -> None:
+            super().reset(board(output), board(measurement), board(setpoint))
+
+        def update(self, setpoint: float, measurement: float) -> float:
+            u = super().update(board(setpoint), board(measurement))
+            if compute_time > 0:
+                done = time.perf_counter() + compute_time
+                while time.perf_counter() < done:
+                    pass
+            return float(u)
+
+    return BoardPID
 
 
 # ---------------------------------------------------------------------------- transport
@@ -436,6 +503,7 @@ class Emulator:
             config = dataclasses.replace(config, **settings)
         self.config = config
         self.fw_config = firmware_config(config.firmware, config.firmware_path)
+        self._pid_class = board_pid_class(config.float32, config.pid_compute_time)
         self._link_path = link
         self.port: str | None = None
         self.device = None
@@ -470,7 +538,8 @@ class Emulator:
                               on_poll=self._on_poll, abort=self._stop.is_set)
         fw = self.fw_config
         adc = AdcModel(fw.ADC_VREF, fw.ADC_FULL_SCALE, fw.ADC_MAX_CODE, noise_lsb=cfg.noise_lsb,
-                       offset_lsb=cfg.adc_offset_lsb, gain_error=cfg.adc_gain_error, seed=seed)
+                       offset_lsb=cfg.adc_offset_lsb, gain_error=cfg.adc_gain_error,
+                       dnl=ADC_DNL_TABLES[cfg.adc_dnl], jitter_s=cfg.adc_jitter, seed=seed)
         self.hal = EmulatedHAL(fw, self.plant, link=self.link, clock=clock, adc=adc,
                                vout_divider=cfg.vout_divider, vin_divider=cfg.vin_divider,
                                pwm_clock=cfg.pwm_clock, serial=cfg.serial)
@@ -516,7 +585,7 @@ class Emulator:
                     break
             first = False
             hal.boot()
-            self.device = _device.Device(hal, self.fw_config)
+            self.device = _device.Device(hal, self.fw_config, pid_class=self._pid_class)
             hal.stats._last_service = None
             self._booted.set()
             try:
