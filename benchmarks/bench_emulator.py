@@ -28,6 +28,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -59,13 +60,19 @@ def _fetch(port: serial.Serial) -> protocol.AdcBlock:
 
 def run(duration: float) -> dict:
     third = duration / 3
+    link = Path(tempfile.mkdtemp()) / "board"
     cmd = [sys.executable, "-m", "firmware_bridge.emulator", "--seed", "1", "--quiet",
-           "--stats", "--duration", f"{duration + 1.0:g}",
+           "--json", "--link", str(link), "--duration", f"{duration + 1.0:g}",
            "--fault", f"{1.0 + 2 * third:g}:load:1000"]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
-    path = proc.stdout.readline().strip()
+    deadline = time.monotonic() + 30
+    while not link.exists():  # --json: the device is found through its link
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("the emulator did not start")
+        time.sleep(0.02)
+    path = str(link)
     port = serial.Serial(path, timeout=2)
     port.reset_input_buffer()
     blocks: list[protocol.AdcBlock] = []
@@ -108,7 +115,7 @@ def run(duration: float) -> dict:
     errors = _ask(port, "SYST:ERR:COUN?")
     port.close()
     out, _ = proc.communicate(timeout=60)
-    stats = json.loads(out.strip().splitlines()[-1])
+    stats = json.loads(out)["stats"]
     index = np.concatenate([b.indices for b in blocks])
     gaps = int(np.count_nonzero(np.diff(index) != 1))
     overflow = any(b.overflow for b in blocks)

@@ -54,7 +54,6 @@ import os
 import queue
 import random
 import select
-import signal
 import sys
 import termios
 import threading
@@ -942,108 +941,12 @@ def _console(emu: Emulator, stop: threading.Event) -> None:
     stop.set()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="boostsim emulate",
-        description="Emulate the bench board (its firmware on a simulated converter) on a "
-                    "pseudo-terminal. Prints the device path on the first line of stdout.",
-        epilog=_CONSOLE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", metavar="TOML",
-                        help="board TOML: [converter] and optional [emulator] (default: the "
-                             "built-in default board)")
-    parser.add_argument("--firmware-config", metavar="PY",
-                        help="the board's firmware config.py (default: firmware/config.py)")
-    parser.add_argument("--link", metavar="PATH", help="also make a symbolic link PATH -> device")
-    parser.add_argument("--noise", type=float, metavar="LSB", help="ADC noise, codes rms")
-    parser.add_argument("--seed", type=int, help="random seed (noise, random faults)")
-    parser.add_argument("--serial", help="serial number reported by *IDN?")
-    parser.add_argument("--drop", type=float, metavar="P", help="per-byte drop probability")
-    parser.add_argument("--corrupt", type=float, metavar="P",
-                        help="per-byte corruption probability")
-    parser.add_argument("--fault", type=_parse_fault, action="append", default=[],
-                        metavar="AT:KIND[:ARG]",
-                        help="scripted fault AT seconds after start, e.g. 5:stall:1, 8:reset, "
-                             "3:load:inf, 4:vin:6, 2:blackout:1.5, 1:drop:0.01 (repeatable)")
-    parser.add_argument("--console", action="store_true",
-                        help="read fault commands from stdin (see below)")
-    parser.add_argument("--duration", type=float, metavar="S",
-                        help="stop after S seconds (default: run until interrupted)")
-    parser.add_argument("--stats", action="store_true",
-                        help="print real-time figures as JSON on stdout when stopping")
-    parser.add_argument("--quiet", action="store_true", help="no messages on stderr")
-    return parser
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """``boostsim emulate``: run the emulator until interrupted; returns the exit status."""
-    args = build_parser().parse_args(argv)
-    say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr,
-                                                                  flush=True))
-    try:
-        config = EmulatorConfig.load(args.config) if args.config else EmulatorConfig()
-        changes: dict[str, Any] = {}
-        if args.noise is not None:
-            changes["noise_lsb"] = args.noise
-        if args.seed is not None:
-            changes["seed"] = args.seed
-        if args.serial is not None:
-            changes["serial"] = args.serial
-        if args.firmware_config is not None:
-            changes["firmware_path"] = args.firmware_config
-        config = dataclasses.replace(config, **changes)
-        for name, rate in (("drop", args.drop), ("corrupt", args.corrupt)):
-            if rate is not None and not 0.0 <= rate <= 1.0:
-                raise ValueError(f"--{name} must be a probability in [0, 1], got {rate!r}")
-        emu = Emulator(config=config, link=args.link)
-    except ValueError as exc:
-        print(f"boostsim emulate: {exc}", file=sys.stderr)
-        return 2
-    for at, kind, arg in args.fault:
-        emu.schedule(at, kind, arg)
-    stop = threading.Event()
+    """``python -m firmware_bridge.emulator ARGS`` is ``boostsim emulate ARGS`` (one command
+    line, defined in :mod:`boostsim.cli.emulate`); returns the exit status."""
+    from boostsim.cli import main as boostsim_main
 
-    def on_signal(signum, frame):
-        stop.set()
-
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    cpu0 = time.process_time()
-    try:
-        emu.start()
-    except (OSError, ValueError, RuntimeError) as exc:
-        print(f"boostsim emulate: {exc}", file=sys.stderr)
-        return 1
-    try:
-        if args.drop or args.corrupt:
-            emu.faults(drop=args.drop, corrupt=args.corrupt)
-        print(emu.port, flush=True)
-        fw = emu.fw_config
-        p = config.params
-        say(f"boostsim emulator: {fw.MAKER},{fw.MODEL},{config.serial},{fw.FW_VERSION} on "
-            f"{emu.port}" + (f" (link {args.link})" if args.link else ""))
-        say(f"  converter vin={float(p.vin):g} V L={float(p.L):g} H C={float(p.C):g} F "
-            f"R={float(p.R):g} ohm; PWM {fw.PWM_FREQ_DEFAULT:g} Hz; ADC noise "
-            f"{config.noise_lsb:g} LSB rms; Ctrl-C to stop")
-        if float(p.fsw) != float(fw.PWM_FREQ_DEFAULT):
-            say(f"  note: the TOML fsw ({float(p.fsw):g} Hz) differs from the firmware's "
-                f"PWM_FREQ_DEFAULT; the board switches at what the firmware programs")
-        if args.console:
-            threading.Thread(target=_console, args=(emu, stop), daemon=True).start()
-        deadline = None if args.duration is None else time.monotonic() + args.duration
-        while not stop.is_set() and emu.running:
-            if deadline is not None and time.monotonic() >= deadline:
-                break
-            stop.wait(0.05 if deadline is None else min(0.05, deadline - time.monotonic()))
-        stats = emu.stats() if args.stats and emu.running else None
-    finally:
-        emu.stop()
-        for s, handler in old.items():
-            signal.signal(s, handler)
-    if stats is not None:
-        stats["process_cpu_s"] = time.process_time() - cpu0
-        print(json.dumps(stats), flush=True)
-    if emu.errors:
-        return 1
-    return 0
+    return boostsim_main(["emulate", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -74,7 +74,7 @@ def cmd_emulate(ctx: Context) -> int:
     stop = threading.Event()
     old = {s: signal.signal(s, lambda signum, frame: stop.set())
            for s in (signal.SIGINT, signal.SIGTERM)}
-    t0 = time.monotonic()
+    t0, cpu0 = time.monotonic(), time.process_time()
     try:
         emu.start()
         if a.drop or a.corrupt:
@@ -102,6 +102,8 @@ def cmd_emulate(ctx: Context) -> int:
                 break
             stop.wait(left)
         stats = emu.stats() if emu.running else None
+        if stats is not None:  # the whole process: serving, protection timer, plant
+            stats["process_cpu_s"] = time.process_time() - cpu0
     finally:
         emu.stop()
         for s, handler in old.items():
