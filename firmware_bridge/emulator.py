@@ -271,8 +271,8 @@ class EmulatorConfig:
 def board_pid_class(float32: bool, compute_time: float) -> type[PID]:
     """:class:`boostsim.pid.PID` as the RP2040 runs it: with ``float32`` every number it is
     given is rounded to single precision (numpy.float32, so its arithmetic rounds as
-    MicroPython's floats do), and each update takes ``compute_time`` seconds (a busy wait in
-    real time: the PWM update follows the control step's ADC sample that much later)."""
+    MicroPython's floats do), and each update takes ``compute_time`` seconds of real time
+    (:func:`_spend`: the PWM update follows the control step's ADC sample that much later)."""
 
     def board(x: Any) -> Any:
         return np.float32(x) if float32 and isinstance(x, float | int | np.floating) \
@@ -289,12 +289,39 @@ def board_pid_class(float32: bool, compute_time: float) -> type[PID]:
         def update(self, setpoint: float, measurement: float) -> float:
             u = super().update(board(setpoint), board(measurement))
             if compute_time > 0:
-                done = time.perf_counter() + compute_time
-                while time.perf_counter() < done:
-                    pass
+                _spend(compute_time)
             return float(u)
 
     return BoardPID
+
+
+def _sleep_overhead() -> float:
+    """How much longer than asked this host's ``time.sleep`` takes [s] (median of a few
+    short sleeps; typically 50-100 us on Linux)."""
+    asked = 10e-6
+    taken = []
+    for _ in range(15):
+        start = time.perf_counter()
+        time.sleep(asked)
+        taken.append(time.perf_counter() - start - asked)
+    return max(0.0, sorted(taken)[len(taken) // 2])
+
+
+_SLEEP_OVERHEAD: list[float] = []  # measured on first use
+
+
+def _spend(seconds: float) -> None:
+    """Let ``seconds`` of real (board) time pass in the calling thread as the RP2040 spends
+    it computing: asleep for all but the host's sleep overhead, the rest (a few us) busy, so
+    the emulated board's computation costs the host almost no CPU."""
+    if not _SLEEP_OVERHEAD:
+        _SLEEP_OVERHEAD.append(_sleep_overhead())
+    done = time.perf_counter() + seconds
+    nap = seconds - _SLEEP_OVERHEAD[0]
+    if nap > 0:
+        time.sleep(nap)
+    while time.perf_counter() < done:
+        pass
 
 
 # ---------------------------------------------------------------------------- transport
