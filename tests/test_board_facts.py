@@ -142,8 +142,36 @@ def test_duty_u16_is_what_hal_py_writes(pico_hal):
     for d in duties:
         board.pwm_set(True, np.float32(99999.7), np.float32(d))  # MicroPython floats: 32-bit
     written = np.array([u for what, u in log if what == "duty_u16"])
-    assert np.array_equal(written, rp.duty_u16(duties))
+    ceiling = rp.ceiling_u16(fw.DUTY_HARD_MAX, 1249)
+    assert np.array_equal(written, np.minimum(rp.duty_u16(duties), ceiling))
     assert [f for what, f in log if what == "freq"] == [int(rp.freq_request(99999.7))] == [100000]
+
+
+def test_no_request_exceeds_the_hard_ceiling(pico_hal):
+    """Adversarial: every frequency the firmware accepts (the divided range densely), duties
+    at, just below and above DUTY_HARD_MAX: hal.py never programs a compare level above
+    floor(DUTY_HARD_MAX * steps), agrees with the model code for code, and rounds to nearest
+    below the ceiling."""
+    board, log = pico_hal
+    freqs = np.concatenate([np.arange(fw.PWM_FREQ_MIN, 2100.0, 3.0),
+                            np.geomspace(2100.0, fw.PWM_FREQ_MAX, 400)])
+    lim = np.float32(fw.DUTY_HARD_MAX)
+    duties = np.float32([lim, np.nextafter(lim, 1), np.nextafter(lim, 0), lim - 1e-4, 0.9, 1.0,
+                         0.5])
+    for f in freqs:
+        log.clear()
+        for d in duties:
+            board.pwm_set(True, np.float32(f), d)
+        written = np.array([u for what, u in log if what == "duty_u16"])
+        _, top = (int(v) for v in rp.slice_setup(f))
+        levels = np.array([_micropython_cc(int(u), top) for u in written])
+        assert levels.max() <= int(lim * np.float32(top + 1)), f
+        model = np.minimum(rp.duty_u16(duties), rp.ceiling_u16(lim, top))
+        assert np.array_equal(written, model), f
+        assert levels[-1] == _micropython_cc(int(rp.duty_u16(0.5)), top)
+    # The hal's own slice_top is MicroPython's.
+    hal = sys.modules["hal"]
+    assert [hal.slice_top(int(f + 0.5)) for f in freqs] == list(rp.slice_setup(freqs)[1])
 
 
 def test_single_precision_matters():
@@ -194,10 +222,11 @@ def test_compiled_quantiser_is_the_same():
 
 
 def test_limits_are_quantised_like_any_duty():
-    """The firmware clamps the duty to its limit, then hal.py rounds: 0.85 of 1250 steps is
-    1063 steps on the board (0.8504), and so in the simulation."""
+    """The firmware clamps the duty to its limit, then hal.py rounds but never above the hard
+    ceiling: 0.85 of 1250 steps is 1062 steps on the board (0.8496), not 1063."""
+    assert rp.pwm_output(100e3, 0.85, limit=0.85)[1] == 1062 / 1250
+    assert rp.pwm_output(500e3, 0.85, limit=0.85)[1] == 212 / 250
     pwm = PWM(duty_min=0.0, duty_max=0.85)
-    assert pwm.quantize(0.95, 100e3) == 1063 / 1250 == rp.rp2040_pwm(100e3, 0.85)[1]
     assert pwm.counter_limits(100e3) == (1250, 0, 1063)
     lanes = pwm.quantize(np.array([0.3, 0.9, np.nan]), np.array([100e3, 500e3, 100e3]))
     assert lanes[0] == 375 / 1250 and lanes[1] == 213 / 250 and np.isnan(lanes[2])

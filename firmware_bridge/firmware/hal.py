@@ -20,6 +20,25 @@ import time
 import machine
 
 
+PWM_CLOCK = 125000000  # Hz: the slice's input clock (MicroPython's system clock)
+
+
+def slice_top(freq, clock=PWM_CLOCK):
+    """The ``top`` MicroPython's rp2 machine_pwm.c programs for ``freq`` [Hz] (integer Hz)."""
+    if (clock + freq // 2) // freq < 65534:
+        return (clock + freq // 2) // freq - 1
+    div16 = (16 * clock + 65534 * freq - 1) // (65534 * freq)
+    return (16 * clock + div16 * freq // 2) // (div16 * freq) - 1
+
+
+def ceiling_u16(limit, top):
+    """Largest duty_u16 whose compare level ``(u * (top + 1) + 32767) // 65535`` is at most
+    ``int(limit * (top + 1))``: the duty ceiling holds exactly, not to half a step."""
+    steps = top + 1
+    u = ((int(limit * steps) + 1) * 65535 - 32768) // steps
+    return u if u < 65535 else 65535
+
+
 class PicoHAL:
     def __init__(self, cfg):
         self.cfg = cfg
@@ -27,6 +46,7 @@ class PicoHAL:
         self._gate = machine.Pin(cfg.PWM_PIN, machine.Pin.OUT, value=0)
         self._pwm = None
         self._pwm_freq = None
+        self._u16_max = 0
         self._adc = {"vout": machine.ADC(machine.Pin(cfg.VOUT_ADC_PIN))}
         if cfg.VIN_ADC_PIN is not None:
             self._adc["vin"] = machine.ADC(machine.Pin(cfg.VIN_ADC_PIN))
@@ -103,7 +123,11 @@ class PicoHAL:
         if freq != self._pwm_freq:  # re-programming the divider glitches: only when it changes
             self._pwm.freq(freq)
             self._pwm_freq = freq
-        self._pwm.duty_u16(int(duty * 65535 + 0.5))
+            self._u16_max = ceiling_u16(self.cfg.DUTY_HARD_MAX, slice_top(freq))
+        u16 = int(duty * 65535 + 0.5)
+        if u16 > self._u16_max:
+            u16 = self._u16_max
+        self._pwm.duty_u16(u16)
 
     # --- ADC -----------------------------------------------------------------------------------
 
