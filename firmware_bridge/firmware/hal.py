@@ -19,7 +19,6 @@ import time
 
 import machine
 
-
 PWM_CLOCK = 125000000  # Hz: the slice's input clock (MicroPython's system clock)
 
 
@@ -46,6 +45,7 @@ class PicoHAL:
         self._gate = machine.Pin(cfg.PWM_PIN, machine.Pin.OUT, value=0)
         self._pwm = None
         self._pwm_freq = None
+        self._pwm_lim = None
         self._u16_max = 0
         self._adc = {"vout": machine.ADC(machine.Pin(cfg.VOUT_ADC_PIN))}
         if cfg.VIN_ADC_PIN is not None:
@@ -107,13 +107,17 @@ class PicoHAL:
 
     # --- PWM -----------------------------------------------------------------------------------
 
-    def pwm_set(self, enabled, freq_hz, duty):
+    def pwm_set(self, enabled, freq_hz, duty, limit=None):
+        """Gate on at ``freq_hz`` [Hz] and ``duty`` (rounded to the nearest duty_u16), but never
+        a compare level above floor(limit * steps); ``limit`` None: DUTY_HARD_MAX, and never
+        more than it."""
         if not enabled:
             if self._pwm is not None:
                 self._pwm.duty_u16(0)
                 self._pwm.deinit()
                 self._pwm = None
                 self._pwm_freq = None
+                self._pwm_lim = None
             self._gate = machine.Pin(self.cfg.PWM_PIN, machine.Pin.OUT, value=0)
             return
         if self._pwm is None:
@@ -123,7 +127,13 @@ class PicoHAL:
         if freq != self._pwm_freq:  # re-programming the divider glitches: only when it changes
             self._pwm.freq(freq)
             self._pwm_freq = freq
-            self._u16_max = ceiling_u16(self.cfg.DUTY_HARD_MAX, slice_top(freq))
+            self._pwm_lim = None
+        hard = self.cfg.DUTY_HARD_MAX
+        if limit is None or not limit < hard:  # not <: a NaN limit is the hard one
+            limit = hard
+        if limit != self._pwm_lim:
+            self._u16_max = ceiling_u16(limit, slice_top(freq))
+            self._pwm_lim = limit
         u16 = int(duty * 65535 + 0.5)
         if u16 > self._u16_max:
             u16 = self._u16_max
