@@ -23,7 +23,7 @@ import numpy as np
 
 from .adc_model import AdcTransfer
 from .pid import PID
-from .rp2040 import PWM_CLOCK, compare_level, duty_u16, slice_setup
+from .rp2040 import PWM_CLOCK, capped_u16, compare_level, slice_setup
 
 __all__ = ["ADC", "PWM", "DigitalController", "Reference"]
 
@@ -35,9 +35,9 @@ class PWM:
     The duty is limited to [duty_min, duty_max] (the firmware's own clamp; the PID's output
     limits should sit inside these), then quantised as on the board (:mod:`boostsim.rp2040`):
     ``duty_u16`` rounded from the duty, the compare level rounded from that, over the slice's
-    ``top + 1`` counter steps at ``timer_clock`` [Hz] (125 MHz / 100 kHz = 1250 steps). A limit
-    that falls between steps is rounded like any duty, so the duty produced can pass it by up
-    to half a step (0.85 at 1250 steps gives 1063/1250), as on the board. ``update``: "next"
+    ``top + 1`` counter steps at ``timer_clock`` [Hz] (125 MHz / 100 kHz = 1250 steps). As on
+    the board, ``duty_max`` is a strict ceiling: never above floor(duty_max * steps) (0.85 at
+    1250 steps gives 1062/1250, not the rounded 1063). ``update``: "next"
     applies a new duty from the period after the ADC sample, "immediate" (idealised) in the
     period right after the sample instant.
     """
@@ -68,7 +68,7 @@ class PWM:
         frequencies: the quantised duty is the compare level of the duty, held between them."""
         steps = self.steps(fsw)
         top = steps.astype(np.int64) - 1
-        levels = (compare_level(duty_u16(limit), top).astype(float)
+        levels = (compare_level(capped_u16(limit, self.duty_max, top), top).astype(float)
                   for limit in (self.duty_min, self.duty_max))
         return (steps, *levels)
 
@@ -83,7 +83,7 @@ class PWM:
 
         def quantize(duty: Any) -> np.ndarray:
             d = np.clip(np.asarray(duty, dtype=float), self.duty_min, self.duty_max)
-            out = compare_level(duty_u16(d), top) / steps
+            out = compare_level(capped_u16(d, self.duty_max, top), top) / steps
             return np.where(np.isnan(d), d, out) if np.isnan(d).any() else out
 
         return quantize

@@ -28,8 +28,8 @@ import numpy as np
 from .units import format_si
 
 __all__ = ["ADC_BITS", "ADC_FULL_SCALE", "ADC_MAX_CODE", "ADC_VREF", "DUTY_U16_MAX",
-           "PWM_CLOCK", "compare_level", "duty_u16", "freq_request", "pwm_output", "rp2040_pwm",
-           "slice_setup"]
+           "PWM_CLOCK", "capped_u16", "ceiling_u16", "compare_level", "duty_u16", "freq_request",
+           "pwm_output", "rp2040_pwm", "slice_setup"]
 
 #: The PWM counter clock [Hz]: MicroPython's system clock on an RP2040 (``hal.py`` does not
 #: divide it down; the slice's divider only comes in below ~1.9 kHz).
@@ -105,10 +105,26 @@ def compare_level(u16: Any, top: Any) -> np.ndarray:
             + DUTY_U16_MAX // 2) // DUTY_U16_MAX
 
 
-def pwm_output(freq_hz: Any, duty: Any, clock_hz: Any = PWM_CLOCK
+def ceiling_u16(limit: Any, top: Any) -> np.ndarray:
+    """The largest ``duty_u16`` whose compare level stays at or below ``floor(limit * (top +
+    1))`` (single precision, as ``hal.py`` computes it): ``hal.py`` never writes more, so a duty
+    limit is never exceeded by the half step rounding would add."""
+    steps = np.asarray(top, dtype=np.int64) + 1
+    level = np.floor(np.asarray(limit, dtype=np.float32) * steps.astype(np.float32))
+    return np.minimum(((level.astype(np.int64) + 1) * DUTY_U16_MAX - DUTY_U16_MAX // 2 - 1)
+                      // steps, DUTY_U16_MAX)
+
+
+def capped_u16(duty: Any, limit: Any, top: Any) -> np.ndarray:
+    """What ``hal.py`` writes for ``duty`` under the ceiling ``limit`` on a slice with this
+    ``top``: the rounded ``duty_u16``, at most :func:`ceiling_u16`."""
+    return np.minimum(duty_u16(duty), ceiling_u16(limit, top))
+
+
+def pwm_output(freq_hz: Any, duty: Any, clock_hz: Any = PWM_CLOCK, limit: Any = 1.0
                ) -> tuple[np.ndarray, np.ndarray]:
     """(frequency [Hz], duty) the slice really produces when ``hal.py`` is asked for
-    ``freq_hz`` and ``duty`` in [0, 1] (arrays broadcast)."""
+    ``freq_hz`` and ``duty`` in [0, 1] under the duty ceiling ``limit`` (arrays broadcast)."""
     d = np.asarray(duty, dtype=float)
     if not np.all((d >= 0) & (d <= 1)):
         bad = d.reshape(-1)[np.flatnonzero(~((d >= 0) & (d <= 1)).reshape(-1))[0]]
@@ -116,13 +132,14 @@ def pwm_output(freq_hz: Any, duty: Any, clock_hz: Any = PWM_CLOCK
     clock = _clock(clock_hz)
     div16, top = slice_setup(freq_hz, clock)
     steps = top + 1
-    return 16 * clock / (div16 * steps), compare_level(duty_u16(d), top) / steps
+    return 16 * clock / (div16 * steps), compare_level(capped_u16(d, limit, top), top) / steps
 
 
-def rp2040_pwm(freq_hz: float, duty: float, clock_hz: float = PWM_CLOCK) -> tuple[float, float]:
+def rp2040_pwm(freq_hz: float, duty: float, clock_hz: float = PWM_CLOCK, limit: float = 1.0
+               ) -> tuple[float, float]:
     """:func:`pwm_output` for one request, as floats; ``clock_hz`` 0: ideal PWM (no
     quantisation)."""
     if clock_hz == 0:
         return float(freq_hz), float(duty)
-    freq, d = pwm_output(freq_hz, duty, clock_hz)
+    freq, d = pwm_output(freq_hz, duty, clock_hz, limit)
     return float(freq), float(d)

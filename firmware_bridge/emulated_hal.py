@@ -265,10 +265,13 @@ class EmulatedHAL:
     def serial_number(self) -> str:
         return self.serial
 
-    def pwm_set(self, enabled: bool, freq_hz: float, duty: float) -> None:
+    def pwm_set(self, enabled: bool, freq_hz: float, duty: float,
+                limit: float | None = None) -> None:
         with self.irq_lock:
             self.pwm_request = (bool(enabled), float(freq_hz), float(duty))
-            self._set_gate(enabled, freq_hz, duty)
+            hard = self.cfg.DUTY_HARD_MAX  # hal.py's rule: None or above it is the hard ceiling
+            self._set_gate(enabled, freq_hz, duty,
+                           hard if limit is None or not limit < hard else limit)
 
     def adc_read(self, channel: str) -> int:
         with self.irq_lock:
@@ -324,12 +327,12 @@ class EmulatedHAL:
 
     # -- simulation ----------------------------------------------------------------------------
 
-    def _set_gate(self, enabled: bool, freq_hz: float, duty: float) -> None:
+    def _set_gate(self, enabled: bool, freq_hz: float, duty: float, limit: float = 1.0) -> None:
         t = self._now()
         self._catch_up(t)
         self._last_plant_t = max(self._last_plant_t, t)
         if enabled:
-            freq, d = rp2040_pwm(freq_hz, duty, self.pwm_clock)
+            freq, d = rp2040_pwm(freq_hz, duty, self.pwm_clock, limit)
         else:
             freq, d = (self.plant.pwm[1] if freq_hz <= 0 else float(freq_hz)), 0.0
         self.pwm_actual = (bool(enabled), freq, d)

@@ -10,9 +10,9 @@ def record_pwm(emu) -> list[tuple[float, bool, float]]:
     hal = emu.hal
     inner = hal.pwm_set
 
-    def pwm_set(enabled: bool, freq_hz: float, duty: float) -> None:
+    def pwm_set(enabled: bool, freq_hz: float, duty: float, *limit: float | None) -> None:
         calls.append((hal.ticks_us() * 1e-6, bool(enabled), float(duty) if enabled else 0.0))
-        inner(enabled, freq_hz, duty)
+        inner(enabled, freq_hz, duty, *limit)
 
     hal.pwm_set = pwm_set
     return calls

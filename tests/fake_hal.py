@@ -177,8 +177,9 @@ class FakeHAL:
     def serial_number(self):
         return "".join([f"{b:02X}" for b in self.uid])
 
-    def pwm_set(self, enabled, freq_hz, duty):
+    def pwm_set(self, enabled, freq_hz, duty, limit=None):
         self.pwm_calls += 1
+        self.duty_limit = limit
         self.enabled = bool(enabled)
         self.freq = freq_hz
         self.duty = duty if enabled else 0.0

