@@ -48,5 +48,5 @@ def test_the_examples_are_read_by_their_commands(tmp_path):
 
 def test_the_emulator_keys_listed_are_the_emulators():
     listed = re.search(r"keys\s+(.*?)\(firmware_bridge\.emulator\)", TEMPLATE, re.S).group(1)
-    names = set(re.findall(r"[a-z_]+", listed)) - {"or", "and"}
+    names = set(re.findall(r"[a-z_][a-z_0-9]*", listed)) - {"or", "and"}
     assert names == set(EmulatorConfig._KEYS) - {"firmware"}
