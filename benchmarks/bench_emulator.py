@@ -58,12 +58,12 @@ def _fetch(port: serial.Serial) -> protocol.AdcBlock:
     return protocol.decode_adc_block(payload)
 
 
-def run(duration: float) -> dict:
+def run(duration: float, config: str | None = None) -> dict:
     third = duration / 3
     link = Path(tempfile.mkdtemp()) / "board"
     cmd = [sys.executable, "-m", "firmware_bridge.emulator", "--seed", "1", "--quiet",
            "--json", "--link", str(link), "--duration", f"{duration + 1.0:g}",
-           "--fault", f"{1.0 + 2 * third:g}:load:1000"]
+           "--fault", f"{1.0 + 2 * third:g}:load:1000", *(["--config", config] if config else [])]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
@@ -154,8 +154,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=float, default=30.0, help="seconds (default 30)")
     parser.add_argument("--json", help="also write the figures to this JSON file")
+    parser.add_argument("--config", help="board TOML for the emulator (e.g. an [emulator] "
+                                         "table switching imperfections on or off)")
     args = parser.parse_args(argv)
-    result = run(args.duration)
+    result = run(args.duration, args.config)
     report(result)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
