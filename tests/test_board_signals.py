@@ -19,6 +19,8 @@ from waiting import wait_until
 from firmware_bridge.board import DEFAULT_WATCHDOG
 from firmware_bridge.emulator import Emulator
 
+pytestmark = pytest.mark.slow  # host processes signalled and killed
+
 ROOT = Path(__file__).resolve().parents[1]
 
 _SCRIPT = """

@@ -15,6 +15,8 @@ from cli_helpers import cli, one_line_error
 from boostsim.cli import build_parser
 from boostsim.cli.control import _BODE_EPILOG
 
+pytestmark = pytest.mark.slow  # CLI runs of every command
+
 
 def _subparser(parser: argparse.ArgumentParser, *words: str) -> argparse.ArgumentParser:
     for word in words:

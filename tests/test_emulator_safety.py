@@ -10,11 +10,14 @@ import subprocess
 import sys
 import time
 
+import pytest
 import serial
 from test_emulator import ask, errors, open_port, send
 from waiting import wait_until
 
 from firmware_bridge.emulator import Emulator
+
+pytestmark = pytest.mark.slow  # the emulator's protections in real time
 
 LEVEL = 15.0  # V, the power-up OVP level
 

@@ -43,6 +43,8 @@ import pytest
 
 from boostsim.cli import build_parser, main
 
+pytestmark = pytest.mark.slow  # every README and --help example: CLI runs, emulators
+
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 

@@ -24,6 +24,8 @@ from boostsim.outputs import (
     write_csv,
 )
 
+pytestmark = pytest.mark.slow  # writer processes interrupted
+
 ROOT = Path(__file__).resolve().parents[1]
 GOOD = "# boostsim good\nduty,vout_mean_V\n0.5,10\n"
 
