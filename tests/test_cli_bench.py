@@ -463,3 +463,17 @@ def test_a_killed_sweep_keeps_every_point_and_the_previous_result(emu, tmp_path)
     meta, cols = read_csv(tmp_path / "sweep.csv")
     assert meta["status"] == "complete" and cols["duty"].size == 2
     assert not partial.exists() and not (tmp_path / "sweep.writing.csv").exists()
+
+
+@pytest.mark.parametrize("action", [["sweep"], ["step", "--duty", "0.4:0.5"],
+                                    ["live", "--vref", "12", "--kp", "0.01", "--ki", "5"],
+                                    ["identify", "--out", "fitted.toml"]])
+def test_every_experiment_refuses_a_board_of_several_lanes(action, tmp_path):
+    # One bench board: per-lane parameter arrays are refused before any port is opened.
+    (tmp_path / "lanes.toml").write_text("[converter]\nvin = 5\nL = [100e-6, 47e-6]\n"
+                                         "C = 100e-6\nR = 48\nfsw = 100e3\n")
+    proc = run("bench", *action, "--port", "/dev/nonexistent", "--config", "lanes.toml",
+               cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "the bench compares one converter: no per-lane parameters" in proc.stderr
+    assert not (tmp_path / "fitted.toml").exists()

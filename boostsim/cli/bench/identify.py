@@ -9,7 +9,7 @@ from pathlib import Path
 from ..args import _duty_value, _Formatter, _int_at_least, _positive, _positive_time
 from ..context import CliError, Context, _UsageError
 from ..format import _PLOT_KINDS, _check_writable, _write_plot
-from .session import BenchParents, _BenchSession
+from .session import BenchParents, _BenchSession, bench_board
 
 _BENCH_IDENTIFY_EPILOG = """\
 The output is ramped on to --duty and held 0.2 s; the input voltage is read (MEAS:VOLT:IN?,
@@ -80,9 +80,7 @@ def cmd_bench_identify(ctx: Context) -> int:
     if a.max_duty is not None and a.duty + a.amplitude > a.max_duty:
         raise _UsageError(f"the excitation reaches duty {a.duty + a.amplitude:g}, above "
                           f"--max-duty {a.max_duty:g}")
-    params = ctx.board()
-    if params.n_lanes != 1:
-        raise CliError("identify one converter: no per-lane parameters")
+    params = bench_board(ctx)
     document, _ = ctx.document()
     with _BenchSession(ctx) as session:
         board = session.board

@@ -23,7 +23,7 @@ from ..args import (
 )
 from ..context import CliError, Context, _UsageError
 from ..format import _PLOT_KINDS, _check_writable, _default_file, _fmt, _open_log, _write_plot
-from .session import BenchParents, _BenchSession
+from .session import BenchParents, _BenchSession, bench_board
 
 _BENCH_LIVE_EPILOG = """\
 The host runs boostsim.pid.PID every 1/--rate s: one serial round trip per tick reads the output
@@ -109,9 +109,7 @@ def cmd_bench_live(ctx: Context) -> int:
     _check_writable(plot, _PLOT_KINDS, "--plot")
     if a.duration is None and not (sys.stdin.isatty() or ctx.stdout.isatty()):
         ctx.warn("no --duration: the loop runs until interrupted (Ctrl-C / SIGINT)")
-    params = ctx.board()
-    if params.n_lanes != 1:
-        raise CliError("the bench compares one converter: no per-lane parameters")
+    params = bench_board(ctx)
     plotter = None
     if a.live_plot:
         if bench.display_available():

@@ -143,3 +143,12 @@ class _BenchSession:
         return self.ctx.metadata(firmware=str(b.identity), port=b.port_name,
                                  emulated=self.session.emulated or None, config=self.source,
                                  **extra)
+
+
+def bench_board(ctx: Context) -> BoostParams:
+    """The --config board of a bench experiment: one converter (the bench has one), so
+    per-lane parameter arrays are refused."""
+    params = ctx.board()
+    if params.n_lanes != 1:
+        raise CliError("the bench compares one converter: no per-lane parameters")
+    return params

@@ -18,7 +18,7 @@ from ..format import (
     _write_columns,
     _write_plot,
 )
-from .session import BenchParents, _BenchSession
+from .session import BenchParents, _BenchSession, bench_board
 
 _BENCH_STEP_EPILOG = """\
 The output runs at the first duty for --settle, the board streams at about --rate, and after
@@ -107,9 +107,7 @@ def cmd_bench_step(ctx: Context) -> int:
                           "in-process emulator (--port emu:) can apply it")
     if a.rate > 20e3:
         raise _UsageError(f"--rate {a.rate:g}: the board streams at most 20 kHz")
-    params = ctx.board()
-    if params.n_lanes != 1:
-        raise CliError("the bench compares one converter: no per-lane parameters")
+    params = bench_board(ctx)
     with _BenchSession(ctx) as session:
         board = session.board
         for d in (d1, d2):

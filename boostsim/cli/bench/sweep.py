@@ -27,7 +27,7 @@ from ..format import (
     _write_columns,
     _write_plot,
 )
-from .session import BenchParents, _BenchSession
+from .session import BenchParents, _BenchSession, bench_board
 
 _BENCH_SWEEP_EPILOG = """\
 At each duty (in the given order): set it (read back), wait --settle (the output state is polled:
@@ -166,9 +166,7 @@ def cmd_bench_sweep(ctx: Context) -> int:
     if out and Path(_partial_path(out)).exists():
         raise CliError(f"{_partial_path(out)!r} exists: the points of an interrupted sweep? "
                        f"Move or delete it first")
-    params = ctx.board()
-    if params.n_lanes != 1:
-        raise CliError("the bench compares one converter: no per-lane parameters")
+    params = bench_board(ctx)
     duties = a.duty if a.duty is not None else _duty_range("0.1:0.6:0.05")
     if a.max_duty is not None and np.max(duties) > a.max_duty:
         raise _UsageError(f"the sweep reaches duty {np.max(duties):g}, above --max-duty "
