@@ -147,10 +147,18 @@ def test_duty_step_matches_the_simulated_step(emu):
     from boostsim.analysis import step_response
 
     pwm = record_pwm(emu)
-    with Board(emu.port, watchdog=1.0) as board:
-        step = bench.run_step(board, 0.4, duty_after=0.6, rate=20e3, pre=3e-3, post=12e-3,
-                              settle=0.1)
-    assert not emu.plant_state()["enabled"]
+    # A host stalled longer than the board's ring (4096 samples = 0.2 s at 20 kHz; seen once
+    # on a loaded 2-core CI machine) loses samples, which the capture must report as gaps;
+    # the comparison needs a whole capture, so such a capture is taken once more.
+    for _attempt in range(2):
+        del pwm[:]
+        with Board(emu.port, watchdog=1.0) as board:
+            step = bench.run_step(board, 0.4, duty_after=0.6, rate=20e3, pre=3e-3,
+                                  post=12e-3, settle=0.1)
+        assert not emu.plant_state()["enabled"]
+        if not step.gaps:
+            break
+        assert step.index.size + sum(n for _, n in step.gaps) == step.index[-1] + 1  # all told
     assert step.kind == "duty" and not step.gaps
     assert step.mark_uncertainty == pytest.approx(1 / step.rate)
     changes = [t for t, _, duty in pwm if duty == pytest.approx(0.6)]
