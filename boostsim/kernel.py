@@ -121,7 +121,7 @@ def state_at(c, topology, il0, vc0, tau):
     return 0.0, vc
 
 
-@njit(**_PURE)
+@njit(inline="always", **_PURE)
 def vout_of(c, topology, il, vc):
     conducting = il if topology == DIODE else 0.0
     return c[A_OUT] * (vc + c[R_C] * (conducting - c[I_LOAD]))
@@ -266,38 +266,36 @@ def new_cache():
     return np.full((CACHE_SLOTS, N_CACHE), np.nan)
 
 
-@njit(**_PURE)
+@njit(inline="always", **_PURE)
 def cache_slot(duty):
     """The table row a duty lands in (adjacent PWM counts land in different rows)."""
     return int(duty * 16384.0) % CACHE_SLOTS
 
 
 @njit(**_PURE)
-def on_map(c, h, out):
-    """The switch-on map over h [s] into ``out``: il' = out[0] il + out[1],
-    vc' = out[2] vc + out[3]."""
-    out[0], out[1] = np.exp(-c[K_ON] * h), decay(c[K_ON], c[U_ON], 0.0, h)
-    on_vc_map(c, h, out[2:])
-
-
-@njit(**_PURE)
-def on_vc_map(c, h, out):
-    """The capacitor part of the switch-on map over h [s]: vc' = out[0] vc + out[1]."""
-    out[0], out[1] = np.exp(-c[M] * h), decay(c[M], -c[W], 0.0, h)
+def decay_map(rate, drive, h):
+    """The map ``v' = a v + b`` of ``v' = -rate v + drive`` over h [s], as (a, b), from one
+    expm1: ``a = e^{-rate h}``, ``b = decay(rate, drive, 0, h)`` (the same operations)."""
+    z = -rate * h
+    em = np.expm1(z)
+    return 1.0 + em, drive * h * (em / z if z != 0.0 else 1.0)
 
 
 @njit(**_PURE)
 def fill_maps(row, c, epoch, duty, Ts):
     """Compute a cache row for this duty and epoch (table row ``c``) with the durations
-    :func:`period` uses."""
+    :func:`period` uses. The capacitor's map over the whole on-time is its map over the first
+    half (the mid-on ADC sample) composed with itself: two exponentials fewer."""
     t_edge = duty * Ts
-    on_map(c, t_edge, row[C_ON:C_ON + 4])
-    on_vc_map(c, 0.5 * duty * Ts, row[C_HALF:C_HALF + 2])
+    row[C_ON], row[C_ON + 1] = decay_map(c[K_ON], c[U_ON], t_edge)
+    a, b = decay_map(c[M], -c[W], 0.5 * t_edge)
+    row[C_HALF], row[C_HALF + 1] = a, b
+    row[C_ON + 2], row[C_ON + 3] = a * a, a * b + b
     step_map(c, DIODE, Ts - t_edge, row[C_OFF:C_OFF + 6])
     row[C_DUTY], row[C_EPOCH] = duty, epoch
 
 
-@njit(**_PURE)
+@njit(inline="always", **_PURE)
 def period_maps(cache, tab, epoch, duty, Ts):
     """The row index of ``cache`` with the maps of a step-free period at this duty in this
     epoch, filled on a miss. (Indices, not views, on the hot path: every view costs an atomic
@@ -308,7 +306,7 @@ def period_maps(cache, tab, epoch, duty, Ts):
     return s
 
 
-@njit(**_PURE)
+@njit(inline="always", **_PURE)
 def step_free_epoch(times, t0, Ts):
     """The epoch of a period starting at t0 [s] if no step falls inside it, else -1."""
     first = np.searchsorted(times, t0, side="right")
@@ -317,7 +315,7 @@ def step_free_epoch(times, t0, Ts):
     return first
 
 
-@njit(**_PURE)
+@njit(inline="always", **_PURE)
 def ccm_period(tab, epoch, cache, Ts, sync, il, vc, duty, seg, cur):
     """One step-free period from (il, vc) on the cached maps if it is plainly continuous
     conduction (the diode conducts from the switch-off edge, its current cannot reach zero
@@ -443,7 +441,7 @@ def period(tab, times, t0, Ts, sync, il, vc, duty, cache, seg, work):
     return il, vc, t_diode, t_idle, nseg
 
 
-@njit(**_PURE)
+@njit(inline="always", **_PURE)
 def segment_at(seg, nseg, tau, snap):
     """Index of the segment holding offset tau (engine.sample_segments's choice), or -1 for a
     sample on the period start (the state there, with the first segment's output)."""
@@ -489,7 +487,7 @@ def step_map(c, topology, h, out):
         out[3], out[4], out[5] = 0.0, np.exp(-c[M] * h), decay(c[M], -c[W], 0.0, h)
 
 
-@njit(**_PURE)
+@njit(inline="always", **_PURE)
 def record_grid(tab, seg, nseg, t0, Ts, dt, n_t, final, wave, lane, maps):
     """Write lane's output-grid samples that fall in this period into ``wave`` (3, lanes, n_t)
     (the final period also takes the sample at t_end). The first sample in a segment is its
@@ -569,7 +567,7 @@ def period_mean_vout(tab, seg, nseg, Ts):
 
 # -- the board's control loop (boostsim.pid, boostsim.control) ----------------------------------
 
-@njit(**_JIT)
+@njit(inline="always", **_PURE)
 def pid_update(par, st, use_ramp, backcalc, setpoint, y):
     """One PID sample for one lane (boostsim.pid.PID.update, same operations and order)."""
     if use_ramp:
@@ -611,7 +609,7 @@ def pid_sequence(par, st, use_ramp, backcalc, setpoints, measurements):
     return out
 
 
-@njit(**_PURE)
+@njit(inline="always", **_PURE)
 def adc_code(adc, vout, noise):
     """The ADC code of one conversion of the output voltage vout [V] (noise: a unit draw)."""
     v_pin = vout / adc[A_DIVIDER]
@@ -620,7 +618,7 @@ def adc_code(adc, vout, noise):
     return min(max(np.rint(v_pin * adc[A_FACTOR] + adc[A_OFFSET]), 0.0), adc[A_TOP])
 
 
-@njit(**_PURE)
+@njit(inline="always", **_PURE)
 def adc_reading(tab, seg, prev, nseg, adc, offsets, noise, draw, duty, Ts, cache):
     """The averaged ADC code of one control step from the previous period's segments
     ``seg[prev]`` (noise: this step's unit draws ``noise[draw]``). A single mid-on sample
@@ -647,7 +645,7 @@ def adc_reading(tab, seg, prev, nseg, adc, offsets, noise, draw, duty, Ts, cache
     return total if n_os == 1 else total / n_os
 
 
-@njit(**_JIT)
+@njit(inline="always", **_PURE)
 def quantize(duty, steps, lowest, highest):
     """The duty the PWM counter produces (control.PWM.quantizer): boostsim.rp2040's duty_u16
     (single precision) and compare level, held between the limits' levels (the same as
@@ -659,7 +657,7 @@ def quantize(duty, steps, lowest, highest):
     return min(max(float(level), lowest), highest) / steps
 
 
-@njit(**_PURE)
+@njit(inline="always", **_PURE)
 def reference(ref_times, ref_values, per_step, j, t, step):
     """The setpoint at time t: steps in time, or a table per control step."""
     if per_step:
@@ -674,32 +672,47 @@ def run_lane(j, tab, times, Ts, sync, il0, vc0, n_periods, dt, n_t, duty_mode, d
              every, pid_par, pid_st, use_ramp, backcalc, adc, offsets, noise, pwm, ref_times,
              ref_values, ref_per_step, wave, rec, means, log, il_end, vc_end):
     """Simulate lane ``j`` for ``n_periods`` periods (see :func:`run_lanes`); returns the
-    first period in which the diode chattered, or -1."""
+    first period in which the diode chattered, or -1. Allocates the lane's working arrays
+    and runs :func:`lane_periods` on them."""
     seg = np.empty((2, MAX_SEGMENTS + 2, 6))
     work = np.empty(MAX_SEGMENTS)
     cache = new_cache()
     maps = np.full((3, 7), -1.0)
-    il, vc = il0[j], vc0[j]
-    # Lane-local copies: views of the shared inputs would make the cores contend for their
-    # reference counts on every period.
+    # Lane-local copies: the lane's own memory, away from the other core's lanes.
     tab_j = tab[j].copy()
     par, st, noise_j = pid_par[j].copy(), pid_st[j].copy(), noise[j].copy()
+    chatter = lane_periods(j, tab_j, times, Ts[j], sync[j], il0[j], vc0[j], n_periods, dt, n_t,
+                           duty_mode, duties, every, par, st, use_ramp, backcalc, adc, offsets,
+                           noise_j, pwm[j], ref_times, ref_values, ref_per_step, wave, rec, means,
+                           log, il_end, vc_end, seg, work, cache, maps)
+    pid_st[j] = st
+    return chatter
+
+
+@njit(**_PURE)
+def lane_periods(j, tab_j, times, Ts, sync, il, vc, n_periods, dt, n_t, duty_mode, duties,
+                 every, par, st, use_ramp, backcalc, adc, offsets, noise_j, pwm_j, ref_times,
+                 ref_values, ref_per_step, wave, rec, means, log, il_end, vc_end, seg, work,
+                 cache, maps):
+    """The period loop of lane ``j`` on its own working arrays (``tab_j``, ``par``, ``st``,
+    ``noise_j``, ``seg``, ...). Compiled without reference counting: no atomic operation on
+    the hot path, so the two cores never wait for each other."""
     d = duties[0, j]
     prev_nseg = 0
     step = 0
     for k in range(n_periods):
-        t0 = k * Ts[j]
+        t0 = k * Ts
         cur = k % 2
         if duty_mode == 1:
             d = duties[k, j]
         elif duty_mode == 2 and k > 0 and k % every == 0:
             draw = step if adc[A_NOISE] > 0 else 0
             code = adc_reading(tab_j, seg, 1 - cur, prev_nseg, adc, offsets, noise_j, draw,
-                               d, Ts[j], cache)
+                               d, Ts, cache)
             measured = code * adc[A_VOLTS_PER_CODE]
             setpoint = reference(ref_times, ref_values, ref_per_step, j, t0, step)
             command = pid_update(par, st, use_ramp, backcalc, setpoint, measured)
-            d = quantize(command, pwm[j, 0], pwm[j, 1], pwm[j, 2])
+            d = quantize(command, pwm_j[0], pwm_j[1], pwm_j[2])
             if log.shape[2] > 0:
                 log[L_SETPOINT, j, step] = st[S_SP]
                 log[L_CODE, j, step] = code
@@ -709,28 +722,25 @@ def run_lane(j, tab, times, Ts, sync, il0, vc0, n_periods, dt, n_t, duty_mode, d
                 log[L_DUTY, j, step] = d
             step += 1
         rec[R_DUTY, j, k], rec[R_IL, j, k], rec[R_VC, j, k] = d, il, vc
-        epoch = step_free_epoch(times, t0, Ts[j])
+        epoch = step_free_epoch(times, t0, Ts)
         plain = False
         if epoch >= 0:
-            il_d, vc_d, plain = ccm_period(tab_j, epoch, cache, Ts[j], sync[j], il, vc, d, seg,
-                                           cur)
+            il_d, vc_d, plain = ccm_period(tab_j, epoch, cache, Ts, sync, il, vc, d, seg, cur)
         if plain:
-            il, vc, t_diode, t_idle, nseg = il_d, vc_d, Ts[j] - d * Ts[j], 0.0, 2
+            il, vc, t_diode, t_idle, nseg = il_d, vc_d, Ts - d * Ts, 0.0, 2
         else:
-            il, vc, t_diode, t_idle, nseg = period(tab_j, times, t0, Ts[j], sync[j], il, vc, d,
+            il, vc, t_diode, t_idle, nseg = period(tab_j, times, t0, Ts, sync, il, vc, d,
                                                    cache, seg[cur], work)
         if nseg < 0:
-            pid_st[j] = st
             return k
         rec[R_DIODE, j, k], rec[R_IDLE, j, k] = t_diode, t_idle
         if means.shape[1] > 0:
-            means[j, k] = period_mean_vout(tab_j, seg[cur], nseg, Ts[j])
+            means[j, k] = period_mean_vout(tab_j, seg[cur], nseg, Ts)
         if n_t > 0:
-            record_grid(tab_j, seg[cur], nseg, t0, Ts[j], dt, n_t, k == n_periods - 1,
+            record_grid(tab_j, seg[cur], nseg, t0, Ts, dt, n_t, k == n_periods - 1,
                         wave, j, maps)
         prev_nseg = nseg
     il_end[j], vc_end[j] = il, vc
-    pid_st[j] = st
     if duty_mode == 2:
         duties[0, j] = d
     return -1
