@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from . import lanenoise as ln
 from . import segments as sg
 from .rp2040 import DUTY_U16_MAX as U16
 
@@ -49,9 +50,12 @@ N_PID_STATE = 9
 N_ADC = 9
 
 # Per-period record rows, as the numpy recorder's ("duty", "il_start", "vc_start", ...).
-R_DUTY, R_IL, R_VC, R_DIODE, R_IDLE = range(5)
-# Control log rows (boostsim.control.ControlLog after period and t).
-L_SETPOINT, L_CODE, L_MEASURED, L_INTEGRAL, L_COMMAND, L_DUTY = range(6)
+R_DUTY, R_IL, R_VC, R_DIODE, R_IDLE, R_T_START, R_T_ON = range(7)
+N_REC = 7
+# Control log rows (boostsim.control.ControlLog after period and t; the reading in volts is
+# the code times the volts per code, computed when the log is read).
+L_SETPOINT, L_CODE, L_INTEGRAL, L_COMMAND, L_DUTY = range(5)
+N_LOG = 5
 
 
 # -- segments (boostsim.segments) --------------------------------------------------------------
@@ -609,6 +613,71 @@ def pid_sequence(par, st, use_ramp, backcalc, setpoints, measurements):
     return out
 
 
+# -- the ADC's noise (boostsim.lanenoise) --------------------------------------------------------
+
+GOLDEN, MIX1, MIX2 = np.uint64(ln.GOLDEN), np.uint64(ln.MIX1), np.uint64(ln.MIX2)
+PPND_A, PPND_B, PPND_C, PPND_D, PPND_E, PPND_F = (ln.PPND_A, ln.PPND_B, ln.PPND_C, ln.PPND_D,
+                                                  ln.PPND_E, ln.PPND_F)
+
+
+@njit(inline="always", **_PURE)
+def mix64(z):
+    """SplitMix64's output function (lanenoise._mix64)."""
+    z = (z ^ (z >> np.uint64(30))) * MIX1
+    z = (z ^ (z >> np.uint64(27))) * MIX2
+    return z ^ (z >> np.uint64(31))
+
+
+@njit(inline="always", **_PURE)
+def poly(coef, r):
+    """coef[0] + coef[1] r + ... by Horner's rule (lanenoise._poly, same order)."""
+    value = coef[7] * r
+    for i in range(6, 0, -1):
+        value = (value + coef[i]) * r
+    return value + coef[0]
+
+
+@njit(**_PURE)
+def ppnd16(p):
+    """The standard normal quantile of p in (0, 1) (lanenoise.ppnd16)."""
+    q = p - 0.5
+    if abs(q) <= 0.425:
+        r = 0.180625 - q * q
+        return q * poly(PPND_A, r) / poly(PPND_B, r)
+    s = np.sqrt(-np.log(p if q < 0 else 1.0 - p))
+    if s <= 5.0:
+        s = s - 1.6
+        tail = poly(PPND_C, s) / poly(PPND_D, s)
+    else:
+        s = s - 5.0
+        tail = poly(PPND_E, s) / poly(PPND_F, s)
+    return -tail if q < 0 else tail
+
+
+@njit(**_PURE)
+def lane_noise_start(key, lane):
+    """The start of lane ``lane``'s noise sequence under ``key`` (lanenoise.unit_normals)."""
+    return mix64(np.uint64(key) + (np.uint64(lane) + np.uint64(1)) * GOLDEN)
+
+
+@njit(inline="always", **_PURE)
+def unit_normal(start, draw):
+    """Standard normal draw ``draw`` of the lane whose sequence starts at ``start``."""
+    bits = mix64(start + (np.uint64(draw) + np.uint64(1)) * GOLDEN)
+    return ppnd16((float(bits >> np.uint64(11)) + 0.5) * 2.0 ** -53)
+
+
+@njit(**_JIT)
+def unit_normal_table(key, lanes, draws):
+    """unit_normal for every (draw, lane) pair, shape (draws, lanes) (for tests)."""
+    out = np.empty((draws, lanes))
+    for j in range(lanes):
+        start = lane_noise_start(key, j)
+        for i in range(draws):
+            out[i, j] = unit_normal(start, i)
+    return out
+
+
 @njit(inline="always", **_PURE)
 def adc_code(adc, vout, noise):
     """The ADC code of one conversion of the output voltage vout [V] (noise: a unit draw)."""
@@ -619,11 +688,13 @@ def adc_code(adc, vout, noise):
 
 
 @njit(inline="always", **_PURE)
-def adc_reading(tab, seg, prev, nseg, adc, offsets, noise, draw, duty, Ts, cache):
-    """The averaged ADC code of one control step from the previous period's segments
-    ``seg[prev]`` (noise: this step's unit draws ``noise[draw]``). A single mid-on sample
-    inside the first switch-on segment uses the lane's cached half-on map."""
+def adc_reading(tab, seg, prev, nseg, adc, offsets, noise_start, step, duty, Ts, cache):
+    """The averaged ADC code of control step ``step`` from the previous period's segments
+    ``seg[prev]`` (conversion o takes the lane's noise draw ``step * oversample + o``). A
+    single mid-on sample inside the first switch-on segment uses the lane's cached half-on
+    map."""
     n_os = offsets.size
+    noisy = adc[A_NOISE] > 0
     if n_os == 1 and adc[A_MID_ON] and not adc[A_IMMEDIATE] and duty > 0:
         tau = 0.5 * duty * Ts
         if seg[prev, 1, SEG_START] > tau:  # segment 0 (switch on, from the start) holds it
@@ -631,9 +702,10 @@ def adc_reading(tab, seg, prev, nseg, adc, offsets, noise, draw, duty, Ts, cache
             h = period_maps(cache, tab, epoch, duty, Ts)
             # With the switch on, vout depends on vc alone (vout_of's ON case).
             vc = cache[h, C_HALF] * seg[prev, 0, SEG_VC] + cache[h, C_HALF + 1]
+            noise = unit_normal(noise_start, step) if noisy else 0.0
             return adc_code(adc, tab[epoch, A_OUT] * (vc - tab[epoch, R_C] * tab[epoch, I_LOAD]),
-                            noise[draw, 0])
-    seg, noise = seg[prev], noise[draw]
+                            noise)
+    seg = seg[prev]
     total = 0.0
     for o in range(n_os):
         if adc[A_IMMEDIATE]:
@@ -641,7 +713,8 @@ def adc_reading(tab, seg, prev, nseg, adc, offsets, noise, draw, duty, Ts, cache
         else:
             centre = 0.5 * duty * Ts if adc[A_MID_ON] else adc[A_FRACTION] * Ts
             tau = centre if n_os == 1 else min(max(centre + offsets[o], 0.0), Ts * (1 - 1e-12))
-        total += adc_code(adc, sample(tab, seg, nseg, tau, 0.0)[2], noise[o])
+        noise = unit_normal(noise_start, step * n_os + o) if noisy else 0.0
+        total += adc_code(adc, sample(tab, seg, nseg, tau, 0.0)[2], noise)
     return total if n_os == 1 else total / n_os
 
 
@@ -669,7 +742,7 @@ def reference(ref_times, ref_values, per_step, j, t, step):
 
 @njit(**_JIT)
 def run_lane(j, tab, times, Ts, sync, il0, vc0, n_periods, dt, n_t, duty_mode, duties,
-             every, pid_par, pid_st, use_ramp, backcalc, adc, offsets, noise, pwm, ref_times,
+             every, pid_par, pid_st, use_ramp, backcalc, adc, offsets, noise_key, pwm, ref_times,
              ref_values, ref_per_step, wave, rec, means, log, il_end, vc_end):
     """Simulate lane ``j`` for ``n_periods`` periods (see :func:`run_lanes`); returns the
     first period in which the diode chattered, or -1. Allocates the lane's working arrays
@@ -680,22 +753,23 @@ def run_lane(j, tab, times, Ts, sync, il0, vc0, n_periods, dt, n_t, duty_mode, d
     maps = np.full((3, 7), -1.0)
     # Lane-local copies: the lane's own memory, away from the other core's lanes.
     tab_j = tab[j].copy()
-    par, st, noise_j = pid_par[j].copy(), pid_st[j].copy(), noise[j].copy()
+    par, st = pid_par[j].copy(), pid_st[j].copy()
+    noise_start = lane_noise_start(noise_key, j)
     chatter = lane_periods(j, tab_j, times, Ts[j], sync[j], il0[j], vc0[j], n_periods, dt, n_t,
                            duty_mode, duties, every, par, st, use_ramp, backcalc, adc, offsets,
-                           noise_j, pwm[j], ref_times, ref_values, ref_per_step, wave, rec, means,
-                           log, il_end, vc_end, seg, work, cache, maps)
+                           noise_start, pwm[j], ref_times, ref_values, ref_per_step, wave, rec,
+                           means, log, il_end, vc_end, seg, work, cache, maps)
     pid_st[j] = st
     return chatter
 
 
 @njit(**_PURE)
 def lane_periods(j, tab_j, times, Ts, sync, il, vc, n_periods, dt, n_t, duty_mode, duties,
-                 every, par, st, use_ramp, backcalc, adc, offsets, noise_j, pwm_j, ref_times,
+                 every, par, st, use_ramp, backcalc, adc, offsets, noise_start, pwm_j, ref_times,
                  ref_values, ref_per_step, wave, rec, means, log, il_end, vc_end, seg, work,
                  cache, maps):
     """The period loop of lane ``j`` on its own working arrays (``tab_j``, ``par``, ``st``,
-    ``noise_j``, ``seg``, ...). Compiled without reference counting: no atomic operation on
+    ``seg``, ...). Compiled without reference counting: no atomic operation on
     the hot path, so the two cores never wait for each other."""
     d = duties[0, j]
     prev_nseg = 0
@@ -706,8 +780,7 @@ def lane_periods(j, tab_j, times, Ts, sync, il, vc, n_periods, dt, n_t, duty_mod
         if duty_mode == 1:
             d = duties[k, j]
         elif duty_mode == 2 and k > 0 and k % every == 0:
-            draw = step if adc[A_NOISE] > 0 else 0
-            code = adc_reading(tab_j, seg, 1 - cur, prev_nseg, adc, offsets, noise_j, draw,
+            code = adc_reading(tab_j, seg, 1 - cur, prev_nseg, adc, offsets, noise_start, step,
                                d, Ts, cache)
             measured = code * adc[A_VOLTS_PER_CODE]
             setpoint = reference(ref_times, ref_values, ref_per_step, j, t0, step)
@@ -716,12 +789,12 @@ def lane_periods(j, tab_j, times, Ts, sync, il, vc, n_periods, dt, n_t, duty_mod
             if log.shape[2] > 0:
                 log[L_SETPOINT, j, step] = st[S_SP]
                 log[L_CODE, j, step] = code
-                log[L_MEASURED, j, step] = measured
                 log[L_INTEGRAL, j, step] = st[S_INTEGRAL]
                 log[L_COMMAND, j, step] = command
                 log[L_DUTY, j, step] = d
             step += 1
         rec[R_DUTY, j, k], rec[R_IL, j, k], rec[R_VC, j, k] = d, il, vc
+        rec[R_T_START, j, k], rec[R_T_ON, j, k] = t0, d * Ts
         epoch = step_free_epoch(times, t0, Ts)
         plain = False
         if epoch >= 0:
@@ -748,32 +821,34 @@ def lane_periods(j, tab_j, times, Ts, sync, il, vc, n_periods, dt, n_t, duty_mod
 
 @njit(**_JIT)
 def run_lanes(tab, times, Ts, sync, il0, vc0, n_periods, dt, n_t, duty_mode, duties,
-              every, pid_par, pid_st, use_ramp, backcalc, adc, offsets, noise, pwm, ref_times,
+              every, pid_par, pid_st, use_ramp, backcalc, adc, offsets, noise_key, pwm, ref_times,
               ref_values, ref_per_step, wave, rec, means, log, il_end, vc_end, chatter):
     """Simulate every lane for ``n_periods`` periods, one after the other.
 
     duty_mode 0: constant ``duties[0, j]``; 1: schedule ``duties[k, j]``; 2: the controller
-    (``duties[0, j]`` is its initial quantised duty, and receives the last one). Outputs,
-    lane-major so that each lane writes its own memory, each only if it has rows or columns:
-    ``wave`` (3, lanes, n_t) the waveforms, ``rec`` (5, lanes, periods) the period records,
-    ``means`` (lanes, periods) each period's mean vout, ``log`` (6, lanes, steps) the control
-    steps; ``chatter`` (lanes,) the first period in which a lane's diode chattered (-1: none).
+    (``duties[0, j]`` is its initial quantised duty, and receives the last one; its ADC noise
+    comes from ``noise_key``, a uint64: :mod:`boostsim.lanenoise`). Outputs, lane-major so
+    that each lane writes its own memory, each only if it has rows or columns: ``wave``
+    (3, lanes, n_t) the waveforms, ``rec`` (N_REC, lanes, periods) the period records,
+    ``means`` (lanes, periods) each period's mean vout, ``log`` (N_LOG, lanes, steps) the
+    control steps; ``chatter`` (lanes,) the first period in which a lane's diode chattered
+    (-1: none).
     """
     for j in range(Ts.size):
         chatter[j] = run_lane(j, tab, times, Ts, sync, il0, vc0, n_periods, dt, n_t, duty_mode,
                               duties, every, pid_par, pid_st, use_ramp, backcalc, adc, offsets,
-                              noise, pwm, ref_times, ref_values, ref_per_step, wave, rec, means,
+                              noise_key, pwm, ref_times, ref_values, ref_per_step, wave, rec, means,
                               log, il_end, vc_end)
 
 
 @njit(parallel=True, **_JIT)
 def run_lanes_parallel(tab, times, Ts, sync, il0, vc0, n_periods, dt, n_t, duty_mode, duties,
-                       every, pid_par, pid_st, use_ramp, backcalc, adc, offsets, noise, pwm,
+                       every, pid_par, pid_st, use_ramp, backcalc, adc, offsets, noise_key, pwm,
                        ref_times, ref_values, ref_per_step, wave, rec, means, log, il_end,
                        vc_end, chatter):
     """:func:`run_lanes` with the lanes shared out over the cores."""
     for j in prange(Ts.size):
         chatter[j] = run_lane(j, tab, times, Ts, sync, il0, vc0, n_periods, dt, n_t, duty_mode,
                               duties, every, pid_par, pid_st, use_ramp, backcalc, adc, offsets,
-                              noise, pwm, ref_times, ref_values, ref_per_step, wave, rec, means,
+                              noise_key, pwm, ref_times, ref_values, ref_per_step, wave, rec, means,
                               log, il_end, vc_end)

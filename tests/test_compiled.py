@@ -243,7 +243,7 @@ def test_mid_on_adc_sample_on_the_cached_map_is_the_segment_sample():
         for il, vc in ((1.5, 11.0), (0.0, 4.0)):
             nseg = kernel.period(tab, np.zeros(0), 0.0, TS, False, il, vc, duty, cache, seg[0],
                                  work)[4]
-            fast = kernel.adc_reading(tab, seg, 0, nseg, adc, np.zeros(1), np.zeros((1, 1)), 0,
+            fast = kernel.adc_reading(tab, seg, 0, nseg, adc, np.zeros(1), np.uint64(0), 0,
                                       duty, TS, cache)
             vout = kernel.sample(tab, seg[0], nseg, 0.5 * duty * TS, 0.0)[2]
             assert abs(fast - np.rint(vout * 1e12)) <= 1, (duty, il, vc)
