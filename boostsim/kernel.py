@@ -96,16 +96,15 @@ def exp_coeffs(c, tau):
     return ec, es
 
 
+# segments.diode_propagate itself, compiled: one implementation of the DIODE solution.
+diode_propagate = njit(inline="always", **_PURE)(sg.diode_propagate)
+
+
 @njit(**_PURE)
 def diode_state(c, il0, vc0, tau):
-    """State after tau in the DIODE topology."""
-    d1 = il0 - c[IL_EQ]
-    d2 = vc0 - c[VC_EQ]
+    """State after tau in the DIODE topology (segments.diode_state, one lane)."""
     ec, es = exp_coeffs(c, tau)
-    n11 = c[N11]
-    il = c[IL_EQ] + ec * d1 + es * (n11 * d1 + c[A12] * d2)
-    vc = c[VC_EQ] + ec * d2 + es * (c[A21] * d1 - n11 * d2)
-    return il, vc
+    return diode_propagate(c, il0, vc0, ec, es)
 
 
 @njit(**_PURE)

@@ -247,3 +247,22 @@ def test_mid_on_adc_sample_on_the_cached_map_is_the_segment_sample():
                                       duty, TS, cache)
             vout = kernel.sample(tab, seg[0], nseg, 0.5 * duty * TS, 0.0)[2]
             assert abs(fast - np.rint(vout * 1e12)) <= 1, (duty, il, vc)
+
+
+@pytest.mark.parametrize("board", [BOARD, BOARD.replace(r_L=3.0, r_C=1.0, R=2.0)],
+                         ids=["ringing", "overdamped"])
+def test_compiled_diode_solution_is_the_segments_one(board):
+    # kernel.diode_state compiles segments.diode_propagate itself; with the kernel's scalar
+    # exp_coeffs it gives the numpy engine's DIODE states to rounding.
+    from boostsim import segments as sg
+
+    tab = _lane_table(board)[0]
+    assert (tab[sg.Q2] < 0) == (board.r_L < 1)
+    rng = np.random.default_rng(4)
+    il0, vc0 = rng.uniform(-1, 3, 200), rng.uniform(0, 15, 200)
+    tau = rng.uniform(0, 3 * TS, 200)
+    il_ref, vc_ref = sg.diode_state(tab[:, None], il0, vc0, tau)
+    got = np.array([kernel.diode_state(tab, a, b, t)
+                    for a, b, t in zip(il0, vc0, tau, strict=True)]).T
+    np.testing.assert_allclose(got[0], il_ref, rtol=1e-13, atol=1e-13 * np.abs(il_ref).max())
+    np.testing.assert_allclose(got[1], vc_ref, rtol=1e-13, atol=0)
