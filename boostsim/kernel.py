@@ -666,6 +666,17 @@ def unit_normal(start, draw):
     return ppnd16((float(bits >> np.uint64(11)) + 0.5) * 2.0 ** -53)
 
 
+NOISE_BLOCK = 64  # control steps whose noise a lane draws at once
+
+
+@njit(**_PURE)
+def fill_noise(buf, start, first):
+    """Draws first, first + 1, ... of a lane's noise into ``buf``: ahead of the loop that
+    needs them, off its chain of dependent operations."""
+    for i in range(buf.size):
+        buf[i] = unit_normal(start, first + i)
+
+
 @njit(**_JIT)
 def unit_normal_table(key, lanes, draws):
     """unit_normal for every (draw, lane) pair, shape (draws, lanes) (for tests)."""
@@ -687,13 +698,11 @@ def adc_code(adc, vout, noise):
 
 
 @njit(inline="always", **_PURE)
-def adc_reading(tab, seg, prev, nseg, adc, offsets, noise_start, step, duty, Ts, cache):
-    """The averaged ADC code of control step ``step`` from the previous period's segments
-    ``seg[prev]`` (conversion o takes the lane's noise draw ``step * oversample + o``). A
-    single mid-on sample inside the first switch-on segment uses the lane's cached half-on
-    map."""
+def adc_reading(tab, seg, prev, nseg, adc, offsets, noise, first, duty, Ts, cache):
+    """The averaged ADC code of one control step from the previous period's segments
+    ``seg[prev]`` (conversion o adds the unit noise draw ``noise[first + o]``). A single
+    mid-on sample inside the first switch-on segment uses the lane's cached half-on map."""
     n_os = offsets.size
-    noisy = adc[A_NOISE] > 0
     if n_os == 1 and adc[A_MID_ON] and not adc[A_IMMEDIATE] and duty > 0:
         tau = 0.5 * duty * Ts
         if seg[prev, 1, SEG_START] > tau:  # segment 0 (switch on, from the start) holds it
@@ -701,9 +710,8 @@ def adc_reading(tab, seg, prev, nseg, adc, offsets, noise_start, step, duty, Ts,
             h = period_maps(cache, tab, epoch, duty, Ts)
             # With the switch on, vout depends on vc alone (vout_of's ON case).
             vc = cache[h, C_HALF] * seg[prev, 0, SEG_VC] + cache[h, C_HALF + 1]
-            noise = unit_normal(noise_start, step) if noisy else 0.0
             return adc_code(adc, tab[epoch, A_OUT] * (vc - tab[epoch, R_C] * tab[epoch, I_LOAD]),
-                            noise)
+                            noise[first])
     seg = seg[prev]
     total = 0.0
     for o in range(n_os):
@@ -712,8 +720,7 @@ def adc_reading(tab, seg, prev, nseg, adc, offsets, noise_start, step, duty, Ts,
         else:
             centre = 0.5 * duty * Ts if adc[A_MID_ON] else adc[A_FRACTION] * Ts
             tau = centre if n_os == 1 else min(max(centre + offsets[o], 0.0), Ts * (1 - 1e-12))
-        noise = unit_normal(noise_start, step * n_os + o) if noisy else 0.0
-        total += adc_code(adc, sample(tab, seg, nseg, tau, 0.0)[2], noise)
+        total += adc_code(adc, sample(tab, seg, nseg, tau, 0.0)[2], noise[first + o])
     return total if n_os == 1 else total / n_os
 
 
@@ -754,10 +761,11 @@ def run_lane(j, tab, times, Ts, sync, il0, vc0, n_periods, dt, n_t, duty_mode, d
     tab_j = tab[j].copy()
     par, st = pid_par[j].copy(), pid_st[j].copy()
     noise_start = lane_noise_start(noise_key, j)
+    noise = np.zeros(NOISE_BLOCK * offsets.size)
     chatter = lane_periods(j, tab_j, times, Ts[j], sync[j], il0[j], vc0[j], n_periods, dt, n_t,
                            duty_mode, duties, every, par, st, use_ramp, backcalc, adc, offsets,
                            noise_start, pwm[j], ref_times, ref_values, ref_per_step, wave, rec,
-                           means, log, il_end, vc_end, seg, work, cache, maps)
+                           means, log, il_end, vc_end, seg, work, cache, maps, noise)
     pid_st[j] = st
     return chatter
 
@@ -766,9 +774,10 @@ def run_lane(j, tab, times, Ts, sync, il0, vc0, n_periods, dt, n_t, duty_mode, d
 def lane_periods(j, tab_j, times, Ts, sync, il, vc, n_periods, dt, n_t, duty_mode, duties,
                  every, par, st, use_ramp, backcalc, adc, offsets, noise_start, pwm_j, ref_times,
                  ref_values, ref_per_step, wave, rec, means, log, il_end, vc_end, seg, work,
-                 cache, maps):
+                 cache, maps, noise):
     """The period loop of lane ``j`` on its own working arrays (``tab_j``, ``par``, ``st``,
-    ``seg``, ...). Compiled without reference counting: no atomic operation on
+    ``seg``, ..., ``noise`` the ADC noise of the current block of control steps). Compiled
+    without reference counting: no atomic operation on
     the hot path, so the two cores never wait for each other."""
     d = duties[0, j]
     prev_nseg = 0
@@ -779,8 +788,11 @@ def lane_periods(j, tab_j, times, Ts, sync, il, vc, n_periods, dt, n_t, duty_mod
         if duty_mode == 1:
             d = duties[k, j]
         elif duty_mode == 2 and k > 0 and k % every == 0:
-            code = adc_reading(tab_j, seg, 1 - cur, prev_nseg, adc, offsets, noise_start, step,
-                               d, Ts, cache)
+            b = step % NOISE_BLOCK
+            if b == 0 and adc[A_NOISE] > 0:
+                fill_noise(noise, noise_start, step * offsets.size)
+            code = adc_reading(tab_j, seg, 1 - cur, prev_nseg, adc, offsets, noise,
+                               b * offsets.size, d, Ts, cache)
             measured = code * adc[A_VOLTS_PER_CODE]
             setpoint = reference(ref_times, ref_values, ref_per_step, j, t0, step)
             command = pid_update(par, st, use_ramp, backcalc, setpoint, measured)
