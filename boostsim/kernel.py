@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
+from numba.core import cgutils, types
+from numba.extending import intrinsic
 
 from . import lanenoise as ln
 from . import segments as sg
@@ -852,14 +854,43 @@ def run_lanes(tab, times, Ts, sync, il0, vc0, n_periods, dt, n_t, duty_mode, dut
                               log, il_end, vc_end)
 
 
+@intrinsic
+def fetch_add(typingctx, counter, value):
+    """Atomically add ``value`` to ``counter[0]`` (an int64 array) and return the old value."""
+    def codegen(context, builder, signature, args):
+        array_type = signature.args[0]
+        array = context.make_array(array_type)(context, builder, args[0])
+        pointer = cgutils.get_item_pointer(context, builder, array_type, array,
+                                           [context.get_constant(types.intp, 0)])
+        return builder.atomic_rmw("add", pointer, args[1], "monotonic")
+
+    return types.int64(counter, types.int64), codegen
+
+
+LANE_CHUNK = 4  # lanes a core takes from the queue at a time
+# Queue readers the parallel loop starts (at least as many as threads; the loop gives each
+# thread a contiguous share of them, and a thread's first reader drains what is left).
+READERS = 64
+
+
 @njit(parallel=True, **_JIT)
 def run_lanes_parallel(tab, times, Ts, sync, il0, vc0, n_periods, dt, n_t, duty_mode, duties,
                        every, pid_par, pid_st, use_ramp, backcalc, adc, offsets, noise_key, pwm,
                        ref_times, ref_values, ref_per_step, wave, rec, means, log, il_end,
                        vc_end, chatter):
-    """:func:`run_lanes` with the lanes shared out over the cores."""
-    for j in prange(Ts.size):
-        chatter[j] = run_lane(j, tab, times, Ts, sync, il0, vc0, n_periods, dt, n_t, duty_mode,
-                              duties, every, pid_par, pid_st, use_ramp, backcalc, adc, offsets,
-                              noise_key, pwm, ref_times, ref_values, ref_per_step, wave, rec, means,
-                              log, il_end, vc_end)
+    """:func:`run_lanes` with the lanes shared out over the cores: each core takes the next
+    ``LANE_CHUNK`` lanes from a shared counter when it is done with its last ones, so a core
+    slowed by other work (or lanes slower than others) leaves more lanes to the other."""
+    n = Ts.size
+    queue = np.zeros(1, dtype=np.int64)
+    for _ in prange(min(READERS, n)):
+        while True:
+            first = fetch_add(queue, LANE_CHUNK)
+            if first >= n:
+                break
+            for j in range(first, min(first + LANE_CHUNK, n)):
+                chatter[j] = run_lane(j, tab, times, Ts, sync, il0, vc0, n_periods, dt, n_t,
+                                      duty_mode, duties, every, pid_par, pid_st, use_ramp,
+                                      backcalc, adc, offsets, noise_key, pwm, ref_times,
+                                      ref_values, ref_per_step, wave, rec, means, log, il_end,
+                                      vc_end)
