@@ -784,12 +784,15 @@ def lane_periods(j, tab_j, times, Ts, sync, il, vc, n_periods, dt, n_t, duty_mod
     d = duties[0, j]
     prev_nseg = 0
     step = 0
+    held = 0  # periods since the last control step (k % every, without a division)
     for k in range(n_periods):
         t0 = k * Ts
         cur = k % 2
+        due = held == every
+        held = 1 if due else held + 1
         if duty_mode == 1:
             d = duties[k, j]
-        elif duty_mode == 2 and k > 0 and k % every == 0:
+        elif duty_mode == 2 and due:
             b = step % NOISE_BLOCK
             if b == 0 and adc[A_NOISE] > 0:
                 fill_noise(noise, noise_start, step * offsets.size)
