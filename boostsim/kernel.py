@@ -138,18 +138,21 @@ def diode_derivative(c, il, vc):
 
 
 @njit(**_PURE)
-def idle_reconduction_time(c, vc0):
-    """Time until the diode conducts again from IDLE (0 at once, inf never)."""
+def idle_reconduction_time(c, vc0, within):
+    """Time until the diode conducts again from IDLE (0 at once, inf never), computed only if
+    it may come within ``within`` [s]: else inf. The time is y times a stretch >= 1
+    (segments.idle_reconduction_time), so y beyond ``within`` (with a margin for the stretch's
+    rounding) puts it beyond too, without the logarithm."""
     m, w, v_th = c[M], c[W], c[V_TH]
     if vc0 <= v_th:
         return 0.0
     slope = m * vc0 + w
     y = (vc0 - v_th) / slope
     u = m * y
+    if not (slope > 0 and u < 1.0) or y >= within * (1.0 + 1e-12):
+        return np.inf
     stretch = 1.0 if u == 0.0 else -np.log1p(-u) / u
-    if slope > 0 and u < 1.0:
-        return y * stretch
-    return np.inf
+    return y * stretch
 
 
 @njit(**_PURE)
@@ -230,7 +233,7 @@ def diode_zero_time(c, il0, vc0, dur, il_end, monotonic, work):
 def off_segment(c, topology, sync, il, vc, dur, work):
     """Advance a DIODE or IDLE segment by up to dur: (il, vc, time of the ending event)."""
     if topology == IDLE:
-        t_event = idle_reconduction_time(c, vc)
+        t_event = idle_reconduction_time(c, vc, dur)  # inf: not within dur
         return 0.0, decay(c[M], -c[W], vc, min(t_event, dur)), t_event
     il_d, vc_d = diode_state(c, il, vc, dur)
     return diode_segment_end(c, sync, il, vc, dur, il_d, vc_d, work)

@@ -268,3 +268,25 @@ def test_compiled_diode_solution_is_the_segments_one(board):
                     for a, b, t in zip(il0, vc0, tau, strict=True)]).T
     np.testing.assert_allclose(got[0], il_ref, rtol=1e-13, atol=1e-13 * np.abs(il_ref).max())
     np.testing.assert_allclose(got[1], vc_ref, rtol=1e-13, atol=0)
+
+
+def test_idle_reconduction_is_computed_only_when_it_may_end_the_segment():
+    # kernel.idle_reconduction_time skips the logarithm when re-conduction certainly comes
+    # after the segment's end: the segment then ends as with the numpy engine's time.
+    from boostsim import segments as sg
+
+    c = _lane_table(BOARD)[0]
+    rng = np.random.default_rng(8)
+    skipped = 0
+    v_th = c[sg.V_TH]
+    for vc in np.concatenate([v_th + rng.uniform(-0.5, 3.0, 300), [v_th, v_th + 1e-9]]):
+        t_ref = float(sg.idle_reconduction_time(c[:, None], np.array([vc]))[0])
+        for within in (TS / 10, TS, 3 * TS, t_ref, t_ref * (1 + 1e-13), t_ref * (1 - 1e-13)):
+            got = kernel.idle_reconduction_time(c, vc, within)
+            if np.isinf(got):
+                assert not t_ref < within, (vc, within, t_ref)
+                skipped += np.isfinite(t_ref)
+            else:
+                assert got == pytest.approx(t_ref, rel=1e-14, abs=0.0)
+    assert skipped > 100
+    assert np.isfinite(kernel.idle_reconduction_time(c, v_th + 0.05, np.inf))
