@@ -264,14 +264,28 @@ def diode_segment_end(c, sync, il, vc, dur, il_d, vc_d, work):
 # (duty, epoch): a continuous-conduction period is then a handful of multiply-adds.
 
 CACHE_SLOTS = 32
-C_DUTY, C_EPOCH, C_ON, C_HALF, C_OFF = 0, 1, 2, 6, 8  # key, on map (4), half-on vc (2), off (6)
-N_CACHE = 14
+# key, on map (4), half-on vc (2), off (6), compositions since computed from closed forms
+C_DUTY, C_EPOCH, C_ON, C_HALF, C_OFF, C_DEPTH = 0, 1, 2, 6, 8, 14
+N_CACHE = 15
+# After the duty rows: one row of bookkeeping (the row filled last, the next step row to
+# replace), then rows of maps over a small change of the on-time (key, epoch, on (2),
+# half-on vc (2), off (6)): a new duty next to the last one is that duty's maps composed with
+# these, a few multiply-adds instead of four transcendental functions. At most MAX_DEPTH
+# compositions in a row (each adds a rounding), then the closed forms again.
+META = CACHE_SLOTS
+STEP_ROWS = 4
+STEP0 = CACHE_SLOTS + 1
+S_KEY, S_EPOCH, S_ON, S_HALF, S_OFF = 0, 1, 2, 4, 6
+MAX_DEPTH = 8
+MAX_STEP = 1.0 / 64  # largest on-time change composed, as a fraction of the period
 
 
 @njit(**_JIT)
 def new_cache():
     """An empty propagator table for one lane (every key NaN: no entry)."""
-    return np.full((CACHE_SLOTS, N_CACHE), np.nan)
+    cache = np.full((CACHE_SLOTS + 1 + STEP_ROWS, N_CACHE), np.nan)
+    cache[META, 0], cache[META, 1] = -1.0, 0.0
+    return cache
 
 
 @njit(inline="always", **_PURE)
@@ -303,6 +317,67 @@ def fill_maps(row, c, epoch, duty, Ts):
     row[C_DUTY], row[C_EPOCH] = duty, epoch
 
 
+@njit(**_PURE)
+def step_row(cache, c, epoch, delta, Ts):
+    """The row of ``cache`` with the maps over an on-time change of ``delta`` [s] (the
+    switch-on maps over delta, the half-on capacitor map over delta / 2, the diode over
+    -delta), computed on a miss. A key within a few roundings of an on-time (4 eps Ts) is a
+    hit: the on-times of neighbouring PWM counts, each rounded, differ by such amounts."""
+    tol = 4 * 2.220446049250313e-16 * Ts
+    for q in range(STEP0, STEP0 + STEP_ROWS):
+        if cache[q, S_EPOCH] == epoch and abs(cache[q, S_KEY] - delta) <= tol:
+            return q
+    q = STEP0 + int(cache[META, 1])
+    cache[META, 1] = (cache[META, 1] + 1) % STEP_ROWS
+    row = cache[q]
+    row[S_ON], row[S_ON + 1] = decay_map(c[K_ON], c[U_ON], delta)
+    row[S_HALF], row[S_HALF + 1] = decay_map(c[M], -c[W], 0.5 * delta)
+    step_map(c, DIODE, -delta, row[S_OFF:S_OFF + 6])
+    row[S_KEY], row[S_EPOCH] = delta, epoch
+    return q
+
+
+@njit(**_PURE)
+def compose_maps(row, prev, step):
+    """A duty row from its neighbour's (``prev``, on-time h) and a step row (delta): the maps
+    over h + delta, (h + delta) / 2 and Ts - h - delta."""
+    a, b = prev[C_ON] * step[S_ON], step[S_ON] * prev[C_ON + 1] + step[S_ON + 1]
+    row[C_ON], row[C_ON + 1] = a, b
+    a = prev[C_HALF] * step[S_HALF]
+    b = step[S_HALF] * prev[C_HALF + 1] + step[S_HALF + 1]
+    row[C_HALF], row[C_HALF + 1] = a, b
+    row[C_ON + 2], row[C_ON + 3] = a * a, a * b + b
+    p0, p1, p2 = prev[C_OFF], prev[C_OFF + 1], prev[C_OFF + 2]
+    p3, p4, p5 = prev[C_OFF + 3], prev[C_OFF + 4], prev[C_OFF + 5]
+    m0, m1, m2 = step[S_OFF], step[S_OFF + 1], step[S_OFF + 2]
+    m3, m4, m5 = step[S_OFF + 3], step[S_OFF + 4], step[S_OFF + 5]
+    o = C_OFF
+    row[o], row[o + 1], row[o + 2] = p0 * m0 + p1 * m3, p0 * m1 + p1 * m4, p0 * m2 + p1 * m5 + p2
+    row[o + 3], row[o + 4] = p3 * m0 + p4 * m3, p3 * m1 + p4 * m4
+    row[o + 5] = p3 * m2 + p4 * m5 + p5
+
+
+@njit(**_PURE)
+def refill(cache, s, tab, epoch, duty, Ts):
+    """Fill row ``s`` for (duty, epoch): composed from the row filled last if that is the same
+    epoch at an on-time less than MAX_STEP periods away (and not MAX_DEPTH compositions deep),
+    else from the closed forms (:func:`fill_maps`)."""
+    p = int(cache[META, 0])
+    c = tab[epoch]
+    if p >= 0 and p != s and cache[p, C_EPOCH] == epoch and cache[p, C_DEPTH] < MAX_DEPTH:
+        delta = duty * Ts - cache[p, C_DUTY] * Ts
+        if delta != 0.0 and abs(delta) <= MAX_STEP * Ts:
+            q = step_row(cache, c, epoch, delta, Ts)
+            compose_maps(cache[s], cache[p], cache[q])
+            cache[s, C_DUTY], cache[s, C_EPOCH] = duty, epoch
+            cache[s, C_DEPTH] = cache[p, C_DEPTH] + 1
+            cache[META, 0] = s
+            return
+    fill_maps(cache[s], c, epoch, duty, Ts)
+    cache[s, C_DEPTH] = 0.0
+    cache[META, 0] = s
+
+
 @njit(inline="always", **_PURE)
 def period_maps(cache, tab, epoch, duty, Ts):
     """The row index of ``cache`` with the maps of a step-free period at this duty in this
@@ -310,7 +385,7 @@ def period_maps(cache, tab, epoch, duty, Ts):
     reference count.)"""
     s = cache_slot(duty)
     if cache[s, C_DUTY] != duty or cache[s, C_EPOCH] != epoch:
-        fill_maps(cache[s], tab[epoch], epoch, duty, Ts)
+        refill(cache, s, tab, epoch, duty, Ts)
     return s
 
 

@@ -290,3 +290,32 @@ def test_idle_reconduction_is_computed_only_when_it_may_end_the_segment():
                 assert got == pytest.approx(t_ref, rel=1e-14, abs=0.0)
     assert skipped > 100
     assert np.isfinite(kernel.idle_reconduction_time(c, v_th + 0.05, np.inf))
+
+
+@pytest.mark.parametrize("synchronous", [False, True])
+def test_maps_composed_for_neighbouring_duties_are_the_closed_forms(synchronous):
+    # A ramp of PWM counts (as at start-up): a new duty's maps are its neighbour's composed
+    # with a small step's (kernel.refill), MAX_DEPTH times in a row at most; every period on
+    # them must still be the segment closed forms' to rounding.
+    tab = _lane_table(BOARD.replace(synchronous=synchronous))
+    cache, seg = kernel.new_cache(), np.zeros((2, kernel.MAX_SEGMENTS + 2, 6))
+    work = np.empty(64)
+    c = tab[0]
+    depths = []
+    for count in list(range(600, 700)) + list(range(700, 640, -3)):
+        duty = count / 1250
+        for il, vc in ((2.0, 12.0), (1.2, 9.5)):
+            il_c, vc_c, plain = kernel.ccm_period(tab, 0, cache, TS, synchronous, il, vc, duty,
+                                                  seg, 0)
+            assert plain
+            il_on, vc_on = kernel.on_state(c, il, vc, duty * TS)
+            il_ref, vc_ref, _ = kernel.off_segment(c, kernel.DIODE, synchronous, il_on, vc_on,
+                                                   TS - duty * TS, work)
+            assert il_c == pytest.approx(il_ref, rel=1e-12)
+            assert vc_c == pytest.approx(vc_ref, rel=1e-13)
+            row = cache[kernel.cache_slot(duty)]
+            half = row[kernel.C_HALF] * vc + row[kernel.C_HALF + 1]
+            assert half == pytest.approx(kernel.on_state(c, il, vc, 0.5 * duty * TS)[1],
+                                         rel=1e-13)
+        depths.append(cache[kernel.cache_slot(duty), kernel.C_DEPTH])
+    assert max(depths) == kernel.MAX_DEPTH and depths.count(0) < len(depths) / 4
