@@ -114,6 +114,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from . import fastloop
 from .analysis import LOSS_NAMES, SETTLED_TOLERANCE, Metrics
 from .drive import check_duty, prepare_drive
 from .engine import Step, _step_value
@@ -825,7 +826,7 @@ class AveragedResult:
 def simulate_averaged(params: BoostParams, duty: Any = None, t_end: float | None = None,
                       dt: float | None = None, *, x0: Any = None, controller: Any = None,
                       vref: Any = None, steps: Sequence[Step] = (), duty0: Any = None,
-                      progress: bool = False) -> AveragedResult:
+                      progress: bool = False, engine: str = "auto") -> AveragedResult:
     """Simulate the large-signal averaged model (CCM and DCM) from t = 0 to ``t_end`` [s].
 
     Same inputs as :func:`boostsim.simulate`, so the two can be swapped: ``duty`` (scalar,
@@ -847,7 +848,14 @@ def simulate_averaged(params: BoostParams, duty: Any = None, t_end: float | None
     records (the model's period means at each period end). Open loop, CCM stretches are
     advanced in closed form; one lane runs on plain floats (a few microseconds per period plus
     the controller); several lanes run vectorised.
+
+    ``engine``: "auto" runs open loop, duty schedules and ``DigitalController`` with
+    ``boostsim.pid.PID`` on the compiled loop (:mod:`boostsim.avgkernel`: the same integrator
+    compiled, the same results to rounding) and any other controller on the numpy route;
+    "numpy" forces the numpy route (the reference), "compiled" insists on the compiled loop
+    (as :func:`boostsim.simulate`).
     """
+    compiled = fastloop.use_compiled(engine, controller)
     drive = prepare_drive(params, duty, t_end, dt, x0=x0, controller=controller, vref=vref,
                           steps=steps, default_dt_periods=1.0)
     lanes, n, scalar, Ts, dt = drive.lanes, drive.n, drive.scalar, drive.Ts, drive.dt
@@ -867,7 +875,13 @@ def simulate_averaged(params: BoostParams, duty: Any = None, t_end: float | None
 
         bar = tqdm(total=n_periods, desc="simulate_averaged", unit="period", leave=False)
     try:
-        if controller is None and grid.stride:
+        if compiled:
+            from .avgloop import run
+
+            rec = run(drive, steps, d_prev, grid, controller)
+            if bar is not None:
+                bar.update(n_periods)
+        elif controller is None and grid.stride:
             rec = _run_open_loop(lanes, steps, n_periods, il, vc, d_prev, duty_source, bar)
         elif n == 1 and grid.stride:
             rec = _run_scalar(lanes, steps, n_periods, il, vc, d_prev, duty_source, controller,
@@ -1248,7 +1262,8 @@ def _field_scalar(c: _ScalarCircuit, i: float, v: float, d: float) -> _ScalarFie
     mode = CCM
     i_pk = 0.0
     d2 = dp
-    if not c.sync and c.v_off0 - c.a * v < 0.0:
+    # Not surely CCM (as _surely_ccm): the current may fall to zero within the period.
+    if not c.sync and c.v_off0 - c.a * v < 0.0 and not 2.0 * i > c.vin_Ts_L * d:
         i_pk = _peak_current(c, d, _phi1_scalar)
         if i_pk > 0.0:
             d2 = 2.0 * i / i_pk - d
