@@ -1286,6 +1286,13 @@ def _field_scalar(c: _ScalarCircuit, i: float, v: float, d: float) -> _ScalarFie
 def _phi1_apply_scalar(m11: float, m12: float, m21: float, m22: float, w1: float, w2: float
                        ) -> tuple[float, float]:
     """:func:`phi1_apply` for one matrix (same formulas and regimes)."""
+    c0, c1, n11 = _phi1_coefficients_scalar(m11, m12, m21, m22)
+    return (c0 * w1 + c1 * (n11 * w1 + m12 * w2), c0 * w2 + c1 * (m21 * w1 - n11 * w2))
+
+
+def _phi1_coefficients_scalar(m11: float, m12: float, m21: float, m22: float
+                              ) -> tuple[float, float, float]:
+    """:func:`_phi1_coefficients` for one matrix: (c0, c1, n11)."""
     s = 0.5 * (m11 + m22)
     n11 = 0.5 * (m11 - m22)
     q2 = n11 * n11 + m12 * m21
@@ -1308,39 +1315,57 @@ def _phi1_apply_scalar(m11: float, m12: float, m21: float, m22: float, w1: float
             e_s = es * math.sin(root) / root
         c1 = (1.0 + s * e_s - e_c) / det
         c0 = e_s - s * c1
-    return (c0 * w1 + c1 * (n11 * w1 + m12 * w2), c0 * w2 + c1 * (m21 * w1 - n11 * w2))
+    return c0, c1, n11
 
 
-def _step_scalar(field: _ScalarField, i0: float, v0: float, h: float, sync: bool
-                 ) -> tuple[float, float]:
-    """Exponential-Euler step of length ``h`` [s] from (i0, v0) (:func:`_step`, one lane)."""
-    f1, f2, j11, j12, j21, j22 = field.f1, field.f2, field.j11, field.j12, field.j21, field.j22
-    di, dv = _phi1_apply_scalar(j11 * h, j12 * h, j21 * h, j22 * h, f1 * h, f2 * h)
-    i1 = i0 + di
+# A compiled run keeps the phi1 coefficients of continuous-conduction steps, whose Jacobian
+# depends on the circuit and the duty alone, in a small direct-mapped table per lane, keyed by
+# (duty, h, epoch): under a PID the quantised duties and the piece lengths repeat. The numbers
+# are the same either way; the interpreted route keeps none (table None).
+_STEP_SLOTS = 64
+_T_DUTY, _T_H, _T_EPOCH, _T_C0, _T_C1, _T_N11 = range(6)
+
+
+def _step_scalar(field: _ScalarField, i0: float, v0: float, h: float, sync: bool,
+                 epoch: int = 0, duty: float = 0.0, table: Any = None) -> tuple[float, float]:
+    """Exponential-Euler step of length ``h`` [s] from (i0, v0) (:func:`_step`, one lane),
+    with the phi1 coefficients from ``table`` in continuous conduction if there is one (then
+    ``epoch`` and ``duty`` are the piece's)."""
+    m12, m21 = field.j12 * h, field.j21 * h
+    if table is None or field.mode != CCM:
+        c0, c1, n11 = _phi1_coefficients_scalar(field.j11 * h, m12, m21, field.j22 * h)
+    else:
+        s = int(h * 7.0e9 + duty * 16384.0) % _STEP_SLOTS
+        if table[s, _T_DUTY] == duty and table[s, _T_H] == h and table[s, _T_EPOCH] == epoch:
+            c0, c1, n11 = table[s, _T_C0], table[s, _T_C1], table[s, _T_N11]
+        else:
+            c0, c1, n11 = _phi1_coefficients_scalar(field.j11 * h, m12, m21, field.j22 * h)
+            table[s, _T_DUTY], table[s, _T_H], table[s, _T_EPOCH] = duty, h, epoch
+            table[s, _T_C0], table[s, _T_C1], table[s, _T_N11] = c0, c1, n11
+    w1, w2 = field.f1 * h, field.f2 * h
+    i1 = i0 + (c0 * w1 + c1 * (n11 * w1 + m12 * w2))
     if not sync and i1 < 0.0:
         i1 = 0.0
-    return i1, v0 + dv
+    return i1, v0 + (c0 * w2 + c1 * (m21 * w1 - n11 * w2))
 
 
 def _count_le(times: Any, t: float) -> int:
     """How many of the ascending ``times`` are <= ``t``: the epoch at ``t``."""
     n = 0
-    for x in times:
-        if x > t:
-            break
+    while n < len(times) and times[n] <= t:
         n += 1
     return n
 
 
 def _period_scalar(circuits: Any, times: Any, t0: float, Ts: float, i: float, v: float,
-                   d_prev: float, d: float, pieces: Any
+                   d_prev: float, d: float, pieces: Any, table: Any = None
                    ) -> tuple[int, float, float, _ScalarField, int]:
     """One switching period of one lane from the averaged state (i, v) (:meth:`_Integrator.
     period`): pieces split at the PWM edge (if the duty changed) and at the (shifted) step
     instants, one exponential step each; a period in which the mode changes is integrated
     again in ``_SUBSTEPS`` sub-steps per piece. ``circuits`` per epoch, ``times`` the shifted
-    step instants [s]; the pieces go to ``pieces``. Returns (number of pieces, iL, vC at the
-    end, the field there, the epoch there)."""
+    step instants [s]; the pieces go to ``pieces``; ``table`` see :func:`_step_scalar`.
+    Returns (number of pieces, iL, vC at the end, the field there, the epoch there)."""
     first = _count_le(times, t0)
     last = first
     while last < len(times) and times[last] - t0 < Ts:
@@ -1380,7 +1405,7 @@ def _period_scalar(circuits: Any, times: Any, t0: float, Ts: float, i: float, v:
         pieces[r + _P_I0], pieces[r + _P_V0] = i1, v1
         pieces[r + _P_DUTY], pieces[r + _P_EPOCH] = duty, epoch
         if end > start:
-            i1, v1 = _step_scalar(field, i1, v1, end - start, c.sync)
+            i1, v1 = _step_scalar(field, i1, v1, end - start, c.sync, epoch, duty, table)
         count += 1
         if final:
             break
@@ -1393,18 +1418,19 @@ def _period_scalar(circuits: Any, times: Any, t0: float, Ts: float, i: float, v:
         i1, v1 = i, v
         for p in range(count):
             r = p * _PW
-            c = circuits[int(pieces[r + _P_EPOCH])]
+            epoch = int(pieces[r + _P_EPOCH])
+            c, duty = circuits[epoch], pieces[r + _P_DUTY]
             h = (pieces[r + _P_END] - pieces[r + _P_START]) / _SUBSTEPS
             if h > 0.0:
                 for _ in range(_SUBSTEPS):
-                    i1, v1 = _step_scalar(_field_scalar(c, i1, v1, pieces[r + _P_DUTY]), i1, v1,
-                                          h, c.sync)
+                    i1, v1 = _step_scalar(_field_scalar(c, i1, v1, duty), i1, v1, h, c.sync,
+                                          epoch, duty, table)
         end_field = _field_scalar(c_end, i1, v1, d)
     return count, i1, v1, end_field, epoch_end
 
 
 def _sample_scalar(circuits: Any, pieces: Any, count: int, tau: float, d_prev: float,
-                   d: float, Ts: float) -> tuple[float, float, float]:
+                   d: float, Ts: float, table: Any = None) -> tuple[float, float, float]:
     """(il, vc, vout) at offset ``tau`` [s] into a period of :func:`_period_scalar` (its
     first ``count`` pieces)."""
     p = 0
@@ -1412,10 +1438,11 @@ def _sample_scalar(circuits: Any, pieces: Any, count: int, tau: float, d_prev: f
         if tau >= pieces[m * _PW + _P_START]:
             p = m
     r = p * _PW
-    c = circuits[int(pieces[r + _P_EPOCH])]
+    epoch = int(pieces[r + _P_EPOCH])
+    c, duty = circuits[epoch], pieces[r + _P_DUTY]
     i0, v0 = pieces[r + _P_I0], pieces[r + _P_V0]
-    i, v = _step_scalar(_field_scalar(c, i0, v0, pieces[r + _P_DUTY]), i0, v0,
-                        tau - pieces[r + _P_START], c.sync)
+    i, v = _step_scalar(_field_scalar(c, i0, v0, duty), i0, v0, tau - pieces[r + _P_START],
+                        c.sync, epoch, duty, table)
     x = tau / Ts
     duty_now = max(d_prev - x, 0.0) + min(x, d)
     return i, v, _field_scalar(c, i, v, duty_now).vout

@@ -61,19 +61,16 @@ def _jit(**options: Any) -> Any:
     return wrap
 
 
-# The averaged model and its single-lane integrator, compiled from boostsim.averaged as written.
-_compile_there = register_jitable(error_model="numpy")
+# The averaged model and its single-lane integrator, compiled from boostsim.averaged as written
+# (a lane's circuits are a structured array here, a list of _ScalarCircuit there: the same
+# attributes). They allocate nothing, so they are compiled without numba's reference counting
+# (as boostsim.kernel's): otherwise every call increments and decrements each array
+# argument's count atomically, a good part of a period's time.
 for _function in (av._ccm_linear, av._peak_current, av._dcm_terms, av._rest_terms, av._output,
-                  av._phi1_scalar, av._taylor, av._phi1_apply_scalar, av._field_scalar,
+                  av._phi1_scalar, av._taylor, av._phi1_coefficients_scalar, av._field_scalar,
                   av._step_scalar, av._count_le, av._period_scalar, av._sample_scalar,
                   av._put_tail):
-    _compile_there(_function)
-
-#: The circuit table's columns: :class:`boostsim.averaged._ScalarCircuit`'s fields in order.
-CIRCUIT_FIELDS = av._ScalarCircuit._fields
-_SYNC = CIRCUIT_FIELDS.index("sync")
-if len(CIRCUIT_FIELDS) != 19 or _SYNC != 15:
-    raise ImportError("boostsim.avgkernel.circuit() lists _ScalarCircuit's 19 fields in order")
+    register_jitable(error_model="numpy", _nrt=False)(_function)
 
 # Per-period record rows (boostsim.averaged._Records).
 (R_DUTY, R_IL_START, R_VC_START, R_IL_MEAN, R_VC_MEAN, R_VOUT_MEAN, R_D2, R_MODE) = range(8)
@@ -82,24 +79,8 @@ N_RECORDS = 8
 CONSTANT, SCHEDULE, CONTROLLER = 0, 1, 2
 
 
-@_jit()
-def circuit(row):
-    """The :class:`boostsim.averaged._ScalarCircuit` stored in a table row."""
-    return av._ScalarCircuit(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7],
-                             row[8], row[9], row[10], row[11], row[12], row[13], row[14],
-                             row[15] != 0.0, row[16], row[17], row[18])
-
-
-@_jit()
-def circuit_fields(row):
-    """The fields of :func:`circuit` (for tests: the table round-trips)."""
-    c = circuit(row)
-    return (c.C, c.L, c.Ts, c.a, c.a_C, c.a_L, c.g, c.g_aC, c.i_load, c.inv_L, c.k_on, c.r_1,
-            c.r_2, c.r_12, c.r_C, c.sync, c.v_off0, c.vin, c.vin_Ts_L)
-
-
-@_jit()
-def adc_reading(circuits, pieces, count, d_prev, d, Ts, adc, offsets, noise, draw):
+@_jit(_nrt=False)
+def adc_reading(circuits, pieces, count, d_prev, d, Ts, adc, offsets, noise, draw, table):
     """The averaged ADC code of one control step, sampled from the period held in ``pieces``
     (duty ``d``, after ``d_prev``) at DigitalController's instants, each the average centred
     on it (AveragedView.sample); ``noise[draw]`` this step's unit draws."""
@@ -111,20 +92,21 @@ def adc_reading(circuits, pieces, count, d_prev, d, Ts, adc, offsets, noise, dra
         else:
             centre = 0.5 * d * Ts if adc[A_MID_ON] else adc[A_FRACTION] * Ts
             tau = centre if n_os == 1 else min(max(centre + offsets[o], 0.0), Ts * (1 - 1e-12))
-        vout = av._sample_scalar(circuits, pieces, count, tau + 0.5 * Ts, d_prev, d, Ts)[2]
+        vout = av._sample_scalar(circuits, pieces, count, tau + 0.5 * Ts, d_prev, d, Ts,
+                                 table)[2]
         total += adc_code(adc, vout, noise[draw, o])
     return total if n_os == 1 else total / n_os
 
 
-@_jit()
-def record_grid(circuits, pieces, count, t0, Ts, d_prev, d, dt, n_t, final, wave, j):
+@_jit(_nrt=False)
+def record_grid(circuits, pieces, count, t0, Ts, d_prev, d, dt, n_t, final, wave, j, table):
     """Lane j's output-grid samples inside this period into ``wave`` (3, lanes, n_t), as
     boostsim.averaged._Grid.record (the last period also takes the sample at t_end)."""
     first = np.ceil(t0 / dt - 1e-9)
     end = np.floor((t0 + Ts) / dt + 1e-9) + 1 if final else np.ceil((t0 + Ts) / dt - 1e-9)
     for g in range(int(first), min(int(end), n_t)):
         il, vc, vout = av._sample_scalar(circuits, pieces, count, min(g * dt - t0, Ts),
-                                         d_prev, d, Ts)
+                                         d_prev, d, Ts, table)
         wave[0, j, g], wave[1, j, g], wave[2, j, g] = il, vc, vout
 
 
@@ -134,11 +116,10 @@ def run_lane(j, tab, times, Ts_lanes, il0, vc0, d_first, n_periods, dt, n_t, dut
              ref_values, ref_per_step, rec, vout0, wave, log):
     """Simulate lane j for ``n_periods`` periods (see :func:`run_lanes`)."""
     Ts = Ts_lanes[j]
-    circuits = [circuit(tab[j, 0])]
-    for e in range(1, tab.shape[1]):
-        circuits.append(circuit(tab[j, e]))
+    circuits = tab[j].copy()
     times_j = times[j].copy()
     buffers = np.empty((2, av._PW * (times_j.size + 3)))
+    table = np.full((av._STEP_SLOTS, 6), np.nan)  # phi1 coefficients (see av._step_scalar)
     par, st, noise_j = pid_par[j].copy(), pid_st[j].copy(), noise[j].copy()
     i, v = il0[j], vc0[j]
     d = duties[0, j]
@@ -153,7 +134,7 @@ def run_lane(j, tab, times, Ts_lanes, il0, vc0, d_first, n_periods, dt, n_t, dut
         elif duty_mode == CONTROLLER and k > 0 and k % every == 0:
             draw = step if adc[A_NOISE] > 0 else 0
             code = adc_reading(circuits, buffers[1 - cur], prev_count, prev_dp, d, Ts, adc,
-                               offsets, noise_j, draw)
+                               offsets, noise_j, draw, table)
             measured = code * adc[A_VOLTS_PER_CODE]
             setpoint = reference(ref_times, ref_values, ref_per_step, j, t0, step)
             command = pid_update(par, st, use_ramp, backcalc, setpoint, measured)
@@ -174,7 +155,7 @@ def run_lane(j, tab, times, Ts_lanes, il0, vc0, d_first, n_periods, dt, n_t, dut
             dp = d
         pieces = buffers[cur]
         count, i1, v1, end, epoch = av._period_scalar(circuits, times_j, t0, Ts, i, v, dp, d,
-                                                      pieces)
+                                                      pieces, table)
         if k == 0:
             vout0[j] = av._field_scalar(circuits[int(pieces[av._P_EPOCH])], i, v, dp).vout
         rec[R_DUTY, j, k], rec[R_IL_START, j, k], rec[R_VC_START, j, k] = d, i, v
@@ -182,7 +163,7 @@ def run_lane(j, tab, times, Ts_lanes, il0, vc0, d_first, n_periods, dt, n_t, dut
         rec[R_D2, j, k], rec[R_MODE, j, k] = end.d2, end.mode
         if n_t > 0:
             record_grid(circuits, pieces, count, t0, Ts, dp, d, dt, n_t, k == n_periods - 1,
-                        wave, j)
+                        wave, j, table)
         prev_count = av._put_tail(pieces, count, Ts, i1, v1, d, epoch)
         prev_dp = dp
         i, v, dp = i1, v1, d
@@ -198,8 +179,9 @@ def run_lanes(tab, times, Ts, il0, vc0, d_first, n_periods, dt, n_t, duty_mode, 
               ref_values, ref_per_step, rec, vout0, wave, log, bad):
     """Simulate every lane for ``n_periods`` periods, one after the other.
 
-    ``tab`` (lanes, epochs, 19) the circuit constants per epoch between line/load steps
-    (:data:`CIRCUIT_FIELDS`), ``times`` (lanes, steps) the shifted step instants [s],
+    ``tab`` (lanes, epochs) the circuit constants per epoch between line/load steps
+    (structured, :data:`boostsim.avgloop.CIRCUIT_DTYPE`), ``times`` (lanes, steps) the
+    shifted step instants [s],
     ``d_first`` the duty before t = 0 (NaN: the first period's). duty_mode :data:`CONSTANT`
     (``duties[0, j]``), :data:`SCHEDULE` (``duties[k, j]``) or :data:`CONTROLLER`
     (``duties[0, j]`` its initial duty, receiving the last; PID, ADC, PWM and reference as

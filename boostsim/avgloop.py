@@ -20,23 +20,25 @@ from .control import DigitalController
 from .drive import Drive, check_duty
 from .engine import Step
 
-__all__ = ["PARALLEL_LANES", "circuit_table", "run"]
+__all__ = ["CIRCUIT_DTYPE", "PARALLEL_LANES", "circuit_table", "run"]
 
 # Lanes from which the kernel's parallel loop pays on two cores.
 PARALLEL_LANES = 64
+#: One lane's circuit in one epoch as the kernel reads it: the attributes of
+#: :class:`boostsim.averaged._ScalarCircuit`, so the same model functions evaluate on either.
+CIRCUIT_DTYPE = np.dtype([(name, np.bool_ if name == "sync" else np.float64)
+                          for name in _ScalarCircuit._fields])
 
 
 def circuit_table(lanes: dict[str, np.ndarray], steps: Sequence[Step]
                   ) -> tuple[np.ndarray, np.ndarray]:
-    """The kernel's circuit constants (lanes, epochs, fields) and shifted step instants
-    (lanes, steps) [s], from :class:`boostsim.averaged._Conditions`."""
+    """The kernel's circuit constants (lanes, epochs) (:data:`CIRCUIT_DTYPE`) and shifted
+    step instants (lanes, steps) [s], from :class:`boostsim.averaged._Conditions`."""
     cond = _Conditions(lanes, steps)
-    n = lanes["L"].size
-    fields = _ScalarCircuit._fields
-    tab = np.empty((n, len(cond.circuits), len(fields)))
+    tab = np.empty((lanes["L"].size, len(cond.circuits)), dtype=CIRCUIT_DTYPE)
     for e, c in enumerate(cond.circuits):
-        for m, name in enumerate(fields):
-            tab[:, e, m] = getattr(c, name)
+        for name in _ScalarCircuit._fields:
+            tab[name][:, e] = getattr(c, name)
     return tab, np.ascontiguousarray(cond.times.T)
 
 
@@ -72,12 +74,12 @@ def run(drive: Drive, steps: Sequence[Step], d_prev: np.ndarray | None, grid: _G
             period = int(bad[bad >= 0].min())
             check_duty(rec[k.R_DUTY, :, period].copy(), f"controller duty (period {period})")
         fastloop.hand_back(controller, a, duties[0], drive.Ts)
-    out = _Records(n_periods, n)
+    out = _Records(0, n)  # views of the kernel's rows: (periods, lanes) as _Records has them
     for row, name in enumerate(("duty", "il_start", "vc_start", "il_mean", "vc_mean",
                                 "vout_mean", "d2")):
-        getattr(out, name)[:] = rec[row].T
-    out.mode[:] = rec[k.R_MODE].T
-    out.vout0[:] = vout0
+        setattr(out, name, rec[row].T)
+    out.mode = rec[k.R_MODE].T.astype(np.int8)
+    out.vout0 = vout0
     if n_t:
         grid.il[:], grid.vc[:], grid.vout[:] = wave
     return out

@@ -233,7 +233,7 @@ def controller_arrays(controller: DigitalController, n: int, Ts: np.ndarray, n_p
                 pwm=np.ascontiguousarray(np.stack(pwm.counter_limits(controller._fsw), axis=1)),
                 ref_times=ref_times, ref_values=np.ascontiguousarray(ref_values),
                 per_step=per_step, log=np.empty((6, n, steps if log else 0)),
-                periods=np.array(control_periods, dtype=int))
+                periods=np.arange(every, n_periods, every))
 
 
 def _run_controller(k: Any, drive: Any, tab: np.ndarray, times: np.ndarray, sync: np.ndarray,
