@@ -67,13 +67,16 @@ A period in which a lane crosses the CCM/DCM boundary (where the Jacobian jumps)
 for that lane in 16 sub-steps. Line and load steps act on the moving average half a period
 after their instant (their moving average ramps over one period) and split the period there.
 
-Speed: open-loop runs advance stretches of CCM in closed form -- every period is an exact
-affine map of the state, so a stretch of K periods is built for all periods at once and
-applied in ~sqrt(K) vectorised steps -- and step period by period elsewhere; one lane runs
+Speed: by default (``engine="auto"``) open loop, duty schedules and the built-in
+:class:`~boostsim.control.DigitalController` run on a compiled loop (:mod:`boostsim.avgkernel`)
+that compiles this module's single-lane integrator (:func:`_period_scalar`) from its text, so
+the two routes are one integrator: ~0.2 us a period, 1 s (1e5 periods) under the PID in
+~0.02-0.03 s on the default board. The numpy route (the reference, and the one any other
+controller takes): open-loop runs advance stretches of CCM in closed form -- every period is
+an exact affine map of the state, so a stretch of K periods is built for all periods at once
+and applied in ~sqrt(K) vectorised steps -- and step period by period elsewhere; one lane runs
 on plain floats (a few microseconds per period); closed loops cost one step plus one
-controller call per period. On the default board: 1 s (1e5 periods) open loop in ~0.05 s
-(CCM) or ~0.3 s (DCM), 1 s closed loop with a PID in ~1 s, against ~0.08 s (CCM run-ahead),
-~20 s and ~14 s for the switching engine.
+controller call per period (1 s under the DigitalController in ~6-8 s).
 
 Controllers: :class:`AveragedView` follows the engine's :class:`boostsim.engine.PeriodView`,
 but its ``sample(tau)`` returns the averages *centred* on ``tau`` -- the switching waveform
@@ -845,9 +848,9 @@ def simulate_averaged(params: BoostParams, duty: Any = None, t_end: float | None
 
     ``dt`` is the output grid step (default: one switching period of the fastest lane). The
     waveforms are moving averages over one switching period; ``periods`` holds the per-period
-    records (the model's period means at each period end). Open loop, CCM stretches are
-    advanced in closed form; one lane runs on plain floats (a few microseconds per period plus
-    the controller); several lanes run vectorised.
+    records (the model's period means at each period end). On the numpy route, open-loop CCM
+    stretches are advanced in closed form; one lane runs on plain floats (a few microseconds
+    per period plus the controller); several lanes run vectorised.
 
     ``engine``: "auto" runs open loop, duty schedules and ``DigitalController`` with
     ``boostsim.pid.PID`` on the compiled loop (:mod:`boostsim.avgkernel`: the same integrator

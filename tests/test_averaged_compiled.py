@@ -203,6 +203,49 @@ def test_circuit_table_holds_the_scalar_circuits():
     assert tab["vin"][:, 1].tolist() == [6.0, 6.0]
 
 
+def test_compiled_field_and_step_are_the_interpreted_ones():
+    # The model functions compiled by boostsim.avgkernel (on a structured circuit row, with the
+    # table of phi1 coefficients) against the same functions interpreted on a _ScalarCircuit,
+    # over states in CCM, DCM and with the current resting at zero.
+    from numba import njit
+
+    from boostsim import averaged as av
+    from boostsim.avgloop import circuit_table
+
+    @njit(error_model="numpy")
+    def compiled(circuits, i, v, d, h):
+        table = np.full((av._STEP_SLOTS, 6), np.nan)
+        out = np.empty((i.size, 9))
+        for m in range(i.size):
+            c = circuits[m % circuits.size]
+            f = av._field_scalar(c, i[m], v[m], d[m])
+            out[m, 0], out[m, 1], out[m, 2], out[m, 3] = f.f1, f.f2, f.j11, f.j12
+            out[m, 4], out[m, 5], out[m, 6] = f.vout, f.mode, f.d2
+            for _ in range(2):  # the second time from the table (in CCM)
+                out[m, 7], out[m, 8] = av._step_scalar(f, i[m], v[m], h, c.sync, 0, d[m],
+                                                       table)
+        return out
+
+    rng = np.random.default_rng(5)
+    params = BOARD.replace(L=np.array([10e-6, 100e-6, 10e-6]), R=np.array([48.0, 10.0, 200.0]),
+                           synchronous=np.array([False, False, True]))
+    lanes, _, _ = lane_arrays(params)
+    tab, _ = circuit_table(lanes, ())
+    c = _Circuit(lanes, lanes["vin"], lanes["R"], lanes["i_load"])
+    scalar = [_ScalarCircuit.of(c, lane) for lane in range(3)]
+    n = 600
+    i, v, d = rng.uniform(0.0, 2.0, n), rng.uniform(4.0, 20.0, n), rng.uniform(0.0, 0.9, n)
+    i[::7] = 0.0
+    got = compiled(np.ascontiguousarray(tab[:, 0]), i, v, d, 0.7 * TS)
+    expected = np.empty_like(got)
+    for m in range(n):
+        f = av._field_scalar(scalar[m % 3], i[m], v[m], d[m])
+        expected[m, :7] = f.f1, f.f2, f.j11, f.j12, f.vout, f.mode, f.d2
+        expected[m, 7:] = av._step_scalar(f, i[m], v[m], 0.7 * TS, scalar[m % 3].sync)
+    assert set(expected[:, 5]) == {0, 1, 2}
+    np.testing.assert_allclose(got, expected, rtol=1e-14, atol=1e-300)
+
+
 @pytest.mark.slow  # compiles the parallel loop
 def test_many_lanes_run_in_parallel_with_the_same_numbers():
     from boostsim.avgloop import PARALLEL_LANES
