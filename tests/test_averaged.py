@@ -362,7 +362,7 @@ def test_scalar_and_vector_fields_agree(i, v, d, L, R, sync, lossy):
     lanes, _, _ = lane_arrays(p)
     c = _Circuit(lanes, lanes["vin"], lanes["R"], lanes["i_load"])
     vec = _Field(c, np.array([i]), np.array([v]), np.array([d]))
-    sca = _field_scalar(_ScalarCircuit(c), i, v, d)
+    sca = _field_scalar(_ScalarCircuit.of(c), i, v, d)
     expected = [vec.f1, vec.f2, vec.j11, vec.j12, vec.j21, vec.j22, vec.vout, vec.mode, vec.d2]
     np.testing.assert_allclose(np.array(sca, dtype=float),
                                np.array([float(np.ravel(x)[0]) for x in expected]),
