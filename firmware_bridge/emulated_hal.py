@@ -23,14 +23,18 @@ What it models, per call of the firmware:
 * ``protect_start(period, fn)``: the protection timer IRQ: a tick every ``period`` of board
   time, each calling ``fn`` *at its own board time* (the ADC reads the plant at that instant,
   the watchdog sees that time, a trip turns the gate off from that instant on).
-* The timer IRQs without threads: the streamed samples and the protection ticks due are run
-  in time order, in one vectorised plant evaluation, before anything looks at or changes the
-  board -- every HAL call that reads or drives the plant, ``irq_disable`` (so the firmware
-  sees every trip due before a critical section, as on the Pico), a serial read that brought
-  input, every wake-up of the serve loop, and the emulator's own API -- so nothing, however
-  late or busy the host is, can see the board's state past a tick that has not run, nor
-  delay or skip one: a tick that turns the gate off takes the plant back to its instant
-  (:meth:`Plant.checkpoint`) and the rest of the batch is computed again.
+* The timer IRQs without threads: the protection ticks due run in order, in the serve
+  loop's thread, before anything can look at or drive the board past them -- at every
+  serial read (each serve-loop iteration), every HAL call that reads or drives the plant,
+  ``irq_disable`` (the firmware sees every trip due before a critical section, as on the
+  Pico) and the emulator's own API -- so no host, however busy or late, can delay or skip
+  one. The plant is evaluated once, in time order, at the ticks and the streamed samples due;
+  a tick that drives the plant (a trip: gate off from its instant on) takes the plant back
+  (:meth:`Plant.checkpoint`) to where that evaluation started, keeps the samples up to the
+  tick and evaluates the rest again. Streamed samples are otherwise computed when the plant
+  moves past them (a read, a drive change), on input (a FETC reads the ring) and at
+  ``MAX_IDLE_S / 2`` of age: the ring holds what the timer interrupt would have pushed by
+  the time anything reads it, overflow included.
   ``irq_disable``/``irq_enable`` and every plant access take the same lock.
   ``gate_off``: gate low now.
 * ``serial_read/serial_write/service``: delegated to a serial link (the emulator's
@@ -59,11 +63,13 @@ from boostsim.adc_model import AdcTransfer
 from .plant import Plant
 from .rp2040 import PWM_CLOCK, pwm_output, rp2040_pwm
 
-__all__ = ["MAX_IDLE_S", "AdcModel", "EmulatedHAL", "LoopStats", "rp2040_pwm"]
+__all__ = ["CDC_TX_FIFO", "MAX_IDLE_S", "AdcModel", "EmulatedHAL", "LoopStats", "rp2040_pwm"]
 
 #: Longest the serve loop sleeps through idle polls [s]: it then runs one poll (the timer
 #: IRQs' batch of streamed samples and protection ticks included) and sleeps again.
 MAX_IDLE_S = 0.02
+#: The emulated USB CDC transmit FIFO [bytes]: MicroPython's rp2 port (TinyUSB) buffers 256.
+CDC_TX_FIFO = 256
 _SCALAR_SAMPLES = 4     # streamed samples converted one by one (more: vectorised)
 _EMPTY = np.empty(0)
 
@@ -207,6 +213,7 @@ class EmulatedHAL:
         self._drive_changed = False            # a tick changed the gate drive
         self._tick_keep: tuple | None = None   # (plant before the tick batch, its samples)
         self._tx_blocked = False               # the last serial_write took nothing
+        self._tx_fifo = bytearray()            # the USB CDC's transmit FIFO
         self._slept = 0.0                      # the serve loop's planned wait this poll [s]
         self.boot()
 
@@ -217,6 +224,7 @@ class EmulatedHAL:
         self.protect_stop()
         self._stream = None
         self._tx_blocked = False
+        self._tx_fifo.clear()  # a reset empties the USB stack
         self.boot_time = self.clock()
         self._set_gate(False, 0.0, 0.0)
 
@@ -326,7 +334,10 @@ class EmulatedHAL:
             return b""
         wait = timeout_ms * 1e-3
         skipped = 0
-        if wait > 0 and self.idle_until is not None and not self._tx_blocked:
+        if wait > 0:
+            self._tx_flush()  # the loop is about to wait: what it sent goes out
+        if wait > 0 and self.idle_until is not None and not self._tx_blocked \
+                and not self._tx_fifo:
             start = self.clock()
             until = min(self.idle_until(), start + MAX_IDLE_S)
             polls = max(1, math.ceil((until - start) / wait - 1e-9))
@@ -350,11 +361,28 @@ class EmulatedHAL:
         return data
 
     def serial_write(self, data: bytes) -> int:
+        """Hand ``data`` to the emulated USB CDC's transmit FIFO (:data:`CDC_TX_FIFO` bytes,
+        as the RP2040's): it takes what fits and goes to the host when it is full, or when
+        the serve loop next waits for input; a host that does not read fills it and then
+        the pseudo-terminal, and the firmware sees nothing taken (0)."""
         if self.link is None:
             return len(data)
-        n = self.link.write(data)
+        buf = self._tx_fifo
+        if len(buf) + len(data) > CDC_TX_FIFO:
+            self._tx_flush()
+        n = min(len(data), CDC_TX_FIFO - len(buf))
+        if n > 0:
+            buf += data[:n]
+            if len(buf) >= CDC_TX_FIFO:
+                self._tx_flush()
         self._tx_blocked = n <= 0
-        return n
+        return max(n, 0)
+
+    def _tx_flush(self) -> None:
+        """Hand the transmit FIFO to the link (what the host's side takes)."""
+        buf = self._tx_fifo
+        if buf and self.link is not None:
+            del buf[:self.link.write(bytes(buf))]
 
     def service(self) -> None:
         now = self.clock()
@@ -475,7 +503,16 @@ class EmulatedHAL:
         if nxt > now_us:
             return None
         n = (now_us - nxt) // period + 1
-        times = self.boot_time + (nxt + period * np.arange(n, dtype=np.int64)) * 1e-6
+        base = self.boot_time
+        if n <= _SCALAR_SAMPLES:  # the same numbers without array calls
+            times = [base + (nxt + period * i) * 1e-6 for i in range(n)]
+            if self.adc.jitter_s:
+                jitter, normal, late = self.adc.jitter_s, self.adc._normal, -math.inf
+                for i, x in enumerate(times):
+                    late = max(late, min(x + abs(normal()) * jitter, t))
+                    times[i] = late
+            return np.array(times)
+        times = base + (nxt + period * np.arange(n, dtype=np.int64)) * 1e-6
         if self.adc.jitter_s:
             # The timer IRQ starts each conversion a little late (never later than now).
             times = np.maximum.accumulate(np.minimum(times + self.adc.delays(n), t))
@@ -545,7 +582,7 @@ class EmulatedHAL:
     def _run_ticks(self, t: float) -> None:
         """Run the protection ticks due up to ``t`` in order, each at its own instant: one
         evaluation of the plant, in time order, at them and at the streamed samples due up to
-        the last of them. A tick that changes the drive (a trip: gate off from its instant
+        ``t``. A tick that changes the drive (a trip: gate off from its instant
         on) takes the plant back to where the evaluation started; the samples up to it are
         kept, the later samples and ticks are evaluated again."""
         if self._irq_t is not None or self._protect is None:
@@ -554,7 +591,7 @@ class EmulatedHAL:
             ticks = self._tick_times(t)
             if ticks is None:
                 return
-            due = self._stream_due(float(ticks[-1]))
+            due = self._stream_due(t)
             s_times = due if due is not None else _EMPTY
             n_s = s_times.size
             times = np.concatenate((s_times, ticks)) if n_s else ticks

@@ -296,15 +296,17 @@ def board_pid_class(float32: bool, compute_time: float) -> type[PID]:
 
 
 def _sleep_overhead() -> float:
-    """How much longer than asked this host's ``time.sleep`` takes [s] (median of a few
-    short sleeps; typically 50-100 us on Linux)."""
+    """How much longer than asked this host's ``time.sleep`` takes at least [s] (the shortest
+    of a few short sleeps; typically 50-70 us on Linux). The least, not the median: on a busy
+    host the median is the scheduler's latency, and an estimate above the time to spend
+    would turn every :func:`_spend` into a busy wait."""
     asked = 10e-6
     taken = []
     for _ in range(15):
         start = time.perf_counter()
         time.sleep(asked)
         taken.append(time.perf_counter() - start - asked)
-    return max(0.0, sorted(taken)[len(taken) // 2])
+    return max(0.0, min(taken))
 
 
 _SLEEP_OVERHEAD: list[float] = []  # measured on first use

@@ -49,10 +49,12 @@ after a large duty step at the default 48 ohm load -- to <= 1e-4 with the defaul
 (~3e-5 with ``trust_v = 0.002 * vin``). Sampled waveforms (ripple included) match the exact
 engine's to microvolts.
 
-**Cost** (``benchmarks/bench_emulator.py``): a steady operating point is a few microseconds per
-firmware read; streaming 20 kHz costs one vectorised evaluation per serve-loop poll; a duty
-step costs one CCM map (~0.1 ms, cached per duty) plus, through DCM, a few engine calls. The
-emulated board keeps real time at 100 kHz with about a quarter to a third of one core.
+**Cost** (``benchmarks/bench_emulator.py``): a firmware read in the period the plant is in is
+a few microseconds (:meth:`Plant.at`, Python floats); streamed samples and protection ticks
+are evaluated in batches (Python floats for a few, vectorised for more); a duty step costs one
+CCM map (~0.1 ms, cached per duty) plus, through DCM, a few engine calls. The emulated board
+keeps real time at 100 kHz with about a tenth of one core (more with the on-board PID at
+1-2 kHz: a firmware step each millisecond).
 
 Why the exact map rather than a cycle-averaged model plus a ripple table: both could meet the
 requirement (``boostsim.averaged.operating_point`` is within ~3e-4 of the exact steady state in
