@@ -3,26 +3,37 @@ values, and the closed-loop setpoint step predicted by the fitted model vs measu
 
 The emulator runs a board the host does not know (L -30 %, C +50 %, 3x ESR, 3x DCR, vin 5.1 V);
 ``boostsim.identify`` starts from the default board and sees only the serial link. Then the
-on-board PID (``CONT:MODE PID``, the same PID class as everywhere) makes a setpoint step on
-the emulated board, streamed at 20 kS/s, and the same loop runs in the switching simulator
-(:mod:`firmware_bridge.bench.board_loop`) with the fitted, the default and -- as a control
-of what the emulator's real-time loop timing alone costs -- the hidden board.
+on-board PID (``CONT:MODE PID``, the same PID class as everywhere) makes ``--steps`` setpoint
+steps on the emulated board, each streamed at 20 kS/s, and the same loop runs in the switching
+simulator as the firmware runs it (:class:`firmware_bridge.bench.board_model.BoardController`:
+the serve loop's poll jitter, the compute time, the PWM latch; ``--lanes`` realisations) with
+the fitted, the default and -- as a control of the loop model alone -- the hidden board.
 
-    PYTHONPATH=$PWD python benchmarks/bench_identify.py [--seed N]
+A single step is one draw of a random process (the PID's sample instants jitter by up to the
+serve loop's poll period; the 2 % band is about one duty step of the output's limit cycle), so
+the figures compared are medians over the measured steps and over the simulated realisations;
+ranges are printed beside them.
+
+    PYTHONPATH=$PWD python benchmarks/bench_identify.py [--seed N] [--steps 8] [--lanes 24]
+        [--set adc_dnl=rp2040 --set float32=false ...]   # emulator settings ([emulator] keys)
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 
 import numpy as np
 
-from boostsim.analysis import step_response
 from boostsim.params import default_board
 from firmware_bridge.bench import run_identify
-from firmware_bridge.bench.board_loop import BoardLoop, run_board_step, simulate_board_step
-from firmware_bridge.bench.common import _smooth
+from firmware_bridge.bench.board_loop import (
+    BoardLoop,
+    run_board_step,
+    simulate_board_step,
+    step_figures,
+)
 from firmware_bridge.emulator import Emulator
 from firmware_bridge.session import connect
 
@@ -30,25 +41,48 @@ HIDDEN = dict(L=70e-6, C=150e-6, r_C=0.06, r_L=0.15, vin=5.1)
 #: The on-board PID (CONT:*) and its setpoint step: the gains 'boostsim tune --config
 #: fitted.toml --vref 10 --crossover 30 --rate 500' designs for the identified board.
 LOOP = BoardLoop(kp=0.0, ki=9.07, rate=500.0, v_from=9.0, v_to=10.0)
-SMOOTH = 40  # samples (2 ms) of moving average for the step metrics, measured and predicted
 
 
-def _metrics(t: np.ndarray, v: np.ndarray) -> tuple[float, float]:
-    m = step_response(t, _smooth(v, SMOOTH), 0.0, reference=LOOP.v_to, kind="reference")
-    return float(m.overshoot), float(m.settling_time)
+def _setting(text: str) -> tuple[str, object]:
+    key, _, value = text.partition("=")
+    if value.lower() in ("true", "false"):
+        return key, value.lower() == "true"
+    try:
+        return key, float(value)
+    except ValueError:
+        return key, value
+
+
+def _line(label: str, figures: np.ndarray, reference: np.ndarray | None = None) -> str:
+    med = np.median(figures, axis=0)
+    text = (f"{label:>24} {med[0]:>7.2f} ({figures[:, 0].min():.2f}..{figures[:, 0].max():.2f})"
+            f" {1e3 * med[1]:>7.2f} ({1e3 * figures[:, 1].min():.1f}.."
+            f"{1e3 * figures[:, 1].max():.1f})")
+    if reference is not None:
+        ref = np.median(reference, axis=0)
+        text += (f"   overshoot {100 * (med[0] / ref[0] - 1):+.1f} %, settling "
+                 f"{100 * (med[1] / ref[1] - 1):+.1f} %")
+    return text
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seed", type=int, default=21)
-    seed = ap.parse_args().seed
+    ap.add_argument("--steps", type=int, default=8, help="measured setpoint steps")
+    ap.add_argument("--lanes", type=int, default=24, help="simulated realisations per model")
+    ap.add_argument("--set", action="append", default=[], type=_setting, metavar="KEY=VALUE",
+                    help="emulator setting ([emulator] key), e.g. adc_dnl=rp2040")
+    args = ap.parse_args()
     start = default_board()
     hidden = start.replace(**HIDDEN)
-    with Emulator(hidden, seed=seed) as emu, connect(emu.port, max_vout=14.0) as board:
+    with Emulator(hidden, seed=args.seed, **dict(args.set)) as emu, \
+            connect(emu.port, max_vout=14.0) as board:
         t0 = time.perf_counter()
         record, res = run_identify(board, start, 0.5, 0.04)
         wall = time.perf_counter() - t0
-        t_step, v_step = run_board_step(board, LOOP)
+        before = copy.deepcopy(emu.stats())
+        steps = [run_board_step(board, LOOP) for _ in range(args.steps)]
+        after = emu.stats()
     print(f"bench {record.bench_s:.2f} s ({record.t.size} samples at {record.rate:.6g} S/s), "
           f"fit {res.fit_s:.1f} s ({res.evaluations} evaluations), total {wall:.1f} s")
     truth = {"L": HIDDEN["L"], "C": HIDDEN["C"], "r_series": HIDDEN["r_L"] + float(start.r_on),
@@ -62,18 +96,22 @@ def main() -> None:
               f"{err:>+7.1f}%  {lo:.4g} .. {hi:.4g}{flag}")
     for c in res.combinations:
         print(f"  determined instead: {c.text} = {c.value:.4g} ± {100 * c.rel_std:.2g} %")
-    meas = _metrics(t_step, v_step)
-    print(f"on-board PID (kp {LOOP.kp:g}, ki {LOOP.ki:g}, {LOOP.rate:g} Hz) setpoint "
-          f"step {LOOP.v_from:g} -> {LOOP.v_to:g} V, {SMOOTH}-sample mean:")
-    print(f"{'':>24} {'overshoot %':>12} {'settling ms':>12}")
-    print(f"{'measured (emulator)':>24} {meas[0]:>12.2f} {1e3 * meas[1]:>12.2f}")
-    # The hidden board's own model: what the emulator's real-time loop timing costs alone.
+    polls = after["polls"] - before["polls"]
+    late = {ms: after["gaps_over_ms"][ms] - before["gaps_over_ms"][ms] for ms in (2, 5)}
+    print(f"on-board PID (kp {LOOP.kp:g}, ki {LOOP.ki:g}, {LOOP.rate:g} Hz) setpoint step "
+          f"{LOOP.v_from:g} -> {LOOP.v_to:g} V: {args.steps} measured, {args.lanes} simulated "
+          f"each; the emulator's serve loop meanwhile: {polls} polls, {late[2]} gaps > 2 ms, "
+          f"{late[5]} > 5 ms (a Pico's: none)")
+    print(f"{'median (range)':>24} {'overshoot %':>20} {'settling ms':>20}")
+    measured = np.array([step_figures(t, v, LOOP) for t, v in steps])
+    print(_line("measured (emulator)", measured))
+    t_sim = steps[0][0]
     for label, p in (("fitted model", res.params), ("default model", start),
                      ("hidden model (control)", hidden)):
-        pred = _metrics(t_step, simulate_board_step(p, LOOP, t_step))
-        print(f"{label:>24} {pred[0]:>12.2f} {1e3 * pred[1]:>12.2f}   (overshoot "
-              f"{100 * (pred[0] / meas[0] - 1):+.1f} %, settling "
-              f"{100 * (pred[1] / meas[1] - 1):+.1f} %)")
+        t1 = time.perf_counter()
+        runs = simulate_board_step(p, LOOP, t_sim, lanes=args.lanes, seed=args.seed)
+        predicted = step_figures(t_sim, runs, LOOP)
+        print(_line(label, predicted, measured) + f"   [{time.perf_counter() - t1:.1f} s]")
 
 
 if __name__ == "__main__":
