@@ -26,6 +26,8 @@ import time
 
 import numpy as np
 
+from boostsim.adc_model import dnl_table
+from boostsim.control import ADC
 from boostsim.params import default_board
 from firmware_bridge.bench import run_identify
 from firmware_bridge.bench.board_loop import (
@@ -35,6 +37,7 @@ from firmware_bridge.bench.board_loop import (
     step_figures,
 )
 from firmware_bridge.emulator import Emulator
+from firmware_bridge.firmware import config as fw
 from firmware_bridge.session import connect
 
 HIDDEN = dict(L=70e-6, C=150e-6, r_C=0.06, r_L=0.15, vin=5.1)
@@ -72,11 +75,19 @@ def main() -> None:
     ap.add_argument("--lanes", type=int, default=24, help="simulated realisations per model")
     ap.add_argument("--set", action="append", default=[], type=_setting, metavar="KEY=VALUE",
                     help="emulator setting ([emulator] key), e.g. adc_dnl=rp2040")
+    ap.add_argument("--no-correct", action="store_true",
+                    help="the host does not correct the emulated ADC's DNL")
     args = ap.parse_args()
     start = default_board()
     hidden = start.replace(**HIDDEN)
-    with Emulator(hidden, seed=args.seed, **dict(args.set)) as emu, \
-            connect(emu.port, max_vout=14.0) as board:
+    emu = Emulator(hidden, seed=args.seed, **dict(args.set))
+    dnl = emu.config.adc_dnl
+    host_dnl = None if args.no_correct or dnl == "ideal" else dnl
+    # The board's PID regulates on raw codes: the model's ADC has the board's DNL.
+    adc = ADC(noise_rms=emu.config.noise_lsb * fw.ADC_VREF / fw.ADC_FULL_SCALE,
+              dnl=dnl_table(dnl))
+    print(f"emulated ADC DNL {dnl}, corrected by the host: {host_dnl or 'no'}")
+    with emu, connect(emu.port, max_vout=14.0, adc_dnl=host_dnl) as board:
         t0 = time.perf_counter()
         record, res = run_identify(board, start, 0.5, 0.04)
         wall = time.perf_counter() - t0
@@ -109,7 +120,7 @@ def main() -> None:
     for label, p in (("fitted model", res.params), ("default model", start),
                      ("hidden model (control)", hidden)):
         t1 = time.perf_counter()
-        runs = simulate_board_step(p, LOOP, t_sim, lanes=args.lanes, seed=args.seed)
+        runs = simulate_board_step(p, LOOP, t_sim, lanes=args.lanes, seed=args.seed, adc=adc)
         predicted = step_figures(t_sim, runs, LOOP)
         print(_line(label, predicted, measured) + f"   [{time.perf_counter() - t1:.1f} s]")
 
