@@ -35,7 +35,8 @@ def _run(timing, *, lanes=1, t_end=0.03, seed=0, vref=9.5, adc=ADC_QUIET):
 @pytest.mark.parametrize("kwargs,match", [
     (dict(poll=-1e-3), "poll"), (dict(compute=float("nan")), "compute"),
     (dict(average=0), "average"), (dict(resolution=2.5), "resolution"),
-    (dict(float32=1), "float32"),
+    (dict(float32=1), "float32"), (dict(delays=(1e-4, -1e-4)), "delays"),
+    (dict(latencies=(float("inf"),)), "latencies"),
 ])
 def test_board_timing_rejects_bad_values(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -67,6 +68,22 @@ def test_the_schedule_jitters_by_the_poll_and_the_duty_follows_after_compute():
         assert np.all(applied < t + timing.compute + step + TS)
     # Lanes are independent realisations.
     assert not np.allclose(log.t[:5, 0], log.t[:5, 1])
+
+
+def test_measured_delays_and_latencies_replace_the_uniform_poll_and_the_compute_time():
+    timing = BoardTiming(delays=(0.7e-3,), latencies=[0.3e-3, 0.5e-3], resolution=5)
+    assert timing.latencies == (0.3e-3, 0.5e-3)
+    ctrl, _ = _run(timing, lanes=2, t_end=0.03)
+    log = ctrl.log()
+    step = timing.resolution * TS
+    for lane in range(2):
+        t = log.t[:, lane][~np.isnan(log.t[:, lane])]
+        # A constant delay after the due grid: the steps are one period apart (to the
+        # model's resolution), not jittered.
+        np.testing.assert_allclose(np.diff(t), 1 / RATE, atol=step + TS)
+        late = log.period[:len(t), lane] * TS - t
+        assert np.all(late >= 0.3e-3 - 1e-12) and np.all(late < 0.5e-3 + step + TS)
+        assert late.min() < 0.3e-3 + step + TS <= 0.5e-3 <= late.max()  # both drawn
 
 
 @pytest.mark.parametrize("float32", [True, False])

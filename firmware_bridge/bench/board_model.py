@@ -55,6 +55,9 @@ class BoardTiming:
     (``CONT_AVG``); spacing [s]: between them. float32: the PID computes in single precision
     (MicroPython on the RP2040). resolution: the model's time step in switching periods (the
     sample instants and the PWM write are resolved to it; 10 = 100 us at 100 kHz).
+    delays, latencies [s]: measured control-step delays after their due time and sample-to-PWM
+    times (e.g. logged on a board); when given, each step draws from them (with replacement)
+    instead of ``uniform(0, poll)`` and ``compute``.
     """
 
     poll: float = fw.POLL_MS * 1e-3
@@ -63,6 +66,8 @@ class BoardTiming:
     spacing: float = 2e-6
     float32: bool = True
     resolution: int = 10
+    delays: tuple[float, ...] = ()
+    latencies: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("poll", "compute", "spacing"):
@@ -70,6 +75,11 @@ class BoardTiming:
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"BoardTiming {name} must be a finite time >= 0 [s], got "
                                  f"{value!r}")
+        for name in ("delays", "latencies"):
+            values = tuple(float(v) for v in getattr(self, name))
+            if not all(math.isfinite(v) and v >= 0 for v in values):
+                raise ValueError(f"BoardTiming {name} must be finite times >= 0 [s]")
+            object.__setattr__(self, name, values)
         for name in ("average", "resolution"):
             value = getattr(self, name)
             if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
@@ -147,7 +157,7 @@ class BoardController(DigitalController):
         period = float(self.pid.ts)
         self._period = period
         self._due = self._rng.uniform(0.0, period, n)
-        self._sample_t = self._due + self._rng.uniform(0.0, self.timing.poll, n)
+        self._sample_t = self._due + self._delay(n)
         self._pending: list[tuple[float, int, float]] = []  # (apply at [s], lane, duty)
         self._lane_rows: list[list[tuple]] = [[] for _ in range(n)]
 
@@ -172,6 +182,13 @@ class BoardController(DigitalController):
             self._duty = duty
         return self._duty
 
+    def _delay(self, n: int) -> np.ndarray:
+        """Delays [s] of ``n`` control steps after their due times."""
+        delays = self.timing.delays
+        if delays:
+            return np.asarray(delays)[self._rng.integers(len(delays), size=n)]
+        return self._rng.uniform(0.0, self.timing.poll, n)
+
     def _steps(self, lanes: np.ndarray, t0: np.ndarray, view) -> None:
         """Control steps of ``lanes``, due in the period just ended (``view``): sampled at the
         phase of their sample instant within it, the duty written ``compute`` later."""
@@ -193,7 +210,9 @@ class BoardController(DigitalController):
         duties = self._quantize(commands)
         for lane in lanes.tolist():
             pid = self._pids[lane]
-            wrap = math.ceil((t_sample[lane] + timing.compute) / Ts[lane] - 1e-9) * Ts[lane]
+            compute = (timing.compute if not timing.latencies
+                       else timing.latencies[self._rng.integers(len(timing.latencies))])
+            wrap = math.ceil((t_sample[lane] + compute) / Ts[lane] - 1e-9) * Ts[lane]
             self._pending.append((wrap, lane, float(duties[lane])))
             self._lane_rows[lane].append((wrap, t_sample[lane], float(pid.ramped_setpoint),
                                           codes[lane], measured[lane], float(pid.integral),
@@ -203,7 +222,7 @@ class BoardController(DigitalController):
             if due <= now:  # device.py: more than a period late restarts the grid
                 due = now + self._period
             self._due[lane] = due
-            self._sample_t[lane] = due + self._rng.uniform(0.0, timing.poll)
+            self._sample_t[lane] = due + self._delay(1)[0]
 
     def log(self) -> ControlLog:
         """One row per control step of each lane (lanes with fewer steps padded with NaN);
