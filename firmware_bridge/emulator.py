@@ -25,7 +25,7 @@ Command line (``boostsim emulate`` or ``python -m firmware_bridge.emulator``)::
 Board description: the ``[converter]`` table of the TOML config (:meth:`BoostParams.load`, the
 same file the simulator reads) and an optional ``[emulator]`` table (see
 :class:`EmulatorConfig`): ADC noise/offset/gain error, the ADC's non-linearity (the RP2040's
-on request) and timer jitter, single-precision PID arithmetic and its computation time (on by
+by default) and timer jitter, single-precision PID arithmetic and its computation time (on by
 default), the real divider ratios, the PWM timer
 clock, the serial number, firmware config overrides (``[emulator.firmware]``). The firmware
 runs with ``firmware/config.py`` (or ``--firmware-config path/to/config.py``): the PWM frequency
@@ -135,11 +135,11 @@ class EmulatorConfig:
     noise_lsb               ADC noise, codes rms (default 1.0)
     adc_offset_lsb          ADC offset, codes (default 0)
     adc_gain_error          ADC gain error, relative (default 0)
-    adc_dnl                 ADC differential non-linearity: "ideal" (default) or "rp2040"
-                            (the RP2040-E11 wide codes below 512, 1536, 2560, 3584 and the
-                            missing codes, :data:`boostsim.adc_model.RP2040_DNL`: static
-                            errors up to ~6 LSB that the bench's DC comparisons, made for an
-                            ideal ADC, do not allow for)
+    adc_dnl                 ADC differential non-linearity: "rp2040" (default: the
+                            RP2040-E11 wide codes below 512, 1536, 2560, 3584 and the missing
+                            codes, :data:`boostsim.adc_model.RP2040_DNL`, static errors up to
+                            ~6 LSB, which the host driver corrects by default,
+                            ``Board(adc_dnl="rp2040")``) or "ideal"
     adc_jitter              rms delay of each streamed conversion after its timer tick [s]
                             (default 2 us; the host still sees nominal timestamps)
     float32                 the on-board PID computes in single precision, as MicroPython on
@@ -168,7 +168,7 @@ class EmulatorConfig:
     noise_lsb: float = 1.0
     adc_offset_lsb: float = 0.0
     adc_gain_error: float = 0.0
-    adc_dnl: str = "ideal"
+    adc_dnl: str = "rp2040"
     adc_jitter: float = 2e-6
     float32: bool = True
     pid_compute_time: float = 100e-6
