@@ -35,7 +35,8 @@ import math
 
 import numpy as np
 
-__all__ = ["DNL_TABLES", "RP2040_DNL", "AdcTransfer", "dnl_table", "enob", "rp2040"]
+__all__ = ["DNL_TABLES", "RP2040_ADC_JITTER", "RP2040_DNL", "AdcTransfer", "dnl_table", "enob",
+           "rp2040"]
 
 #: RP2040 differential non-linearity [LSB] by code (12 bits): the E11 spikes (wide codes
 #: just below 512, 1536, 2560, 3584) and the missing codes (-1) of the averaged measurements.
@@ -43,6 +44,11 @@ RP2040_DNL = {511: 10.0, 1535: 9.0, 2559: 9.0, 3583: 10.0,
               895: -1.0, 1407: -1.0, 1664: -1.0, 2048: -1.0, 2431: -1.0, 2943: -1.0,
               3455: -1.0, 3711: -1.0}
 
+
+#: rms delay [s] of a timer-triggered RP2040 conversion after its tick (the hard IRQ's latency
+#: spread under MicroPython): the emulated board's default, and what ``bench identify`` assumes
+#: unless told (``--adc-jitter``). A modelling figure, not a datasheet one.
+RP2040_ADC_JITTER = 2e-6
 
 #: DNL tables by name (board files, ``Board(adc_dnl=...)``): None is an ideal ADC.
 DNL_TABLES: dict[str, dict[int, float] | None] = {"rp2040": RP2040_DNL, "ideal": None}
