@@ -11,11 +11,12 @@ compiled kernel (``engine="auto"``) and, for reference, on the numpy engine. Med
 * 1000 lanes from start-up on one thread and on all of numba's threads (alternated);
 * 1000 lanes once the loop regulates (periods 1000-3000), compiled;
 * 1 s of simulated closed loop on one lane (100 000 periods), compiled;
-* the kernel's first call in a fresh process with an empty numba cache (compilation) and with
-  the cache filled (what every later process pays);
+* the kernels' first calls (switching, then averaged) in a fresh process with an empty numba
+  cache (compilation) and with the cache filled (what every later process pays);
 * a closed-loop Monte-Carlo of a load step (``--mc`` samples, L, C, r_C toleranced);
 * ``--seconds`` (default 1 s) of closed loop on one lane with the switching engine and with
-  the averaged model (same controller): the speed-up and how far apart the mean outputs are.
+  the averaged model (same controller), compiled and on its numpy route: the times, how far
+  apart the mean outputs are, and how far the averaged model's two routes are apart.
 """
 
 from __future__ import annotations
@@ -134,14 +135,16 @@ def one_second(repeat: int) -> dict:
 _FIRST_CALL = """
 import time
 start = time.perf_counter()
-from boostsim import default_board, simulate
+from boostsim import default_board, simulate, simulate_averaged
 from boostsim.control import DigitalController
 from boostsim.pid import PID
 imported = time.perf_counter()
 board = default_board()
 pid = PID(kp=0.002, ki=30.0, kd=0.0, ts=1 / board.fsw, out_min=0.0, out_max=0.8)
 simulate(board, controller=DigitalController(pid), vref=12.0, t_end=1e-4)
-print(imported - start, time.perf_counter() - imported)
+switching = time.perf_counter()
+simulate_averaged(board, controller=DigitalController(pid), vref=12.0, t_end=1e-4)
+print(imported - start, switching - imported, time.perf_counter() - switching)
 """
 
 
@@ -154,7 +157,8 @@ def first_call() -> dict:
         for label in ("cold", "cached"):
             text = subprocess.run([sys.executable, "-c", _FIRST_CALL], env=env, check=True,
                                   capture_output=True, text=True).stdout.split()
-            out[f"{label}_import_s"], out[f"{label}_first_call_s"] = map(float, text)
+            (out[f"{label}_import_s"], out[f"{label}_first_call_s"],
+             out[f"{label}_first_averaged_call_s"]) = map(float, text)
     return out
 
 
@@ -175,20 +179,33 @@ def monte_carlo(samples: int) -> dict:
             "yield": summary["yield"], "lane_periods_per_s": samples * t_end / Ts / seconds}
 
 
-def averaged_speedup(seconds: float) -> dict:
+def averaged_speedup(seconds: float, repeat: int) -> dict:
+    """``seconds`` of closed loop on one lane: the switching engine (compiled), the averaged
+    model compiled and on its numpy route (medians of ``repeat``), the mean outputs over the
+    last 1000 periods and how far the averaged model's two routes are apart."""
     board = default_board()
     Ts = 1 / board.fsw
-    timings = {}
+    runs = (("engine", simulate, "auto"), ("averaged", simulate_averaged, "auto"),
+            ("averaged_numpy", simulate_averaged, "numpy"))
+    out: dict = {"seconds_simulated": seconds}
     means = {}
-    for label, run in (("engine", simulate), ("averaged", simulate_averaged)):
-        controller = _controller(1, Ts)
-        start = time.perf_counter()
-        result = run(board, controller=controller, vref=12.0, t_end=seconds, dt=1e-3)
-        timings[label] = time.perf_counter() - start
-        means[label] = float(np.mean(result.period_means()["vout"][-1000:]))
-    return {"seconds_simulated": seconds, "engine_s": timings["engine"],
-            "averaged_s": timings["averaged"], "speedup": timings["engine"] / timings["averaged"],
-            "vout_engine": means["engine"], "vout_averaged": means["averaged"]}
+    for label, run, engine in runs:
+        times = []
+        for _ in range(repeat):
+            controller = _controller(1, Ts)
+            start = time.perf_counter()
+            result = run(board, controller=controller, vref=12.0, t_end=seconds, dt=1e-3,
+                         engine=engine)
+            times.append(time.perf_counter() - start)
+        out[f"{label}_s"] = statistics.median(times)
+        out[f"{label}_range_s"] = (min(times), max(times))
+        means[label] = result.period_means()["vout"]
+        out[f"vout_{label}"] = float(np.mean(means[label][-1000:]))
+    out["speedup_compiled_over_numpy"] = out["averaged_numpy_s"] / out["averaged_s"]
+    out["averaged_over_engine"] = out["averaged_s"] / out["engine_s"]
+    out["routes_max_abs_diff_v"] = float(np.max(np.abs(means["averaged"]
+                                                       - means["averaged_numpy"])))
+    return out
 
 
 def main() -> None:
@@ -227,16 +244,25 @@ def main() -> None:
     first = results["first_call"] = first_call()
     print(f"fresh process: import boostsim {first['cold_import_s']:.2f} s; first closed-loop "
           f"call {first['cold_first_call_s']:.1f} s with an empty numba cache (compilation), "
-          f"{first['cached_first_call_s']:.2f} s with the cache filled")
+          f"{first['cached_first_call_s']:.2f} s with the cache filled; first averaged-model "
+          f"call {first['cold_first_averaged_call_s']:.1f} s / "
+          f"{first['cached_first_averaged_call_s']:.2f} s")
     mc = results["monte_carlo"] = monte_carlo(args.mc)
     print(f"closed-loop Monte-Carlo, load step, {mc['samples']} samples x {mc['periods']} "
           f"periods: {mc['seconds']:.2f} s ({mc['lane_periods_per_s'] / 1e6:.1f} M "
           f"lane-periods/s), yield {100 * mc['yield']:.1f} %")
-    speed = results["averaged"] = averaged_speedup(args.seconds)
-    print(f"\n{args.seconds:g} s closed loop, one lane: switching engine "
-          f"{speed['engine_s']:.3g} s, "
-          f"averaged model {speed['averaged_s']:.3g} s; mean vout {speed['vout_engine']:.4f} V "
-          f"vs {speed['vout_averaged']:.4f} V")
+    speed = results["averaged"] = averaged_speedup(args.seconds, args.repeat)
+    print(f"\n{args.seconds:g} s closed loop, one lane, median of {args.repeat}: switching engine "
+          f"{speed['engine_s']:.3g} s; averaged model compiled {speed['averaged_s']:.3g} s "
+          f"(range {speed['averaged_range_s'][0]:.3g}-{speed['averaged_range_s'][1]:.3g}), "
+          f"numpy route {speed['averaged_numpy_s']:.3g} s: compiled "
+          f"{speed['speedup_compiled_over_numpy']:.0f}x faster, "
+          f"{speed['averaged_over_engine']:.2f}x the switching engine's time")
+    print(f"mean vout over the last 1000 periods: switching {speed['vout_engine']:.4f} V, "
+          f"averaged {speed['vout_averaged']:.4f} V "
+          f"({100 * (speed['vout_averaged'] / speed['vout_engine'] - 1):+.3f} %); the "
+          f"averaged model's two routes differ by at most "
+          f"{speed['routes_max_abs_diff_v']:.1e} V over all periods")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(results, fh, indent=2)

@@ -11,6 +11,11 @@ Conversion of a pin voltage ``v`` [V] (``x`` is the input in ideal-LSB units)::
     x = v / vref * 2^bits * (1 + gain_error) + offset_lsb + noise_lsb * N(0, 1)
     code = number of transition levels T_1 .. T_top at or below x     (0 .. 2^bits - 1)
 
+and back (the DNL correction, :meth:`AdcTransfer.correct`): a code stands for the middle of its
+transition interval, its :meth:`AdcTransfer.centres` value -- readings of a board with a known
+DNL table are corrected that way before they are converted to volts (the bench driver's
+``Board(adc_dnl=...)``); inside a wide code the input is known only to within its width.
+
 Ideal (no DNL table): ``T_k = k - 0.5``, i.e. ``code = clip(rint(x), 0, top)``. With a DNL
 table ``dnl[k]`` (LSB; ``-1`` = missing code), code ``k`` is ``1 + dnl[k]`` wide; the widths
 of codes 1 .. top-1 are scaled to span ``T_1 = 0.5 .. T_top = top - 0.5`` (the end-point
@@ -30,13 +35,33 @@ import math
 
 import numpy as np
 
-__all__ = ["RP2040_DNL", "AdcTransfer", "enob", "rp2040"]
+__all__ = ["DNL_TABLES", "RP2040_ADC_JITTER", "RP2040_DNL", "AdcTransfer", "dnl_table", "enob",
+           "rp2040"]
 
 #: RP2040 differential non-linearity [LSB] by code (12 bits): the E11 spikes (wide codes
 #: just below 512, 1536, 2560, 3584) and the missing codes (-1) of the averaged measurements.
 RP2040_DNL = {511: 10.0, 1535: 9.0, 2559: 9.0, 3583: 10.0,
               895: -1.0, 1407: -1.0, 1664: -1.0, 2048: -1.0, 2431: -1.0, 2943: -1.0,
               3455: -1.0, 3711: -1.0}
+
+
+#: rms delay [s] of a timer-triggered RP2040 conversion after its tick (the hard IRQ's latency
+#: spread under MicroPython): the emulated board's default, and what ``bench identify`` assumes
+#: unless told (``--adc-jitter``). A modelling figure, not a datasheet one.
+RP2040_ADC_JITTER = 2e-6
+
+#: DNL tables by name (board files, ``Board(adc_dnl=...)``): None is an ideal ADC.
+DNL_TABLES: dict[str, dict[int, float] | None] = {"rp2040": RP2040_DNL, "ideal": None}
+
+
+def dnl_table(name: str | None) -> dict[int, float] | None:
+    """The DNL table called ``name`` (:data:`DNL_TABLES`; None: ideal); ValueError if unknown."""
+    if name is None:
+        return None
+    if name not in DNL_TABLES:
+        raise ValueError(f"ADC DNL must be one of {', '.join(DNL_TABLES)} (or None), got "
+                         f"{name!r}")
+    return DNL_TABLES[name]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -132,6 +157,26 @@ class AdcTransfer:
     def codes(self, v_pin: np.ndarray, normals: np.ndarray | None = None) -> np.ndarray:
         """Codes for pin voltages ``v_pin`` [V] (noise from standard ``normals``)."""
         return self.quantize(self.position(v_pin, normals))
+
+    def centres(self) -> np.ndarray:
+        """The input each code stands for [ideal LSB], codes 0 .. 2^bits - 1: the middle of
+        its transition interval (of a wide code the middle of its width; a missing code, never
+        read, its transition level; the end codes one half LSB beyond their inner levels, as
+        on an ideal ADC). Ideal transfer: the codes themselves."""
+        levels = self.levels
+        inner = 0.5 * (levels[:-1] + levels[1:])
+        return np.concatenate(([levels[0] - 0.5], inner, [levels[-1] + 0.5]))
+
+    def correct(self, codes: np.ndarray) -> np.ndarray:
+        """Codes read through this transfer as the input they stand for, in ideal-LSB units
+        (what an ideal ADC would have read; the DNL correction): each code its
+        :meth:`centres` value; a mean of codes (a board's averaged reading) interpolated
+        between its two neighbours' (exact when the conversions it averages took two adjacent
+        codes). Gain and offset errors stay (calibration's job). NaN stays NaN."""
+        c = np.asarray(codes, dtype=float)
+        if self._levels is None:
+            return c.copy()
+        return np.interp(c, np.arange(self.full_scale, dtype=float), self.centres())
 
     def replace(self, **changes: object) -> AdcTransfer:
         """A copy with some fields changed."""

@@ -67,13 +67,16 @@ A period in which a lane crosses the CCM/DCM boundary (where the Jacobian jumps)
 for that lane in 16 sub-steps. Line and load steps act on the moving average half a period
 after their instant (their moving average ramps over one period) and split the period there.
 
-Speed: open-loop runs advance stretches of CCM in closed form -- every period is an exact
-affine map of the state, so a stretch of K periods is built for all periods at once and
-applied in ~sqrt(K) vectorised steps -- and step period by period elsewhere; one lane runs
+Speed: by default (``engine="auto"``) open loop, duty schedules and the built-in
+:class:`~boostsim.control.DigitalController` run on a compiled loop (:mod:`boostsim.avgkernel`)
+that compiles this module's single-lane integrator (:func:`_period_scalar`) from its text, so
+the two routes are one integrator: ~0.2 us a period, 1 s (1e5 periods) under the PID in
+~0.02-0.03 s on the default board. The numpy route (the reference, and the one any other
+controller takes): open-loop runs advance stretches of CCM in closed form -- every period is
+an exact affine map of the state, so a stretch of K periods is built for all periods at once
+and applied in ~sqrt(K) vectorised steps -- and step period by period elsewhere; one lane runs
 on plain floats (a few microseconds per period); closed loops cost one step plus one
-controller call per period. On the default board: 1 s (1e5 periods) open loop in ~0.05 s
-(CCM) or ~0.3 s (DCM), 1 s closed loop with a PID in ~1 s, against ~0.08 s (CCM run-ahead),
-~20 s and ~14 s for the switching engine.
+controller call per period (1 s under the DigitalController in ~6-8 s).
 
 Controllers: :class:`AveragedView` follows the engine's :class:`boostsim.engine.PeriodView`,
 but its ``sample(tau)`` returns the averages *centred* on ``tau`` -- the switching waveform
@@ -107,7 +110,6 @@ References
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
 import math
 from collections.abc import Sequence
@@ -115,6 +117,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from . import fastloop
 from .analysis import LOSS_NAMES, SETTLED_TOLERANCE, Metrics
 from .drive import check_duty, prepare_drive
 from .engine import Step, _step_value
@@ -826,7 +829,7 @@ class AveragedResult:
 def simulate_averaged(params: BoostParams, duty: Any = None, t_end: float | None = None,
                       dt: float | None = None, *, x0: Any = None, controller: Any = None,
                       vref: Any = None, steps: Sequence[Step] = (), duty0: Any = None,
-                      progress: bool = False) -> AveragedResult:
+                      progress: bool = False, engine: str = "auto") -> AveragedResult:
     """Simulate the large-signal averaged model (CCM and DCM) from t = 0 to ``t_end`` [s].
 
     Same inputs as :func:`boostsim.simulate`, so the two can be swapped: ``duty`` (scalar,
@@ -845,10 +848,17 @@ def simulate_averaged(params: BoostParams, duty: Any = None, t_end: float | None
 
     ``dt`` is the output grid step (default: one switching period of the fastest lane). The
     waveforms are moving averages over one switching period; ``periods`` holds the per-period
-    records (the model's period means at each period end). Open loop, CCM stretches are
-    advanced in closed form; one lane runs on plain floats (a few microseconds per period plus
-    the controller); several lanes run vectorised.
+    records (the model's period means at each period end). On the numpy route, open-loop CCM
+    stretches are advanced in closed form; one lane runs on plain floats (a few microseconds
+    per period plus the controller); several lanes run vectorised.
+
+    ``engine``: "auto" runs open loop, duty schedules and ``DigitalController`` with
+    ``boostsim.pid.PID`` on the compiled loop (:mod:`boostsim.avgkernel`: the same integrator
+    compiled, the same results to rounding) and any other controller on the numpy route;
+    "numpy" forces the numpy route (the reference), "compiled" insists on the compiled loop
+    (as :func:`boostsim.simulate`).
     """
+    compiled = fastloop.use_compiled(engine, controller)
     drive = prepare_drive(params, duty, t_end, dt, x0=x0, controller=controller, vref=vref,
                           steps=steps, default_dt_periods=1.0)
     lanes, n, scalar, Ts, dt = drive.lanes, drive.n, drive.scalar, drive.Ts, drive.dt
@@ -868,7 +878,13 @@ def simulate_averaged(params: BoostParams, duty: Any = None, t_end: float | None
 
         bar = tqdm(total=n_periods, desc="simulate_averaged", unit="period", leave=False)
     try:
-        if controller is None and grid.stride:
+        if compiled:
+            from .avgloop import run
+
+            rec = run(drive, steps, d_prev, grid, controller)
+            if bar is not None:
+                bar.update(n_periods)
+        elif controller is None and grid.stride:
             rec = _run_open_loop(lanes, steps, n_periods, il, vc, d_prev, duty_source, bar)
         elif n == 1 and grid.stride:
             rec = _run_scalar(lanes, steps, n_periods, il, vc, d_prev, duty_source, controller,
@@ -1136,7 +1152,8 @@ def _run_open_loop(lanes, steps, n_periods, il, vc, d_prev, duty_source, bar) ->
                 rec.d2[block] = 1.0 - D[:common]
                 rec.mode[block] = CCM
                 il, vc, d_prev = il_all[common].copy(), vc_all[common].copy(), D[common - 1]
-                stepper.last = None
+                if not single:
+                    stepper.last = None
                 chunk = min(2 * chunk, _MAX_CHUNK) if common == K else max(_FIRST_CHUNK, common)
                 failures = 0
                 k += common
@@ -1155,7 +1172,7 @@ def _run_open_loop(lanes, steps, n_periods, il, vc, d_prev, duty_source, bar) ->
             i, v, dprev = float(il[0]), float(vc[0]), float(d_prev[0])
             rows = []
             for j, d in enumerate(D[:, 0].tolist()):
-                _, i1, v1, end = stepper.period(k + j, i, v, dprev, d)
+                _, _, i1, v1, end, _ = stepper.period(k + j, i, v, dprev, d)
                 rows.append((i, v, i1, v1, end.vout, end.d2, end.mode))
                 i, v, dprev = i1, v1, d
             table = np.array(rows)
@@ -1181,19 +1198,45 @@ def _run_open_loop(lanes, steps, n_periods, il, vc, d_prev, duty_source, bar) ->
     return rec
 
 
-# -- single-lane fast path: the same model on plain floats ---------------------------------------
+# -- single-lane path: the same model on plain floats ---------------------------------------------
+# Written in the part of Python that numba compiles: the compiled route (boostsim.avgkernel)
+# compiles these very functions, so the interpreted and the compiled single-lane integrators
+# are one text. Pieces of a period live in a flat buffer (a list here, an array there), _PW
+# numbers a piece: start, end [s from the period start], i0 [A], v0 [V], duty, epoch.
 
-class _ScalarCircuit:
-    """Lane ``lane`` of a :class:`_Circuit` as Python floats (the same constants, so the same
-    model functions evaluate on either)."""
+_P_START, _P_END, _P_I0, _P_V0, _P_DUTY, _P_EPOCH = range(6)
+_PW = 6
 
-    __slots__ = tuple(n for n in _Circuit.__slots__ if n not in ("_column", "any_sync",
-                                                                  "all_sync"))
 
-    def __init__(self, c: _Circuit, lane: int = 0):
-        for name in self.__slots__:
-            value = getattr(c, name)[lane]
-            setattr(self, name, bool(value) if name == "sync" else float(value))
+class _ScalarCircuit(NamedTuple):
+    """One lane of a :class:`_Circuit` as floats (the same constants, so the same model
+    functions evaluate on either)."""
+
+    C: float
+    L: float
+    Ts: float
+    a: float
+    a_C: float
+    a_L: float
+    g: float
+    g_aC: float
+    i_load: float
+    inv_L: float
+    k_on: float
+    r_1: float
+    r_2: float
+    r_12: float
+    r_C: float
+    sync: bool
+    v_off0: float
+    vin: float
+    vin_Ts_L: float
+
+    @classmethod
+    def of(cls, c: _Circuit, lane: int = 0) -> _ScalarCircuit:
+        """Lane ``lane`` of ``c``."""
+        return cls(*(bool(getattr(c, name)[lane]) if name == "sync"
+                     else float(getattr(c, name)[lane]) for name in cls._fields))
 
 
 def _phi1_scalar(z: float) -> float:
@@ -1220,7 +1263,10 @@ def _field_scalar(c: _ScalarCircuit, i: float, v: float, d: float) -> _ScalarFie
     with ``if`` where the lane arrays use masks."""
     dp = 1.0 - d
     mode = CCM
-    if not c.sync and c.v_off0 - c.a * v < 0.0:
+    i_pk = 0.0
+    d2 = dp
+    # Not surely CCM (as _surely_ccm): the current may fall to zero within the period.
+    if not c.sync and c.v_off0 - c.a * v < 0.0 and not 2.0 * i > c.vin_Ts_L * d:
         i_pk = _peak_current(c, d, _phi1_scalar)
         if i_pk > 0.0:
             d2 = 2.0 * i / i_pk - d
@@ -1243,6 +1289,13 @@ def _field_scalar(c: _ScalarCircuit, i: float, v: float, d: float) -> _ScalarFie
 def _phi1_apply_scalar(m11: float, m12: float, m21: float, m22: float, w1: float, w2: float
                        ) -> tuple[float, float]:
     """:func:`phi1_apply` for one matrix (same formulas and regimes)."""
+    c0, c1, n11 = _phi1_coefficients_scalar(m11, m12, m21, m22)
+    return (c0 * w1 + c1 * (n11 * w1 + m12 * w2), c0 * w2 + c1 * (m21 * w1 - n11 * w2))
+
+
+def _phi1_coefficients_scalar(m11: float, m12: float, m21: float, m22: float
+                              ) -> tuple[float, float, float]:
+    """:func:`_phi1_coefficients` for one matrix: (c0, c1, n11)."""
     s = 0.5 * (m11 + m22)
     n11 = 0.5 * (m11 - m22)
     q2 = n11 * n11 + m12 * m21
@@ -1265,29 +1318,148 @@ def _phi1_apply_scalar(m11: float, m12: float, m21: float, m22: float, w1: float
             e_s = es * math.sin(root) / root
         c1 = (1.0 + s * e_s - e_c) / det
         c0 = e_s - s * c1
-    return (c0 * w1 + c1 * (n11 * w1 + m12 * w2), c0 * w2 + c1 * (m21 * w1 - n11 * w2))
+    return c0, c1, n11
 
 
-class _ScalarPiece(NamedTuple):
-    """:class:`_Piece` of the single-lane integrator."""
-
-    start: float
-    end: float
-    i0: float
-    v0: float
-    field: _ScalarField
-    circuit: _ScalarCircuit
-    duty: float
+# A compiled run keeps the phi1 coefficients of continuous-conduction steps, whose Jacobian
+# depends on the circuit and the duty alone, in a small direct-mapped table per lane, keyed by
+# (duty, h, epoch): under a PID the quantised duties and the piece lengths repeat. The numbers
+# are the same either way; the interpreted route keeps none (table None).
+_STEP_SLOTS = 64
+_T_DUTY, _T_H, _T_EPOCH, _T_C0, _T_C1, _T_N11 = range(6)
 
 
-def _step_scalar(field: _ScalarField, i0: float, v0: float, h: float, sync: bool
-                 ) -> tuple[float, float]:
-    f1, f2, j11, j12, j21, j22 = field.f1, field.f2, field.j11, field.j12, field.j21, field.j22
-    di, dv = _phi1_apply_scalar(j11 * h, j12 * h, j21 * h, j22 * h, f1 * h, f2 * h)
-    i1 = i0 + di
+def _step_scalar(field: _ScalarField, i0: float, v0: float, h: float, sync: bool,
+                 epoch: int = 0, duty: float = 0.0, table: Any = None) -> tuple[float, float]:
+    """Exponential-Euler step of length ``h`` [s] from (i0, v0) (:func:`_step`, one lane),
+    with the phi1 coefficients from ``table`` in continuous conduction if there is one (then
+    ``epoch`` and ``duty`` are the piece's)."""
+    m12, m21 = field.j12 * h, field.j21 * h
+    if table is None or field.mode != CCM:
+        c0, c1, n11 = _phi1_coefficients_scalar(field.j11 * h, m12, m21, field.j22 * h)
+    else:
+        s = int(h * 7.0e9 + duty * 16384.0) % _STEP_SLOTS
+        if table[s, _T_DUTY] == duty and table[s, _T_H] == h and table[s, _T_EPOCH] == epoch:
+            c0, c1, n11 = table[s, _T_C0], table[s, _T_C1], table[s, _T_N11]
+        else:
+            c0, c1, n11 = _phi1_coefficients_scalar(field.j11 * h, m12, m21, field.j22 * h)
+            table[s, _T_DUTY], table[s, _T_H], table[s, _T_EPOCH] = duty, h, epoch
+            table[s, _T_C0], table[s, _T_C1], table[s, _T_N11] = c0, c1, n11
+    w1, w2 = field.f1 * h, field.f2 * h
+    i1 = i0 + (c0 * w1 + c1 * (n11 * w1 + m12 * w2))
     if not sync and i1 < 0.0:
         i1 = 0.0
-    return i1, v0 + dv
+    return i1, v0 + (c0 * w2 + c1 * (m21 * w1 - n11 * w2))
+
+
+def _count_le(times: Any, t: float) -> int:
+    """How many of the ascending ``times`` are <= ``t``: the epoch at ``t``."""
+    n = 0
+    while n < len(times) and times[n] <= t:
+        n += 1
+    return n
+
+
+def _period_scalar(circuits: Any, times: Any, t0: float, Ts: float, i: float, v: float,
+                   d_prev: float, d: float, pieces: Any, table: Any = None
+                   ) -> tuple[int, float, float, _ScalarField, int]:
+    """One switching period of one lane from the averaged state (i, v) (:meth:`_Integrator.
+    period`): pieces split at the PWM edge (if the duty changed) and at the (shifted) step
+    instants, one exponential step each; a period in which the mode changes is integrated
+    again in ``_SUBSTEPS`` sub-steps per piece. ``circuits`` per epoch, ``times`` the shifted
+    step instants [s]; the pieces go to ``pieces``; ``table`` see :func:`_step_scalar`.
+    Returns (number of pieces, iL, vC at the end, the field there, the epoch there)."""
+    first = _count_le(times, t0)
+    last = first
+    while last < len(times) and times[last] - t0 < Ts:
+        last += 1
+    t_edge = 0.5 * (d_prev + d) * Ts if d != d_prev else math.inf
+    edge_pending = t_edge < Ts
+    b = first
+    start = 0.0
+    count = 0
+    i1, v1 = i, v
+    mode0 = CCM
+    changed = False
+    while True:
+        final = False
+        if edge_pending and (b == last or t_edge <= times[b] - t0):
+            end = t_edge
+            edge_pending = False
+        elif b < last:
+            end = times[b] - t0
+            b += 1
+        else:
+            end = Ts
+            final = True
+        duty = d_prev if start < t_edge else d
+        epoch = first
+        for m in range(first, last):
+            if times[m] - t0 <= start:
+                epoch += 1
+        c = circuits[epoch]
+        field = _field_scalar(c, i1, v1, duty)
+        if count == 0:
+            mode0 = field.mode
+        elif field.mode != mode0:
+            changed = True
+        r = count * _PW
+        pieces[r + _P_START], pieces[r + _P_END] = start, end
+        pieces[r + _P_I0], pieces[r + _P_V0] = i1, v1
+        pieces[r + _P_DUTY], pieces[r + _P_EPOCH] = duty, epoch
+        if end > start:
+            i1, v1 = _step_scalar(field, i1, v1, end - start, c.sync, epoch, duty, table)
+        count += 1
+        if final:
+            break
+        start = end
+    epoch_end = _count_le(times, t0 + Ts)
+    c_end = circuits[epoch_end]
+    end_field = _field_scalar(c_end, i1, v1, d)
+    if not c_end.sync and (changed or end_field.mode != mode0):
+        # Crossed the CCM/DCM boundary: sub-steps (see _Integrator.period).
+        i1, v1 = i, v
+        for p in range(count):
+            r = p * _PW
+            epoch = int(pieces[r + _P_EPOCH])
+            c, duty = circuits[epoch], pieces[r + _P_DUTY]
+            h = (pieces[r + _P_END] - pieces[r + _P_START]) / _SUBSTEPS
+            if h > 0.0:
+                for _ in range(_SUBSTEPS):
+                    i1, v1 = _step_scalar(_field_scalar(c, i1, v1, duty), i1, v1, h, c.sync,
+                                          epoch, duty, table)
+        end_field = _field_scalar(c_end, i1, v1, d)
+    return count, i1, v1, end_field, epoch_end
+
+
+def _sample_scalar(circuits: Any, pieces: Any, count: int, tau: float, d_prev: float,
+                   d: float, Ts: float, table: Any = None) -> tuple[float, float, float]:
+    """(il, vc, vout) at offset ``tau`` [s] into a period of :func:`_period_scalar` (its
+    first ``count`` pieces)."""
+    p = 0
+    for m in range(1, count):
+        if tau >= pieces[m * _PW + _P_START]:
+            p = m
+    r = p * _PW
+    epoch = int(pieces[r + _P_EPOCH])
+    c, duty = circuits[epoch], pieces[r + _P_DUTY]
+    i0, v0 = pieces[r + _P_I0], pieces[r + _P_V0]
+    i, v = _step_scalar(_field_scalar(c, i0, v0, duty), i0, v0, tau - pieces[r + _P_START],
+                        c.sync, epoch, duty, table)
+    x = tau / Ts
+    duty_now = max(d_prev - x, 0.0) + min(x, d)
+    return i, v, _field_scalar(c, i, v, duty_now).vout
+
+
+def _put_tail(pieces: Any, count: int, Ts: float, i1: float, v1: float, d: float,
+              epoch: int) -> int:
+    """Append the period continued past its end with its own duty (for samples centred near
+    the end); returns the new count."""
+    r = count * _PW
+    pieces[r + _P_START], pieces[r + _P_END] = Ts, math.inf
+    pieces[r + _P_I0], pieces[r + _P_V0] = i1, v1
+    pieces[r + _P_DUTY], pieces[r + _P_EPOCH] = d, epoch
+    return count + 1
 
 
 class _ScalarIntegrator:
@@ -1295,87 +1467,18 @@ class _ScalarIntegrator:
 
     def __init__(self, lanes: dict[str, np.ndarray], steps: Sequence[Step]):
         cond = _Conditions(lanes, steps)
-        self.circuits = [_ScalarCircuit(c) for c in cond.circuits]
+        self.circuits = [_ScalarCircuit.of(c) for c in cond.circuits]
         self.times = [float(t) for t in cond.times[:, 0]]
         self.Ts = float(1.0 / lanes["fsw"][0])
-        self.last: _PeriodEnd | None = None
 
-    def period(self, k: int, i: float, v: float, d_prev: float, d: float):
-        Ts = self.Ts
-        t0 = k * Ts
-        times = self.times
-        if d == d_prev and not times:
-            # The common case: one piece, no line/load step.
-            c = self.circuits[0]
-            last = self.last
-            if last is not None and last.i == i and last.v == v and last.d == d:
-                field = last.field
-            else:
-                field = _field_scalar(c, i, v, d)
-            i1, v1 = _step_scalar(field, i, v, Ts, c.sync)
-            end_field = _field_scalar(c, i1, v1, d)
-            pieces = [_ScalarPiece(0.0, Ts, i, v, field, c, d)]
-            if c.sync or field.mode == end_field.mode:
-                self.last = _PeriodEnd(i1, v1, d, c, end_field)
-                return pieces, i1, v1, end_field
-        epoch0 = bisect.bisect_right(times, t0)
-        t_edge = 0.5 * (d_prev + d) * Ts if d != d_prev else math.inf
-        offsets = [t - t0 for t in times[epoch0:] if t - t0 < Ts]
-        edges = [0.0]
-        if t_edge < Ts:
-            edges.append(t_edge)
-        edges.extend(offsets)
-        edges.sort()
-        edges.append(Ts)
-        pieces = []
-        i1, v1 = i, v
-        last = self.last
-        for j in range(len(edges) - 1):
-            start, end = edges[j], edges[j + 1]
-            duty = d_prev if start < t_edge else d
-            c = self.circuits[epoch0 + sum(1 for o in offsets if o <= start)]
-            if (j == 0 and last is not None and last.i == i and last.v == v
-                    and last.d == duty and last.circuit is c):
-                field = last.field
-            else:
-                field = _field_scalar(c, i1, v1, duty)
-            i0, v0 = i1, v1
-            if end > start:
-                i1, v1 = _step_scalar(field, i0, v0, end - start, c.sync)
-            pieces.append(_ScalarPiece(start, end, i0, v0, field, c, duty))
-        c_end = self.circuits[bisect.bisect_right(times, t0 + Ts)]
-        end_field = _field_scalar(c_end, i1, v1, d)
-        if not c_end.sync and any(p.field.mode != end_field.mode for p in pieces):
-            # Crossed the CCM/DCM boundary: sub-steps (see _Integrator.period).
-            i1, v1 = pieces[0].i0, pieces[0].v0
-            for start, end, _, _, _, c, duty in pieces:
-                h = (end - start) / _SUBSTEPS
-                if h > 0.0:
-                    for _ in range(_SUBSTEPS):
-                        i1, v1 = _step_scalar(_field_scalar(c, i1, v1, duty), i1, v1, h, c.sync)
-            end_field = _field_scalar(c_end, i1, v1, d)
-        self.last = _PeriodEnd(i1, v1, d, c_end, end_field)
-        return pieces, i1, v1, end_field
-
-
-def _sample_scalar(pieces: list, tau: float, d_prev: float, d: float, Ts: float
-                   ) -> tuple[float, float, float]:
-    """(il, vc, vout) at offset ``tau`` into a period of the single-lane integrator."""
-    piece = pieces[0]
-    for p in pieces[1:]:
-        if tau >= p.start:
-            piece = p
-    start, _, i0, v0, field, c, _ = piece
-    h = tau - start
-    f1, f2, j11, j12, j21, j22 = field.f1, field.f2, field.j11, field.j12, field.j21, field.j22
-    di, dv = _phi1_apply_scalar(j11 * h, j12 * h, j21 * h, j22 * h, f1 * h, f2 * h)
-    i = i0 + di
-    if not c.sync and i < 0.0:
-        i = 0.0
-    v = v0 + dv
-    x = tau / Ts
-    duty_now = max(d_prev - x, 0.0) + min(x, d)
-    return i, v, _field_scalar(c, i, v, duty_now).vout
+    def period(self, k: int, i: float, v: float, d_prev: float, d: float
+               ) -> tuple[list[float], int, float, float, _ScalarField, int]:
+        """(pieces, count, iL, vC at the end, field and epoch there) of period k; the pieces
+        have room for one more (the tail of a controller's view)."""
+        pieces = [0.0] * (_PW * (len(self.times) + 3))
+        count, i1, v1, end, epoch = _period_scalar(self.circuits, self.times, k * self.Ts,
+                                                   self.Ts, i, v, d_prev, d, pieces)
+        return pieces, count, i1, v1, end, epoch
 
 
 class _ScalarView:
@@ -1383,18 +1486,20 @@ class _ScalarView:
     engine's view gives)."""
 
     def __init__(self, k: int, t_start: np.ndarray, d: float, d_prev: float, pieces: list,
-                 il_end: float, vc_end: float, Ts: float):
+                 count: int, circuits: list, il_end: float, vc_end: float, Ts: float):
         self.k = k
         self.t_start = t_start
         self.duty = np.array([d])
         self.il_end = np.array([il_end])
         self.vc_end = np.array([vc_end])
-        self._d, self._d_prev, self._pieces, self._Ts = d, d_prev, pieces, Ts
+        self._d, self._d_prev, self._Ts = d, d_prev, Ts
+        self._pieces, self._count, self._circuits = pieces, count, circuits
 
     def sample(self, tau: np.ndarray | float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(il, vc, vout) centred at offset ``tau`` [s] (see :meth:`AveragedView.sample`)."""
         tau = float(np.asarray(tau, dtype=float).reshape(-1)[0]) + 0.5 * self._Ts
-        il, vc, vout = _sample_scalar(self._pieces, tau, self._d_prev, self._d, self._Ts)
+        il, vc, vout = _sample_scalar(self._circuits, self._pieces, self._count, tau,
+                                      self._d_prev, self._d, self._Ts)
         return np.array([il]), np.array([vc]), np.array([vout])
 
 
@@ -1427,13 +1532,13 @@ def _run_scalar(lanes, steps, n_periods, il, vc, d_prev, duty_source, controller
             d = constant if schedule is None else schedule[k]
         if dp is None:
             dp = d
-        pieces, i1, v1, end_field = integrator.period(k, i, v, dp, d)
+        pieces, count, i1, v1, end_field, epoch = integrator.period(k, i, v, dp, d)
         if vout0 is None:
-            vout0 = pieces[0].field.vout
+            vout0 = _field_scalar(integrator.circuits[int(pieces[_P_EPOCH])], i, v, dp).vout
         append((d, i, v, i1, v1, end_field.vout, end_field.d2, end_field.mode))
         if controller is not None:
-            tail = _ScalarPiece(Ts, math.inf, i1, v1, end_field, integrator.last.circuit, d)
-            view = _ScalarView(k, t0, d, dp, [*pieces, tail], i1, v1, Ts)
+            count = _put_tail(pieces, count, Ts, i1, v1, d, epoch)
+            view = _ScalarView(k, t0, d, dp, pieces, count, integrator.circuits, i1, v1, Ts)
         i, v, dp = i1, v1, d
         if bar is not None:
             bar.update(1)

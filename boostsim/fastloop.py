@@ -228,7 +228,7 @@ def controller_arrays(controller: DigitalController, n: int, Ts: np.ndarray, n_p
                 pwm=np.ascontiguousarray(np.stack(pwm.counter_limits(controller._fsw), axis=1)),
                 ref_times=ref_times, ref_values=np.ascontiguousarray(ref_values),
                 per_step=per_step, log=np.empty((k.N_LOG, n, steps if log else 0)),
-                periods=np.array(control_periods, dtype=int))
+                periods=np.arange(every, n_periods, every))
 
 
 def _run_controller(k: Any, drive: Any, tab: np.ndarray, times: np.ndarray, sync: np.ndarray,
@@ -243,7 +243,16 @@ def _run_controller(k: Any, drive: Any, tab: np.ndarray, times: np.ndarray, sync
                      a["backcalc"], a["adc"], a["offsets"], a["noise_key"], a["pwm"],
                      a["ref_times"], a["ref_values"], a["per_step"], wave, rec, means, a["log"],
                      il_end, vc_end, chatter)
-    controller._duty = duties[0].copy()
+    hand_back(controller, a, duties[0], Ts)
+
+
+def hand_back(controller: DigitalController, a: dict[str, Any], duty: np.ndarray,
+              Ts: np.ndarray) -> None:
+    """Leave the controller as the numpy route would after a compiled run of
+    :func:`controller_arrays` ``a``: its last duty, the PID's state and the control log."""
+    k = _load()
+    n = duty.size
+    controller._duty = duty.copy()
     log, periods = a["log"], a["periods"]
     controller._step += periods.size
     if periods.size:

@@ -231,14 +231,17 @@ def _board(base: BoostParams, values: dict[str, np.ndarray], share: float) -> Bo
 
 
 def model_vout(params: BoostParams, excitation: Excitation, t: np.ndarray,
-               delay: Any = 0.0, phase: Any = None) -> np.ndarray:
+               delay: Any = 0.0, phase: Any = None, jitter: float = 0.0) -> np.ndarray:
     """Simulated output [V] at the sample times ``t`` [s] for every lane of ``params``:
     the exact switching model from the periodic steady state at ``duty0``, driven by the
     excitation (moved by ``delay`` [s], see :meth:`Excitation.schedule`); the per-period
     means interpolated to ``t``. With ``phase`` (per lane, in switching periods: where the
     samples fall in the PWM period) the switching ripple is added: the instantaneous output
     minus its mean in the periodic steady state at the duty in force (exact in steady
-    state, an approximation for the first periods after a change). Returns (lanes, samples).
+    state, an approximation for the first periods after a change). ``jitter`` [s]: rms delay
+    of each conversion after its nominal instant (half-normal, as a timer interrupt's
+    latency): the ripple is the expected value over it (what the mean of many samples at one
+    phase converges to). Returns (lanes, samples).
     """
     means, duty = _period_means(params, excitation, t, delay)
     if phase is None:
@@ -247,7 +250,7 @@ def model_vout(params: BoostParams, excitation: Excitation, t: np.ndarray,
     lanes = means.shape[0]
     phase = np.broadcast_to(np.asarray(phase, dtype=float).reshape(-1), (lanes,))
     levels = np.unique(np.append(excitation.duties, excitation.duty0))
-    tables = _ripple_tables(p, levels, lanes)
+    tables = _ripple_tables(p, levels, lanes, jitter)
     which = np.abs(duty[:, :, None] - levels[None, None, :]).argmin(axis=2)
     theta = np.mod(np.asarray(t, dtype=float)[None, :] * excitation.frequency
                    + phase[:, None], 1.0)
@@ -291,9 +294,11 @@ def _period_means(params: BoostParams, excitation: Excitation, t: np.ndarray,
     return out, schedule[k].T
 
 
-def _ripple_tables(params: BoostParams, levels: np.ndarray, lanes: int) -> np.ndarray:
+def _ripple_tables(params: BoostParams, levels: np.ndarray, lanes: int,
+                   jitter: float = 0.0) -> np.ndarray:
     """Steady-state output minus its mean over one period, shape (lanes, levels, points + 1)
-    on a uniform phase grid from 0 to 1."""
+    on a uniform phase grid from 0 to 1; with ``jitter`` [s] averaged over the sampling
+    delay (:func:`_jitter_average`)."""
     from .steady import steady_state
 
     out = np.empty((lanes, levels.size, _RIPPLE_POINTS + 1))
@@ -302,7 +307,30 @@ def _ripple_tables(params: BoostParams, levels: np.ndarray, lanes: int) -> np.nd
             ss = steady_state(params, float(d), points=_RIPPLE_POINTS)
         vout = np.broadcast_to(np.atleast_2d(ss.vout), (lanes, _RIPPLE_POINTS + 1))
         out[:, j] = vout - np.broadcast_to(np.atleast_1d(ss.vout_mean), (lanes,))[:, None]
-    return np.nan_to_num(out)
+    out = np.nan_to_num(out)
+    return _jitter_average(out, jitter * float(params.fsw)) if jitter > 0 else out
+
+
+#: Nodes of the half-normal delay distribution (in units of its rms), and their weights:
+#: the midpoint rule on [0, 5] sigma (the tail beyond holds 6e-7 of the probability).
+_JITTER_NODES = (np.arange(120) + 0.5) * (5.0 / 120)
+_JITTER_WEIGHTS = np.exp(-0.5 * _JITTER_NODES ** 2) / np.sum(np.exp(-0.5 * _JITTER_NODES ** 2))
+
+
+def _jitter_average(tables: np.ndarray, rms_periods: float) -> np.ndarray:
+    """Periodic ripple ``tables`` (..., K + 1 points from phase 0 to 1) averaged over a
+    half-normal sampling delay of ``rms_periods`` [switching periods] rms: entry i becomes
+    E[ripple(i / K + delay)]."""
+    k = tables.shape[-1] - 1
+    base = tables[..., :k]
+    out = np.zeros_like(base)
+    grid = np.arange(k)
+    for x, w in zip(_JITTER_NODES * rms_periods * k, _JITTER_WEIGHTS, strict=True):
+        pos = grid + x
+        i0 = np.floor(pos).astype(int)
+        f = pos - i0
+        out += w * (base[..., i0 % k] * (1 - f) + base[..., (i0 + 1) % k] * f)
+    return np.concatenate([out, out[..., :1]], axis=-1)
 
 
 def _ripple_at(tables: np.ndarray, which: np.ndarray, theta: np.ndarray) -> np.ndarray:
@@ -332,7 +360,7 @@ def identify(params: BoostParams, excitation: Excitation, t: Any, vout: Any, *,
              vin_measured: float | None = None, vin_rel_sigma: float = 0.01,
              max_delay: float | None = None, max_rel_std: float = 0.25,
              max_corr: float = 0.95, max_evaluations: int = 40,
-             ripple: bool = True) -> Identification:
+             ripple: bool = True, adc_jitter: float = 0.0) -> Identification:
     """Fit ``fit`` (names of :data:`FIT_NAMES`) so the exact switching model driven by
     ``excitation`` matches the measured ``vout`` [V] at times ``t`` [s] (same clock as the
     excitation; t = 0 where the converter is in its steady state at ``duty0``).
@@ -345,7 +373,9 @@ def identify(params: BoostParams, excitation: Excitation, t: Any, vout: Any, *,
     ``ripple``: model the switching ripple in the single conversions; the phase of the
     samples in the PWM period (a nuisance, not smooth to fit) is scanned before the fit and
     again after it (refitting while it moves). The ripple is what makes ``r_C`` observable
-    (its step in the output at every switching edge).
+    (its step in the output at every switching edge). ``adc_jitter`` [s]: rms delay of each
+    conversion after its timer tick (:func:`model_vout`); a jitter left out smears the
+    modelled ESR step less than the measured one and biases ``r_C`` low.
     ``max_rel_std``: the relative 1-sigma beyond which a parameter is reported as not
     determined (so is one with a correlation of +-1: a singular direction of J^T J);
     ``max_corr``: pairs correlated beyond it, one of them not determined, are reported with
@@ -374,6 +404,8 @@ def identify(params: BoostParams, excitation: Excitation, t: Any, vout: Any, *,
         raise ValueError("identify: t and vout must be finite")
     if t[0] < 0 or np.any(np.diff(t) <= 0):
         raise ValueError("identify: sample times must be >= 0 and increasing [s]")
+    if not (math.isfinite(adc_jitter) and adc_jitter >= 0):
+        raise ValueError(f"identify: adc_jitter must be >= 0 [s rms], got {adc_jitter!r}")
     if vin_measured is not None and not (math.isfinite(vin_measured) and vin_measured > 0):
         raise ValueError(f"identify: vin_measured must be > 0 [V], got {vin_measured!r}")
     ts = 1.0 / excitation.frequency
@@ -404,7 +436,7 @@ def identify(params: BoostParams, excitation: Excitation, t: Any, vout: Any, *,
         delay = u[:, k:] * ts if n_delay else np.zeros((u.shape[0], 1))
         return _board(base, vals, share), delay
 
-    phase = [_scan_phase(base, excitation, t, y, 0.0) if ripple else None]
+    phase = [_scan_phase(base, excitation, t, y, 0.0, adc_jitter) if ripple else None]
 
     sigma = _noise_sigma(y)
     if not (sigma > 0):
@@ -423,7 +455,7 @@ def identify(params: BoostParams, excitation: Excitation, t: Any, vout: Any, *,
         steps = np.where(u + h <= upper, h, -h)
         lanes[1:] += np.diag(steps)
         board, delay = board_of(lanes)
-        model = model_vout(board, excitation, t, delay, phase[0])
+        model = model_vout(board, excitation, t, delay, phase[0], adc_jitter)
         counter[0] += 1
         res = (model - y[None, :]) / sigma
         if vin_i is not None:
@@ -447,7 +479,7 @@ def identify(params: BoostParams, excitation: Excitation, t: Any, vout: Any, *,
         if not ripple or counter[0] >= max_evaluations:
             break
         board, delay = board_of(u)
-        moved = _scan_phase(board, excitation, t, y, delay)
+        moved = _scan_phase(board, excitation, t, y, delay, adc_jitter)
         if abs((moved - phase[0] + 0.5) % 1.0 - 0.5) <= 1.5 / _PHASE_STEPS:
             break
         phase[0] = moved
@@ -472,7 +504,7 @@ def identify(params: BoostParams, excitation: Excitation, t: Any, vout: Any, *,
         determined[n] = bool(std_u[i] <= max_rel_std and np.all(others < 0.999))
     combos = _combinations(names, sol.x[:k], cov[:k, :k], corr, ref, determined, max_corr)
     board, delay = board_of(sol.x)
-    model_fit = model_vout(board, excitation, t, delay, phase[0])[0]
+    model_fit = model_vout(board, excitation, t, delay, phase[0], adc_jitter)[0]
     return Identification(
         names=names, start=start, value=fitted, std=std, ci95=ci, determined=determined,
         combinations=combos, correlation=corr,
@@ -491,13 +523,13 @@ _PHASE_STEPS = 200
 
 
 def _scan_phase(params: BoostParams, excitation: Excitation, t: np.ndarray, y: np.ndarray,
-                delay: Any, steps: int = _PHASE_STEPS) -> float:
+                delay: Any, jitter: float = 0.0, steps: int = _PHASE_STEPS) -> float:
     """The phase [periods] of the samples in the PWM period that best explains the measured
     ripple around the model ``params`` (one lane) with the changes moved by ``delay`` [s]
-    (a scan: the residual is not smooth in the phase)."""
+    and the sampling ``jitter`` [s rms] (a scan: the residual is not smooth in the phase)."""
     means, duty = _period_means(params, excitation, t, delay)
     levels = np.unique(np.append(excitation.duties, excitation.duty0))
-    tables = np.broadcast_to(_ripple_tables(params, levels, 1), (steps, levels.size,
+    tables = np.broadcast_to(_ripple_tables(params, levels, 1, jitter), (steps, levels.size,
                                                                   _RIPPLE_POINTS + 1))
     which = np.broadcast_to(np.abs(duty[0][:, None] - levels[None, :]).argmin(axis=1),
                             (steps, t.size))

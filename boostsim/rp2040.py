@@ -20,6 +20,7 @@ What a requested duty goes through on the board:
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -92,17 +93,26 @@ def slice_setup(freq_hz: Any, clock_hz: Any = PWM_CLOCK) -> tuple[np.ndarray, np
 def duty_u16(duty: Any) -> np.ndarray:
     """``hal.py``'s ``int(duty * 65535 + 0.5)`` in single precision, held to 0..65535 (the
     firmware passes duties in [0, 1]; MicroPython caps the value at 65535)."""
-    d = np.asarray(duty, dtype=np.float32)
-    u = np.clip(np.floor(d * np.float32(DUTY_U16_MAX) + np.float32(0.5)), 0, DUTY_U16_MAX)
+    u = np.clip(_u16(np.asarray(duty, dtype=np.float32)), 0, DUTY_U16_MAX)
     if np.isnan(u).any():  # no duty: 0 (callers keep NaN apart, see control.PWM)
         u = np.nan_to_num(u, nan=0.0)
     return u.astype(np.int64)
 
 
+def _u16(d32: Any) -> Any:
+    """``int(duty * 65535 + 0.5)`` before the cap, for a float32 array or numpy scalar."""
+    return np.floor(d32 * np.float32(DUTY_U16_MAX) + np.float32(0.5))
+
+
 def compare_level(u16: Any, top: Any) -> np.ndarray:
     """MicroPython's compare level for ``duty_u16`` on a slice with this ``top``, rounded."""
-    return (np.asarray(u16, dtype=np.int64) * (np.asarray(top, dtype=np.int64) + 1)
-            + DUTY_U16_MAX // 2) // DUTY_U16_MAX
+    return _level(np.asarray(u16, dtype=np.int64), np.asarray(top, dtype=np.int64) + 1)
+
+
+def _level(u16: Any, steps: Any) -> Any:
+    """The compare level of ``duty_u16`` on a slice of ``steps`` counter steps (ints or int
+    arrays)."""
+    return (u16 * steps + DUTY_U16_MAX // 2) // DUTY_U16_MAX
 
 
 def ceiling_u16(limit: Any, top: Any) -> np.ndarray:
@@ -138,8 +148,23 @@ def pwm_output(freq_hz: Any, duty: Any, clock_hz: Any = PWM_CLOCK, limit: Any = 
 def rp2040_pwm(freq_hz: float, duty: float, clock_hz: float = PWM_CLOCK, limit: float = 1.0
                ) -> tuple[float, float]:
     """:func:`pwm_output` for one request, as floats; ``clock_hz`` 0: ideal PWM (no
-    quantisation)."""
+    quantisation). The same functions on scalars, the slice set-up and the duty ceiling
+    cached per frequency and limit (the emulated board calls this at every PWM update)."""
     if clock_hz == 0:
         return float(freq_hz), float(duty)
-    freq, d = pwm_output(freq_hz, duty, clock_hz, limit)
-    return float(freq), float(d)
+    d = float(duty)
+    if not 0.0 <= d <= 1.0:
+        raise ValueError(f"PWM duty must be in [0, 1], got {d!r}")
+    clock = _clock(clock_hz)
+    div16, top, ceiling = _slice_and_ceiling(float(freq_hz), clock, float(limit))
+    steps = top + 1
+    u16 = min(int(_u16(np.float32(d))), ceiling)  # d in [0, 1]: no cap below, none above
+    return 16 * clock / (div16 * steps), _level(u16, steps) / steps
+
+
+@functools.lru_cache(maxsize=256)
+def _slice_and_ceiling(freq_hz: float, clock: int, limit: float) -> tuple[int, int, int]:
+    """(div16, top, ceiling_u16) of one request, as ints."""
+    div16, top = slice_setup(freq_hz, clock)
+    ceiling = ceiling_u16(limit, top)
+    return int(div16), int(top), min(int(ceiling), DUTY_U16_MAX)

@@ -55,7 +55,10 @@ import numpy as np
 import serial
 from serial.tools import list_ports
 
+from boostsim.adc_model import AdcTransfer, dnl_table
+
 from . import protocol
+from .firmware import acq as _acq
 from .firmware import config
 
 __all__ = ["DEFAULT_WATCHDOG", "PICO_VID_PID", "Acquisition", "Board", "BoardError",
@@ -221,12 +224,20 @@ class Board:
     ``*IDN?`` through a boot banner or a reset on open. ``retries``: how often a garbled or
     missing answer is retried after a resync (see the module docstring); 0 raises at once.
     ``stats`` counts retries, resyncs and detected resets.
+    ``adc_dnl``: the ADC's non-linearity the host corrects its readings for ("rp2040", the
+    default: the RP2040's errata table, :data:`boostsim.adc_model.RP2040_DNL`, averaged over
+    five boards; None or "ideal": none, for an ideal ADC):
+    every streamed code, and the board's averaged ``MEAS:VOLT?``/``:IN?``/``MEAS:CURR?``
+    readings, become the input they stand for (:meth:`boostsim.adc_model.AdcTransfer.correct`)
+    before the conversion to volts; ``codes`` stay raw. The board itself (its PID, its OVP)
+    still sees raw codes.
     """
 
     def __init__(self, port: str | None = None, *, timeout: float = 2.0,
                  connect_timeout: float = 5.0, max_duty: float | None = None,
                  max_vout: float | None = None, watchdog: float = DEFAULT_WATCHDOG,
-                 vid_pid: tuple[int, int] = PICO_VID_PID, retries: int = 0):
+                 vid_pid: tuple[int, int] = PICO_VID_PID, retries: int = 0,
+                 adc_dnl: str | None = "rp2040"):
         if max_duty is not None and not 0 < max_duty < 1:
             raise ValueError(f"max_duty must be in (0, 1), got {max_duty!r}")
         if max_vout is not None and not max_vout > 0:
@@ -237,6 +248,10 @@ class Board:
             raise ValueError("timeout and connect_timeout must be > 0 [s]")
         if not 0 <= watchdog <= config.WDOG_MAX:
             raise ValueError(f"watchdog must be in [0, {config.WDOG_MAX:g}] s, got {watchdog!r}")
+        table = dnl_table(adc_dnl)  # refuses unknown names before the port is opened
+        self.adc_dnl = adc_dnl if table is not None else None
+        self._adc = None if table is None else AdcTransfer(
+            bits=config.ADC_FULL_SCALE.bit_length() - 1, vref=config.ADC_VREF, dnl=table)
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.max_duty = max_duty
@@ -773,10 +788,19 @@ class Board:
 
     # -- measurements ------------------------------------------------------------------
     def measure_vout(self) -> float:
-        """Averaged, calibrated output voltage [V]; checked against ``max_vout``."""
-        volts = self.query("MEAS:VOLT?")
+        """Averaged, calibrated output voltage [V] (DNL-corrected, see ``adc_dnl``); checked
+        against ``max_vout``."""
+        volts = self.correct_vout(self.query("MEAS:VOLT?"))
         self._check_vout(volts)
         return volts
+
+    def correct_vout(self, volts: float) -> float:
+        """A ``MEAS:VOLT?`` reading (e.g. from :meth:`pipeline`) DNL-corrected like
+        :meth:`measure_vout`'s (unchanged without ``adc_dnl``)."""
+        if self._adc is None:
+            return volts
+        gain, offset = self._cal if self._cal is not None else self.calibration
+        return self._corrected(volts, config.VOUT_DIVIDER, gain, offset)
 
     def measure_vout_raw(self) -> int:
         """One raw ADC code of the output-voltage channel."""
@@ -784,11 +808,23 @@ class Board:
 
     def measure_vin(self) -> float:
         """Input voltage [V] (BoardError -241 if the channel is not wired)."""
-        return self.query("MEAS:VOLT:IN?")
+        return self._corrected(self.query("MEAS:VOLT:IN?"), config.VIN_DIVIDER)
 
     def measure_current(self) -> float:
         """Inductor current [A] (BoardError -241 if the channel is not wired)."""
-        return self.query("MEAS:CURR?")
+        return self._corrected(self.query("MEAS:CURR?"), 1.0 / config.IIN_V_PER_A,
+                               offset=-config.IIN_OFFSET_V / config.IIN_V_PER_A)
+
+    def _corrected(self, value: float, per_pin_volt: float, gain: float = 1.0,
+                   offset: float = 0.0) -> float:
+        """A reading the board converted from a mean code, ``value = gain * code * vref /
+        full_scale * per_pin_volt + offset``, DNL-corrected (the mean code recovered, corrected,
+        converted back); unchanged without ``adc_dnl``."""
+        if self._adc is None:
+            return value
+        scale = gain * config.ADC_VREF / config.ADC_FULL_SCALE * per_pin_volt
+        code = (value - offset) / scale
+        return float(self._adc.correct(code) * scale + offset)
 
     def _check_vout(self, volts: float | np.ndarray) -> None:
         if self.max_vout is not None and np.size(volts) and np.max(volts) > self.max_vout:
@@ -926,7 +962,7 @@ class Board:
                 blocks.append(block)
                 if block.count < limit:
                     break
-            acq = _merge_blocks(blocks, gain, offset, self._next_index)
+            acq = _merge_blocks(blocks, gain, offset, self._next_index, self._adc)
             if acq.count:
                 expected, first = self._next_index, int(acq.index[0])
                 if expected is not None and first < expected:
@@ -953,7 +989,7 @@ class Board:
                 self.output_state = None
                 raise LinkError(f"{self.port_name}: garbled FETC:ADC? block ({exc})",
                                 command="FETC:ADC?") from None
-            acq = _merge_blocks([block], gain, offset, self._next_index)
+            acq = _merge_blocks([block], gain, offset, self._next_index, self._adc)
             mark = block.first_index + block.count
             if self._next_index is not None:
                 self._next_index = int(mark)
@@ -976,10 +1012,17 @@ class Board:
 
 
 def _merge_blocks(blocks: list[protocol.AdcBlock], gain: float, offset: float,
-                  expected: int | None = None) -> Acquisition:
+                  expected: int | None = None, adc: AdcTransfer | None = None) -> Acquisition:
+    """The blocks as one Acquisition; ``adc``: the transfer whose DNL the volts are corrected
+    for (None: converted as the board converts)."""
     index = np.concatenate([b.indices for b in blocks]) if blocks else np.zeros(0, np.int64)
     codes = np.concatenate([b.codes for b in blocks]) if blocks else np.zeros(0, np.uint16)
-    volts = np.concatenate([b.volts(gain, offset) for b in blocks]) if blocks else np.zeros(0)
+    if adc is None:
+        volts = (np.concatenate([b.volts(gain, offset) for b in blocks]) if blocks
+                 else np.zeros(0))
+    else:
+        volts = _acq.code_to_volts(adc.correct(codes), config.ADC_VREF, config.ADC_FULL_SCALE,
+                                   config.VOUT_DIVIDER, gain, offset)
     times_us = np.concatenate([b.times_us for b in blocks]) if blocks else np.zeros(0)
     gaps = []
     if expected is not None and index.size and index[0] > expected:

@@ -17,17 +17,34 @@ What it models, per call of the firmware:
   error, offset, Gaussian noise (in codes rms) and the differential non-linearity, through
   the shared :class:`boostsim.adc_model.AdcTransfer`, clipped to 0..ADC_MAX_CODE.
 * ``adc_stream_start/stop``: samples at board times ``t0 + k * period`` (each conversion
-  delayed by the timer IRQ's jitter, ``AdcModel.jitter_s`` rms) pushed into the
-  firmware's ring; they are produced whenever the emulator catches up with the clock (at least
-  every serve-loop poll), each computed at its own exact instant, so the ring sees exactly what
-  a timer interrupt would have pushed, overflow included.
-* ``protect_start(period, fn)``: the protection timer IRQ as a thread calling ``fn`` every
-  period (late ticks are skipped, never bunched), whatever the serve loop is doing;
-  ``irq_disable``/``irq_enable`` and every plant access take the same lock, so the "IRQ"
-  never sees the plant or the firmware half-updated. ``gate_off``: gate low now.
+  delayed by the timer IRQ's jitter, ``AdcModel.jitter_s`` rms) pushed into the firmware's
+  ring, each computed at its own exact instant, so the ring sees exactly what a timer
+  interrupt would have pushed, overflow included.
+* ``protect_start(period, fn)``: the protection timer IRQ: a tick every ``period`` of board
+  time, each calling ``fn`` *at its own board time* (the ADC reads the plant at that instant,
+  the watchdog sees that time, a trip turns the gate off from that instant on).
+* The timer IRQs without threads: the protection ticks due run in order, in the serve
+  loop's thread, before anything can look at or drive the board past them -- at every
+  serial read (each serve-loop iteration), every HAL call that reads or drives the plant,
+  ``irq_disable`` (the firmware sees every trip due before a critical section, as on the
+  Pico) and the emulator's own API -- so no host, however busy or late, can delay or skip
+  one. The plant is evaluated once, in time order, at the ticks and the streamed samples due;
+  a tick that drives the plant (a trip: gate off from its instant on) takes the plant back
+  (:meth:`Plant.checkpoint`) to where that evaluation started, keeps the samples up to the
+  tick and evaluates the rest again. Streamed samples are otherwise computed when the plant
+  moves past them (a read, a drive change), on input (a FETC reads the ring) and at
+  ``MAX_IDLE_S / 2`` of age: the ring holds what the timer interrupt would have pushed by
+  the time anything reads it, overflow included.
+  ``irq_disable``/``irq_enable`` and every plant access take the same lock.
+  ``gate_off``: gate low now.
 * ``serial_read/serial_write/service``: delegated to a serial link (the emulator's
   pseudo-terminal with fault injection); ``serial_write`` never waits for the host (it
   returns what the pseudo-terminal took); ``service`` records the serve loop's timing.
+  ``serial_read(timeout)`` with nothing to send is the Pico's ``poll(timeout)``: with an
+  ``idle_until`` hook (the emulator's: the board time of the firmware's next timed work) the
+  idle polls before then -- which would find no input and do nothing -- are not run one by
+  one: the read waits on the link for input or for the first poll of the Pico's grid
+  (``timeout`` apart) at or after that time, at most :data:`MAX_IDLE_S` ahead.
 """
 
 from __future__ import annotations
@@ -46,7 +63,15 @@ from boostsim.adc_model import AdcTransfer
 from .plant import Plant
 from .rp2040 import PWM_CLOCK, pwm_output, rp2040_pwm
 
-__all__ = ["AdcModel", "EmulatedHAL", "LoopStats", "rp2040_pwm"]
+__all__ = ["CDC_TX_FIFO", "MAX_IDLE_S", "AdcModel", "EmulatedHAL", "LoopStats", "rp2040_pwm"]
+
+#: Longest the serve loop sleeps through idle polls [s]: it then runs one poll (the timer
+#: IRQs' batch of streamed samples and protection ticks included) and sleeps again.
+MAX_IDLE_S = 0.02
+#: The emulated USB CDC transmit FIFO [bytes]: MicroPython's rp2 port (TinyUSB) buffers 256.
+CDC_TX_FIFO = 256
+_SCALAR_SAMPLES = 4     # streamed samples converted one by one (more: vectorised)
+_EMPTY = np.empty(0)
 
 
 class AdcModel:
@@ -77,25 +102,37 @@ class AdcModel:
         self._levels = None if self.transfer.ideal else self.transfer.levels.tolist()
         self._rng = np.random.default_rng(seed)
         self._noise = np.zeros(0)
+        self._noise_list: list[float] | None = None
         self._pos = 0
 
     def _normals(self, n: int) -> np.ndarray:
         if self._pos + n > self._noise.size:
             self._noise = self._rng.standard_normal(max(4096, n))
+            self._noise_list = None
             self._pos = 0
         out = self._noise[self._pos:self._pos + n]
         self._pos += n
         return out
 
+    def _normal(self) -> float:
+        """The next draw of :meth:`_normals` as a float."""
+        if self._pos >= self._noise.size:
+            self._normals(1)
+            self._pos = 0
+        if self._noise_list is None:
+            self._noise_list = self._noise.tolist()
+        self._pos += 1
+        return self._noise_list[self._pos - 1]
+
     def delays(self, n: int) -> np.ndarray:
         """Delays [s] of ``n`` timer-triggered conversions (half-normal, ``jitter_s`` rms)."""
-        return np.abs(self._rng.standard_normal(n)) * self.jitter_s
+        return np.abs(self._normals(n)) * self.jitter_s
 
     def code(self, v_pin: float) -> int:
         """One conversion (the scalar twin of :meth:`codes`, for single reads)."""
         x = v_pin * self.scale + self.offset
         if self.noise_lsb:
-            x += self.noise_lsb * float(self._normals(1)[0])
+            x += self.noise_lsb * self._normal()
         if not x >= 0.0:  # also NaN
             return 0
         c = round(x) if self._levels is None else bisect.bisect_right(self._levels, x)
@@ -117,16 +154,18 @@ class LoopStats:
         self.reset()
 
     def reset(self) -> None:
-        self.polls = 0                # serve-loop iterations (service() calls)
-        self.max_poll_gap = 0.0       # longest time between two service() calls
+        self.polls = 0                # serve-loop polls of the board (idle ones skipped included)
+        self.polls_run = 0            # ... of them run (service() calls)
+        self.max_poll_gap = 0.0       # longest time a poll ran late: between two service()
+        #                               calls, less the time the loop meant to wait for input
         self.max_plant_call = 0.0     # longest single plant computation (wall time: includes
         #                               preemption by other threads/processes)
-        self.max_plant_cpu = 0.0      # longest single plant computation (thread CPU time)
         self.slowest: dict = {}       # what that computation was doing
         self.max_sample_lag = 0.0     # longest delay between a streamed sample's time and
-        #                               the moment it was computed and pushed
-        self.gaps_over_ms = {2: 0, 5: 0, 10: 0}  # serve-loop gaps longer than 2/5/10 ms
-        self.max_irq_gap = 0.0        # longest time between two protection-IRQ ticks
+        #                               the moment it was computed and pushed (samples are
+        #                               computed when needed: up to MAX_IDLE_S by design)
+        self.gaps_over_ms = {2: 0, 5: 0, 10: 0}  # polls more than 2/5/10 ms late
+        self.ticks = 0                # protection-timer ticks run (one per period of board time)
         self.samples = 0              # streamed samples pushed
         self.plant_time = 0.0         # wall time spent in the plant (and ADC model)
         self._last_service = None
@@ -139,15 +178,17 @@ class EmulatedHAL:
     """The HAL interface of ``device.Device`` on a simulated board (see the module docstring).
 
     ``cfg``: the firmware config (module or namespace) the device runs with; ``plant``: the
-    converter; ``link``: object with ``read(timeout_ms) -> bytes``, ``write(data)`` and
-    ``poll()`` (called at every serve-loop iteration); ``clock``: seconds, monotonic, the same
-    clock as the plant's.
+    converter; ``link``: object with ``read(timeout_ms) -> bytes`` (a fractional timeout is
+    fine) and ``write(data)``; ``clock``: seconds, monotonic, the same clock as the plant's;
+    ``idle_until``: () -> the board time [s, clock] before which the firmware's serve loop has
+    nothing to do without input (``math.inf``: nothing planned), or None (every poll runs).
     """
 
     def __init__(self, cfg: Any, plant: Plant, *, link: Any = None,
                  clock: Callable[[], float] = time.monotonic, adc: AdcModel | None = None,
                  vout_divider: float | None = None, vin_divider: float | None = None,
-                 pwm_clock: float = PWM_CLOCK, serial: str = "B0057E0000000001"):
+                 pwm_clock: float = PWM_CLOCK, serial: str = "B0057E0000000001",
+                 idle_until: Callable[[], float] | None = None):
         self.cfg = cfg
         self.plant = plant
         self.link = link
@@ -161,13 +202,19 @@ class EmulatedHAL:
         self.serial = serial
         self.stats = LoopStats()
         self.pwm_request = (False, 0.0, 0.0)   # what the firmware asked for
-        self.pwm_actual = (False, 0.0, 0.0)    # what the emulated RP2040 produces
+        self.pwm_actual: tuple | None = None   # what the emulated RP2040 produces
+        self.idle_until = idle_until
         self._stream: list | None = None       # [period_us, ring, next_sample_us]
-        self.irq_lock = threading.RLock()      # the protection "IRQ" vs. everything else
-        self._protect_stop: threading.Event | None = None
-        self._protect_thread: threading.Thread | None = None
+        self.irq_lock = threading.RLock()      # the timer "IRQs" vs. everything else
+        self._protect: list | None = None      # [period_s, fn, t0, index of the next tick]
         self._irq_t: float | None = None       # board clock of the tick being run [s]
-        self._last_plant_t = -math.inf         # latest time the plant was asked about
+        self._irq_thread: int | None = None    # ... and the thread running it
+        self._tick_vout: float | None = None   # the plant's vout at that tick (batch value)
+        self._drive_changed = False            # a tick changed the gate drive
+        self._tick_keep: tuple | None = None   # (plant before the tick batch, its samples)
+        self._tx_blocked = False               # the last serial_write took nothing
+        self._tx_fifo = bytearray()            # the USB CDC's transmit FIFO
+        self._slept = 0.0                      # the serve loop's planned wait this poll [s]
         self.boot()
 
     # -- board life cycle ----------------------------------------------------------------------
@@ -176,6 +223,8 @@ class EmulatedHAL:
         """Power-up / reset of the microcontroller: clock restarts, gate low, no sampling."""
         self.protect_stop()
         self._stream = None
+        self._tx_blocked = False
+        self._tx_fifo.clear()  # a reset empties the USB stack
         self.boot_time = self.clock()
         self._set_gate(False, 0.0, 0.0)
 
@@ -199,57 +248,35 @@ class EmulatedHAL:
 
     def _now(self) -> float:
         """The board clock: the tick's own time inside a protection tick, else now."""
-        if self._irq_t is not None and threading.current_thread() is self._protect_thread:
+        if self._irq_t is not None and threading.get_ident() == self._irq_thread:
             return self._irq_t
         return self.clock()
 
     def protect_start(self, period_us: int, fn: Callable[[], None]) -> None:
-        """Call ``fn`` every ``period_us`` from a thread (the board's protection timer IRQ).
-
-        A tick the thread runs late (the host machine is busy) is evaluated at its own board
-        time, like the streamed samples: the ADC reads the plant then, the watchdog sees that
-        time and a trip turns the gate off then -- the emulated protection does not depend on
-        the host's thread scheduling (only on the plant not having been read past it)."""
+        """Call ``fn`` every ``period_us`` of board time (the board's protection timer IRQ),
+        each tick at its own board time, whatever the serve loop is doing (see the module
+        docstring: the ticks run in order before anything can look past them)."""
         self.protect_stop()
-        stop = threading.Event()
         period = period_us * 1e-6
-
-        def run() -> None:
-            due = self.clock() + period
-            last = None
-            while not stop.wait(max(0.0, due - self.clock())):
-                with self.irq_lock:
-                    now = self.clock()
-                    while due <= now and not stop.is_set():
-                        self._irq_t = max(due, self._last_plant_t)
-                        try:
-                            fn()
-                        finally:
-                            self._irq_t = None
-                        due += period
-                tick = time.monotonic()
-                if last is not None and tick - last > self.stats.max_irq_gap:
-                    self.stats.max_irq_gap = tick - last
-                last = tick
-
-        self._protect_stop = stop
-        self._protect_thread = threading.Thread(target=run, name="boostsim-board-irq",
-                                                daemon=True)
-        self._protect_thread.start()
+        self._protect = [period, fn, self.clock() + period, 0]
 
     def protect_stop(self) -> None:
-        if self._protect_stop is not None:
-            self._protect_stop.set()
-            if self._protect_thread is not threading.current_thread():
-                self._protect_thread.join(5.0)
-            self._protect_stop = self._protect_thread = None
+        if self._protect is not None:
+            self._run_ticks(self.clock())  # the ticks due until now still ran
+            self._protect = None
+
+    def next_tick(self, t: float) -> float:
+        """Board time of the first protection tick at or after ``t`` (inf: no timer)."""
+        prot = self._protect
+        if prot is None:
+            return math.inf
+        period, _, t0, k = prot
+        return t0 + period * max(k, math.ceil((t - t0) / period - 1e-9))
 
     def plant_access(self, t: float) -> None:
-        """Catch the stream up to plant time ``t`` and note that the plant is being asked
-        about ``t`` (for callers outside the HAL; a late protection tick is then evaluated
-        at ``t`` at the earliest). Call with ``irq_lock`` held."""
+        """Run the timer IRQs due up to plant time ``t`` before a caller outside the HAL reads
+        or changes the plant at ``t``. Call with ``irq_lock`` held."""
         self._catch_up(t)
-        self._last_plant_t = max(self._last_plant_t, t)
 
     def gate_off(self) -> None:
         with self.irq_lock:
@@ -257,6 +284,7 @@ class EmulatedHAL:
 
     def irq_disable(self) -> bool:
         self.irq_lock.acquire()
+        self._run_ticks(self._now())  # the ticks due by now have run, as on the Pico
         return True
 
     def irq_enable(self, state: bool) -> None:
@@ -283,8 +311,7 @@ class EmulatedHAL:
             vout, _ = self._sample_now(False)
             return self.adc.code(vout / self.vout_divider)
         if channel == "vin":
-            self._catch_up()
-            return self.adc.code(float(self.plant.params.vin) / self.vin_divider)
+            return self.adc.code(self._sample_now(None)[0] / self.vin_divider)
         if channel == "iin":
             _, i_l = self._sample_now(True)
             return self.adc.code(cfg.IIN_OFFSET_V + i_l * cfg.IIN_V_PER_A)
@@ -302,86 +329,172 @@ class EmulatedHAL:
             self._stream = None
 
     def serial_read(self, timeout_ms: int) -> bytes:
-        data = self.link.read(timeout_ms) if self.link is not None else b""
-        self._catch_up()
+        if self.link is None:
+            self._catch_up()
+            return b""
+        wait = timeout_ms * 1e-3
+        skipped = 0
+        if wait > 0:
+            self._tx_flush()  # the loop is about to wait: what it sent goes out
+        if wait > 0 and self.idle_until is not None and not self._tx_blocked \
+                and not self._tx_fifo:
+            start = self.clock()
+            until = min(self.idle_until(), start + MAX_IDLE_S)
+            polls = max(1, math.ceil((until - start) / wait - 1e-9))
+            skipped = polls - 1
+            wait *= polls
+        begin = self.clock()
+        data = self.link.read(wait * 1e3)
+        if wait > 0:
+            slept = self.clock() - begin
+            self._slept = slept if slept < wait else wait
+            if skipped:  # the idle polls the Pico would have made while waiting
+                self.stats.polls += min(skipped, int(self._slept / (wait / (skipped + 1))))
+        with self.irq_lock:
+            # The protection ticks due by now run before the firmware goes on (it looks at
+            # what they latched). The streamed samples wait for input (a FETC may read the
+            # ring), a change of the plant's drive, or their age to reach MAX_IDLE_S / 2.
+            now = self.clock()
+            self._run_ticks(now)
+            if data or self._stream_pending(now - 0.5 * MAX_IDLE_S):
+                self._flush_stream(now)
         return data
 
     def serial_write(self, data: bytes) -> int:
+        """Hand ``data`` to the emulated USB CDC's transmit FIFO (:data:`CDC_TX_FIFO` bytes,
+        as the RP2040's): it takes what fits and goes to the host when it is full, or when
+        the serve loop next waits for input; a host that does not read fills it and then
+        the pseudo-terminal, and the firmware sees nothing taken (0)."""
         if self.link is None:
             return len(data)
-        return self.link.write(data)
+        buf = self._tx_fifo
+        if len(buf) + len(data) > CDC_TX_FIFO:
+            self._tx_flush()
+        n = min(len(data), CDC_TX_FIFO - len(buf))
+        if n > 0:
+            buf += data[:n]
+            if len(buf) >= CDC_TX_FIFO:
+                self._tx_flush()
+        self._tx_blocked = n <= 0
+        return max(n, 0)
+
+    def _tx_flush(self) -> None:
+        """Hand the transmit FIFO to the link (what the host's side takes)."""
+        buf = self._tx_fifo
+        if buf and self.link is not None:
+            del buf[:self.link.write(bytes(buf))]
 
     def service(self) -> None:
-        now = time.perf_counter()
+        now = self.clock()
         st = self.stats
         if st._last_service is not None:
-            gap = now - st._last_service
+            gap = now - st._last_service - self._slept
             if gap > 0.002:
                 if gap > st.max_poll_gap:
                     st.max_poll_gap = gap
                 for ms in st.gaps_over_ms:
                     if gap > ms * 1e-3:
                         st.gaps_over_ms[ms] += 1
+        self._slept = 0.0
         st._last_service = now
         st.polls += 1
+        st.polls_run += 1
 
     # -- simulation ----------------------------------------------------------------------------
 
     def _set_gate(self, enabled: bool, freq_hz: float, duty: float, limit: float = 1.0) -> None:
-        t = self._now()
-        self._catch_up(t)
-        self._last_plant_t = max(self._last_plant_t, t)
         if enabled:
             freq, d = rp2040_pwm(freq_hz, duty, self.pwm_clock, limit)
         else:
             freq, d = (self.plant.pwm[1] if freq_hz <= 0 else float(freq_hz)), 0.0
-        self.pwm_actual = (bool(enabled), freq, d)
+        actual = (bool(enabled), freq, d)
+        if actual == self.pwm_actual:
+            return  # the slice already makes this (e.g. gate_off at every tick of a trip)
+        t = self._now()
+        if self._irq_t is None:
+            self._run_ticks(t)
+        else:
+            self._drive_changed = True  # the tick batch's later values are stale
+            self._tick_back()
+        self._flush_stream(t)
+        self.pwm_actual = actual
         start = self._tic()
         self.plant.set_pwm(t, enabled, freq, d)
         self._plant_timing(start, "pwm_set")
 
-    def _sample_now(self, current: bool) -> tuple[float, float | None]:
-        """The output (and inductor current) now; the streamed samples due before now are
-        computed in the same plant call."""
+    def _sample_now(self, current: bool | None) -> tuple[float, float | None]:
+        """The output and, with ``current``, the inductor current now (inside a protection
+        tick: at the tick's instant); ``current`` None: the input voltage instead."""
         t = self._now()
-        self._last_plant_t = max(self._last_plant_t, t)
-        due = self._due(t)
-        start = self._tic()
-        if due is None:
-            res = self.plant.sample([t], current)
+        if self._irq_t is not None:
+            if current is False and self._tick_vout is not None:
+                return self._tick_vout, None
         else:
-            res = self.plant.sample(np.append(due, t), current, presorted=True)
-        vout = res[0] if current else res
-        if due is not None:
-            self._push(vout[:-1], due)
-        self._plant_timing(start, "adc_read")
-        return float(vout[-1]), (float(res[1][-1]) if current else None)
+            self._run_ticks(t)
+        return self._read(t, current)
+
+    def _read(self, t: float, current: bool | None) -> tuple[float, float | None]:
+        """The plant at ``t`` (see :meth:`_sample_now`): moves it there, computing the streamed
+        samples due before ``t`` in the same evaluation (inside a protection tick, whose
+        batch still needs the plant where it is: evaluated without moving it)."""
+        plant = self.plant
+        keep = None
+        if self._irq_t is not None:
+            self._tick_back()
+            keep = plant.checkpoint()
+        start = self._tic()
+        try:
+            if current is None:
+                self._flush_stream(t)
+                plant.advance(t)
+                return float(plant.params.vin), None
+            due = None if keep is not None else self._stream_due(t)
+            if due is None:
+                return plant.at(t, bool(current))
+            res = plant.sample(np.append(due, t), bool(current), presorted=True)
+            self._push((res[0] if current else res)[:-1], due)
+        finally:
+            if keep is not None:
+                plant.restore(keep)
+            self._plant_timing(start, "adc_read")
+        return (float(res[0][-1]), float(res[1][-1])) if current else (float(res[-1]), None)
 
     def _tic(self) -> tuple:
         s = self.plant.stats
-        return (time.perf_counter(), time.thread_time(), s.periods, s.references, s.ccm_maps,
-                s.transitions, s.tables)
+        return (time.perf_counter(), s.periods, s.references, s.ccm_maps, s.transitions,
+                s.tables)
 
     def _plant_timing(self, start: tuple, what: str = "sample") -> None:
         dt = time.perf_counter() - start[0]
-        cpu = time.thread_time() - start[1]
         st = self.stats
         st.plant_time += dt
         if dt > st.max_plant_call:
             st.max_plant_call = dt
-        if cpu > st.max_plant_cpu:
-            st.max_plant_cpu = cpu
             s = self.plant.stats
-            st.slowest = {"what": what, "cpu_ms": 1e3 * cpu, "wall_ms": 1e3 * dt,
-                          "periods": s.periods - start[2],
-                          "engine_calls": s.references - start[3],
-                          "ccm_maps": s.ccm_maps - start[4],
-                          "transitions": s.transitions - start[5],
-                          "tables": s.tables - start[6]}
+            st.slowest = {"what": what, "wall_ms": 1e3 * dt, "periods": s.periods - start[1],
+                          "engine_calls": s.references - start[2],
+                          "ccm_maps": s.ccm_maps - start[3],
+                          "transitions": s.transitions - start[4], "tables": s.tables - start[5]}
 
-    def _due(self, t: float) -> np.ndarray | None:
-        """Plant times of the streamed samples due up to ``t`` (None if none); they are
-        counted as taken."""
+    def _tick_back(self) -> None:
+        """Inside a protection tick that reads or drives the plant beyond its batch value:
+        the plant goes back to where the tick batch started; the batch's streamed samples up
+        to the tick are pushed (the rest are evaluated again later)."""
+        if self._tick_keep is not None:
+            keep, s_times, s_vout = self._tick_keep
+            self._tick_keep = None
+            self.plant.restore(keep)
+            m = int(np.searchsorted(s_times, self._irq_t, side="right"))
+            self._push(s_vout[:m], s_times[:m])
+
+    def _stream_pending(self, t: float) -> bool:
+        """True if a streamed sample is due at or before ``t`` and not yet computed."""
+        stream = self._stream
+        return stream is not None and stream[2] <= int((t - self.boot_time) * 1e6)
+
+    def _stream_due(self, t: float) -> np.ndarray | None:
+        """Plant times of the streamed samples due up to ``t`` (None if none), not yet taken
+        (:meth:`_push` takes them)."""
         stream = self._stream
         if stream is None:
             return None
@@ -390,34 +503,136 @@ class EmulatedHAL:
         if nxt > now_us:
             return None
         n = (now_us - nxt) // period + 1
-        stream[2] = nxt + n * period
-        times = self.boot_time + (nxt + period * np.arange(n, dtype=np.int64)) * 1e-6
+        base = self.boot_time
+        if n <= _SCALAR_SAMPLES:  # the same numbers without array calls
+            times = [base + (nxt + period * i) * 1e-6 for i in range(n)]
+            if self.adc.jitter_s:
+                jitter, normal, late = self.adc.jitter_s, self.adc._normal, -math.inf
+                for i, x in enumerate(times):
+                    late = max(late, min(x + abs(normal()) * jitter, t))
+                    times[i] = late
+            return np.array(times)
+        times = base + (nxt + period * np.arange(n, dtype=np.int64)) * 1e-6
         if self.adc.jitter_s:
             # The timer IRQ starts each conversion a little late (never later than now).
             times = np.maximum.accumulate(np.minimum(times + self.adc.delays(n), t))
         return times
 
+    def _due(self, t: float) -> np.ndarray | None:
+        """Plant times of the streamed samples due up to ``t`` (None if none); they are
+        counted as taken."""
+        times = self._stream_due(t)
+        if times is not None:
+            self._stream[2] += times.size * self._stream[0]
+        return times
+
     def _push(self, vout: np.ndarray, times: np.ndarray) -> None:
+        """Push the codes of the streamed samples at ``times`` (the next ones due) into the
+        ring; they are counted as taken."""
+        n = times.size
+        if not n:
+            return
+        self._stream[2] += n * self._stream[0]
         push = self._stream[1].push
-        for code in self.adc.codes(vout / self.vout_divider).tolist():
-            push(code)
+        if n <= _SCALAR_SAMPLES:  # the same conversions one by one: no array overhead
+            code, divider = self.adc.code, self.vout_divider
+            for v in vout.tolist():
+                push(code(v / divider))
+        else:
+            for c in self.adc.codes(vout / self.vout_divider).tolist():
+                push(c)
         st = self.stats
-        st.samples += int(times.size)
+        st.samples += n
         lag = self.clock() - float(times[0])
         if lag > st.max_sample_lag:
             st.max_sample_lag = lag
 
     def _catch_up(self, t: float | None = None) -> None:
-        """Take the streamed samples due up to plant time ``t`` (default now)."""
+        """Run the timer IRQs due up to plant time ``t`` (default now): the protection ticks,
+        then the streamed samples (moving the plant to ``t``)."""
         with self.irq_lock:
-            if self._stream is None:
-                return
+            if self._irq_t is not None:
+                return  # inside a tick: the batch around it is being run
             if t is None:
-                t = self._now()
-            due = self._due(t)
-            if due is None:
-                return
-            self._last_plant_t = max(self._last_plant_t, float(due[-1]))
+                t = self.clock()
+            self._run_ticks(t)
+            self._flush_stream(t)
+
+    def _flush_stream(self, t: float) -> None:
+        """Compute and push the streamed samples due up to ``t`` (the plant moves there)."""
+        times = self._stream_due(t)
+        if times is not None:
             start = self._tic()
-            self._push(self.plant.sample(due, presorted=True), due)
+            self._push(self.plant.sample(times, presorted=True), times)
             self._plant_timing(start, "stream")
+
+    def _tick_times(self, t: float) -> np.ndarray | None:
+        """Board times of the protection ticks due up to ``t`` (None if none)."""
+        prot = self._protect
+        if prot is None:
+            return None
+        period, _, t0, k = prot
+        if t0 + period * k > t:
+            return None
+        last = math.floor((t - t0) / period)
+        if t0 + period * last > t:
+            last -= 1
+        return t0 + period * np.arange(k, last + 1)
+
+    def _run_ticks(self, t: float) -> None:
+        """Run the protection ticks due up to ``t`` in order, each at its own instant: one
+        evaluation of the plant, in time order, at them and at the streamed samples due up to
+        ``t``. A tick that changes the drive (a trip: gate off from its instant
+        on) takes the plant back to where the evaluation started; the samples up to it are
+        kept, the later samples and ticks are evaluated again."""
+        if self._irq_t is not None or self._protect is None:
+            return  # a tick is running; no timer
+        while True:
+            ticks = self._tick_times(t)
+            if ticks is None:
+                return
+            due = self._stream_due(t)
+            s_times = due if due is not None else _EMPTY
+            n_s = s_times.size
+            times = np.concatenate((s_times, ticks)) if n_s else ticks
+            order = np.argsort(times, kind="stable") if n_s else None  # samples first
+            plant = self.plant
+            keep = plant.checkpoint()
+            start = self._tic()
+            try:
+                vout = plant.sample(times if order is None else times[order], presorted=True)
+            except BaseException:
+                plant.restore(keep)
+                raise
+            finally:
+                self._plant_timing(start, "protect")
+            if order is not None:
+                values = np.empty(times.size)
+                values[order] = vout
+                vout = values
+            self._tick_keep = (keep, s_times, vout[:n_s])
+            prot = self._protect
+            fn = prot[1]
+            done = 0
+            self._irq_thread = threading.get_ident()
+            self._drive_changed = False
+            try:
+                for tk, v in zip(ticks.tolist(), vout[n_s:].tolist(), strict=True):
+                    self._irq_t = tk
+                    self._tick_vout = v
+                    try:
+                        fn()
+                    finally:
+                        self._irq_t = self._tick_vout = None
+                    done += 1
+                    if self._drive_changed:
+                        break
+            finally:
+                pending, self._tick_keep = self._tick_keep, None
+                self.stats.ticks += done
+                if self._protect is prot:
+                    prot[3] += done
+            if pending is not None:  # no tick went back: the samples are all right
+                self._push(vout[:n_s], s_times)
+            if not self._drive_changed:
+                return

@@ -25,7 +25,7 @@ Command line (``boostsim emulate`` or ``python -m firmware_bridge.emulator``)::
 Board description: the ``[converter]`` table of the TOML config (:meth:`BoostParams.load`, the
 same file the simulator reads) and an optional ``[emulator]`` table (see
 :class:`EmulatorConfig`): ADC noise/offset/gain error, the ADC's non-linearity (the RP2040's
-on request) and timer jitter, single-precision PID arithmetic and its computation time (on by
+by default) and timer jitter, single-precision PID arithmetic and its computation time (on by
 default), the real divider ratios, the PWM timer
 clock, the serial number, firmware config overrides (``[emulator.firmware]``). The firmware
 runs with ``firmware/config.py`` (or ``--firmware-config path/to/config.py``): the PWM frequency
@@ -135,11 +135,11 @@ class EmulatorConfig:
     noise_lsb               ADC noise, codes rms (default 1.0)
     adc_offset_lsb          ADC offset, codes (default 0)
     adc_gain_error          ADC gain error, relative (default 0)
-    adc_dnl                 ADC differential non-linearity: "ideal" (default) or "rp2040"
-                            (the RP2040-E11 wide codes below 512, 1536, 2560, 3584 and the
-                            missing codes, :data:`boostsim.adc_model.RP2040_DNL`: static
-                            errors up to ~6 LSB that the bench's DC comparisons, made for an
-                            ideal ADC, do not allow for)
+    adc_dnl                 ADC differential non-linearity: "rp2040" (default: the
+                            RP2040-E11 wide codes below 512, 1536, 2560, 3584 and the missing
+                            codes, :data:`boostsim.adc_model.RP2040_DNL`, static errors up to
+                            ~6 LSB, which the host driver corrects by default,
+                            ``Board(adc_dnl="rp2040")``) or "ideal"
     adc_jitter              rms delay of each streamed conversion after its timer tick [s]
                             (default 2 us; the host still sees nominal timestamps)
     float32                 the on-board PID computes in single precision, as MicroPython on
@@ -168,7 +168,7 @@ class EmulatorConfig:
     noise_lsb: float = 1.0
     adc_offset_lsb: float = 0.0
     adc_gain_error: float = 0.0
-    adc_dnl: str = "ideal"
+    adc_dnl: str = "rp2040"
     adc_jitter: float = 2e-6
     float32: bool = True
     pid_compute_time: float = 100e-6
@@ -296,15 +296,17 @@ def board_pid_class(float32: bool, compute_time: float) -> type[PID]:
 
 
 def _sleep_overhead() -> float:
-    """How much longer than asked this host's ``time.sleep`` takes [s] (median of a few
-    short sleeps; typically 50-100 us on Linux)."""
+    """How much longer than asked this host's ``time.sleep`` takes at least [s] (the shortest
+    of a few short sleeps; typically 50-70 us on Linux). The least, not the median: on a busy
+    host the median is the scheduler's latency, and an estimate above the time to spend
+    would turn every :func:`_spend` into a busy wait."""
     asked = 10e-6
     taken = []
     for _ in range(15):
         start = time.perf_counter()
         time.sleep(asked)
         taken.append(time.perf_counter() - start - asked)
-    return max(0.0, sorted(taken)[len(taken) // 2])
+    return max(0.0, min(taken))
 
 
 _SLEEP_OVERHEAD: list[float] = []  # measured on first use
@@ -334,6 +336,10 @@ class PtyPort:
 
     def __init__(self, link: str | Path | None = None):
         self.master, self._slave = os.openpty()
+        # A pipe that ends a wait in read() early: the emulator's API wants the board's thread.
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
         tty.setraw(self._slave)  # no echo, no line editing, no CR/LF translation
         attrs = termios.tcgetattr(self._slave)
         attrs[2] &= ~termios.HUPCL
@@ -353,12 +359,25 @@ class PtyPort:
         link.symlink_to(self.path)
         self.link = link
 
+    def wake(self) -> None:
+        """End the present (or the next) wait of :meth:`read` now (any thread)."""
+        with contextlib.suppress(OSError):  # full: a wake-up is pending anyway; or closed
+            os.write(self._wake_w, b"\0")
+
     def read(self, timeout_s: float) -> bytes:
+        """Up to 256 bytes from the host, waiting up to ``timeout_s`` for them (b"" if none
+        came, or :meth:`wake` ended the wait)."""
         try:
-            ready, _, _ = select.select([self.master], [], [], max(timeout_s, 0.0))
+            ready, _, _ = select.select([self.master, self._wake_r], [], [],
+                                        max(timeout_s, 0.0))
         except (OSError, ValueError):
             return b""
-        if not ready:
+        if self._wake_r in ready:
+            with contextlib.suppress(OSError):
+                os.read(self._wake_r, 4096)
+            if self.master not in ready:
+                return b""
+        elif not ready:
             return b""
         try:
             # At most what the Pico's serve loop takes per iteration (hal.serial_read): a
@@ -410,10 +429,10 @@ class PtyPort:
                 if self.link.is_symlink():
                     self.link.unlink()
             self.link = None
-        for fd in (self.master, self._slave):
+        for fd in (self.master, self._slave, self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
                 os.close(fd)
-        self.master = self._slave = -1
+        self.master = self._slave = self._wake_r = self._wake_w = -1
 
 
 class FaultLink:
@@ -473,7 +492,7 @@ class FaultLink:
             out.append(byte)
         return bytes(out)
 
-    def read(self, timeout_ms: int) -> bytes:
+    def read(self, timeout_ms: float) -> bytes:
         if self.on_poll is not None and self.on_poll():
             return b""  # a reset is pending: the old firmware gets no more input
         return self._apply("rx", self.port.read(timeout_ms / 1000.0))
@@ -568,7 +587,8 @@ class Emulator:
                        dnl=ADC_DNL_TABLES[cfg.adc_dnl], jitter_s=cfg.adc_jitter, seed=seed)
         self.hal = EmulatedHAL(fw, self.plant, link=self.link, clock=clock, adc=adc,
                                vout_divider=cfg.vout_divider, vin_divider=cfg.vin_divider,
-                               pwm_clock=cfg.pwm_clock, serial=cfg.serial)
+                               pwm_clock=cfg.pwm_clock, serial=cfg.serial,
+                               idle_until=self._idle_until)
         self._t_start = time.monotonic()
         self._thread = threading.Thread(target=self._main, name="boostsim-emulator",
                                         daemon=True)
@@ -581,6 +601,8 @@ class Emulator:
     def stop(self) -> None:
         """Stop serving and close the pseudo-terminal (idempotent)."""
         self._stop.set()
+        if self._pty is not None:
+            self._pty.wake()
         if self._thread is not None:
             self._thread.join(5.0)
         if self._pty is not None:
@@ -599,6 +621,29 @@ class Emulator:
 
     def _clock(self) -> float:
         return time.monotonic() - self._origin
+
+    def _idle_until(self) -> float:
+        """Board time [s, the plant's clock] before which the firmware's serve loop, given no
+        input, only polls and finds nothing to do (the HAL skips those polls): the on-board
+        PID's next step, the first protection tick at the host-watchdog deadline (its trip
+        report follows at once, as on the Pico), a trip or IRQ fault waiting to be reported,
+        the next scripted fault. Reads the firmware's own state (``device.Device``)."""
+        until = math.inf
+        if self._timeline:
+            until = self._t_start - self._origin + self._timeline[0][0]
+        dev = self.device
+        if dev is None:
+            return until
+        if dev._trip_new or dev._irq_fault:
+            return -math.inf
+        if dev.output:
+            hal = self.hal
+            if dev.pid is not None:
+                until = min(until, hal.boot_time + dev._next_ctrl_us * 1e-6)
+            if dev._wdog_ms > 0:
+                deadline = hal.boot_time + (dev._last_valid_ms + dev._wdog_ms) * 1e-3
+                until = min(until, hal.next_tick(deadline))
+        return until
 
     def _main(self) -> None:
         self._cpu_start = time.thread_time()
@@ -732,6 +777,8 @@ class Emulator:
         box: list = []
         done = threading.Event()
         self._calls.put((fn, box, done))
+        if self._pty is not None:
+            self._pty.wake()  # the serve loop may be waiting for input
         if not done.wait(timeout):
             raise TimeoutError("the emulated board did not run the call in time")
         ok, value = box[0]

@@ -49,10 +49,12 @@ after a large duty step at the default 48 ohm load -- to <= 1e-4 with the defaul
 (~3e-5 with ``trust_v = 0.002 * vin``). Sampled waveforms (ripple included) match the exact
 engine's to microvolts.
 
-**Cost** (``benchmarks/bench_emulator.py``): a steady operating point is a few microseconds per
-firmware read; streaming 20 kHz costs one vectorised evaluation per serve-loop poll; a duty
-step costs one CCM map (~0.1 ms, cached per duty) plus, through DCM, a few engine calls. The
-emulated board keeps real time at 100 kHz with about a quarter to a third of one core.
+**Cost** (``benchmarks/bench_emulator.py``): a firmware read in the period the plant is in is
+a few microseconds (:meth:`Plant.at`, Python floats); streamed samples and protection ticks
+are evaluated in batches (Python floats for a few, vectorised for more); a duty step costs one
+CCM map (~0.1 ms, cached per duty) plus, through DCM, a few engine calls. The emulated board
+keeps real time at 100 kHz with about a tenth of one core (more with the on-board PID at
+1-2 kHz: a firmware step each millisecond).
 
 Why the exact map rather than a cycle-averaged model plus a ripple table: both could meet the
 requirement (``boostsim.averaged.operating_point`` is within ~3e-4 of the exact steady state in
@@ -83,6 +85,7 @@ _CACHE_SIZE = 2048     # cached maps / references per plant
 _BATCH = 32            # start states per engine call (one call costs about as much as one)
 _TABLE_STRIDE = 16     # DCM references sharing one waveform table (16 * trust_v apart at most)
 _MAX_COND = 1e6        # eigenvector condition number above which powers are not closed-form
+_SCALAR_SAMPLES = 4    # samples per chunk evaluated in Python floats (more: vectorised)
 
 
 class PlantStats:
@@ -367,7 +370,11 @@ class _Chunk:
             self._setup_closed()
         if self._closed is not None:
             il, vc = self._power(il0, vc0, js)
-            return np.where(js == 0, il0, il), np.where(js == 0, vc0, vc)
+            if js[0] == 0:  # the start state itself, not its closed-form rounding
+                n0 = int(np.searchsorted(js, 1))
+                il[:n0] = il0
+                vc[:n0] = vc0
+            return il, vc
         il, vc = self.orbit(il0, vc0, top + 1)
         return il[js], vc[js]
 
@@ -550,8 +557,39 @@ class Plant:
         if times.size:
             if not presorted and times.size > 1 and (times[1:] < times[:-1]).any():
                 raise ValueError("sample times must be non-decreasing")
+            if times[0] < self._last_t - 1e-12:
+                raise ValueError(f"time went backwards: {float(times[0])!r} < {self._last_t!r}")
             self._run_to(float(times[-1]), (times, out_v, out_i), current)
         return (out_v, out_i) if current else out_v
+
+    def at(self, t: float, current: bool = False) -> tuple[float, float | None]:
+        """(vout, iL if ``current`` else None) at one time ``t`` (>= every earlier request), as
+        floats: :meth:`sample` for one instant, without arrays when ``t`` falls in the period
+        the plant is in (its waveform is final: a change takes effect at the next boundary)."""
+        cur = self._cur
+        if cur is not None and self._last_t <= t < cur[1]:
+            self._last_t = t
+            self.stats.samples += 1
+            return cur[2].evaluate_at(t - cur[0], self._il, self._vc, current)
+        res = self.sample((t,), current, presorted=True)
+        return (float(res[0][0]), float(res[1][0])) if current else (float(res[0]), None)
+
+    def checkpoint(self) -> dict[str, Any]:
+        """The plant's state (clock, periods, PWM, conditions, pending change) for
+        :meth:`restore`: a caller that evaluated ahead in time (e.g. a batch of timer-IRQ
+        instants) and then learns of a change at an earlier instant goes back to the
+        checkpoint and advances to that instant again. Cheap (a shallow copy); caches are
+        shared (they only hold functions of the parameters)."""
+        state = {k: v for k, v in self.__dict__.items() if k != "stats"}
+        state["stats.periods"] = self.stats.periods
+        return state
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Go back to a :meth:`checkpoint` (later requests may then be earlier than the ones
+        made since). ``stats.periods`` goes back too (it counts the periods the plant moved
+        through); the other counters keep the work done."""
+        self.__dict__.update(state)
+        self.stats.periods = self.__dict__.pop("stats.periods")
 
     def vout(self, t: float) -> float:
         """Output voltage at time ``t``."""
@@ -594,6 +632,7 @@ class Plant:
         self._i_eps = 1e-9 * vin / (self._freq * float(lanes["L"][0]))
         self._trust_v = self._trust_v_opt if self._trust_v_opt is not None else 0.005 * vin
         self._chunk = None
+        self._cur: tuple | None = None  # (start, end, map) of the present period, see at()
 
     def _rest_state(self) -> tuple[float, float]:
         """Steady state with the gate off (or the diode threshold with no load)."""
@@ -627,6 +666,7 @@ class Plant:
             return
         _, change = self._pending
         self._pending = None
+        self._cur = None  # the present period changes
         if "params" in change:
             self._set_params(self._params.replace(**change["params"]))
         if "freq" in change and change["freq"] != self._freq:
@@ -643,6 +683,7 @@ class Plant:
                 self._chunk = None
 
     def _move(self, m: int, il_end: float, vc_end: float) -> None:
+        self._cur = None
         self._k += m
         il_end = float(il_end)
         # A current within rounding of zero is zero: the period starts at rest (otherwise an
@@ -677,32 +718,8 @@ class Plant:
                 else:
                     t_lim = self._t_grid + (self._k + m) / self._freq
                     hi = int(np.searchsorted(times, t_lim, side="left"))
-                if hi == pos + 1:
-                    rel = (float(times[pos]) - self._t_grid) * self._freq - self._k
-                    j = min(max(math.floor(rel), 0), m - 1)
-                    tau = min(max((rel - j) / self._freq, 0.0), 1.0 / self._freq)
-                    il_j, vc_j = chunk.state(il0, vc0, j)
-                    v, i = chunk.evaluate_at(tau, float(il_j), float(vc_j), current)
-                    out_v[pos] = v
-                    if current:
-                        out_i[pos] = i
-                    self.stats.samples += 1
-                    pos = hi
-                elif hi > pos:
-                    rel = (times[pos:hi] - self._t_grid) * self._freq - self._k
-                    j = np.floor(rel).astype(np.int64)
-                    np.maximum(j, 0, out=j)
-                    np.minimum(j, m - 1, out=j)
-                    tau = rel - j
-                    np.maximum(tau, 0.0, out=tau)
-                    np.minimum(tau, 1.0, out=tau)
-                    tau *= 1.0 / self._freq
-                    il_j, vc_j = chunk.states(il0, vc0, j)
-                    v, i = chunk.evaluate(tau, il_j, vc_j, current)
-                    out_v[pos:hi] = v
-                    if current:
-                        out_i[pos:hi] = i
-                    self.stats.samples += hi - pos
+                if hi > pos:
+                    self._evaluate(chunk, il0, vc0, m, times, pos, hi, out_v, out_i)
                     pos = hi
             adv = min(m, n_adv)
             if adv:
@@ -710,8 +727,45 @@ class Plant:
             if ended:
                 self._chunk = None  # the next period needs a new map
             if final and m == n_eval:
+                # The period now entered, and the map valid for it (see at()).
+                t0 = self._t_grid + self._k / self._freq
+                self._cur = (t0, t0 + 1.0 / self._freq, chunk)
                 break
         self._last_t = max(self._last_t, t_end)
+
+    def _evaluate(self, chunk: _Chunk, il0: float, vc0: float, m: int, times: np.ndarray,
+                  pos: int, hi: int, out_v: np.ndarray, out_i: np.ndarray | None) -> None:
+        """vout (and iL) at ``times[pos:hi]``, all in the chunk's periods k .. k+m-1 from
+        (il0, vc0): a few samples in Python floats, more vectorised."""
+        freq, base = self._freq, self._t_grid * self._freq + self._k
+        current = out_i is not None
+        self.stats.samples += hi - pos
+        if hi - pos <= _SCALAR_SAMPLES:
+            for p in range(pos, hi):
+                rel = float(times[p]) * freq - base
+                j = min(max(math.floor(rel), 0), m - 1)
+                tau = min(max(rel - j, 0.0), 1.0) / freq
+                il_j, vc_j = chunk.state(il0, vc0, j)
+                v, i = chunk.evaluate_at(tau, il_j, vc_j, current)
+                out_v[p] = v
+                if current:
+                    out_i[p] = i
+            return
+        rel = times[pos:hi] * freq
+        rel -= base
+        j = rel.astype(np.int64)  # floor: rel >= -rounding (the times are in these periods)
+        beyond = j[-1] >= m
+        if beyond:
+            np.minimum(j, m - 1, out=j)
+        tau = rel - j
+        if beyond or rel[0] < 0.0:  # rounding at either end of the chunk
+            np.clip(tau, 0.0, 1.0, out=tau)
+        tau *= 1.0 / freq
+        il_j, vc_j = chunk.states(il0, vc0, j)
+        v, i = chunk.evaluate(tau, il_j, vc_j, current)
+        out_v[pos:hi] = v
+        if current:
+            out_i[pos:hi] = i
 
     # -- maps ------------------------------------------------------------------------------------
 
@@ -909,13 +963,20 @@ class Plant:
         return build
 
     def _transition_map(self, il: float, vc: float) -> _Chunk:
-        """Local map of one period that is neither CCM nor starts at rest (not cached)."""
+        """Local map of one period that is neither CCM nor starts at rest (cached by its exact
+        start state: a plant taken back to a checkpoint meets the same period again)."""
+        key = ("transition", self._freq, self._duty, il, vc)
+        hit = self._cached(key)
+        if hit is not None:
+            return hit
         self.stats.transitions += 1
         trust_i = (self._trust_i_opt if self._trust_i_opt is not None
                    else 1e-3 * float(self._lanes["vin"][0]) / self._freq
                    / float(self._lanes["L"][0]))
         period = self._reference(np.array([il]), np.array([vc]))
         phi, gamma = self._affine(period, 0, il, vc)
-        return _Chunk("transition", phi, gamma, self._waveform_builder(period, 0, vc),
-                      il_ref=il, vc_ref=vc, trust_i=trust_i, trust_v=self._trust_v,
-                      margins=_box_margins(il, vc, trust_i, self._trust_v))
+        chunk = _Chunk("transition", phi, gamma, self._waveform_builder(period, 0, vc),
+                       il_ref=il, vc_ref=vc, trust_i=trust_i, trust_v=self._trust_v,
+                       margins=_box_margins(il, vc, trust_i, self._trust_v))
+        self._store(key, chunk)
+        return chunk

@@ -72,22 +72,24 @@ class BenchSession:
 
     ``port``: serial port or pyserial URL, None to find the board by USB VID:PID, or one of
     :data:`EMULATOR_PORTS` to start an emulator with ``start_emulator()`` (stopped on exit).
-    ``timeout`` [s], ``max_duty``, ``max_vout`` [V], ``watchdog`` [s], ``retries``: the
-    :class:`~firmware_bridge.board.Board` options. ``clear_trip``: clear a latched OVP or
-    watchdog trip first. ``calibration``: (gain, offset [V]) written with ``CAL:VOUT``.
-    ``note``: progress messages; ``warn``: the warning when the output could not be confirmed
-    off (default: a RuntimeWarning). Board errors propagate (after the output is turned off).
+    ``timeout`` [s], ``max_duty``, ``max_vout`` [V], ``watchdog`` [s], ``retries``,
+    ``adc_dnl``: the :class:`~firmware_bridge.board.Board` options. ``clear_trip``: clear a
+    latched OVP or watchdog trip first. ``calibration``: (gain, offset [V]) written with
+    ``CAL:VOUT``. ``note``: progress messages; ``warn``: the warning when the output could not
+    be confirmed off (default: a RuntimeWarning). Board errors propagate (after the output is
+    turned off).
     """
 
     def __init__(self, port: str | None = None, *, timeout: float = 2.0,
                  max_duty: float | None = None, max_vout: float | None = None,
-                 watchdog: float = 0.0, retries: int = 0, clear_trip: bool = False,
+                 watchdog: float = 0.0, retries: int = 0, adc_dnl: str | None = "rp2040",
+                 clear_trip: bool = False,
                  calibration: tuple[float, float] | None = None,
                  start_emulator: Callable[[], Any] | None = None,
                  note: Reporter = _quiet, warn: Reporter = _warn):
         self.port = port
         self.options = dict(timeout=timeout, max_duty=max_duty, max_vout=max_vout,
-                            watchdog=watchdog, retries=retries)
+                            watchdog=watchdog, retries=retries, adc_dnl=adc_dnl)
         self.clear_trip = clear_trip
         self.calibration = calibration
         self.start_emulator = start_emulator

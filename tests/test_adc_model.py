@@ -108,3 +108,43 @@ def test_imperfect_adcs_take_the_numpy_engine(adc):
     auto, numpy_run, ideal = _run(adc, "auto"), _run(adc, "numpy"), _run(ADC(), "auto")
     np.testing.assert_array_equal(auto.adc_code, numpy_run.adc_code)
     assert np.any(auto.adc_code != ideal.adc_code)
+
+
+def test_dnl_correction_reads_each_code_as_the_middle_of_its_width():
+    t = rp2040(noise_lsb=0.0)
+    x = np.linspace(1.0, 4094.0, 4096 * 20)
+    codes = t.quantize(x)
+    raw = np.abs(codes - x)
+    corrected = np.abs(t.correct(codes) - x)
+    widths = np.diff(t.levels)
+    assert raw.max() > 6  # the spikes' integral non-linearity, uncorrected
+    near = np.zeros_like(x, dtype=bool)
+    for code in (511, 1535, 2559, 3583):
+        near |= (x > t.levels[code - 1]) & (x < t.levels[code])
+        inside = (x > t.levels[code - 1]) & (x < t.levels[code])
+        # Inside a wide code the input is known to half its width, no better.
+        assert corrected[inside].max() == pytest.approx(widths[code - 1] / 2, abs=0.06)
+    assert corrected[~near].max() <= 0.5 + 1e-9  # elsewhere: an ideal ADC's rounding
+    assert raw[~near].max() > 5
+
+
+def test_dnl_correction_of_averaged_readings_and_of_an_ideal_adc():
+    t = rp2040(noise_lsb=0.0)
+    centres = t.centres()
+    # A mean of conversions that took two adjacent codes: their centres, weighted alike.
+    for k, w in ((511, 0.25), (1000, 0.5), (1534, 0.9)):
+        mean = w * k + (1 - w) * (k + 1)
+        assert t.correct(mean) == pytest.approx(w * centres[k] + (1 - w) * centres[k + 1])
+    assert np.isnan(t.correct(np.nan))
+    ideal = AdcTransfer()
+    np.testing.assert_array_equal(ideal.correct([0, 17.25, 4095]), [0, 17.25, 4095])
+    np.testing.assert_array_equal(ideal.centres(), np.arange(4096))
+
+
+def test_dnl_tables_by_name():
+    from boostsim.adc_model import dnl_table
+
+    assert dnl_table("rp2040") is RP2040_DNL
+    assert dnl_table(None) is None and dnl_table("ideal") is None
+    with pytest.raises(ValueError, match="rp2040"):
+        dnl_table("rp2350")

@@ -260,6 +260,26 @@ def test_compiled_quantiser_is_the_same():
     assert np.isnan(kernel.quantize(np.nan, 1250.0, 0.0, 1062.0))
 
 
+def test_the_scalar_pwm_request_is_the_array_model():
+    """rp2040_pwm (one request, the emulated HAL's path, with cached slice and ceiling) gives
+    pwm_output's numbers exactly, across frequencies, duties, limits and clocks."""
+    rng = np.random.default_rng(3)
+    freqs = np.r_[100e3, fw.PWM_FREQ_MIN, fw.PWM_FREQ_MAX, 1907.0, 1908.5,
+                  rng.uniform(fw.PWM_FREQ_MIN, fw.PWM_FREQ_MAX, 40)]
+    duties = np.r_[0.0, 1.0, 0.5, 0.85, 1 / 1250, rng.uniform(0, 1, 60)]
+    for clock in (rp.PWM_CLOCK, 48_000_000):
+        for f in freqs:
+            for limit in (1.0, 0.85, 0.75, 0.3333):
+                want_f, want_d = rp.pwm_output(f, duties, clock, limit)
+                got = [rp.rp2040_pwm(float(f), float(d), clock, limit) for d in duties]
+                assert [g[0] for g in got] == [float(want_f)] * duties.size
+                assert [g[1] for g in got] == want_d.tolist()
+    with pytest.raises(ValueError, match="duty"):
+        rp.rp2040_pwm(100e3, 1.01)
+    with pytest.raises(ValueError, match="frequency"):
+        rp.rp2040_pwm(1.0, 0.5)
+
+
 def test_duty_max_is_a_strict_ceiling():
     """The firmware clamps the duty to its limit, then hal.py rounds but never above the hard
     ceiling: 0.85 of 1250 steps is 1062 steps on the board (0.8496), not 1063."""

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from boostsim import simulate, steady_state
-from boostsim.identify import Excitation, identify, model_vout
+from boostsim.identify import Excitation, _ripple_tables, identify, model_vout
 from boostsim.params import default_board
 from tests.cli_helpers import cli, one_line_error
 
@@ -24,17 +24,19 @@ def _lumped(p) -> float:
     return float(p.r_L) + float(p.r_on)
 
 
-def _synthetic(params, exc: Excitation, duration: float, seed: int = 1):
-    """Instantaneous samples every 51 us (as the board streams), ADC-quantised, with noise."""
+def _synthetic(params, exc: Excitation, duration: float, seed: int = 1, jitter: float = 0.0):
+    """Instantaneous samples every 51 us (as the board streams), ADC-quantised, with noise;
+    each conversion ``jitter`` [s rms] late (half-normal, as a timer interrupt's latency)."""
     ts = 1.0 / exc.frequency
     n = int(duration / ts) + 2
     start = steady_state(params, exc.duty0, points=2)
-    sim = simulate(params, duty=exc.schedule(n), t_end=n * ts, dt=1e-6,
+    sim = simulate(params, duty=exc.schedule(n), t_end=n * ts, dt=1e-7 if jitter else 1e-6,
                    x0=(float(start.il_start), float(start.vc_start)))
     t = 3e-6 + 51e-6 * np.arange(int(duration / 51e-6))
     lsb = 3.3 / 4096 * 115 / 15
     rng = np.random.default_rng(seed)
-    v = np.interp(t, sim.t, sim.vout) + rng.normal(0, lsb, t.size)
+    late = t + np.abs(rng.normal(0.0, jitter, t.size))
+    v = np.interp(late, sim.t, sim.vout) + rng.normal(0, lsb, t.size)
     return t, np.round(v / lsb) * lsb
 
 
@@ -64,6 +66,36 @@ def test_recovers_a_hidden_board_from_a_synthetic_record():
     # The written board is one converter with the fitted values.
     assert res.params.n_lanes == 1 and float(res.params.L) == pytest.approx(res.value["L"])
     assert "L" in res.table() and set(res.as_dict()["parameters"]) == set(res.names)
+
+
+def test_the_ripple_is_averaged_over_the_sampling_jitter():
+    """The modelled ripple at each phase is the mean of the exact waveform over half-normal
+    delays (checked against 400 000 random delays on a 20x finer waveform)."""
+    p = _hidden()
+    sigma = 2e-6  # rms delay [s]: a fifth of the switching period
+    table = _ripple_tables(p, np.array([0.5]), 1, sigma)[0, 0]
+    fine = steady_state(p, 0.5, points=8000)
+    phase_fine = np.linspace(0.0, 1.0, 8001)
+    ripple_fine = np.ravel(fine.vout) - float(fine.vout_mean)
+    delays = np.abs(np.random.default_rng(5).normal(0.0, sigma * p.fsw, 400_000))
+    for i in (0, 37, 150, 201, 333):
+        theta = np.mod(i / (table.size - 1) + delays, 1.0)
+        expected = np.interp(theta, phase_fine, ripple_fine).mean()
+        assert table[i] == pytest.approx(expected, abs=2e-3 * np.ptp(ripple_fine))
+    # and it is not the unjittered ripple (the ESR step is smeared over ~2 us)
+    plain = _ripple_tables(p, np.array([0.5]), 1)[0, 0]
+    assert np.ptp(table) < 0.8 * np.ptp(plain)
+
+
+def test_a_jittered_sampling_instant_leaves_r_C_unbiased():
+    exc = _prbs_excitation()
+    t, v = _synthetic(_hidden(), exc, 0.036, jitter=2e-6)
+    res = identify(default_board(), exc, t, v, vin_measured=5.1, adc_jitter=2e-6)
+    assert res.value["r_C"] == pytest.approx(HIDDEN["r_C"], rel=0.2)
+    lo, hi = res.ci95["r_C"]
+    assert res.determined["r_C"] and lo < HIDDEN["r_C"] < hi
+    assert res.value["L"] == pytest.approx(HIDDEN["L"], rel=0.05)
+    assert res.value["C"] == pytest.approx(HIDDEN["C"], rel=0.05)
 
 
 def test_a_record_without_dynamics_leaves_L_and_C_undetermined():
@@ -138,6 +170,9 @@ def test_bench_identify_recovers_the_hidden_emulated_board(tmp_path, capsys):
     assert fitted["L"]["value_H"] == pytest.approx(HIDDEN["L"], rel=0.05)
     assert fitted["C"]["value_F"] == pytest.approx(HIDDEN["C"], rel=0.05)
     assert fitted["r_series"]["value_ohm"] == pytest.approx(_lumped(_hidden()), rel=0.2)
+    # The emulated conversions are 2 us rms late (half-normal); with that modelled the ESR
+    # comes out within 8 % over seeds 11-13 (it was 37-44 % low when the fit ignored it).
+    assert fitted["r_C"]["value_ohm"] == pytest.approx(HIDDEN["r_C"], rel=0.2)
     assert fitted["L"]["start_H"] == pytest.approx(100e-6)
     written = out.read_text()
     assert "# identified by boostsim bench identify" in written and "95 % interval" in written

@@ -20,6 +20,10 @@ One experiment per module, as PyMeasure keeps procedures, results and plots apar
 * :mod:`.identify`: :func:`measure_identify`, a PRBS duty excitation streamed on the board's
   clock, and :func:`run_identify`, which fits the exact model to it
   (:func:`boostsim.identify.identify`).
+* :mod:`.board_loop`: :func:`~.board_loop.run_board_step`, a setpoint step of the board's own
+  PID (``CONT:MODE PID``), and :func:`~.board_loop.simulate_board_step`, the same loop as the
+  firmware runs it (:mod:`.board_model`: the serve loop's poll jitter, the compute time, the
+  PWM latch, single precision) in the switching simulator, several realisations at once.
 * :mod:`.common`: what they share (the effective RP2040 duty, ramping the output on, holding
   while streaming, outlier rejection); :mod:`.figures`: their figures.
 

@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 
 import numpy as np
 
 from boostsim import simulate, steady_state
+from boostsim.control import ADC, PWM
 from boostsim.params import BoostParams
+from boostsim.pid import PID
 
 from ..board import Board, BoardError
 from ..firmware import config as fw
+from ..rp2040 import PWM_CLOCK
+from .board_model import BoardController, BoardTiming
 from .common import _hold_and_fetch, _streamed, unlocked_rate
-from .live import host_loop_controller
 
 __all__ = ["BoardLoop", "run_board_step", "simulate_board_step"]
 
@@ -75,10 +79,18 @@ def run_board_step(board: Board, loop: BoardLoop, *, pre: float = 0.01, post: fl
 
 
 def simulate_board_step(params: BoostParams, loop: BoardLoop, t: np.ndarray, *,
-                        pre: float = 0.01, seed: int | None = 1) -> np.ndarray:
-    """The same loop in the switching simulator (the firmware's ``CONT_AVG`` conversions per
-    update, the RP2040 PWM), from the steady state at ``v_from`` with the integrator there,
-    the setpoint stepped at t = 0; per-period means of vout [V] at ``t`` [s]."""
+                        pre: float = 0.01, seed: int | None = 1, lanes: int = 1,
+                        timing: BoardTiming | None = None, noise_lsb: float = 1.0,
+                        adc: ADC | None = None) -> np.ndarray:
+    """The same loop in the switching simulator, as the firmware runs it
+    (:class:`~.board_model.BoardController` on the board's :class:`~.board_model.BoardTiming`:
+    the serve loop's poll jitter, the ``CONT_AVG`` conversions, the compute time, the PWM's
+    latch at its counter wrap, single precision), from the steady state at ``v_from`` with
+    the integrator there, the setpoint stepped at t = 0 (at a random phase of the loop's
+    schedule). ``lanes`` independent realisations (``seed``); ``adc``: the board's ADC
+    (default: the firmware's divider and reference, ``noise_lsb`` codes rms). Returns
+    per-period means of vout [V] at ``t`` [s]: shape (t.size,) for one lane, else (lanes,
+    t.size)."""
     duties = np.linspace(0.02, fw.DUTY_LIMIT_DEFAULT, 150)
     curve = steady_state(params, duties, points=2).vout_mean
     if not curve.min() <= loop.v_from <= curve.max():
@@ -86,13 +98,36 @@ def simulate_board_step(params: BoostParams, loop: BoardLoop, t: np.ndarray, *,
                          f"loop ({curve.min():.3g} .. {curve.max():.3g} V)")
     d_from = float(np.interp(loop.v_from, curve, duties))
     start = steady_state(params, d_from, points=2)
-    ctrl, every, _ = host_loop_controller(params, kp=loop.kp, ki=loop.ki, kd=loop.kd,
-                                          rate=loop.rate, average=fw.CONT_AVG, seed=seed,
-                                          initial_duty=d_from)
+    if adc is None:
+        adc = ADC(bits=round(math.log2(fw.ADC_FULL_SCALE)), vref=fw.ADC_VREF,
+                  divider=fw.VOUT_DIVIDER,
+                  noise_rms=noise_lsb * fw.ADC_VREF / fw.ADC_FULL_SCALE)
+    pwm = PWM(timer_clock=PWM_CLOCK, duty_min=0.0, duty_max=fw.DUTY_LIMIT_DEFAULT)
+    pid = PID(loop.kp, loop.ki, loop.kd, 1.0 / loop.rate, 0.0, fw.DUTY_LIMIT_DEFAULT)
+    ctrl = BoardController(pid, timing=timing, adc=adc, pwm=pwm, initial_duty=d_from,
+                           lanes=lanes, seed=seed)
     ts = 1.0 / float(params.fsw)
     t = np.asarray(t, dtype=float)
     sim = simulate(params, controller=ctrl, vref=[(0, loop.v_from), (pre, loop.v_to)],
-                   t_end=pre + max(float(t[-1]), ts), dt=ts * every,
+                   t_end=pre + max(float(t[-1]), ts), dt=ts * ctrl.every,
                    x0=(float(start.il_start), float(start.vc_start)))
     means = sim.period_means()
-    return np.interp(t, np.ravel(means["t_start"]) + 0.5 * ts - pre, np.ravel(means["vout"]))
+    t_mid = np.ravel(np.atleast_2d(means["t_start"])[0]) + 0.5 * ts - pre
+    out = np.stack([np.interp(t, t_mid, row) for row in np.atleast_2d(means["vout"])])
+    return out[0] if lanes == 1 else out
+
+
+def step_figures(t: np.ndarray, vout: np.ndarray, loop: BoardLoop, *, smooth: int = 40
+                 ) -> np.ndarray:
+    """Overshoot [%] and 2 % settling time [s] of setpoint steps ``vout`` [V] at ``t`` [s]
+    from the step (one step, or one per row), each after a ``smooth``-sample moving mean (the
+    ripple and the ADC noise out). Returns shape (2,) or (steps, 2)."""
+    from boostsim.analysis import step_response
+
+    from .common import _smooth
+
+    rows = np.atleast_2d(np.asarray(vout, dtype=float))
+    out = np.array([(m.overshoot, m.settling_time) for m in (
+        step_response(t, _smooth(row, smooth), 0.0, reference=loop.v_to, kind="reference")
+        for row in rows)])
+    return out[0] if np.ndim(vout) == 1 else out

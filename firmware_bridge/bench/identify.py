@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from boostsim.adc_model import RP2040_ADC_JITTER
 from boostsim.identify import Excitation, Identification, identify, model_vout
 from boostsim.params import BoostParams
 
@@ -172,10 +173,12 @@ def predicted_peak(params: BoostParams, duty0: float, amplitude: float, *, bit: 
 
 
 def run_identify(board: Board, params: BoostParams, duty0: float, amplitude: float = 0.04, *,
-                 fit: Any = None, margin: float = 0.5, report: Reporter = _quiet,
-                 **measure: Any) -> tuple[IdentifyRecord, Identification]:
+                 fit: Any = None, margin: float = 0.5, adc_jitter: float = RP2040_ADC_JITTER,
+                 report: Reporter = _quiet, **measure: Any
+                 ) -> tuple[IdentifyRecord, Identification]:
     """:func:`measure_identify` on ``board``, then :func:`boostsim.identify.identify` from
-    ``params`` (the starting board). Before anything is switched on, the excitation is
+    ``params`` (the starting board), the board's sampling ``adc_jitter`` [s rms] modelled
+    (0 for an ideal sampling instant). Before anything is switched on, the excitation is
     simulated on ``params``: if its peak plus ``margin`` times the swing reaches the board's
     ``max_vout``, ValueError (the real board may ring harder than the model)."""
     if params.n_lanes != 1:
@@ -192,5 +195,5 @@ def run_identify(board: Board, params: BoostParams, duty0: float, amplitude: flo
     record = measure_identify(board, duty0, amplitude, report=report, **measure)
     kw = {} if fit is None else {"fit": fit}
     result = identify(params, record.excitation, record.t, record.vout,
-                      vin_measured=record.vin, **kw)
+                      vin_measured=record.vin, adc_jitter=adc_jitter, **kw)
     return record, result

@@ -193,9 +193,10 @@ def run_live(board: Board, *, vref: float, kp: float, ki: float, kd: float = 0.0
                 next_tick += ts
                 continue
             consecutive = 0
+            y = board.correct_vout(y)
             if y_prev is not None and abs(y - y_prev) > jump:
                 # A corrupted digit can still parse as a number: confirm a large jump.
-                y = board.query("MEAS:VOLT?")
+                y = board.correct_vout(board.query("MEAS:VOLT?"))
             y_prev = y
             t_meas = perf()
             if not on:

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..args import _duty_value, _Formatter, _int_at_least, _positive, _positive_time
+from ...adc_model import RP2040_ADC_JITTER
+from ..args import _duty_value, _finite, _Formatter, _int_at_least, _positive, _positive_time
 from ..context import CliError, Context, _UsageError
 from ..format import _PLOT_KINDS, _check_writable, _write_plot
 from .session import BenchParents, _BenchSession, bench_board
@@ -20,7 +21,9 @@ L, C, r_series = r_L + r_on (split in the configured ratio), r_C and vin, with 9
 values the record cannot separate are flagged NOT DETERMINED, with the combination that is
 determined. With --max-vout the excitation is simulated first and refused if it could come
 near the limit. --out gets the whole board file ([converter] fitted, other tables kept) with
-the uncertainties in a comment block: 'boostsim tune --config FILE' designs for it.
+the uncertainties in a comment block: 'boostsim tune --config FILE' designs for it. The fit
+models the sampling instant's jitter (--adc-jitter, a Pico's 2 us rms by default), which smears
+the ESR's step at each switching edge: left out, r_C comes out low with a confident interval.
 
 examples:
   boostsim bench identify --port /dev/ttyACM0 --out fitted.toml --plot fit.png --max-vout 14
@@ -51,6 +54,11 @@ def register(bsub, p: BenchParents) -> None:
                    help="PRBS of 2^N - 1 bits (3..7, default 3)")
     g.add_argument("--rate", type=_positive("--rate", "Hz"), default=20e3, metavar="HZ",
                    help="streaming sample rate (default 20k, at most 20k)")
+    g.add_argument("--adc-jitter", type=_finite("--adc-jitter", "time", "s", positive=False),
+                   default=RP2040_ADC_JITTER, metavar="TIME",
+                   help="rms delay of each conversion after its timer tick, modelled in the "
+                        "fit (default 2u, a Pico's; 0: exact instants). Left out, it biases "
+                        "r_C low")
     g.add_argument("--force", action="store_true", help="overwrite an existing --out file")
     q.set_defaults(func=cmd_bench_identify)
 
@@ -87,7 +95,8 @@ def cmd_bench_identify(ctx: Context) -> int:
         meta = session.metadata()
         try:
             record, result = bench.run_identify(board, params, a.duty, a.amplitude, bit=a.bit,
-                                                order=a.order, rate=a.rate, report=ctx.warn)
+                                                order=a.order, rate=a.rate,
+                                                adc_jitter=a.adc_jitter, report=ctx.warn)
         except ValueError as exc:
             raise CliError(str(exc)) from None
     vin = f"{record.vin:.4g} V measured" if record.vin is not None else "not measured"

@@ -50,6 +50,9 @@ def connection_options() -> argparse.ArgumentParser:
                    help="retries of a garbled or missing answer (default 2)")
     g.add_argument("--clear-trip", action="store_true",
                    help="clear a latched OVP/watchdog trip before starting")
+    g.add_argument("--adc-dnl", choices=("rp2040", "ideal"), default="rp2040",
+                   help="ADC non-linearity the readings are corrected for (default rp2040: "
+                        "the Pico's errata table; ideal: none)")
     return common
 
 
@@ -101,7 +104,8 @@ class _BenchSession:
 
         self.session = BenchSession(
             a.port, timeout=a.timeout, max_duty=a.max_duty, max_vout=a.max_vout,
-            watchdog=a.watchdog, retries=a.retries, clear_trip=a.clear_trip,
+            watchdog=a.watchdog, retries=a.retries, adc_dnl=a.adc_dnl,
+            clear_trip=a.clear_trip,
             calibration=calibration, start_emulator=start_emulator, note=ctx.note,
             warn=ctx.warn)
 

@@ -1,0 +1,242 @@
+"""The on-board PID loop (``CONT:MODE PID``) as the firmware really runs it, as a controller
+for :func:`boostsim.simulate`: when it samples, what it averages, when its duty takes effect.
+
+What ``firmware/device.py`` does on the board (and the emulator, which runs the same code):
+
+* The PID is not driven by a timer: the serve loop calls ``Device.poll`` between serial reads
+  (``hal.serial_read(POLL_MS)`` waits up to ``POLL_MS`` for input), and ``poll`` runs a control
+  step when its due time has come. Due times follow a fixed grid ``1 / CONT:RATE`` apart (a
+  step more than one period late restarts the grid from now), so each step samples *after* its
+  due time, by up to one poll period: the control intervals jitter by up to ``+-poll``. On a
+  loop whose plant rings within a control period, that jitter changes the step response
+  (the overshoot of a 30 Hz crossover at 500 Hz rises by a quarter); the phase of the step
+  within the grid is arbitrary.
+* The step reads ``CONT_AVG`` conversions back to back (``spacing`` apart) at whatever phase
+  of the switching period the poll fell on (the PWM and the serve loop are not locked),
+  averages the codes, converts them with the nominal divider and reference, and updates
+  :class:`boostsim.pid.PID` (``ts = 1 / rate`` whatever the real interval was), in
+  single precision on the RP2040 (MicroPython's floats).
+* The duty is written ``compute`` seconds after the sample (the conversions and the PID
+  update in MicroPython; the emulator's ``pid_compute_time``); the RP2040 PWM latches a new
+  compare level at its counter wrap, so it applies from the next switching period on,
+  quantised and limited as :class:`boostsim.control.PWM` models.
+
+:class:`BoardTiming` holds these figures (all of them a real board has too: the firmware's
+``POLL_MS``, ``CONT_AVG``, its compute time and float width); :class:`BoardController` is
+:class:`boostsim.control.DigitalController`'s ADC, PID and PWM run on that schedule, every
+lane an independent realisation of the jitter and the noise (so several lanes give the
+spread and the mean of the board's step). Its timing resolution is ``resolution`` switching
+periods (the simulator calls it that often; the numpy engine runs it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+
+from boostsim.control import ADC, PWM, ControlLog, DigitalController, Reference
+from boostsim.pid import PID
+
+from ..firmware import config as fw
+
+__all__ = ["BoardController", "BoardTiming"]
+
+
+@dataclasses.dataclass(frozen=True)
+class BoardTiming:
+    """When the board's PID samples and acts (see the module docstring).
+
+    poll [s]: the serve loop's poll period (``POLL_MS``): a control step runs up to this long
+    after its due time (uniformly distributed). compute [s]: from the step's ADC sample to its
+    PWM write (the emulator's ``pid_compute_time``). average: conversions per step
+    (``CONT_AVG``); spacing [s]: between them. float32: the PID computes in single precision
+    (MicroPython on the RP2040). resolution: the model's time step in switching periods (the
+    sample instants and the PWM write are resolved to it; 10 = 100 us at 100 kHz).
+    delays, latencies [s]: measured control-step delays after their due time and sample-to-PWM
+    times (e.g. logged on a board); when given, each step draws from them (with replacement)
+    instead of ``uniform(0, poll)`` and ``compute``.
+    """
+
+    poll: float = fw.POLL_MS * 1e-3
+    compute: float = 100e-6
+    average: int = fw.CONT_AVG
+    spacing: float = 2e-6
+    float32: bool = True
+    resolution: int = 10
+    delays: tuple[float, ...] = ()
+    latencies: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("poll", "compute", "spacing"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"BoardTiming {name} must be a finite time >= 0 [s], got "
+                                 f"{value!r}")
+        for name in ("delays", "latencies"):
+            values = tuple(float(v) for v in getattr(self, name))
+            if not all(math.isfinite(v) and v >= 0 for v in values):
+                raise ValueError(f"BoardTiming {name} must be finite times >= 0 [s]")
+            object.__setattr__(self, name, values)
+        for name in ("average", "resolution"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+                raise ValueError(f"BoardTiming {name} must be an integer >= 1, got {value!r}")
+        if not isinstance(self.float32, bool):
+            raise ValueError(f"BoardTiming float32 must be True or False, got "
+                             f"{self.float32!r}")
+
+
+def _board_pid(template: PID, float32: bool) -> PID:
+    """A fresh PID with the template's settings, every number single precision if asked
+    (NumPy 2 keeps float32 arithmetic with Python floats, as the RP2040's floats round)."""
+    num = np.float32 if float32 else float
+    kw: dict[str, Any] = {"tf": num(template.tf), "anti_windup": template.anti_windup}
+    if template.anti_windup == "backcalc":
+        kw["kt"] = num(template.kt)
+    if template.setpoint_rate is not None:
+        kw["setpoint_rate"] = num(template.setpoint_rate)
+    return type(template)(num(template.kp), num(template.ki), num(template.kd), num(template.ts),
+                          num(template.out_min), num(template.out_max), **kw)
+
+
+class BoardController(DigitalController):
+    """The board's PID loop on the board's schedule (:class:`BoardTiming`), ``lanes``
+    independent realisations of it (one PID each, every lane its own jitter and noise).
+
+    ``pid``: the settings the board runs (``ts = 1 / CONT:RATE``; scalar gains); ``adc``: the
+    board's ADC (its ``oversample``, ``spacing`` and ``sample_at`` are replaced by the timing's);
+    ``pwm``: the RP2040 slice; ``initial_duty``: the duty (and the integral) at t = 0; ``seed``:
+    the jitter's and the noise's generator. Simulate with a scalar board or one lane per
+    realisation. :meth:`log` gives one row per control step of each lane (NaN-padded).
+    """
+
+    def __init__(self, pid: PID, *, timing: BoardTiming | None = None, vref: Any = None,
+                 adc: ADC | None = None, pwm: PWM | None = None, initial_duty: float = 0.0,
+                 lanes: int = 1, seed: int | None = 0):
+        timing = timing or BoardTiming()
+        if any(np.ndim(getattr(pid, name)) for name in ("kp", "ki", "kd", "ts")):
+            raise ValueError("the board runs one PID: give scalar gains (lanes are "
+                             "realisations of its timing, not different loops)")
+        if not (isinstance(lanes, int) and lanes >= 1):
+            raise ValueError(f"lanes must be an integer >= 1, got {lanes!r}")
+        adc = dataclasses.replace(adc or ADC(), oversample=timing.average,
+                                  spacing=timing.spacing, sample_at=0.0, seed=seed)
+        super().__init__(pid, vref=vref, adc=adc, pwm=pwm, every=timing.resolution,
+                         initial_duty=initial_duty)
+        self.timing = timing
+        self.lanes = lanes
+        self._pids: list[PID] = []
+
+    @property
+    def n_lanes(self) -> int:
+        return max(self.lanes, super().n_lanes)
+
+    def start(self, lanes: dict[str, np.ndarray], vref: Any = None) -> None:
+        """Prepare a simulation (called by ``simulate``): every lane's PID reset to the
+        initial duty, its due grid at a random phase, its first sample drawn."""
+        if vref is not None:
+            self.reference = Reference(vref)
+        if self.reference is None:
+            raise ValueError("the controller needs a reference: pass vref=... to simulate()")
+        fsw = lanes["fsw"]
+        n = fsw.size
+        if n != self.n_lanes and self.n_lanes > 1:
+            raise ValueError(f"{self.n_lanes} realisations but {n} lanes simulated")
+        self._fsw = fsw
+        self._Ts = 1.0 / fsw
+        self._quantize = self.pwm.quantizer(fsw)
+        self._rng = np.random.default_rng(self.adc.seed)
+        self._rows = []
+        self._duty = self._quantize(np.full(n, self.initial_duty))
+        self._pids = [_board_pid(self.pid, self.timing.float32) for _ in range(n)]
+        for lane, pid in enumerate(self._pids):
+            pid.reset(output=float(self._duty[lane]))
+        period = float(self.pid.ts)
+        self._period = period
+        self._due = self._rng.uniform(0.0, period, n)
+        self._sample_t = self._due + self._delay(n)
+        self._pending: list[tuple[float, int, float]] = []  # (apply at [s], lane, duty)
+        self._lane_rows: list[list[tuple]] = [[] for _ in range(n)]
+
+    def __call__(self, k: int, t_start: np.ndarray, view) -> np.ndarray:
+        if self._duty is None or not self._pids:
+            raise RuntimeError("BoardController.start() was not called; pass the controller "
+                               "to boostsim.simulate")
+        t0 = np.broadcast_to(np.asarray(t_start, dtype=float), self._Ts.shape)
+        if view is not None:
+            lanes = np.flatnonzero(self._sample_t < t0)
+            if lanes.size:
+                self._steps(lanes, t0, view)
+        if self._pending:  # duties written by now: the PWM latches them at this wrap
+            keep = []
+            duty = self._duty.copy()
+            for item in self._pending:
+                if item[0] <= t0[item[1]] + 1e-9 * self._Ts[item[1]]:
+                    duty[item[1]] = item[2]
+                else:
+                    keep.append(item)
+            self._pending = keep
+            self._duty = duty
+        return self._duty
+
+    def _delay(self, n: int) -> np.ndarray:
+        """Delays [s] of ``n`` control steps after their due times."""
+        delays = self.timing.delays
+        if delays:
+            return np.asarray(delays)[self._rng.integers(len(delays), size=n)]
+        return self._rng.uniform(0.0, self.timing.poll, n)
+
+    def _steps(self, lanes: np.ndarray, t0: np.ndarray, view) -> None:
+        """Control steps of ``lanes``, due in the period just ended (``view``): sampled at the
+        phase of their sample instant within it, the duty written ``compute`` later."""
+        Ts = self._Ts
+        timing = self.timing
+        phase = np.mod(self._sample_t, Ts)
+        offsets = np.arange(timing.average) * timing.spacing
+        instants = np.clip(phase[None, :] + offsets[:, None], 0.0, Ts * (1 - 1e-12))
+        vout = np.stack([view.sample(tau)[2] for tau in instants])
+        codes = self.adc.codes(vout, self._rng).mean(axis=0)
+        measured = self.adc.volts(codes)
+        t_sample = t0 - Ts + phase  # the sample instant, resolved to the period just ended
+        setpoint = np.broadcast_to(self.reference(t_sample), Ts.shape)
+        num = np.float32 if timing.float32 else float
+        commands = np.full(Ts.size, np.nan)
+        for lane in lanes.tolist():
+            commands[lane] = float(self._pids[lane].update(num(setpoint[lane]),
+                                                           num(measured[lane])))
+        duties = self._quantize(commands)
+        for lane in lanes.tolist():
+            pid = self._pids[lane]
+            compute = (timing.compute if not timing.latencies
+                       else timing.latencies[self._rng.integers(len(timing.latencies))])
+            wrap = math.ceil((t_sample[lane] + compute) / Ts[lane] - 1e-9) * Ts[lane]
+            self._pending.append((wrap, lane, float(duties[lane])))
+            self._lane_rows[lane].append((wrap, t_sample[lane], float(pid.ramped_setpoint),
+                                          codes[lane], measured[lane], float(pid.integral),
+                                          commands[lane], duties[lane]))
+            now = self._sample_t[lane]
+            due = self._due[lane] + self._period
+            if due <= now:  # device.py: more than a period late restarts the grid
+                due = now + self._period
+            self._due[lane] = due
+            self._sample_t[lane] = due + self._delay(1)[0]
+
+    def log(self) -> ControlLog:
+        """One row per control step of each lane (lanes with fewer steps padded with NaN);
+        ``t`` is the sample instant, ``period`` the switching period the duty applies from."""
+        if not any(self._lane_rows):
+            raise ValueError("the controller has not run yet")
+        n = len(self._lane_rows)
+        m = max(len(rows) for rows in self._lane_rows)
+        table = np.full((8, m, n), np.nan)
+        for lane, rows in enumerate(self._lane_rows):
+            if rows:
+                table[:, :len(rows), lane] = np.array(rows, dtype=float).T
+        apply, t, setpoint, codes, measured, integral, command, duty = table
+        period = np.where(np.isnan(apply), -1, np.rint(apply * self._fsw)).astype(int)
+        return ControlLog(period=period, t=t, setpoint=setpoint, adc_code=codes,
+                          measured=measured, error=setpoint - measured, integral=integral,
+                          duty_command=command, duty=duty)
