@@ -36,11 +36,13 @@ from .kernel import (
     L_COMMAND,
     L_DUTY,
     L_INTEGRAL,
-    L_MEASURED,
     L_SETPOINT,
+    NOISE_BLOCK,
     S_INTEGRAL,
     S_SP,
     adc_code,
+    fill_noise,
+    lane_noise_start,
     pid_update,
     quantize,
     reference,
@@ -80,10 +82,11 @@ CONSTANT, SCHEDULE, CONTROLLER = 0, 1, 2
 
 
 @_jit(_nrt=False)
-def adc_reading(circuits, pieces, count, d_prev, d, Ts, adc, offsets, noise, draw, table):
+def adc_reading(circuits, pieces, count, d_prev, d, Ts, adc, offsets, noise, first, table):
     """The averaged ADC code of one control step, sampled from the period held in ``pieces``
     (duty ``d``, after ``d_prev``) at DigitalController's instants, each the average centred
-    on it (AveragedView.sample); ``noise[draw]`` this step's unit draws."""
+    on it (AveragedView.sample); conversion o adds the unit noise draw ``noise[first + o]``
+    (boostsim.kernel.adc_reading)."""
     n_os = offsets.size
     total = 0.0
     for o in range(n_os):
@@ -94,7 +97,7 @@ def adc_reading(circuits, pieces, count, d_prev, d, Ts, adc, offsets, noise, dra
             tau = centre if n_os == 1 else min(max(centre + offsets[o], 0.0), Ts * (1 - 1e-12))
         vout = av._sample_scalar(circuits, pieces, count, tau + 0.5 * Ts, d_prev, d, Ts,
                                  table)[2]
-        total += adc_code(adc, vout, noise[draw, o])
+        total += adc_code(adc, vout, noise[first + o])
     return total if n_os == 1 else total / n_os
 
 
@@ -112,7 +115,7 @@ def record_grid(circuits, pieces, count, t0, Ts, d_prev, d, dt, n_t, final, wave
 
 @_jit()
 def run_lane(j, tab, times, Ts_lanes, il0, vc0, d_first, n_periods, dt, n_t, duty_mode, duties,
-             every, pid_par, pid_st, use_ramp, backcalc, adc, offsets, noise, pwm, ref_times,
+             every, pid_par, pid_st, use_ramp, backcalc, adc, offsets, noise_key, pwm, ref_times,
              ref_values, ref_per_step, rec, vout0, wave, log):
     """Simulate lane j for ``n_periods`` periods (see :func:`run_lanes`)."""
     Ts = Ts_lanes[j]
@@ -120,7 +123,9 @@ def run_lane(j, tab, times, Ts_lanes, il0, vc0, d_first, n_periods, dt, n_t, dut
     times_j = times[j].copy()
     buffers = np.empty((2, av._PW * (times_j.size + 3)))
     table = np.full((av._STEP_SLOTS, 6), np.nan)  # phi1 coefficients (see av._step_scalar)
-    par, st, noise_j = pid_par[j].copy(), pid_st[j].copy(), noise[j].copy()
+    par, st = pid_par[j].copy(), pid_st[j].copy()
+    noise_start = lane_noise_start(noise_key, j)  # the ADC noise, a block of steps at a time
+    noise = np.zeros(NOISE_BLOCK * offsets.size)
     i, v = il0[j], vc0[j]
     d = duties[0, j]
     dp = d_first[j]
@@ -132,9 +137,11 @@ def run_lane(j, tab, times, Ts_lanes, il0, vc0, d_first, n_periods, dt, n_t, dut
         if duty_mode == SCHEDULE:
             d = duties[k, j]
         elif duty_mode == CONTROLLER and k > 0 and k % every == 0:
-            draw = step if adc[A_NOISE] > 0 else 0
+            b = step % NOISE_BLOCK
+            if b == 0 and adc[A_NOISE] > 0:
+                fill_noise(noise, noise_start, step * offsets.size)
             code = adc_reading(circuits, buffers[1 - cur], prev_count, prev_dp, d, Ts, adc,
-                               offsets, noise_j, draw, table)
+                               offsets, noise, b * offsets.size, table)
             measured = code * adc[A_VOLTS_PER_CODE]
             setpoint = reference(ref_times, ref_values, ref_per_step, j, t0, step)
             command = pid_update(par, st, use_ramp, backcalc, setpoint, measured)
@@ -142,7 +149,6 @@ def run_lane(j, tab, times, Ts_lanes, il0, vc0, d_first, n_periods, dt, n_t, dut
             if log.shape[2] > 0:
                 log[L_SETPOINT, j, step] = st[S_SP]
                 log[L_CODE, j, step] = code
-                log[L_MEASURED, j, step] = measured
                 log[L_INTEGRAL, j, step] = st[S_INTEGRAL]
                 log[L_COMMAND, j, step] = command
                 log[L_DUTY, j, step] = d
@@ -175,7 +181,7 @@ def run_lane(j, tab, times, Ts_lanes, il0, vc0, d_first, n_periods, dt, n_t, dut
 
 @_jit()
 def run_lanes(tab, times, Ts, il0, vc0, d_first, n_periods, dt, n_t, duty_mode, duties, every,
-              pid_par, pid_st, use_ramp, backcalc, adc, offsets, noise, pwm, ref_times,
+              pid_par, pid_st, use_ramp, backcalc, adc, offsets, noise_key, pwm, ref_times,
               ref_values, ref_per_step, rec, vout0, wave, log, bad):
     """Simulate every lane for ``n_periods`` periods, one after the other.
 
@@ -187,21 +193,24 @@ def run_lanes(tab, times, Ts, il0, vc0, d_first, n_periods, dt, n_t, duty_mode, 
     (``duties[0, j]`` its initial duty, receiving the last; PID, ADC, PWM and reference as
     boostsim.fastloop.controller_arrays prepares them). Outputs: ``rec`` (8, lanes, periods),
     ``vout0`` (lanes,), ``wave`` (3, lanes, n_t) if ``n_t`` > 0 (else the caller fills the
-    grid from the records), ``log`` (6, lanes, steps) if it has columns, ``bad`` (lanes,) the
-    period whose controller duty was outside [0, 1) (-1: none).
+    grid from the records), ``log`` (boostsim.kernel.N_LOG, lanes, steps) if it has columns,
+    ``bad`` (lanes,) the period whose controller duty was outside [0, 1) (-1: none). The ADC
+    noise comes from ``noise_key`` (boostsim.lanenoise), as in boostsim.kernel.
     """
     for j in range(Ts.size):
         bad[j] = run_lane(j, tab, times, Ts, il0, vc0, d_first, n_periods, dt, n_t, duty_mode,
                           duties, every, pid_par, pid_st, use_ramp, backcalc, adc, offsets,
-                          noise, pwm, ref_times, ref_values, ref_per_step, rec, vout0, wave, log)
+                          noise_key, pwm, ref_times, ref_values, ref_per_step, rec, vout0, wave,
+                          log)
 
 
 @_jit(parallel=True)
 def run_lanes_parallel(tab, times, Ts, il0, vc0, d_first, n_periods, dt, n_t, duty_mode,
-                       duties, every, pid_par, pid_st, use_ramp, backcalc, adc, offsets, noise,
+                       duties, every, pid_par, pid_st, use_ramp, backcalc, adc, offsets, noise_key,
                        pwm, ref_times, ref_values, ref_per_step, rec, vout0, wave, log, bad):
     """:func:`run_lanes` with the lanes shared out over the cores."""
     for j in prange(Ts.size):
         bad[j] = run_lane(j, tab, times, Ts, il0, vc0, d_first, n_periods, dt, n_t, duty_mode,
                           duties, every, pid_par, pid_st, use_ramp, backcalc, adc, offsets,
-                          noise, pwm, ref_times, ref_values, ref_per_step, rec, vout0, wave, log)
+                          noise_key, pwm, ref_times, ref_values, ref_per_step, rec, vout0, wave,
+                          log)

@@ -68,7 +68,7 @@ def run(drive: Drive, steps: Sequence[Step], d_prev: np.ndarray | None, grid: _G
         a = fastloop.controller_arrays(controller, n, drive.Ts, n_periods, log=True)
         duties = np.array(controller._duty, dtype=float).reshape(1, n)
         kernel(*common, k.CONTROLLER, duties, a["every"], a["par"], a["st"], a["use_ramp"],
-               a["backcalc"], a["adc"], a["offsets"], a["noise"], a["pwm"], a["ref_times"],
+               a["backcalc"], a["adc"], a["offsets"], a["noise_key"], a["pwm"], a["ref_times"],
                a["ref_values"], a["per_step"], rec, vout0, wave, a["log"], bad)
         if np.any(bad >= 0):
             period = int(bad[bad >= 0].min())

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from .adc_model import AdcTransfer
+from .lanenoise import noise_key, unit_normals
 from .pid import PID
 from .rp2040 import PWM_CLOCK, capped_u16, compare_level, slice_setup
 
@@ -95,8 +96,12 @@ class ADC:
 
     ``divider`` is vout / v_pin; codes are ``round(v_pin * (1 + gain_error) / vref * 2^bits +
     offset_codes)`` plus Gaussian noise of ``noise_rms`` volts at the pin, clipped to the code
-    range. ``sample_at`` is the sampling instant as a fraction of the on-time ("mid_on" = 0.5 of
-    the on-time) or, as a float in [0, 1), of the switching period. ``oversample`` conversions
+    range. Under :class:`DigitalController` the noise of lane j's conversion o at control step
+    s is draw ``s * oversample + o`` of lane j in :mod:`boostsim.lanenoise` under the key of
+    ``seed`` (None: a fresh key at every start): the same on the numpy and compiled engines,
+    and independent of the other lanes. ``sample_at`` is the sampling instant as a fraction of
+    the on-time ("mid_on" = 0.5 of the on-time) or, as a float in [0, 1), of the switching
+    period. ``oversample`` conversions
     ``spacing`` seconds apart (centred on the instant) are averaged. The reading is converted
     back to volts with the nominal divider and reference (errors are what calibration fixes).
 
@@ -181,11 +186,16 @@ class ADC:
             instants = instants + rng.normal(0.0, self.jitter, size=instants.shape)
         return np.clip(instants, 0.0, Ts * (1 - 1e-12))
 
-    def codes(self, vout: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Integer codes for output voltages ``vout`` (any shape)."""
+    def codes(self, vout: np.ndarray, rng: np.random.Generator | None,
+              noise: np.ndarray | None = None) -> np.ndarray:
+        """Integer codes for output voltages ``vout`` (any shape); the noise is ``noise_rms``
+        times ``noise`` (unit draws, vout's shape) if given, else drawn from ``rng``."""
         v_pin = np.asarray(vout, dtype=float) / self.divider
         if self.noise_rms > 0:
-            v_pin = v_pin + rng.normal(0.0, self.noise_rms, size=v_pin.shape)
+            if noise is not None:
+                v_pin = v_pin + self.noise_rms * noise
+            else:
+                v_pin = v_pin + rng.normal(0.0, self.noise_rms, size=v_pin.shape)
         transfer = self._transfer
         return transfer.quantize(transfer.position(v_pin))
 
@@ -275,9 +285,13 @@ class DigitalController:
         self.every = every
         self.initial_duty = initial_duty
         self.reference = Reference(vref) if vref is not None else None
-        self._rng = np.random.default_rng(self.adc.seed)
+        self._rng = np.random.default_rng(self.adc.seed)  # sampling jitter
+        self._noise_key = 0
+        self._step = 0  # control steps taken since start()
+        self._noise_block: tuple[int, np.ndarray] | None = None
         self._rows: list[tuple] = []
-        self._compiled_log: ControlLog | None = None
+        # The compiled engine's log, or the function that builds it when first asked for.
+        self._compiled_log: ControlLog | Callable[[], ControlLog] | None = None
         self._duty: np.ndarray | None = None
         self._fsw: np.ndarray | None = None
 
@@ -307,6 +321,9 @@ class DigitalController:
         self._Ts = 1.0 / fsw
         self._quantize = self.pwm.quantizer(fsw)
         self._rng = np.random.default_rng(self.adc.seed)
+        self._noise_key = noise_key(self.adc.seed)
+        self._step = 0
+        self._noise_block = None
         self._rows = []
         self._compiled_log = None
         n = fsw.size
@@ -324,11 +341,14 @@ class DigitalController:
             instants = np.broadcast_to(Ts * (1 - 1e-12), (self.adc.oversample, Ts.size))
         else:
             instants = self.adc.instants(view.duty, Ts, self._rng)
+        noise = self._noise(Ts.size) if self.adc.noise_rms > 0 else None
         if self.adc.oversample == 1:
-            codes = self.adc.codes(view.sample(instants[0])[2], self._rng)
+            codes = self.adc.codes(view.sample(instants[0])[2], self._rng,
+                                   None if noise is None else noise[0])
         else:
             samples = np.stack([view.sample(tau)[2] for tau in instants])
-            codes = self.adc.codes(samples, self._rng).mean(axis=0)
+            codes = self.adc.codes(samples, self._rng, noise).mean(axis=0)
+        self._step += 1
         measured = self.adc.volts(codes)
         setpoint = np.broadcast_to(self.reference(t_start), Ts.shape)
         n = Ts.size
@@ -340,8 +360,24 @@ class DigitalController:
                            command, self._duty))
         return self._duty
 
+    _NOISE_BLOCK = 64  # control steps of noise drawn at once by the numpy route
+
+    def _noise(self, n: int) -> np.ndarray:
+        """This control step's unit noise draws, (oversample, lanes) (lanenoise, drawn a
+        block of steps at a time)."""
+        block = self._step // self._NOISE_BLOCK
+        if self._noise_block is None or self._noise_block[0] != block:
+            os_ = self.adc.oversample
+            first = block * self._NOISE_BLOCK * os_
+            draws = first + np.arange(self._NOISE_BLOCK * os_)
+            table = unit_normals(self._noise_key, np.arange(n)[None, :], draws[:, None])
+            self._noise_block = (block, table.reshape(self._NOISE_BLOCK, os_, n))
+        return self._noise_block[1][self._step % self._NOISE_BLOCK]
+
     def log(self) -> ControlLog:
         """Everything the loop computed, one row per control step."""
+        if callable(self._compiled_log):
+            self._compiled_log = self._compiled_log()
         if self._compiled_log is not None:
             return self._compiled_log
         if not self._rows:

@@ -141,7 +141,7 @@ def run(drive: Any, stepper: Any, controller: DigitalController | None, wave: np
         duties = drive.constant[None, :] if mode == 0 else drive.schedule
         _lanes_kernel(n)(tab, cond.times, Ts, sync, drive.il0, drive.vc0, n_periods, drive.dt,
                          drive.n_t, mode, np.ascontiguousarray(duties), 1, *_no_controller(n),
-                         wave, rec, np.empty((n, 0)), np.empty((6, n, 0)), il_end, vc_end,
+                         wave, rec, np.empty((n, 0)), np.empty((k.N_LOG, n, 0)), il_end, vc_end,
                          chatter)
     else:
         _run_controller(k, drive, tab, cond.times, sync, controller, wave, rec, np.empty((n, 0)),
@@ -173,7 +173,7 @@ def closed_loop_means(params: Any, controller: DigitalController, *, t_end: floa
     stepper = Stepper(drive.lanes, steps)
     n, periods = drive.n, drive.n_periods
     tab = np.ascontiguousarray(stepper.conditions.tables.transpose(2, 0, 1))
-    rec = np.empty((5, n, periods))
+    rec = np.empty((_load().N_REC, n, periods))
     means = np.empty((n, periods))
     chatter = np.full(n, -1)
     drive.n_t = 0
@@ -196,13 +196,14 @@ def _lanes_kernel(n: int) -> Any:
 def _no_controller(n: int) -> tuple:
     k = _load()
     return (np.zeros((n, k.N_PID_PAR)), np.zeros((n, k.N_PID_STATE)), False, False,
-            np.zeros(k.N_ADC), np.zeros(1), np.zeros((n, 1, 1)), np.zeros((n, 3)), np.zeros(1),
+            np.zeros(k.N_ADC), np.zeros(1), np.uint64(0), np.zeros((n, 3)), np.zeros(1),
             np.zeros((1, n)), False)
 
 
 def controller_arrays(controller: DigitalController, n: int, Ts: np.ndarray, n_periods: int,
                       log: bool) -> dict[str, Any]:
-    """The kernel's inputs for a started controller: PID, ADC, PWM, reference, noise, log."""
+    """The kernel's inputs for a started controller: PID, ADC, PWM, reference, the noise key
+    (:mod:`boostsim.lanenoise`), log."""
     k = _load()
     every = controller.every
     control_periods = range(every, n_periods, every)
@@ -219,20 +220,14 @@ def controller_arrays(controller: DigitalController, n: int, Ts: np.ndarray, n_p
     settings[k.A_VOLTS_PER_CODE] = adc.volts_per_code
     settings[k.A_NOISE] = adc.noise_rms
     offsets = (np.arange(adc.oversample) - 0.5 * (adc.oversample - 1)) * adc.spacing
-    if adc.noise_rms > 0:
-        # The same draws, in the same order, as ADC.codes makes one control step at a time;
-        # stored lane-major (lanes, steps, oversample) for the kernel.
-        drawn = controller._rng.standard_normal((steps, adc.oversample, n))
-        noise = np.ascontiguousarray(drawn.transpose(2, 0, 1))
-    else:
-        noise = np.zeros((n, 1, adc.oversample))
     par, st = pid_arrays(controller.pid, n)
     ref_times, ref_values, per_step = _reference(controller, n, Ts, control_periods)
     return dict(every=every, par=par, st=st, use_ramp=controller.pid._ramp_step is not None,
-                backcalc=controller.pid._backcalc, adc=settings, offsets=offsets, noise=noise,
+                backcalc=controller.pid._backcalc, adc=settings, offsets=offsets,
+                noise_key=np.uint64(controller._noise_key),
                 pwm=np.ascontiguousarray(np.stack(pwm.counter_limits(controller._fsw), axis=1)),
                 ref_times=ref_times, ref_values=np.ascontiguousarray(ref_values),
-                per_step=per_step, log=np.empty((6, n, steps if log else 0)),
+                per_step=per_step, log=np.empty((k.N_LOG, n, steps if log else 0)),
                 periods=np.arange(every, n_periods, every))
 
 
@@ -245,7 +240,7 @@ def _run_controller(k: Any, drive: Any, tab: np.ndarray, times: np.ndarray, sync
     duties = np.array(controller._duty, dtype=float).reshape(1, n)
     _lanes_kernel(n)(tab, times, Ts, sync, drive.il0, drive.vc0, drive.n_periods, drive.dt,
                      drive.n_t, 2, duties, a["every"], a["par"], a["st"], a["use_ramp"],
-                     a["backcalc"], a["adc"], a["offsets"], a["noise"], a["pwm"],
+                     a["backcalc"], a["adc"], a["offsets"], a["noise_key"], a["pwm"],
                      a["ref_times"], a["ref_values"], a["per_step"], wave, rec, means, a["log"],
                      il_end, vc_end, chatter)
     hand_back(controller, a, duties[0], Ts)
@@ -259,11 +254,20 @@ def hand_back(controller: DigitalController, a: dict[str, Any], duty: np.ndarray
     n = duty.size
     controller._duty = duty.copy()
     log, periods = a["log"], a["periods"]
+    controller._step += periods.size
     if periods.size:
         _restore_pid(controller.pid, a["st"], n)
     if log.shape[2]:
-        controller._compiled_log = ControlLog(
-            period=periods, t=periods[:, None] * Ts[None, :], setpoint=log[k.L_SETPOINT].T,
-            adc_code=log[k.L_CODE].T, measured=log[k.L_MEASURED].T,
-            error=(log[k.L_SETPOINT] - log[k.L_MEASURED]).T, integral=log[k.L_INTEGRAL].T,
-            duty_command=log[k.L_COMMAND].T, duty=log[k.L_DUTY].T)
+        volts_per_code = a["adc"][k.A_VOLTS_PER_CODE]
+
+        def control_log() -> ControlLog:
+            # Built when asked for: the kernel's rows, the reading in volts as the kernel
+            # computed it (code times volts per code).
+            measured = log[k.L_CODE].T * volts_per_code
+            return ControlLog(
+                period=periods, t=periods[:, None] * Ts[None, :], setpoint=log[k.L_SETPOINT].T,
+                adc_code=log[k.L_CODE].T, measured=measured,
+                error=log[k.L_SETPOINT].T - measured, integral=log[k.L_INTEGRAL].T,
+                duty_command=log[k.L_COMMAND].T, duty=log[k.L_DUTY].T)
+
+        controller._compiled_log = control_log

@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
+from numba.core import cgutils, types
+from numba.extending import intrinsic
 
+from . import lanenoise as ln
 from . import segments as sg
 from .rp2040 import DUTY_U16_MAX as U16
 
@@ -49,9 +52,12 @@ N_PID_STATE = 9
 N_ADC = 9
 
 # Per-period record rows, as the numpy recorder's ("duty", "il_start", "vc_start", ...).
-R_DUTY, R_IL, R_VC, R_DIODE, R_IDLE = range(5)
-# Control log rows (boostsim.control.ControlLog after period and t).
-L_SETPOINT, L_CODE, L_MEASURED, L_INTEGRAL, L_COMMAND, L_DUTY = range(6)
+R_DUTY, R_IL, R_VC, R_DIODE, R_IDLE, R_T_START, R_T_ON = range(7)
+N_REC = 7
+# Control log rows (boostsim.control.ControlLog after period and t; the reading in volts is
+# the code times the volts per code, computed when the log is read).
+L_SETPOINT, L_CODE, L_INTEGRAL, L_COMMAND, L_DUTY = range(5)
+N_LOG = 5
 
 
 # -- segments (boostsim.segments) --------------------------------------------------------------
@@ -92,16 +98,15 @@ def exp_coeffs(c, tau):
     return ec, es
 
 
+# segments.diode_propagate itself, compiled: one implementation of the DIODE solution.
+diode_propagate = njit(inline="always", **_PURE)(sg.diode_propagate)
+
+
 @njit(**_PURE)
 def diode_state(c, il0, vc0, tau):
-    """State after tau in the DIODE topology."""
-    d1 = il0 - c[IL_EQ]
-    d2 = vc0 - c[VC_EQ]
+    """State after tau in the DIODE topology (segments.diode_state, one lane)."""
     ec, es = exp_coeffs(c, tau)
-    n11 = c[N11]
-    il = c[IL_EQ] + ec * d1 + es * (n11 * d1 + c[A12] * d2)
-    vc = c[VC_EQ] + ec * d2 + es * (c[A21] * d1 - n11 * d2)
-    return il, vc
+    return diode_propagate(c, il0, vc0, ec, es)
 
 
 @njit(**_PURE)
@@ -121,7 +126,7 @@ def state_at(c, topology, il0, vc0, tau):
     return 0.0, vc
 
 
-@njit(**_PURE)
+@njit(inline="always", **_PURE)
 def vout_of(c, topology, il, vc):
     conducting = il if topology == DIODE else 0.0
     return c[A_OUT] * (vc + c[R_C] * (conducting - c[I_LOAD]))
@@ -133,18 +138,21 @@ def diode_derivative(c, il, vc):
 
 
 @njit(**_PURE)
-def idle_reconduction_time(c, vc0):
-    """Time until the diode conducts again from IDLE (0 at once, inf never)."""
+def idle_reconduction_time(c, vc0, within):
+    """Time until the diode conducts again from IDLE (0 at once, inf never), computed only if
+    it may come within ``within`` [s]: else inf. The time is y times a stretch >= 1
+    (segments.idle_reconduction_time), so y beyond ``within`` (with a margin for the stretch's
+    rounding) puts it beyond too, without the logarithm."""
     m, w, v_th = c[M], c[W], c[V_TH]
     if vc0 <= v_th:
         return 0.0
     slope = m * vc0 + w
     y = (vc0 - v_th) / slope
     u = m * y
+    if not (slope > 0 and u < 1.0) or y >= within * (1.0 + 1e-12):
+        return np.inf
     stretch = 1.0 if u == 0.0 else -np.log1p(-u) / u
-    if slope > 0 and u < 1.0:
-        return y * stretch
-    return np.inf
+    return y * stretch
 
 
 @njit(**_PURE)
@@ -225,7 +233,7 @@ def diode_zero_time(c, il0, vc0, dur, il_end, monotonic, work):
 def off_segment(c, topology, sync, il, vc, dur, work):
     """Advance a DIODE or IDLE segment by up to dur: (il, vc, time of the ending event)."""
     if topology == IDLE:
-        t_event = idle_reconduction_time(c, vc)
+        t_event = idle_reconduction_time(c, vc, dur)  # inf: not within dur
         return 0.0, decay(c[M], -c[W], vc, min(t_event, dur)), t_event
     il_d, vc_d = diode_state(c, il, vc, dur)
     return diode_segment_end(c, sync, il, vc, dur, il_d, vc_d, work)
@@ -256,59 +264,132 @@ def diode_segment_end(c, sync, il, vc, dur, il_d, vc_d, work):
 # (duty, epoch): a continuous-conduction period is then a handful of multiply-adds.
 
 CACHE_SLOTS = 32
-C_DUTY, C_EPOCH, C_ON, C_HALF, C_OFF = 0, 1, 2, 6, 8  # key, on map (4), half-on vc (2), off (6)
-N_CACHE = 14
+# key, on map (4), half-on vc (2), off (6), compositions since computed from closed forms
+C_DUTY, C_EPOCH, C_ON, C_HALF, C_OFF, C_DEPTH = 0, 1, 2, 6, 8, 14
+N_CACHE = 15
+# After the duty rows: one row of bookkeeping (the row filled last, the next step row to
+# replace), then rows of maps over a small change of the on-time (key, epoch, on (2),
+# half-on vc (2), off (6)): a new duty next to the last one is that duty's maps composed with
+# these, a few multiply-adds instead of four transcendental functions. At most MAX_DEPTH
+# compositions in a row (each adds a rounding), then the closed forms again.
+META = CACHE_SLOTS
+STEP_ROWS = 4
+STEP0 = CACHE_SLOTS + 1
+S_KEY, S_EPOCH, S_ON, S_HALF, S_OFF = 0, 1, 2, 4, 6
+MAX_DEPTH = 8
+MAX_STEP = 1.0 / 64  # largest on-time change composed, as a fraction of the period
 
 
 @njit(**_JIT)
 def new_cache():
     """An empty propagator table for one lane (every key NaN: no entry)."""
-    return np.full((CACHE_SLOTS, N_CACHE), np.nan)
+    cache = np.full((CACHE_SLOTS + 1 + STEP_ROWS, N_CACHE), np.nan)
+    cache[META, 0], cache[META, 1] = -1.0, 0.0
+    return cache
 
 
-@njit(**_PURE)
+@njit(inline="always", **_PURE)
 def cache_slot(duty):
     """The table row a duty lands in (adjacent PWM counts land in different rows)."""
     return int(duty * 16384.0) % CACHE_SLOTS
 
 
 @njit(**_PURE)
-def on_map(c, h, out):
-    """The switch-on map over h [s] into ``out``: il' = out[0] il + out[1],
-    vc' = out[2] vc + out[3]."""
-    out[0], out[1] = np.exp(-c[K_ON] * h), decay(c[K_ON], c[U_ON], 0.0, h)
-    on_vc_map(c, h, out[2:])
-
-
-@njit(**_PURE)
-def on_vc_map(c, h, out):
-    """The capacitor part of the switch-on map over h [s]: vc' = out[0] vc + out[1]."""
-    out[0], out[1] = np.exp(-c[M] * h), decay(c[M], -c[W], 0.0, h)
+def decay_map(rate, drive, h):
+    """The map ``v' = a v + b`` of ``v' = -rate v + drive`` over h [s], as (a, b), from one
+    expm1: ``a = e^{-rate h}``, ``b = decay(rate, drive, 0, h)`` (the same operations)."""
+    z = -rate * h
+    em = np.expm1(z)
+    return 1.0 + em, drive * h * (em / z if z != 0.0 else 1.0)
 
 
 @njit(**_PURE)
 def fill_maps(row, c, epoch, duty, Ts):
     """Compute a cache row for this duty and epoch (table row ``c``) with the durations
-    :func:`period` uses."""
+    :func:`period` uses. The capacitor's map over the whole on-time is its map over the first
+    half (the mid-on ADC sample) composed with itself: two exponentials fewer."""
     t_edge = duty * Ts
-    on_map(c, t_edge, row[C_ON:C_ON + 4])
-    on_vc_map(c, 0.5 * duty * Ts, row[C_HALF:C_HALF + 2])
+    row[C_ON], row[C_ON + 1] = decay_map(c[K_ON], c[U_ON], t_edge)
+    a, b = decay_map(c[M], -c[W], 0.5 * t_edge)
+    row[C_HALF], row[C_HALF + 1] = a, b
+    row[C_ON + 2], row[C_ON + 3] = a * a, a * b + b
     step_map(c, DIODE, Ts - t_edge, row[C_OFF:C_OFF + 6])
     row[C_DUTY], row[C_EPOCH] = duty, epoch
 
 
 @njit(**_PURE)
+def step_row(cache, c, epoch, delta, Ts):
+    """The row of ``cache`` with the maps over an on-time change of ``delta`` [s] (the
+    switch-on maps over delta, the half-on capacitor map over delta / 2, the diode over
+    -delta), computed on a miss. A key within a few roundings of an on-time (4 eps Ts) is a
+    hit: the on-times of neighbouring PWM counts, each rounded, differ by such amounts."""
+    tol = 4 * 2.220446049250313e-16 * Ts
+    for q in range(STEP0, STEP0 + STEP_ROWS):
+        if cache[q, S_EPOCH] == epoch and abs(cache[q, S_KEY] - delta) <= tol:
+            return q
+    q = STEP0 + int(cache[META, 1])
+    cache[META, 1] = (cache[META, 1] + 1) % STEP_ROWS
+    row = cache[q]
+    row[S_ON], row[S_ON + 1] = decay_map(c[K_ON], c[U_ON], delta)
+    row[S_HALF], row[S_HALF + 1] = decay_map(c[M], -c[W], 0.5 * delta)
+    step_map(c, DIODE, -delta, row[S_OFF:S_OFF + 6])
+    row[S_KEY], row[S_EPOCH] = delta, epoch
+    return q
+
+
+@njit(**_PURE)
+def compose_maps(row, prev, step):
+    """A duty row from its neighbour's (``prev``, on-time h) and a step row (delta): the maps
+    over h + delta, (h + delta) / 2 and Ts - h - delta."""
+    a, b = prev[C_ON] * step[S_ON], step[S_ON] * prev[C_ON + 1] + step[S_ON + 1]
+    row[C_ON], row[C_ON + 1] = a, b
+    a = prev[C_HALF] * step[S_HALF]
+    b = step[S_HALF] * prev[C_HALF + 1] + step[S_HALF + 1]
+    row[C_HALF], row[C_HALF + 1] = a, b
+    row[C_ON + 2], row[C_ON + 3] = a * a, a * b + b
+    p0, p1, p2 = prev[C_OFF], prev[C_OFF + 1], prev[C_OFF + 2]
+    p3, p4, p5 = prev[C_OFF + 3], prev[C_OFF + 4], prev[C_OFF + 5]
+    m0, m1, m2 = step[S_OFF], step[S_OFF + 1], step[S_OFF + 2]
+    m3, m4, m5 = step[S_OFF + 3], step[S_OFF + 4], step[S_OFF + 5]
+    o = C_OFF
+    row[o], row[o + 1], row[o + 2] = p0 * m0 + p1 * m3, p0 * m1 + p1 * m4, p0 * m2 + p1 * m5 + p2
+    row[o + 3], row[o + 4] = p3 * m0 + p4 * m3, p3 * m1 + p4 * m4
+    row[o + 5] = p3 * m2 + p4 * m5 + p5
+
+
+@njit(**_PURE)
+def refill(cache, s, tab, epoch, duty, Ts):
+    """Fill row ``s`` for (duty, epoch): composed from the row filled last if that is the same
+    epoch at an on-time less than MAX_STEP periods away (and not MAX_DEPTH compositions deep),
+    else from the closed forms (:func:`fill_maps`)."""
+    p = int(cache[META, 0])
+    c = tab[epoch]
+    if p >= 0 and p != s and cache[p, C_EPOCH] == epoch and cache[p, C_DEPTH] < MAX_DEPTH:
+        delta = duty * Ts - cache[p, C_DUTY] * Ts
+        if delta != 0.0 and abs(delta) <= MAX_STEP * Ts:
+            q = step_row(cache, c, epoch, delta, Ts)
+            compose_maps(cache[s], cache[p], cache[q])
+            cache[s, C_DUTY], cache[s, C_EPOCH] = duty, epoch
+            cache[s, C_DEPTH] = cache[p, C_DEPTH] + 1
+            cache[META, 0] = s
+            return
+    fill_maps(cache[s], c, epoch, duty, Ts)
+    cache[s, C_DEPTH] = 0.0
+    cache[META, 0] = s
+
+
+@njit(inline="always", **_PURE)
 def period_maps(cache, tab, epoch, duty, Ts):
     """The row index of ``cache`` with the maps of a step-free period at this duty in this
     epoch, filled on a miss. (Indices, not views, on the hot path: every view costs an atomic
     reference count.)"""
     s = cache_slot(duty)
     if cache[s, C_DUTY] != duty or cache[s, C_EPOCH] != epoch:
-        fill_maps(cache[s], tab[epoch], epoch, duty, Ts)
+        refill(cache, s, tab, epoch, duty, Ts)
     return s
 
 
-@njit(**_PURE)
+@njit(inline="always", **_PURE)
 def step_free_epoch(times, t0, Ts):
     """The epoch of a period starting at t0 [s] if no step falls inside it, else -1."""
     first = np.searchsorted(times, t0, side="right")
@@ -317,7 +398,7 @@ def step_free_epoch(times, t0, Ts):
     return first
 
 
-@njit(**_PURE)
+@njit(inline="always", **_PURE)
 def ccm_period(tab, epoch, cache, Ts, sync, il, vc, duty, seg, cur):
     """One step-free period from (il, vc) on the cached maps if it is plainly continuous
     conduction (the diode conducts from the switch-off edge, its current cannot reach zero
@@ -443,7 +524,7 @@ def period(tab, times, t0, Ts, sync, il, vc, duty, cache, seg, work):
     return il, vc, t_diode, t_idle, nseg
 
 
-@njit(**_PURE)
+@njit(inline="always", **_PURE)
 def segment_at(seg, nseg, tau, snap):
     """Index of the segment holding offset tau (engine.sample_segments's choice), or -1 for a
     sample on the period start (the state there, with the first segment's output)."""
@@ -489,7 +570,7 @@ def step_map(c, topology, h, out):
         out[3], out[4], out[5] = 0.0, np.exp(-c[M] * h), decay(c[M], -c[W], 0.0, h)
 
 
-@njit(**_PURE)
+@njit(inline="always", **_PURE)
 def record_grid(tab, seg, nseg, t0, Ts, dt, n_t, final, wave, lane, maps):
     """Write lane's output-grid samples that fall in this period into ``wave`` (3, lanes, n_t)
     (the final period also takes the sample at t_end). The first sample in a segment is its
@@ -569,7 +650,7 @@ def period_mean_vout(tab, seg, nseg, Ts):
 
 # -- the board's control loop (boostsim.pid, boostsim.control) ----------------------------------
 
-@njit(**_JIT)
+@njit(inline="always", **_PURE)
 def pid_update(par, st, use_ramp, backcalc, setpoint, y):
     """One PID sample for one lane (boostsim.pid.PID.update, same operations and order)."""
     if use_ramp:
@@ -611,7 +692,83 @@ def pid_sequence(par, st, use_ramp, backcalc, setpoints, measurements):
     return out
 
 
+# -- the ADC's noise (boostsim.lanenoise) --------------------------------------------------------
+
+GOLDEN, MIX1, MIX2 = np.uint64(ln.GOLDEN), np.uint64(ln.MIX1), np.uint64(ln.MIX2)
+PPND_A, PPND_B, PPND_C, PPND_D, PPND_E, PPND_F = (ln.PPND_A, ln.PPND_B, ln.PPND_C, ln.PPND_D,
+                                                  ln.PPND_E, ln.PPND_F)
+
+
+@njit(inline="always", **_PURE)
+def mix64(z):
+    """SplitMix64's output function (lanenoise._mix64)."""
+    z = (z ^ (z >> np.uint64(30))) * MIX1
+    z = (z ^ (z >> np.uint64(27))) * MIX2
+    return z ^ (z >> np.uint64(31))
+
+
+@njit(inline="always", **_PURE)
+def poly(coef, r):
+    """coef[0] + coef[1] r + ... by Horner's rule (lanenoise._poly, same order)."""
+    value = coef[7] * r
+    for i in range(6, 0, -1):
+        value = (value + coef[i]) * r
+    return value + coef[0]
+
+
 @njit(**_PURE)
+def ppnd16(p):
+    """The standard normal quantile of p in (0, 1) (lanenoise.ppnd16)."""
+    q = p - 0.5
+    if abs(q) <= 0.425:
+        r = 0.180625 - q * q
+        return q * poly(PPND_A, r) / poly(PPND_B, r)
+    s = np.sqrt(-np.log(p if q < 0 else 1.0 - p))
+    if s <= 5.0:
+        s = s - 1.6
+        tail = poly(PPND_C, s) / poly(PPND_D, s)
+    else:
+        s = s - 5.0
+        tail = poly(PPND_E, s) / poly(PPND_F, s)
+    return -tail if q < 0 else tail
+
+
+@njit(**_PURE)
+def lane_noise_start(key, lane):
+    """The start of lane ``lane``'s noise sequence under ``key`` (lanenoise.unit_normals)."""
+    return mix64(np.uint64(key) + (np.uint64(lane) + np.uint64(1)) * GOLDEN)
+
+
+@njit(inline="always", **_PURE)
+def unit_normal(start, draw):
+    """Standard normal draw ``draw`` of the lane whose sequence starts at ``start``."""
+    bits = mix64(start + (np.uint64(draw) + np.uint64(1)) * GOLDEN)
+    return ppnd16((float(bits >> np.uint64(11)) + 0.5) * 2.0 ** -53)
+
+
+NOISE_BLOCK = 64  # control steps whose noise a lane draws at once
+
+
+@njit(**_PURE)
+def fill_noise(buf, start, first):
+    """Draws first, first + 1, ... of a lane's noise into ``buf``: ahead of the loop that
+    needs them, off its chain of dependent operations."""
+    for i in range(buf.size):
+        buf[i] = unit_normal(start, first + i)
+
+
+@njit(**_JIT)
+def unit_normal_table(key, lanes, draws):
+    """unit_normal for every (draw, lane) pair, shape (draws, lanes) (for tests)."""
+    out = np.empty((draws, lanes))
+    for j in range(lanes):
+        start = lane_noise_start(key, j)
+        for i in range(draws):
+            out[i, j] = unit_normal(start, i)
+    return out
+
+
+@njit(inline="always", **_PURE)
 def adc_code(adc, vout, noise):
     """The ADC code of one conversion of the output voltage vout [V] (noise: a unit draw)."""
     v_pin = vout / adc[A_DIVIDER]
@@ -620,11 +777,11 @@ def adc_code(adc, vout, noise):
     return min(max(np.rint(v_pin * adc[A_FACTOR] + adc[A_OFFSET]), 0.0), adc[A_TOP])
 
 
-@njit(**_PURE)
-def adc_reading(tab, seg, prev, nseg, adc, offsets, noise, draw, duty, Ts, cache):
+@njit(inline="always", **_PURE)
+def adc_reading(tab, seg, prev, nseg, adc, offsets, noise, first, duty, Ts, cache):
     """The averaged ADC code of one control step from the previous period's segments
-    ``seg[prev]`` (noise: this step's unit draws ``noise[draw]``). A single mid-on sample
-    inside the first switch-on segment uses the lane's cached half-on map."""
+    ``seg[prev]`` (conversion o adds the unit noise draw ``noise[first + o]``). A single
+    mid-on sample inside the first switch-on segment uses the lane's cached half-on map."""
     n_os = offsets.size
     if n_os == 1 and adc[A_MID_ON] and not adc[A_IMMEDIATE] and duty > 0:
         tau = 0.5 * duty * Ts
@@ -634,8 +791,8 @@ def adc_reading(tab, seg, prev, nseg, adc, offsets, noise, draw, duty, Ts, cache
             # With the switch on, vout depends on vc alone (vout_of's ON case).
             vc = cache[h, C_HALF] * seg[prev, 0, SEG_VC] + cache[h, C_HALF + 1]
             return adc_code(adc, tab[epoch, A_OUT] * (vc - tab[epoch, R_C] * tab[epoch, I_LOAD]),
-                            noise[draw, 0])
-    seg, noise = seg[prev], noise[draw]
+                            noise[first])
+    seg = seg[prev]
     total = 0.0
     for o in range(n_os):
         if adc[A_IMMEDIATE]:
@@ -643,11 +800,11 @@ def adc_reading(tab, seg, prev, nseg, adc, offsets, noise, draw, duty, Ts, cache
         else:
             centre = 0.5 * duty * Ts if adc[A_MID_ON] else adc[A_FRACTION] * Ts
             tau = centre if n_os == 1 else min(max(centre + offsets[o], 0.0), Ts * (1 - 1e-12))
-        total += adc_code(adc, sample(tab, seg, nseg, tau, 0.0)[2], noise[o])
+        total += adc_code(adc, sample(tab, seg, nseg, tau, 0.0)[2], noise[first + o])
     return total if n_os == 1 else total / n_os
 
 
-@njit(**_JIT)
+@njit(inline="always", **_PURE)
 def quantize(duty, steps, lowest, highest):
     """The duty the PWM counter produces (control.PWM.quantizer): boostsim.rp2040's duty_u16
     (single precision) and compare level, held between the limits' levels (the same as
@@ -659,7 +816,7 @@ def quantize(duty, steps, lowest, highest):
     return min(max(float(level), lowest), highest) / steps
 
 
-@njit(**_PURE)
+@njit(inline="always", **_PURE)
 def reference(ref_times, ref_values, per_step, j, t, step):
     """The setpoint at time t: steps in time, or a table per control step."""
     if per_step:
@@ -671,66 +828,86 @@ def reference(ref_times, ref_values, per_step, j, t, step):
 
 @njit(**_JIT)
 def run_lane(j, tab, times, Ts, sync, il0, vc0, n_periods, dt, n_t, duty_mode, duties,
-             every, pid_par, pid_st, use_ramp, backcalc, adc, offsets, noise, pwm, ref_times,
+             every, pid_par, pid_st, use_ramp, backcalc, adc, offsets, noise_key, pwm, ref_times,
              ref_values, ref_per_step, wave, rec, means, log, il_end, vc_end):
     """Simulate lane ``j`` for ``n_periods`` periods (see :func:`run_lanes`); returns the
-    first period in which the diode chattered, or -1."""
+    first period in which the diode chattered, or -1. Allocates the lane's working arrays
+    and runs :func:`lane_periods` on them."""
     seg = np.empty((2, MAX_SEGMENTS + 2, 6))
     work = np.empty(MAX_SEGMENTS)
     cache = new_cache()
     maps = np.full((3, 7), -1.0)
-    il, vc = il0[j], vc0[j]
-    # Lane-local copies: views of the shared inputs would make the cores contend for their
-    # reference counts on every period.
+    # Lane-local copies: the lane's own memory, away from the other core's lanes.
     tab_j = tab[j].copy()
-    par, st, noise_j = pid_par[j].copy(), pid_st[j].copy(), noise[j].copy()
+    par, st = pid_par[j].copy(), pid_st[j].copy()
+    noise_start = lane_noise_start(noise_key, j)
+    noise = np.zeros(NOISE_BLOCK * offsets.size)
+    chatter = lane_periods(j, tab_j, times, Ts[j], sync[j], il0[j], vc0[j], n_periods, dt, n_t,
+                           duty_mode, duties, every, par, st, use_ramp, backcalc, adc, offsets,
+                           noise_start, pwm[j], ref_times, ref_values, ref_per_step, wave, rec,
+                           means, log, il_end, vc_end, seg, work, cache, maps, noise)
+    pid_st[j] = st
+    return chatter
+
+
+@njit(**_PURE)
+def lane_periods(j, tab_j, times, Ts, sync, il, vc, n_periods, dt, n_t, duty_mode, duties,
+                 every, par, st, use_ramp, backcalc, adc, offsets, noise_start, pwm_j, ref_times,
+                 ref_values, ref_per_step, wave, rec, means, log, il_end, vc_end, seg, work,
+                 cache, maps, noise):
+    """The period loop of lane ``j`` on its own working arrays (``tab_j``, ``par``, ``st``,
+    ``seg``, ..., ``noise`` the ADC noise of the current block of control steps). Compiled
+    without reference counting: no atomic operation on
+    the hot path, so the two cores never wait for each other."""
     d = duties[0, j]
     prev_nseg = 0
     step = 0
+    held = 0  # periods since the last control step (k % every, without a division)
     for k in range(n_periods):
-        t0 = k * Ts[j]
+        t0 = k * Ts
         cur = k % 2
+        due = held == every
+        held = 1 if due else held + 1
         if duty_mode == 1:
             d = duties[k, j]
-        elif duty_mode == 2 and k > 0 and k % every == 0:
-            draw = step if adc[A_NOISE] > 0 else 0
-            code = adc_reading(tab_j, seg, 1 - cur, prev_nseg, adc, offsets, noise_j, draw,
-                               d, Ts[j], cache)
+        elif duty_mode == 2 and due:
+            b = step % NOISE_BLOCK
+            if b == 0 and adc[A_NOISE] > 0:
+                fill_noise(noise, noise_start, step * offsets.size)
+            code = adc_reading(tab_j, seg, 1 - cur, prev_nseg, adc, offsets, noise,
+                               b * offsets.size, d, Ts, cache)
             measured = code * adc[A_VOLTS_PER_CODE]
             setpoint = reference(ref_times, ref_values, ref_per_step, j, t0, step)
             command = pid_update(par, st, use_ramp, backcalc, setpoint, measured)
-            d = quantize(command, pwm[j, 0], pwm[j, 1], pwm[j, 2])
+            d = quantize(command, pwm_j[0], pwm_j[1], pwm_j[2])
             if log.shape[2] > 0:
                 log[L_SETPOINT, j, step] = st[S_SP]
                 log[L_CODE, j, step] = code
-                log[L_MEASURED, j, step] = measured
                 log[L_INTEGRAL, j, step] = st[S_INTEGRAL]
                 log[L_COMMAND, j, step] = command
                 log[L_DUTY, j, step] = d
             step += 1
         rec[R_DUTY, j, k], rec[R_IL, j, k], rec[R_VC, j, k] = d, il, vc
-        epoch = step_free_epoch(times, t0, Ts[j])
+        rec[R_T_START, j, k], rec[R_T_ON, j, k] = t0, d * Ts
+        epoch = step_free_epoch(times, t0, Ts)
         plain = False
         if epoch >= 0:
-            il_d, vc_d, plain = ccm_period(tab_j, epoch, cache, Ts[j], sync[j], il, vc, d, seg,
-                                           cur)
+            il_d, vc_d, plain = ccm_period(tab_j, epoch, cache, Ts, sync, il, vc, d, seg, cur)
         if plain:
-            il, vc, t_diode, t_idle, nseg = il_d, vc_d, Ts[j] - d * Ts[j], 0.0, 2
+            il, vc, t_diode, t_idle, nseg = il_d, vc_d, Ts - d * Ts, 0.0, 2
         else:
-            il, vc, t_diode, t_idle, nseg = period(tab_j, times, t0, Ts[j], sync[j], il, vc, d,
+            il, vc, t_diode, t_idle, nseg = period(tab_j, times, t0, Ts, sync, il, vc, d,
                                                    cache, seg[cur], work)
         if nseg < 0:
-            pid_st[j] = st
             return k
         rec[R_DIODE, j, k], rec[R_IDLE, j, k] = t_diode, t_idle
         if means.shape[1] > 0:
-            means[j, k] = period_mean_vout(tab_j, seg[cur], nseg, Ts[j])
+            means[j, k] = period_mean_vout(tab_j, seg[cur], nseg, Ts)
         if n_t > 0:
-            record_grid(tab_j, seg[cur], nseg, t0, Ts[j], dt, n_t, k == n_periods - 1,
+            record_grid(tab_j, seg[cur], nseg, t0, Ts, dt, n_t, k == n_periods - 1,
                         wave, j, maps)
         prev_nseg = nseg
     il_end[j], vc_end[j] = il, vc
-    pid_st[j] = st
     if duty_mode == 2:
         duties[0, j] = d
     return -1
@@ -738,32 +915,63 @@ def run_lane(j, tab, times, Ts, sync, il0, vc0, n_periods, dt, n_t, duty_mode, d
 
 @njit(**_JIT)
 def run_lanes(tab, times, Ts, sync, il0, vc0, n_periods, dt, n_t, duty_mode, duties,
-              every, pid_par, pid_st, use_ramp, backcalc, adc, offsets, noise, pwm, ref_times,
+              every, pid_par, pid_st, use_ramp, backcalc, adc, offsets, noise_key, pwm, ref_times,
               ref_values, ref_per_step, wave, rec, means, log, il_end, vc_end, chatter):
     """Simulate every lane for ``n_periods`` periods, one after the other.
 
     duty_mode 0: constant ``duties[0, j]``; 1: schedule ``duties[k, j]``; 2: the controller
-    (``duties[0, j]`` is its initial quantised duty, and receives the last one). Outputs,
-    lane-major so that each lane writes its own memory, each only if it has rows or columns:
-    ``wave`` (3, lanes, n_t) the waveforms, ``rec`` (5, lanes, periods) the period records,
-    ``means`` (lanes, periods) each period's mean vout, ``log`` (6, lanes, steps) the control
-    steps; ``chatter`` (lanes,) the first period in which a lane's diode chattered (-1: none).
+    (``duties[0, j]`` is its initial quantised duty, and receives the last one; its ADC noise
+    comes from ``noise_key``, a uint64: :mod:`boostsim.lanenoise`). Outputs, lane-major so
+    that each lane writes its own memory, each only if it has rows or columns: ``wave``
+    (3, lanes, n_t) the waveforms, ``rec`` (N_REC, lanes, periods) the period records,
+    ``means`` (lanes, periods) each period's mean vout, ``log`` (N_LOG, lanes, steps) the
+    control steps; ``chatter`` (lanes,) the first period in which a lane's diode chattered
+    (-1: none).
     """
     for j in range(Ts.size):
         chatter[j] = run_lane(j, tab, times, Ts, sync, il0, vc0, n_periods, dt, n_t, duty_mode,
                               duties, every, pid_par, pid_st, use_ramp, backcalc, adc, offsets,
-                              noise, pwm, ref_times, ref_values, ref_per_step, wave, rec, means,
+                              noise_key, pwm, ref_times, ref_values, ref_per_step, wave, rec, means,
                               log, il_end, vc_end)
+
+
+@intrinsic
+def fetch_add(typingctx, counter, value):
+    """Atomically add ``value`` to ``counter[0]`` (an int64 array) and return the old value."""
+    def codegen(context, builder, signature, args):
+        array_type = signature.args[0]
+        array = context.make_array(array_type)(context, builder, args[0])
+        pointer = cgutils.get_item_pointer(context, builder, array_type, array,
+                                           [context.get_constant(types.intp, 0)])
+        return builder.atomic_rmw("add", pointer, args[1], "monotonic")
+
+    return types.int64(counter, types.int64), codegen
+
+
+LANE_CHUNK = 4  # lanes a core takes from the queue at a time
+# Queue readers the parallel loop starts (at least as many as threads; the loop gives each
+# thread a contiguous share of them, and a thread's first reader drains what is left).
+READERS = 64
 
 
 @njit(parallel=True, **_JIT)
 def run_lanes_parallel(tab, times, Ts, sync, il0, vc0, n_periods, dt, n_t, duty_mode, duties,
-                       every, pid_par, pid_st, use_ramp, backcalc, adc, offsets, noise, pwm,
+                       every, pid_par, pid_st, use_ramp, backcalc, adc, offsets, noise_key, pwm,
                        ref_times, ref_values, ref_per_step, wave, rec, means, log, il_end,
                        vc_end, chatter):
-    """:func:`run_lanes` with the lanes shared out over the cores."""
-    for j in prange(Ts.size):
-        chatter[j] = run_lane(j, tab, times, Ts, sync, il0, vc0, n_periods, dt, n_t, duty_mode,
-                              duties, every, pid_par, pid_st, use_ramp, backcalc, adc, offsets,
-                              noise, pwm, ref_times, ref_values, ref_per_step, wave, rec, means,
-                              log, il_end, vc_end)
+    """:func:`run_lanes` with the lanes shared out over the cores: each core takes the next
+    ``LANE_CHUNK`` lanes from a shared counter when it is done with its last ones, so a core
+    slowed by other work (or lanes slower than others) leaves more lanes to the other."""
+    n = Ts.size
+    queue = np.zeros(1, dtype=np.int64)
+    for _ in prange(min(READERS, n)):
+        while True:
+            first = fetch_add(queue, LANE_CHUNK)
+            if first >= n:
+                break
+            for j in range(first, min(first + LANE_CHUNK, n)):
+                chatter[j] = run_lane(j, tab, times, Ts, sync, il0, vc0, n_periods, dt, n_t,
+                                      duty_mode, duties, every, pid_par, pid_st, use_ramp,
+                                      backcalc, adc, offsets, noise_key, pwm, ref_times,
+                                      ref_values, ref_per_step, wave, rec, means, log, il_end,
+                                      vc_end)

@@ -27,7 +27,7 @@ closed form, zero crossings bracketed between them and refined by safeguarded Ne
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -135,9 +135,16 @@ def exp_coeffs(c: np.ndarray, tau: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def diode_state(c: np.ndarray, il0: np.ndarray, vc0: np.ndarray, tau: np.ndarray
                 ) -> tuple[np.ndarray, np.ndarray]:
     """State after ``tau`` seconds in the DIODE topology, from (il0, vc0)."""
+    ec, es = exp_coeffs(c, tau)
+    return diode_propagate(c, il0, vc0, ec, es)
+
+
+def diode_propagate(c: np.ndarray, il0: Any, vc0: Any, ec: Any, es: Any) -> tuple[Any, Any]:
+    """The DIODE state from (il0, vc0) after the time whose :func:`exp_coeffs` are (ec, es):
+    ``x_eq + e^{At} (x0 - x_eq)``. Plain arithmetic on arrays or numbers: the compiled kernel
+    (:mod:`boostsim.kernel`) compiles this very function."""
     d1 = il0 - c[IL_EQ]
     d2 = vc0 - c[VC_EQ]
-    ec, es = exp_coeffs(c, tau)
     n11 = c[N11]
     il = c[IL_EQ] + ec * d1 + es * (n11 * d1 + c[A12] * d2)
     vc = c[VC_EQ] + ec * d2 + es * (c[A21] * d1 - n11 * d2)

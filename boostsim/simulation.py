@@ -316,11 +316,14 @@ class _Recorder:
                     ("duty", "il_start", "vc_start", "t_diode", "t_idle")}
         self.wave = np.empty((3, n, n_t))
         self.il, self.vc, self.vout = self.wave
+        self.times: tuple[np.ndarray, np.ndarray] | None = None  # (t_start, t_on), lane-major
 
     def lane_major(self) -> np.ndarray:
-        """The per-period records as one (5, lanes, periods) array to be filled lane by lane."""
-        table = np.empty((5, self.il.shape[0], self.n_periods))
-        self.rec = {name: part.T for name, part in zip(self.rec, table, strict=True)}
+        """The per-period records as one (7, lanes, periods) array to be filled lane by lane
+        (the five records, then t_start and t_on)."""
+        table = np.empty((7, self.il.shape[0], self.n_periods))
+        self.rec = {name: part.T for name, part in zip(self.rec, table[:5], strict=True)}
+        self.times = (table[5], table[6])
         return table
 
     def period(self, rows: np.ndarray, k: int, duty: np.ndarray, il0: np.ndarray,
@@ -401,6 +404,8 @@ class _Recorder:
 
     def records(self) -> PeriodRecords:
         rec = {k: v.T for k, v in self.rec.items()}
+        if self.times is not None:
+            return PeriodRecords(t_start=self.times[0], t_on=self.times[1], **rec)
         k = np.arange(self.n_periods)
         return PeriodRecords(t_start=self.Ts[:, None] * k[None, :],
                              t_on=rec["duty"] * self.Ts[:, None], **rec)

@@ -82,6 +82,8 @@ def test_closed_loop_same_duties_and_period_means(synchronous):
     if not synchronous:
         assert np.any(ref.periods.t_idle[:, 320:480] > 0)  # DCM after the load step
     np.testing.assert_array_equal(fast.periods.duty, ref.periods.duty)
+    for name in ("t_start", "t_on"):  # written by the kernel, computed by the numpy recorder
+        np.testing.assert_array_equal(getattr(fast.periods, name), getattr(ref.periods, name))
     means_ref, means_fast = ref.period_means(), fast.period_means()
     for name in ("il", "vc", "vout"):
         assert _rel(means_fast[name], means_ref[name]) < 1e-9, name
@@ -243,7 +245,77 @@ def test_mid_on_adc_sample_on_the_cached_map_is_the_segment_sample():
         for il, vc in ((1.5, 11.0), (0.0, 4.0)):
             nseg = kernel.period(tab, np.zeros(0), 0.0, TS, False, il, vc, duty, cache, seg[0],
                                  work)[4]
-            fast = kernel.adc_reading(tab, seg, 0, nseg, adc, np.zeros(1), np.zeros((1, 1)), 0,
+            fast = kernel.adc_reading(tab, seg, 0, nseg, adc, np.zeros(1), np.zeros(1), 0,
                                       duty, TS, cache)
             vout = kernel.sample(tab, seg[0], nseg, 0.5 * duty * TS, 0.0)[2]
             assert abs(fast - np.rint(vout * 1e12)) <= 1, (duty, il, vc)
+
+
+@pytest.mark.parametrize("board", [BOARD, BOARD.replace(r_L=3.0, r_C=1.0, R=2.0)],
+                         ids=["ringing", "overdamped"])
+def test_compiled_diode_solution_is_the_segments_one(board):
+    # kernel.diode_state compiles segments.diode_propagate itself; with the kernel's scalar
+    # exp_coeffs it gives the numpy engine's DIODE states to rounding.
+    from boostsim import segments as sg
+
+    tab = _lane_table(board)[0]
+    assert (tab[sg.Q2] < 0) == (board.r_L < 1)
+    rng = np.random.default_rng(4)
+    il0, vc0 = rng.uniform(-1, 3, 200), rng.uniform(0, 15, 200)
+    tau = rng.uniform(0, 3 * TS, 200)
+    il_ref, vc_ref = sg.diode_state(tab[:, None], il0, vc0, tau)
+    got = np.array([kernel.diode_state(tab, a, b, t)
+                    for a, b, t in zip(il0, vc0, tau, strict=True)]).T
+    np.testing.assert_allclose(got[0], il_ref, rtol=1e-13, atol=1e-13 * np.abs(il_ref).max())
+    np.testing.assert_allclose(got[1], vc_ref, rtol=1e-13, atol=0)
+
+
+def test_idle_reconduction_is_computed_only_when_it_may_end_the_segment():
+    # kernel.idle_reconduction_time skips the logarithm when re-conduction certainly comes
+    # after the segment's end: the segment then ends as with the numpy engine's time.
+    from boostsim import segments as sg
+
+    c = _lane_table(BOARD)[0]
+    rng = np.random.default_rng(8)
+    skipped = 0
+    v_th = c[sg.V_TH]
+    for vc in np.concatenate([v_th + rng.uniform(-0.5, 3.0, 300), [v_th, v_th + 1e-9]]):
+        t_ref = float(sg.idle_reconduction_time(c[:, None], np.array([vc]))[0])
+        for within in (TS / 10, TS, 3 * TS, t_ref, t_ref * (1 + 1e-13), t_ref * (1 - 1e-13)):
+            got = kernel.idle_reconduction_time(c, vc, within)
+            if np.isinf(got):
+                assert not t_ref < within, (vc, within, t_ref)
+                skipped += np.isfinite(t_ref)
+            else:
+                assert got == pytest.approx(t_ref, rel=1e-14, abs=0.0)
+    assert skipped > 100
+    assert np.isfinite(kernel.idle_reconduction_time(c, v_th + 0.05, np.inf))
+
+
+@pytest.mark.parametrize("synchronous", [False, True])
+def test_maps_composed_for_neighbouring_duties_are_the_closed_forms(synchronous):
+    # A ramp of PWM counts (as at start-up): a new duty's maps are its neighbour's composed
+    # with a small step's (kernel.refill), MAX_DEPTH times in a row at most; every period on
+    # them must still be the segment closed forms' to rounding.
+    tab = _lane_table(BOARD.replace(synchronous=synchronous))
+    cache, seg = kernel.new_cache(), np.zeros((2, kernel.MAX_SEGMENTS + 2, 6))
+    work = np.empty(64)
+    c = tab[0]
+    depths = []
+    for count in list(range(600, 700)) + list(range(700, 640, -3)):
+        duty = count / 1250
+        for il, vc in ((2.0, 12.0), (1.2, 9.5)):
+            il_c, vc_c, plain = kernel.ccm_period(tab, 0, cache, TS, synchronous, il, vc, duty,
+                                                  seg, 0)
+            assert plain
+            il_on, vc_on = kernel.on_state(c, il, vc, duty * TS)
+            il_ref, vc_ref, _ = kernel.off_segment(c, kernel.DIODE, synchronous, il_on, vc_on,
+                                                   TS - duty * TS, work)
+            assert il_c == pytest.approx(il_ref, rel=1e-12)
+            assert vc_c == pytest.approx(vc_ref, rel=1e-13)
+            row = cache[kernel.cache_slot(duty)]
+            half = row[kernel.C_HALF] * vc + row[kernel.C_HALF + 1]
+            assert half == pytest.approx(kernel.on_state(c, il, vc, 0.5 * duty * TS)[1],
+                                         rel=1e-13)
+        depths.append(cache[kernel.cache_slot(duty), kernel.C_DEPTH])
+    assert max(depths) == kernel.MAX_DEPTH and depths.count(0) < len(depths) / 4

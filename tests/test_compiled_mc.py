@@ -43,7 +43,7 @@ def test_yield_figures_equal_the_numpy_engine_lane_by_lane():
     cols = result.columns
     assert set(COLUMNS) <= set(cols) and cols["sample"].tolist() == list(range(12))
     assert np.ptp(cols["L"]) > 0 and np.all(np.abs(cols["L"] / BOARD.L - 1) <= 0.2)
-    lanes = slice(None)  # all of them: the ADC noise of a lane depends on the lane count
+    lanes = slice(None)  # all of them
     params = BOARD.replace(L=cols["L"], C=cols["C"])
     ref = simulate(params, controller=_controller(), vref=12.0, t_end=T_END, dt=TS,
                    steps=[STEP], engine="numpy")
