@@ -10,26 +10,21 @@ the controller's sampling of the previous period (:class:`boostsim.control.Digit
 instants on the averaged model's centred samples), the records and the output grid.
 
 Imported lazily by :mod:`boostsim.avgloop`, which prepares the arrays. Compiled with
-``cache=True`` (no fastmath). numba keys a cached function on its own source file only, and
-the functions here hold compiled :mod:`boostsim.averaged` code: so their cache names carry a
-digest of ``averaged.py`` (:func:`_jit`), and an edit there compiles them afresh.
+``cache=True`` (no fastmath), the cache names following every compiled source
+(:mod:`boostsim.jitcache`: an edit of ``averaged.py`` compiles these afresh).
 """
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 from numba.extending import register_jitable
 
 from . import averaged as av
+from .jitcache import njit
 from .kernel import (
-    A_FRACTION,
-    A_IMMEDIATE,
-    A_MID_ON,
     A_NOISE,
     A_VOLTS_PER_CODE,
     L_CODE,
@@ -41,6 +36,7 @@ from .kernel import (
     S_INTEGRAL,
     S_SP,
     adc_code,
+    conversion_instant,
     fill_noise,
     lane_noise_start,
     pid_update,
@@ -49,18 +45,11 @@ from .kernel import (
 )
 
 _JIT = dict(cache=True, error_model="numpy")
-_AVERAGED_DIGEST = hashlib.sha256(Path(av.__file__).read_bytes()).hexdigest()[:16]
 
 
 def _jit(**options: Any) -> Any:
-    """``njit(cache=True)`` under a name that changes with ``averaged.py`` (numba names the
-    cache files after the function), so that no stale compiled model is loaded."""
-
-    def wrap(function: Any) -> Any:
-        function.__qualname__ = f"{function.__qualname__}_{_AVERAGED_DIGEST}"
-        return njit(**_JIT, **options)(function)
-
-    return wrap
+    """``njit(cache=True)`` whose cache follows every compiled source (:mod:`boostsim.jitcache`)."""
+    return njit(**_JIT, **options)
 
 
 # The averaged model and its single-lane integrator, compiled from boostsim.averaged as written
@@ -90,11 +79,7 @@ def adc_reading(circuits, pieces, count, d_prev, d, Ts, adc, offsets, noise, fir
     n_os = offsets.size
     total = 0.0
     for o in range(n_os):
-        if adc[A_IMMEDIATE]:
-            tau = Ts * (1 - 1e-12)
-        else:
-            centre = 0.5 * d * Ts if adc[A_MID_ON] else adc[A_FRACTION] * Ts
-            tau = centre if n_os == 1 else min(max(centre + offsets[o], 0.0), Ts * (1 - 1e-12))
+        tau = conversion_instant(adc, offsets, o, d, Ts)
         vout = av._sample_scalar(circuits, pieces, count, tau + 0.5 * Ts, d_prev, d, Ts,
                                  table)[2]
         total += adc_code(adc, vout, noise[first + o])

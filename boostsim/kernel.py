@@ -16,12 +16,13 @@ Periods with a step, in DCM or at a new duty take the full :func:`period`.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
 from . import lanenoise as ln
 from . import segments as sg
+from .jitcache import njit
 from .rp2040 import DUTY_U16_MAX as U16
 
 _JIT = dict(cache=True, error_model="numpy")
@@ -795,13 +796,23 @@ def adc_reading(tab, seg, prev, nseg, adc, offsets, noise, first, duty, Ts, cach
     seg = seg[prev]
     total = 0.0
     for o in range(n_os):
-        if adc[A_IMMEDIATE]:
-            tau = Ts * (1 - 1e-12)
-        else:
-            centre = 0.5 * duty * Ts if adc[A_MID_ON] else adc[A_FRACTION] * Ts
-            tau = centre if n_os == 1 else min(max(centre + offsets[o], 0.0), Ts * (1 - 1e-12))
+        tau = conversion_instant(adc, offsets, o, duty, Ts)
         total += adc_code(adc, sample(tab, seg, nseg, tau, 0.0)[2], noise[first + o])
     return total if n_os == 1 else total / n_os
+
+
+@njit(inline="always", **_PURE)
+def conversion_instant(adc, offsets, o, duty, Ts):
+    """When in the period [s] conversion o of a control step's reading is taken (the
+    DigitalController's instants: mid-on or a fraction of the period, oversampled
+    conversions spread by ``offsets`` and kept inside the period; an 'immediate' update
+    samples at the period's end)."""
+    if adc[A_IMMEDIATE]:
+        return Ts * (1 - 1e-12)
+    centre = 0.5 * duty * Ts if adc[A_MID_ON] else adc[A_FRACTION] * Ts
+    if offsets.size == 1:
+        return centre
+    return min(max(centre + offsets[o], 0.0), Ts * (1 - 1e-12))
 
 
 @njit(inline="always", **_PURE)
