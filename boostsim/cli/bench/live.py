@@ -29,7 +29,8 @@ _BENCH_LIVE_EPILOG = """\
 The host runs boostsim.pid.PID every 1/--rate s: one serial round trip per tick reads the output
 state, the duty sent at the previous tick and MEAS:VOLT? (16 conversions averaged); the new
 duty is sent without waiting. The loop starts with the output on at duty 0 (--slew ramps the
-setpoint from there). It runs for --duration, or until Ctrl-C, which stops it safely (output
+setpoint from there; a step from 0 V winds the integrator up and can overshoot into the
+board's OVP). It runs for --duration, or until Ctrl-C, which stops it safely (output
 off, files written). A trip, a board reset or repeated link failures end it with exit status
 1; the data up to then is kept. Rates of 100-500 Hz are realistic (a round trip costs about
 1 ms); the achieved rate and the jitter of the tick intervals are reported.
@@ -44,8 +45,8 @@ from the output-off state for the first --compare-time seconds and overlays it (
 simulation of a closed loop costs about 10 s per simulated second).
 
 examples:
-  boostsim bench live --vref 12 --kp 0.01 --ki 5 --rate 200
-  boostsim bench live --port emu: --vref 12 --kp 0.01 --ki 5 --duration 1.5 \\
+  boostsim bench live --vref 12 --kp 0.01 --ki 5 --rate 200 --slew 100
+  boostsim bench live --port emu: --vref 12 --kp 0.01 --ki 5 --slew 100 --duration 1.5 \\
       --vref-step 0.8:10 --compare
 """
 
