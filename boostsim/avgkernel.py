@@ -26,22 +26,12 @@ from . import averaged as av
 from .jitcache import njit
 from .kernel import (
     A_NOISE,
-    A_VOLTS_PER_CODE,
-    L_CODE,
-    L_COMMAND,
-    L_DUTY,
-    L_INTEGRAL,
-    L_SETPOINT,
     NOISE_BLOCK,
-    S_INTEGRAL,
-    S_SP,
     adc_code,
+    control_step,
     conversion_instant,
     fill_noise,
     lane_noise_start,
-    pid_update,
-    quantize,
-    reference,
 )
 
 _JIT = dict(cache=True, error_model="numpy")
@@ -127,16 +117,8 @@ def run_lane(j, tab, times, Ts_lanes, il0, vc0, d_first, n_periods, dt, n_t, dut
                 fill_noise(noise, noise_start, step * offsets.size)
             code = adc_reading(circuits, buffers[1 - cur], prev_count, prev_dp, d, Ts, adc,
                                offsets, noise, b * offsets.size, table)
-            measured = code * adc[A_VOLTS_PER_CODE]
-            setpoint = reference(ref_times, ref_values, ref_per_step, j, t0, step)
-            command = pid_update(par, st, use_ramp, backcalc, setpoint, measured)
-            d = quantize(command, pwm[j, 0], pwm[j, 1], pwm[j, 2])
-            if log.shape[2] > 0:
-                log[L_SETPOINT, j, step] = st[S_SP]
-                log[L_CODE, j, step] = code
-                log[L_INTEGRAL, j, step] = st[S_INTEGRAL]
-                log[L_COMMAND, j, step] = command
-                log[L_DUTY, j, step] = d
+            d = control_step(code, adc, par, st, use_ramp, backcalc, ref_times, ref_values,
+                             ref_per_step, j, t0, step, pwm[j], log)
             step += 1
             if not 0.0 <= d < 1.0:  # the caller reports it, as check_duty would
                 rec[R_DUTY, j, k] = d

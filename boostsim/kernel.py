@@ -835,6 +835,23 @@ def reference(ref_times, ref_values, per_step, j, t, step):
     return ref_values[np.searchsorted(ref_times, t, side="right") - 1, j]
 
 
+@njit(inline="always", **_PURE)
+def control_step(code, adc, par, st, use_ramp, backcalc, ref_times, ref_values, ref_per_step,
+                 j, t, step, pwm_j, log):
+    """One controller step of lane j at time t from its ADC code: the PID on the reading
+    against the setpoint, the PWM's duty (returned), the step's row of the control log."""
+    setpoint = reference(ref_times, ref_values, ref_per_step, j, t, step)
+    command = pid_update(par, st, use_ramp, backcalc, setpoint, code * adc[A_VOLTS_PER_CODE])
+    d = quantize(command, pwm_j[0], pwm_j[1], pwm_j[2])
+    if log.shape[2] > 0:
+        log[L_SETPOINT, j, step] = st[S_SP]
+        log[L_CODE, j, step] = code
+        log[L_INTEGRAL, j, step] = st[S_INTEGRAL]
+        log[L_COMMAND, j, step] = command
+        log[L_DUTY, j, step] = d
+    return d
+
+
 # -- the loop over lanes and periods -----------------------------------------------------------
 
 @njit(**_JIT)
@@ -887,16 +904,8 @@ def lane_periods(j, tab_j, times, Ts, sync, il, vc, n_periods, dt, n_t, duty_mod
                 fill_noise(noise, noise_start, step * offsets.size)
             code = adc_reading(tab_j, seg, 1 - cur, prev_nseg, adc, offsets, noise,
                                b * offsets.size, d, Ts, cache)
-            measured = code * adc[A_VOLTS_PER_CODE]
-            setpoint = reference(ref_times, ref_values, ref_per_step, j, t0, step)
-            command = pid_update(par, st, use_ramp, backcalc, setpoint, measured)
-            d = quantize(command, pwm_j[0], pwm_j[1], pwm_j[2])
-            if log.shape[2] > 0:
-                log[L_SETPOINT, j, step] = st[S_SP]
-                log[L_CODE, j, step] = code
-                log[L_INTEGRAL, j, step] = st[S_INTEGRAL]
-                log[L_COMMAND, j, step] = command
-                log[L_DUTY, j, step] = d
+            d = control_step(code, adc, par, st, use_ramp, backcalc, ref_times, ref_values,
+                             ref_per_step, j, t0, step, pwm_j, log)
             step += 1
         rec[R_DUTY, j, k], rec[R_IL, j, k], rec[R_VC, j, k] = d, il, vc
         rec[R_T_START, j, k], rec[R_T_ON, j, k] = t0, d * Ts

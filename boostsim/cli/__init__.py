@@ -51,7 +51,7 @@ examples:
   boostsim sweep --duty 0.6 --mc 10000 --tol L=20% C=10% r_on=30% --limit vout=11.5:12.5
   boostsim config init board.toml && boostsim sweep --config board.toml --set L=47u
   boostsim bench sweep --port /dev/ttyACM0 --duty 0.1:0.6:0.05 --fit r_L,v_f
-  boostsim bench live --port emu: --vref 12 --kp 0.01 --ki 5 --rate 200 --slew 100 --duration 2 --compare
+  boostsim bench live --port emu: --vref 12 --kp 0.01 --ki 5 --slew 100 --duration 2 --compare
 
 exit status: 0 ok, 1 run-time error (bad config file, unreachable target, ...), 2 usage error
 """

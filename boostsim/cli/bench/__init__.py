@@ -44,7 +44,7 @@ examples:
   boostsim bench sweep --port /tmp/board --duty 0.1:0.6:0.05 --fit r_L,v_f
   boostsim bench step --port /dev/ttyACM0 --duty 0.4:0.6 --max-vout 16
   boostsim bench step --port emu: --duty 0.5 --load-step R=24
-  boostsim bench live --port emu: --vref 12 --kp 0.01 --ki 5 --rate 200 --slew 100 --duration 2 --compare
+  boostsim bench live --port emu: --vref 12 --kp 0.01 --ki 5 --slew 100 --duration 2 --compare
   boostsim bench calibrate --duty 0.3 --duty 0.6 --ref 6.771 --ref 12.02
 """
 
