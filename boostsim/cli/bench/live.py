@@ -41,8 +41,8 @@ per-tick log written row by row (t_s, vref_V, vout_V, duty, integral, exchange_s
 with a '#' header; --plot (default bench_live.png) is written at the end.
 
 --compare simulates the same loop (same PID, rate, setpoint, duty limit; ADC like MEAS:VOLT?)
-from the output-off state for the first --compare-time seconds and overlays it (the switching
-simulation of a closed loop costs about 10 s per simulated second).
+from the output-off state for the first --compare-time seconds and overlays it (the compiled
+switching simulation: a 1 s session on the emulated board comparing 0.5 s ran in 3.2 s in all).
 
 examples:
   boostsim bench live --vref 12 --kp 0.01 --ki 5 --rate 200 --slew 100
