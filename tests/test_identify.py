@@ -229,3 +229,23 @@ def test_excitation_outside_the_duty_limits_is_refused_before_anything_runs():
                 measure_identify(board, duty0, amplitude)
         assert board.output_state is not True
         assert emu.plant_state()["enabled"] is False
+
+
+def test_bench_identify_replaces_the_board_file_only_when_it_completes(tmp_path, capsys,
+                                                                      monkeypatch):
+    """A run that fails after the fit (here: its figure) leaves the earlier board file as it
+    was, not a new one beside a missing plot."""
+    from firmware_bridge import bench
+
+    out = tmp_path / "fitted.toml"
+    out.write_text("# the earlier, good board file\n")
+
+    def broken(*_args, **_kw):
+        raise RuntimeError("figure failed")
+
+    monkeypatch.setattr(bench, "identify_figure", broken)
+    status, _, err = cli(capsys, "bench", "identify", "--port", "emu:", "--out", str(out),
+                         "--force", "--plot", str(tmp_path / "fit.png"))
+    assert status != 0 and "figure failed" in err
+    assert out.read_text() == "# the earlier, good board file\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fitted.toml"]

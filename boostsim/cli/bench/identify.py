@@ -104,8 +104,8 @@ def cmd_bench_identify(ctx: Context) -> int:
                 f"PRBS{a.order}, {record.rate:.6g} S/s, vin {vin}")
     text = result.comment_block(measured) + tomli_w.dumps(effective_toml(result.params,
                                                                          document))
-    try:
-        out.write_text(text, encoding="utf-8")
+    try:  # staged: replaces the file only when the command completes
+        ctx.output(out).write_text(text, encoding="utf-8")
     except OSError as exc:
         raise CliError(f"cannot write {str(out)!r}: {exc.strerror or exc}") from None
     files = {"board": str(out)}
