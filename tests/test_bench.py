@@ -250,7 +250,8 @@ def test_the_live_loop_stops_on_a_trip_with_the_data_kept(emu):
     timer = threading.Timer(0.3, emu.disconnect_load)
     with Board(emu.port, watchdog=0.5) as board:
         timer.start()
-        result = bench.run_live(board, vref=10.0, kp=0.01, ki=5.0, rate=200, duration=3.0)
+        result = bench.run_live(board, vref=10.0, kp=0.01, ki=5.0, rate=200, duration=3.0,
+                                slew=100.0)
     timer.join()
     assert isinstance(result.error, TripError) and result.error.cause == "OVP"
     assert result.ticks > 20 and result.t[-1] < 2.5
@@ -260,7 +261,8 @@ def test_the_live_loop_stops_on_a_trip_with_the_data_kept(emu):
 def test_the_live_loop_rides_through_a_corrupting_link(emu):
     with Board(emu.port, watchdog=0.5, retries=2, timeout=0.5) as board:
         emu.faults(corrupt=1e-3, direction="tx")   # answers (see the sweep test above)
-        result = bench.run_live(board, vref=10.0, kp=0.01, ki=5.0, rate=200, duration=0.8)
+        result = bench.run_live(board, vref=10.0, kp=0.01, ki=5.0, rate=200, duration=0.8,
+                                slew=100.0)
         emu.faults(corrupt=0.0)
     assert result.stopped == "duration", result.stopped
     assert abs(result.vout[result.t > 0.6].mean() - 10.0) < 0.05
