@@ -7,7 +7,6 @@ data kept."""
 
 from __future__ import annotations
 
-import threading
 import time
 
 import numpy as np
@@ -247,14 +246,19 @@ def test_the_start_up_window():
 
 
 def test_the_live_loop_stops_on_a_trip_with_the_data_kept(emu):
-    timer = threading.Timer(0.3, emu.disconnect_load)
+    ticks = [0]
+
+    def disconnect_at_tick_40() -> bool:  # counted by the loop itself: no host-speed race
+        ticks[0] += 1
+        if ticks[0] == 40:
+            emu.disconnect_load()
+        return False
+
     with Board(emu.port, watchdog=0.5) as board:
-        timer.start()
         result = bench.run_live(board, vref=10.0, kp=0.01, ki=5.0, rate=200, duration=3.0,
-                                slew=100.0)
-    timer.join()
+                                slew=100.0, should_stop=disconnect_at_tick_40)
     assert isinstance(result.error, TripError) and result.error.cause == "OVP"
-    assert result.ticks > 20 and result.t[-1] < 2.5
+    assert ticks[0] >= 40 and result.ticks >= 39 and result.t[-1] < 2.5
     assert not emu.plant_state()["enabled"]
 
 
