@@ -24,7 +24,7 @@ import numpy as np
 from .adc_model import AdcTransfer
 from .lanenoise import noise_key, unit_normals
 from .pid import PID
-from .rp2040 import PWM_CLOCK, capped_u16, compare_level, slice_setup
+from .rp2040 import ADC_CONVERSION_S, PWM_CLOCK, capped_u16, compare_level, slice_setup
 
 __all__ = ["ADC", "PWM", "DigitalController", "Reference"]
 
@@ -121,7 +121,7 @@ class ADC:
     noise_rms: float = 0.0
     sample_at: str | float = "mid_on"
     oversample: int = 1
-    spacing: float = 2e-6
+    spacing: float = ADC_CONVERSION_S
     seed: int | None = 0
     dnl: Any = None
     jitter: float = 0.0

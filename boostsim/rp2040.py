@@ -28,9 +28,9 @@ import numpy as np
 
 from .units import format_si
 
-__all__ = ["ADC_BITS", "ADC_FULL_SCALE", "ADC_MAX_CODE", "ADC_VREF", "DUTY_U16_MAX",
-           "PWM_CLOCK", "capped_u16", "ceiling_u16", "compare_level", "duty_u16", "freq_request",
-           "pwm_output", "rp2040_pwm", "slice_setup"]
+__all__ = ["ADC_BITS", "ADC_CONVERSION_S", "ADC_FULL_SCALE", "ADC_MAX_CODE", "ADC_VREF",
+           "DUTY_U16_MAX", "PWM_CLOCK", "capped_u16", "ceiling_u16", "compare_level", "duty_u16",
+           "freq_request", "pwm_output", "rp2040_pwm", "slice_setup"]
 
 #: The PWM counter clock [Hz]: MicroPython's system clock on an RP2040 (``hal.py`` does not
 #: divide it down; the slice's divider only comes in below ~1.9 kHz).
@@ -48,6 +48,9 @@ ADC_FULL_SCALE = 1 << ADC_BITS
 ADC_MAX_CODE = ADC_FULL_SCALE - 1
 #: ADC reference [V]: the Pico's 3V3 rail through its filter.
 ADC_VREF = 3.3
+#: One ADC conversion [s]: 96 cycles of the 48 MHz ADC clock (500 kS/s); back-to-back reads
+#: (``read_u16`` in a loop) sample this far apart.
+ADC_CONVERSION_S = 2e-6
 
 
 def _clock(clock_hz: Any) -> int:

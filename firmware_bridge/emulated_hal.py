@@ -3,8 +3,19 @@
 
 What it models, per call of the firmware:
 
-* ``ticks_us``: microseconds since the emulated board booted, from the host's monotonic clock
-  (restarts at 0 on an emulated reset; the plant's own clock keeps running).
+* ``ticks_us``: microseconds since the emulated board booted, on the board clock (restarts at 0
+  on an emulated reset; the plant's own clock keeps running). The board clock follows the
+  host's monotonic clock, except that the serve loop's timed work runs at its own board time:
+  a poll that the loop waited for (the on-board PID's next step, a watchdog deadline) runs at
+  the instant of the Pico's poll grid at or after its due time however late the host process
+  wakes up, and if the host was so late that further polls are already due, they run first,
+  one after the other, each at its own instant, before any input is read (a catch-up bounded
+  by :data:`MAX_LAG_S`). The firmware's own work takes board time, not host time: an ADC
+  conversion :data:`~boostsim.rp2040.ADC_CONVERSION_S`, a computation what
+  :meth:`EmulatedHAL.spend` is given (the on-board PID's ``pid_compute_time``); the clock
+  stands still in between. So the board's control steps sample and act when a Pico's would,
+  whatever the host's scheduling, and the board never runs ahead of the host's clock by more
+  than one computation.
 * ``pwm_set(enabled, freq, duty)``: the RP2040 PWM as ``hal.py`` drives it: the duty goes
   through ``duty_u16`` and the slice's counter (``top + 1`` steps at ``pwm_clock``, 125 MHz:
   1250 steps at 100 kHz), the frequency through the integer divider (the one model of it,
@@ -44,7 +55,8 @@ What it models, per call of the firmware:
   ``idle_until`` hook (the emulator's: the board time of the firmware's next timed work) the
   idle polls before then -- which would find no input and do nothing -- are not run one by
   one: the read waits on the link for input or for the first poll of the Pico's grid
-  (``timeout`` apart) at or after that time, at most :data:`MAX_IDLE_S` ahead.
+  (``timeout`` apart) at or after that time, at most :data:`MAX_IDLE_S` ahead; that poll
+  runs at its own board time (see ``ticks_us``).
 """
 
 from __future__ import annotations
@@ -59,15 +71,21 @@ from typing import Any
 import numpy as np
 
 from boostsim.adc_model import AdcTransfer
+from boostsim.rp2040 import ADC_CONVERSION_S
 
 from .plant import Plant
 from .rp2040 import PWM_CLOCK, pwm_output, rp2040_pwm
 
-__all__ = ["CDC_TX_FIFO", "MAX_IDLE_S", "AdcModel", "EmulatedHAL", "LoopStats", "rp2040_pwm"]
+__all__ = ["CDC_TX_FIFO", "MAX_IDLE_S", "MAX_LAG_S", "AdcModel", "EmulatedHAL", "LoopStats",
+           "rp2040_pwm"]
 
 #: Longest the serve loop sleeps through idle polls [s]: it then runs one poll (the timer
 #: IRQs' batch of streamed samples and protection ticks included) and sleeps again.
 MAX_IDLE_S = 0.02
+#: Longest the board clock stays behind the host's to run the serve loop's due polls each at its
+#: own board time [s]: a host process stalled longer (stopped, swapped out) lets the board's
+#: polls run late, as a stalled serve loop on a Pico would.
+MAX_LAG_S = 0.25
 #: The emulated USB CDC transmit FIFO [bytes]: MicroPython's rp2 port (TinyUSB) buffers 256.
 CDC_TX_FIFO = 256
 _SCALAR_SAMPLES = 4     # streamed samples converted one by one (more: vectorised)
@@ -179,7 +197,8 @@ class EmulatedHAL:
 
     ``cfg``: the firmware config (module or namespace) the device runs with; ``plant``: the
     converter; ``link``: object with ``read(timeout_ms) -> bytes`` (a fractional timeout is
-    fine) and ``write(data)``; ``clock``: seconds, monotonic, the same clock as the plant's;
+    fine; it may return early with nothing; None: the board is being reset) and
+    ``write(data)``; ``clock``: seconds, monotonic, the same clock as the plant's;
     ``idle_until``: () -> the board time [s, clock] before which the firmware's serve loop has
     nothing to do without input (``math.inf``: nothing planned), or None (every poll runs).
     """
@@ -215,6 +234,10 @@ class EmulatedHAL:
         self._tx_blocked = False               # the last serial_write took nothing
         self._tx_fifo = bytearray()            # the USB CDC's transmit FIFO
         self._slept = 0.0                      # the serve loop's planned wait this poll [s]
+        self._t = clock()                      # the board clock: latest board time used [s]
+        self._pinned = False                   # this poll runs at board time _t, not the host's
+        self._last_pinned = -math.inf          # board time of the last poll run at its own time
+        self._rx_stash = b""                   # input that came while a due poll had to run
         self.boot()
 
     # -- board life cycle ----------------------------------------------------------------------
@@ -225,7 +248,9 @@ class EmulatedHAL:
         self._stream = None
         self._tx_blocked = False
         self._tx_fifo.clear()  # a reset empties the USB stack
-        self.boot_time = self.clock()
+        self._rx_stash = b""
+        self._pinned = False
+        self.boot_time = self._now()
         self._set_gate(False, 0.0, 0.0)
 
     def shutdown(self) -> None:
@@ -247,10 +272,26 @@ class EmulatedHAL:
         return a - b
 
     def _now(self) -> float:
-        """The board clock: the tick's own time inside a protection tick, else now."""
+        """The board clock [s]: the tick's own time inside a protection tick, the poll's while
+        a poll runs at its own time, else the host's clock (never going back)."""
         if self._irq_t is not None and threading.get_ident() == self._irq_thread:
             return self._irq_t
-        return self.clock()
+        if not self._pinned:
+            t = self.clock()
+            if t > self._t:
+                self._t = t
+        return self._t
+
+    def now(self) -> float:
+        """The board clock [s] (the plant's clock): when something done to the board from
+        outside (a load change, a fault) takes effect."""
+        return self._now()
+
+    def spend(self, seconds: float) -> None:
+        """``seconds`` of board time pass while the firmware computes (the host spends none of
+        its own: the board clock moves on, the poll goes on at that time)."""
+        self._t = self._now() + seconds
+        self._pinned = True
 
     def protect_start(self, period_us: int, fn: Callable[[], None]) -> None:
         """Call ``fn`` every ``period_us`` of board time (the board's protection timer IRQ),
@@ -258,11 +299,11 @@ class EmulatedHAL:
         docstring: the ticks run in order before anything can look past them)."""
         self.protect_stop()
         period = period_us * 1e-6
-        self._protect = [period, fn, self.clock() + period, 0]
+        self._protect = [period, fn, self._now() + period, 0]
 
     def protect_stop(self) -> None:
         if self._protect is not None:
-            self._run_ticks(self.clock())  # the ticks due until now still ran
+            self._run_ticks(self._now())  # the ticks due until now still ran
             self._protect = None
 
     def next_tick(self, t: float) -> float:
@@ -302,8 +343,12 @@ class EmulatedHAL:
                            hard if limit is None or not limit < hard else limit)
 
     def adc_read(self, channel: str) -> int:
+        """One conversion now; outside a protection tick it takes the ADC's conversion time."""
         with self.irq_lock:
-            return self._adc_read(channel)
+            code = self._adc_read(channel)
+            if self._irq_t is None:
+                self.spend(ADC_CONVERSION_S)
+            return code
 
     def _adc_read(self, channel: str) -> int:
         cfg = self.cfg
@@ -333,28 +378,68 @@ class EmulatedHAL:
             self._catch_up()
             return b""
         wait = timeout_ms * 1e-3
-        skipped = 0
-        if wait > 0:
-            self._tx_flush()  # the loop is about to wait: what it sent goes out
-        if wait > 0 and self.idle_until is not None and not self._tx_blocked \
-                and not self._tx_fifo:
-            start = self.clock()
-            until = min(self.idle_until(), start + MAX_IDLE_S)
+        start = self._now()  # this poll's board time
+        self._pinned = False
+        self._slept = 0.0
+        if wait <= 0:
+            data, self._rx_stash = self._rx_stash or self.link.read(0.0) or b"", b""
+            return self._polled(data)
+        self._tx_flush()  # the loop is about to wait: what it sent goes out
+        polls, timed, due = 1, False, math.inf
+        if self.idle_until is not None and not self._tx_blocked and not self._tx_fifo:
+            due = self.idle_until()
+            until = min(due, start + MAX_IDLE_S)
             polls = max(1, math.ceil((until - start) / wait - 1e-9))
-            skipped = polls - 1
-            wait *= polls
-        begin = self.clock()
-        data = self.link.read(wait * 1e3)
-        if wait > 0:
-            slept = self.clock() - begin
-            self._slept = slept if slept < wait else wait
-            if skipped:  # the idle polls the Pico would have made while waiting
-                self.stats.polls += min(skipped, int(self._slept / (wait / (skipped + 1))))
+            timed = due <= start + polls * wait
+        target = start + polls * wait  # the Pico's poll that finds the timed work due
+        if timed and self._run_at(target, start, wait):
+            return b""  # the host is late: the due poll runs first, at its own time
+        if self._rx_stash:
+            data, self._rx_stash = self._rx_stash, b""
+            return self._polled(data)
+        begin = wall = self.clock()
+        while True:  # a wake-up without input (the emulator's own calls) is not a poll
+            data = self.link.read(max(0.0, target - wall) * 1e3)
+            wall = self.clock()
+            if data is None:  # the board is being reset: no more polls
+                data = b""
+                break
+            if data or wall >= target or (self.idle_until is not None
+                                          and self.idle_until() != due):
+                break  # input, the poll's time, or new plans (the emulator's calls)
+        self._slept = min(wall - begin, target - start)
+        if (timed or not data) and self._run_at(target, start, wait):
+            # The poll ran at its instant on the board's grid (a timed-out one: whenever the
+            # host woke up); input that came after a due poll is read at the next one.
+            self._rx_stash = data
+            return b""
+        if polls > 1:  # the idle polls the Pico made while waiting
+            self.stats.polls += min(polls - 1, int((self._now() - start) / wait + 1e-9))
+        return self._polled(data)
+
+    def _run_at(self, target: float, start: float, wait: float) -> bool:
+        """If the host's clock has reached the poll at board time ``target`` (not later than
+        :data:`MAX_LAG_S` ago; after ``start``, the last poll's time), pin the board clock
+        there for this poll and run what was due by then; True if it did."""
+        late = self.clock() - target
+        if late < 0 or late > MAX_LAG_S or target <= self._last_pinned:
+            return False
+        self.stats.polls += max(0, round((target - start) / wait) - 1)
+        self._t = max(self._t, target)
+        self._pinned = True
+        self._last_pinned = self._t
+        self._polled(b"")
+        return True
+
+    def _polled(self, data: bytes) -> bytes:
+        """A poll's end at the board time, which then stands still for the rest of the
+        serve loop's iteration (the firmware's work takes the board time it is given, not the
+        host's): the protection ticks due by then run before the firmware goes on (it looks at
+        what they latched); the streamed samples wait for input (a FETC may read the ring), a
+        change of the plant's drive, or their age to reach ``MAX_IDLE_S / 2``."""
         with self.irq_lock:
-            # The protection ticks due by now run before the firmware goes on (it looks at
-            # what they latched). The streamed samples wait for input (a FETC may read the
-            # ring), a change of the plant's drive, or their age to reach MAX_IDLE_S / 2.
-            now = self.clock()
+            now = self._now()
+            self._pinned = True
             self._run_ticks(now)
             if data or self._stream_pending(now - 0.5 * MAX_IDLE_S):
                 self._flush_stream(now)
@@ -554,7 +639,7 @@ class EmulatedHAL:
             if self._irq_t is not None:
                 return  # inside a tick: the batch around it is being run
             if t is None:
-                t = self.clock()
+                t = self._now()
             self._run_ticks(t)
             self._flush_stream(t)
 

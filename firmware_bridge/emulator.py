@@ -58,7 +58,6 @@ import sys
 import termios
 import threading
 import time
-import tomllib
 import traceback
 import tty
 import types
@@ -69,7 +68,7 @@ from typing import Any
 import numpy as np
 
 from boostsim.adc_model import RP2040_DNL
-from boostsim.params import BoostParams, default_board
+from boostsim.params import BoostParams, default_board, parse_toml, read_config_text
 from boostsim.pid import PID
 from boostsim.units import parse_si
 
@@ -252,10 +251,7 @@ class EmulatorConfig:
         other tables (e.g. ``[adc]``, ``[pwm]``, ``[board]``) are left to their readers."""
         path = Path(path)
         params = BoostParams.load(path)
-        try:
-            document = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ValueError(f"{path}: {exc}") from None
+        document = parse_toml(read_config_text(path), source=str(path))
         table = document.get("emulator", {})
         if not isinstance(table, dict):
             raise ValueError(f"{path}: [emulator] must be a table")
@@ -268,11 +264,12 @@ class EmulatorConfig:
 # ---------------------------------------------------------------------------- board PID
 
 
-def board_pid_class(float32: bool, compute_time: float) -> type[PID]:
+def board_pid_class(float32: bool, compute: Callable[[], None] | None = None) -> type[PID]:
     """:class:`boostsim.pid.PID` as the RP2040 runs it: with ``float32`` every number it is
     given is rounded to single precision (numpy.float32, so its arithmetic rounds as
-    MicroPython's floats do), and each update takes ``compute_time`` seconds of real time
-    (:func:`_spend`: the PWM update follows the control step's ADC sample that much later)."""
+    MicroPython's floats do); ``compute()`` is called after each update (the emulator's: the
+    board clock moves on by ``pid_compute_time``, so the PWM update follows the control step's
+    ADC sample that much later in board time)."""
 
     def board(x: Any) -> Any:
         return np.float32(x) if float32 and isinstance(x, float | int | np.floating) \
@@ -288,42 +285,11 @@ def board_pid_class(float32: bool, compute_time: float) -> type[PID]:
 
         def update(self, setpoint: float, measurement: float) -> float:
             u = super().update(board(setpoint), board(measurement))
-            if compute_time > 0:
-                _spend(compute_time)
+            if compute is not None:
+                compute()
             return float(u)
 
     return BoardPID
-
-
-def _sleep_overhead() -> float:
-    """How much longer than asked this host's ``time.sleep`` takes at least [s] (the shortest
-    of a few short sleeps; typically 50-70 us on Linux). The least, not the median: on a busy
-    host the median is the scheduler's latency, and an estimate above the time to spend
-    would turn every :func:`_spend` into a busy wait."""
-    asked = 10e-6
-    taken = []
-    for _ in range(15):
-        start = time.perf_counter()
-        time.sleep(asked)
-        taken.append(time.perf_counter() - start - asked)
-    return max(0.0, min(taken))
-
-
-_SLEEP_OVERHEAD: list[float] = []  # measured on first use
-
-
-def _spend(seconds: float) -> None:
-    """Let ``seconds`` of real (board) time pass in the calling thread as the RP2040 spends
-    it computing: asleep for all but the host's sleep overhead, the rest (a few us) busy, so
-    the emulated board's computation costs the host almost no CPU."""
-    if not _SLEEP_OVERHEAD:
-        _SLEEP_OVERHEAD.append(_sleep_overhead())
-    done = time.perf_counter() + seconds
-    nap = seconds - _SLEEP_OVERHEAD[0]
-    if nap > 0:
-        time.sleep(nap)
-    while time.perf_counter() < done:
-        pass
 
 
 # ---------------------------------------------------------------------------- transport
@@ -492,9 +458,12 @@ class FaultLink:
             out.append(byte)
         return bytes(out)
 
-    def read(self, timeout_ms: float) -> bytes:
+    def read(self, timeout_ms: float) -> bytes | None:
+        """Bytes from the host within ``timeout_ms`` (b"" if none came; it may return early
+        when the emulator wakes it), None if a reset is pending (the old firmware gets no
+        more input)."""
         if self.on_poll is not None and self.on_poll():
-            return b""  # a reset is pending: the old firmware gets no more input
+            return None
         return self._apply("rx", self.port.read(timeout_ms / 1000.0))
 
     def write(self, data: bytes) -> int:
@@ -548,7 +517,9 @@ class Emulator:
             config = dataclasses.replace(config, **settings)
         self.config = config
         self.fw_config = firmware_config(config.firmware, config.firmware_path)
-        self._pid_class = board_pid_class(config.float32, config.pid_compute_time)
+        compute = config.pid_compute_time
+        self._pid_class = board_pid_class(
+            config.float32, (lambda: self.hal.spend(compute)) if compute > 0 else None)
         self._link_path = link
         self.port: str | None = None
         self.device = None
@@ -740,7 +711,7 @@ class Emulator:
             self._reset_kind = "watchdog"
 
     def _apply_fault(self, kind: str, arg: Any) -> None:
-        t = self._clock()
+        t = self.hal.now()
         self.hal.plant_access(t)
         if kind == "stall":
             self._stall_until = time.monotonic() + float(arg)
@@ -829,7 +800,7 @@ class Emulator:
     def _change_conditions(self, **changes: float) -> float:
         def change() -> float:
             # Streamed samples due before the change must see the old conditions.
-            t = self._clock()
+            t = self.hal.now()
             self.hal.plant_access(t)
             self.plant.set_conditions(t, **changes)
             return t - self.hal.boot_time
@@ -892,7 +863,7 @@ class Emulator:
         """The converter now: time [s], vout [V], iL [A], vC [V] and the PWM in force."""
 
         def read():
-            t = self._clock()
+            t = self.hal.now()
             self.hal.plant_access(t)
             vout, il = self.plant.sample([t], current=True)
             enabled, freq, duty = self.plant.pwm

@@ -156,7 +156,7 @@ def _virtual_board(skip_idle: bool, seconds: float) -> dict:
     emu.hal = hal
     if skip_idle:
         hal.idle_until = lambda: Emulator._idle_until(emu)
-    dev = emu.device = fw_device.Device(hal, cfg, pid_class=board_pid_class(True, 0.0))
+    dev = emu.device = fw_device.Device(hal, cfg, pid_class=board_pid_class(True))
     pwm: list[tuple[float, bool, float]] = []
     inner = hal.pwm_set
 
@@ -183,13 +183,12 @@ def test_skipping_idle_polls_changes_nothing_the_board_does():
     skipped = _virtual_board(True, 0.7)
     assert polled["trip"] == skipped["trip"] == "WDOG"
     assert skipped["out"] == polled["out"]  # the same replies, stream block included
-    # The same PWM updates at the same board times; the watchdog trip's report (the last one)
-    # at the next poll after the trip on either poll grid: polls 1 ms apart, or 1 ms plus
-    # their own processing time (as on the Pico) -- less than a poll apart.
-    assert [p[1:] for p in skipped["pwm"]] == [p[1:] for p in polled["pwm"]]
-    times = np.array([[p[0] for p in run["pwm"]] for run in (skipped, polled)])
-    np.testing.assert_array_equal(times[0, :-1], times[1, :-1])
-    assert abs(times[0, -1] - times[1, -1]) < 1e-3 and times[0, -1] > 0.55
+    # The same PWM updates at the same board times, the watchdog trip's included: a poll that
+    # times out runs at its instant on the board's grid (1 ms after the last one, plus the
+    # firmware's own ADC conversions), however long the host took to get there (20 us a read
+    # here), whether the polls between were run or skipped.
+    assert skipped["pwm"] == polled["pwm"]
+    assert skipped["pwm"][-1][1:] == (False, 0.0) and skipped["pwm"][-1][0] >= 0.55
     assert skipped["polls_run"] < polled["polls_run"] / 2  # ... with far fewer polls run
     assert abs(skipped["polls"] - polled["polls"]) < 0.05 * polled["polls"]
 

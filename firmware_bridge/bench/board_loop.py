@@ -25,6 +25,10 @@ from .common import _hold_and_fetch, _streamed, unlocked_rate
 
 __all__ = ["BoardLoop", "run_board_step", "simulate_board_step"]
 
+#: How often :func:`run_board_step` fetches the stream after the step [s] (at most a quarter of
+#: the ring's time); each fetch is a command that wakes the board's serve loop.
+FETCH_EVERY = 0.02
+
 
 @dataclasses.dataclass(frozen=True)
 class BoardLoop:
@@ -39,13 +43,19 @@ class BoardLoop:
     kd: float = 0.0
 
 
+def _fetch_every(rate: float) -> float:
+    """Fetch interval [s] while streaming at ``rate`` [S/s]."""
+    return min(FETCH_EVERY, fw.RING_SIZE / rate / 4)
+
+
 def run_board_step(board: Board, loop: BoardLoop, *, pre: float = 0.01, post: float = 0.15,
                    settle: float = 0.5, soft_start: float = 50.0, rate: float = 20e3
                    ) -> tuple[np.ndarray, np.ndarray]:
     """Run the board's PID at ``loop.v_from`` (soft start at ``soft_start`` V/s, ``settle``
     s), stream the output, step the setpoint to ``loop.v_to`` (marked on the sample clock)
-    and capture ``post`` s. Returns (t [s] from the step, vout [V] single conversions). The
-    output is off and the board back in ``CONT:MODE OPEN`` when this returns."""
+    and capture ``post`` s, fetching every :data:`FETCH_EVERY` s. Returns (t [s] from the
+    step, vout [V] single conversions). The output is off and the board back in
+    ``CONT:MODE OPEN`` when this returns."""
     chunks: list = []
     board.send("CONT:PID", loop.kp, loop.ki, loop.kd)
     board.send("CONT:RATE", loop.rate)
@@ -63,7 +73,7 @@ def run_board_step(board: Board, loop: BoardLoop, *, pre: float = 0.01, post: fl
             chunks.append(board.fetch())
             acq, mark = board.send_marked("CONT:VREF", loop.v_to)
             chunks.append(acq)
-            _hold_and_fetch(board, post, chunks.append, min(0.02, fw.RING_SIZE / effective / 4))
+            _hold_and_fetch(board, post, chunks.append, _fetch_every(effective))
             board.check(expect_on=True)
         finally:
             with contextlib.suppress(BoardError):
@@ -81,13 +91,15 @@ def run_board_step(board: Board, loop: BoardLoop, *, pre: float = 0.01, post: fl
 def simulate_board_step(params: BoostParams, loop: BoardLoop, t: np.ndarray, *,
                         pre: float = 0.01, seed: int | None = 1, lanes: int = 1,
                         timing: BoardTiming | None = None, noise_lsb: float = 1.0,
-                        adc: ADC | None = None) -> np.ndarray:
+                        adc: ADC | None = None, rate: float = 20e3) -> np.ndarray:
     """The same loop in the switching simulator, as the firmware runs it
     (:class:`~.board_model.BoardController` on the board's :class:`~.board_model.BoardTiming`:
     the serve loop's poll jitter, the ``CONT_AVG`` conversions, the compute time, the PWM's
     latch at its counter wrap, single precision), from the steady state at ``v_from`` with
     the integrator there, the setpoint stepped at t = 0 (at a random phase of the loop's
-    schedule). ``lanes`` independent realisations (``seed``); ``adc``: the board's ADC
+    schedule), the host's commands reaching the board as :func:`run_board_step` sends them
+    (the step, then a fetch every :data:`FETCH_EVERY` s while streaming at ``rate`` [S/s]).
+    ``lanes`` independent realisations (``seed``); ``adc``: the board's ADC
     (default: the firmware's divider and reference, ``noise_lsb`` codes rms). Returns
     per-period means of vout [V] at ``t`` [s]: shape (t.size,) for one lane, else (lanes,
     t.size)."""
@@ -104,10 +116,11 @@ def simulate_board_step(params: BoostParams, loop: BoardLoop, t: np.ndarray, *,
                   noise_rms=noise_lsb * fw.ADC_VREF / fw.ADC_FULL_SCALE)
     pwm = PWM(timer_clock=PWM_CLOCK, duty_min=0.0, duty_max=fw.DUTY_LIMIT_DEFAULT)
     pid = PID(loop.kp, loop.ki, loop.kd, 1.0 / loop.rate, 0.0, fw.DUTY_LIMIT_DEFAULT)
-    ctrl = BoardController(pid, timing=timing, adc=adc, pwm=pwm, initial_duty=d_from,
-                           lanes=lanes, seed=seed)
     ts = 1.0 / float(params.fsw)
     t = np.asarray(t, dtype=float)
+    inputs = pre + np.arange(0.0, max(float(t[-1]), ts), _fetch_every(rate))
+    ctrl = BoardController(pid, timing=timing, adc=adc, pwm=pwm, initial_duty=d_from,
+                           lanes=lanes, inputs=inputs, seed=seed)
     sim = simulate(params, controller=ctrl, vref=[(0, loop.v_from), (pre, loop.v_to)],
                    t_end=pre + max(float(t[-1]), ts), dt=ts * ctrl.every,
                    x0=(float(start.il_start), float(start.vc_start)))

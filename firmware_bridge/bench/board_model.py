@@ -6,11 +6,14 @@ What ``firmware/device.py`` does on the board (and the emulator, which runs the 
 * The PID is not driven by a timer: the serve loop calls ``Device.poll`` between serial reads
   (``hal.serial_read(POLL_MS)`` waits up to ``POLL_MS`` for input), and ``poll`` runs a control
   step when its due time has come. Due times follow a fixed grid ``1 / CONT:RATE`` apart (a
-  step more than one period late restarts the grid from now), so each step samples *after* its
-  due time, by up to one poll period: the control intervals jitter by up to ``+-poll``. On a
-  loop whose plant rings within a control period, that jitter changes the step response
-  (the overshoot of a 30 Hz crossover at 500 Hz rises by a quarter); the phase of the step
-  within the grid is arbitrary.
+  step more than one period late restarts the grid from now). The loop's polls follow their
+  own grid: ``POLL_MS`` after the loop last finished its work (a control step ends with its
+  conversions and computation), or at once when a host command comes in. So each step samples
+  *after* its due time, by up to one poll period, and that delay drifts from step to step by
+  the step's own duration (when the control period is a whole number of polls); a command from
+  the host (the setpoint step itself, a FETC) restarts the poll grid at its arrival. On a loop
+  whose plant rings within a control period, when the samples fall changes the step response;
+  the phase of the step within the grids is arbitrary.
 * The step reads ``CONT_AVG`` conversions back to back (``spacing`` apart) at whatever phase
   of the switching period the poll fell on (the PWM and the serve loop are not locked),
   averages the codes, converts them with the nominal divider and reference, and updates
@@ -39,35 +42,31 @@ import numpy as np
 
 from boostsim.control import ADC, PWM, ControlLog, DigitalController, Reference
 from boostsim.pid import PID
+from boostsim.rp2040 import ADC_CONVERSION_S
 
 from ..firmware import config as fw
 
-__all__ = ["BoardController", "BoardTiming"]
+__all__ = ["BoardController", "BoardTiming", "next_control_step"]
 
 
 @dataclasses.dataclass(frozen=True)
 class BoardTiming:
     """When the board's PID samples and acts (see the module docstring).
 
-    poll [s]: the serve loop's poll period (``POLL_MS``): a control step runs up to this long
-    after its due time (uniformly distributed). compute [s]: from the step's ADC sample to its
-    PWM write (the emulator's ``pid_compute_time``). average: conversions per step
-    (``CONT_AVG``); spacing [s]: between them. float32: the PID computes in single precision
+    poll [s]: the serve loop's poll period (``POLL_MS``): a control step runs at the first poll
+    at or after its due time. compute [s]: from the step's last ADC conversion to its PWM write
+    (the emulator's ``pid_compute_time``). average: conversions per step (``CONT_AVG``);
+    spacing [s]: between them (each takes that long). float32: the PID computes in single precision
     (MicroPython on the RP2040). resolution: the model's time step in switching periods (the
     sample instants and the PWM write are resolved to it; 10 = 100 us at 100 kHz).
-    delays, latencies [s]: measured control-step delays after their due time and sample-to-PWM
-    times (e.g. logged on a board); when given, each step draws from them (with replacement)
-    instead of ``uniform(0, poll)`` and ``compute``.
     """
 
     poll: float = fw.POLL_MS * 1e-3
     compute: float = 100e-6
     average: int = fw.CONT_AVG
-    spacing: float = 2e-6
+    spacing: float = ADC_CONVERSION_S
     float32: bool = True
     resolution: int = 10
-    delays: tuple[float, ...] = ()
-    latencies: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("poll", "compute", "spacing"):
@@ -75,11 +74,6 @@ class BoardTiming:
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"BoardTiming {name} must be a finite time >= 0 [s], got "
                                  f"{value!r}")
-        for name in ("delays", "latencies"):
-            values = tuple(float(v) for v in getattr(self, name))
-            if not all(math.isfinite(v) and v >= 0 for v in values):
-                raise ValueError(f"BoardTiming {name} must be finite times >= 0 [s]")
-            object.__setattr__(self, name, values)
         for name in ("average", "resolution"):
             value = getattr(self, name)
             if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
@@ -108,14 +102,16 @@ class BoardController(DigitalController):
 
     ``pid``: the settings the board runs (``ts = 1 / CONT:RATE``; scalar gains); ``adc``: the
     board's ADC (its ``oversample``, ``spacing`` and ``sample_at`` are replaced by the timing's);
-    ``pwm``: the RP2040 slice; ``initial_duty``: the duty (and the integral) at t = 0; ``seed``:
-    the jitter's and the noise's generator. Simulate with a scalar board or one lane per
-    realisation. :meth:`log` gives one row per control step of each lane (NaN-padded).
+    ``pwm``: the RP2040 slice; ``initial_duty``: the duty (and the integral) at t = 0;
+    ``inputs``: times [s] at which commands from the host reach the board (each wakes the
+    serve loop: a step due by then runs at once, else the poll grid restarts there); ``seed``:
+    the grids' phases' and the noise's generator. Simulate with a scalar board or one lane
+    per realisation. :meth:`log` gives one row per control step of each lane (NaN-padded).
     """
 
     def __init__(self, pid: PID, *, timing: BoardTiming | None = None, vref: Any = None,
                  adc: ADC | None = None, pwm: PWM | None = None, initial_duty: float = 0.0,
-                 lanes: int = 1, seed: int | None = 0):
+                 lanes: int = 1, inputs: Any = (), seed: int | None = 0):
         timing = timing or BoardTiming()
         if any(np.ndim(getattr(pid, name)) for name in ("kp", "ki", "kd", "ts")):
             raise ValueError("the board runs one PID: give scalar gains (lanes are "
@@ -128,6 +124,10 @@ class BoardController(DigitalController):
                          initial_duty=initial_duty)
         self.timing = timing
         self.lanes = lanes
+        inputs = np.sort(np.asarray(inputs, dtype=float).ravel())
+        if not np.all(np.isfinite(inputs)):
+            raise ValueError("inputs must be finite times [s]")
+        self.inputs = inputs
         self._pids: list[PID] = []
 
     @property
@@ -136,7 +136,8 @@ class BoardController(DigitalController):
 
     def start(self, lanes: dict[str, np.ndarray], vref: Any = None) -> None:
         """Prepare a simulation (called by ``simulate``): every lane's PID reset to the
-        initial duty, its due grid at a random phase, its first sample drawn."""
+        initial duty, its due grid and its poll grid at random phases, its first sample
+        planned."""
         if vref is not None:
             self.reference = Reference(vref)
         if self.reference is None:
@@ -157,7 +158,9 @@ class BoardController(DigitalController):
         period = float(self.pid.ts)
         self._period = period
         self._due = self._rng.uniform(0.0, period, n)
-        self._sample_t = self._due + self._delay(n)
+        # The serve loop's last wake-up before the first due time: its poll grid's phase.
+        self._awake = self._due - self._rng.uniform(0.0, self.timing.poll, n)
+        self._sample_t = np.array([self._next_sample(lane) for lane in range(n)])
         self._pending: list[tuple[float, int, float]] = []  # (apply at [s], lane, duty)
         self._lane_rows: list[list[tuple]] = [[] for _ in range(n)]
 
@@ -182,12 +185,10 @@ class BoardController(DigitalController):
             self._duty = duty
         return self._duty
 
-    def _delay(self, n: int) -> np.ndarray:
-        """Delays [s] of ``n`` control steps after their due times."""
-        delays = self.timing.delays
-        if delays:
-            return np.asarray(delays)[self._rng.integers(len(delays), size=n)]
-        return self._rng.uniform(0.0, self.timing.poll, n)
+    def _next_sample(self, lane: int) -> float:
+        """Board time [s] of the lane's next control step (:func:`next_control_step`)."""
+        return next_control_step(float(self._awake[lane]), float(self._due[lane]),
+                                 self.timing.poll, self.inputs)
 
     def _steps(self, lanes: np.ndarray, t0: np.ndarray, view) -> None:
         """Control steps of ``lanes``, due in the period just ended (``view``): sampled at the
@@ -208,11 +209,10 @@ class BoardController(DigitalController):
             commands[lane] = float(self._pids[lane].update(num(setpoint[lane]),
                                                            num(measured[lane])))
         duties = self._quantize(commands)
+        busy = timing.average * timing.spacing + timing.compute  # conversions, computation
         for lane in lanes.tolist():
             pid = self._pids[lane]
-            compute = (timing.compute if not timing.latencies
-                       else timing.latencies[self._rng.integers(len(timing.latencies))])
-            wrap = math.ceil((t_sample[lane] + compute) / Ts[lane] - 1e-9) * Ts[lane]
+            wrap = math.ceil((t_sample[lane] + busy) / Ts[lane] - 1e-9) * Ts[lane]
             self._pending.append((wrap, lane, float(duties[lane])))
             self._lane_rows[lane].append((wrap, t_sample[lane], float(pid.ramped_setpoint),
                                           codes[lane], measured[lane], float(pid.integral),
@@ -222,7 +222,8 @@ class BoardController(DigitalController):
             if due <= now:  # device.py: more than a period late restarts the grid
                 due = now + self._period
             self._due[lane] = due
-            self._sample_t[lane] = due + self._delay(1)[0]
+            self._awake[lane] = now + busy  # the loop polls again once the PWM is written
+            self._sample_t[lane] = self._next_sample(lane)
 
     def log(self) -> ControlLog:
         """One row per control step of each lane (lanes with fewer steps padded with NaN);
@@ -240,3 +241,23 @@ class BoardController(DigitalController):
         return ControlLog(period=period, t=t, setpoint=setpoint, adc_code=codes,
                           measured=measured, error=setpoint - measured, integral=integral,
                           duty_command=command, duty=duty)
+
+
+def next_control_step(awake: float, due: float, poll: float, inputs: np.ndarray) -> float:
+    """Board time [s] at which the firmware's serve loop runs a control step due at ``due``
+    [s]: its first poll at or after ``due`` -- polls ``poll`` [s] apart from ``awake`` (when
+    the loop last finished its work), the first a whole poll after it; a poll of 0: at
+    ``due`` -- unless a host command comes first (``inputs``: sorted arrival times [s]): it
+    wakes the loop, which runs the step then if it is due, else polls on from there."""
+    k = int(np.searchsorted(inputs, awake, side="right"))
+    while True:
+        if poll <= 0:
+            step = max(awake, due)
+        else:
+            step = awake + max(1, math.ceil((due - awake) / poll - 1e-9)) * poll
+        if k >= inputs.size or inputs[k] >= step:
+            return step
+        awake = float(inputs[k])
+        if due <= awake:
+            return awake
+        k += 1
