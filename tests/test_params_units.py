@@ -1,4 +1,6 @@
-"""Units, plausibility and configuration-file slips (issue 11, items 9 and 11)."""
+"""Units, plausibility and configuration-file slips are caught where the value is read: a
+value in another field's unit (L=100uF), an implausible magnitude, a byte-order mark or a
+misspelt [converter] table would otherwise simulate a converter nobody meant."""
 
 from __future__ import annotations
 
