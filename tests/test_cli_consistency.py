@@ -32,10 +32,19 @@ def _option(parser: argparse.ArgumentParser, flag: str) -> argparse.Action:
 
 def test_rate_is_one_option_in_every_loop_command():
     parser = build_parser()
-    rates = [_option(_subparser(parser, *words), "--rate")
-             for words in (["simulate"], ["tune"], ["bode"], ["bench", "live"])]
-    assert len({(r.help, r.default, r.metavar) for r in rates}) == 1
-    assert rates[0].type("1k") == 1000.0
+    commands = (["simulate"], ["tune"], ["bode"], ["bench", "live"])
+    rates = {" ".join(words): _option(_subparser(parser, *words), "--rate") for words in commands}
+    assert len({(r.default, r.metavar, r.type("1k")) for r in rates.values()}) == 1
+    assert rates["simulate"].type("1k") == 1000.0
+    # The help is true of its command: --pid-config only where the command has it, switching
+    # periods only in the simulation, the default where each command takes it from.
+    for words in commands:
+        has_file = any("--pid-config" in a.option_strings
+                       for a in _subparser(parser, *words)._actions)
+        assert ("--pid-config" in rates[" ".join(words)].help) == has_file, words
+    assert rates["simulate"].help == rates["bode"].help
+    assert "default: fsw" in rates["tune"].help
+    assert "switching periods" not in rates["bench live"].help
     for words in (["simulate"], ["bode"], ["bench", "live"]):
         p = _subparser(parser, *words)
         for flag in ("--kp", "--ki", "--kd", "--tf", "--pid-config"):
@@ -122,6 +131,24 @@ def test_every_duty_option_takes_a_percentage():
             percent, fraction = "60%", "0.6"
         np.testing.assert_allclose(action.type(percent), action.type(fraction),
                                    err_msg=f"{' '.join(words)} {action.option_strings}")
+
+
+def _epilogs(parser: argparse.ArgumentParser, words: tuple[str, ...] = ()):
+    yield words, parser.epilog or ""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for word, sub in action.choices.items():
+                yield from _epilogs(sub, (*words, word))
+
+
+def test_help_examples_keep_their_line_continuations():
+    # A backslash-newline in the (non-raw) epilog string joins the lines in Python, leaving the
+    # next line's indent as a run of spaces inside the printed command.
+    for words, epilog in _epilogs(build_parser()):
+        for line in epilog.splitlines():
+            if line.lstrip().startswith("boostsim "):
+                command = line.split("#")[0].rstrip()
+                assert "   " not in command.strip(), (words, line)
 
 
 @pytest.mark.parametrize("words", [["bode"], ["simulate"], ["bench", "live"], ["sweep"]])
