@@ -107,6 +107,7 @@ def test_cli_reports_unit_slips_bom_and_table_typos(capsys, tmp_path):
                                 "1 H for the inductance: is the unit right?"]
 
 
+@pytest.mark.slow  # a CLI subprocess
 def test_cli_warns_in_one_stderr_line_as_a_process():
     import subprocess
     import sys
