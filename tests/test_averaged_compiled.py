@@ -29,6 +29,10 @@ from boostsim.pid import PID
 
 avgkernel = pytest.importorskip("boostsim.avgkernel")
 
+# The compiled twin against its numpy reference: numba compiles the averaged loop (10-20 s after
+# an edit of its sources) and the reference runs each case period by period in Python.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 BOARD = default_board()
 TS = 1 / BOARD.fsw

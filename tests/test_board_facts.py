@@ -50,9 +50,14 @@ def _micropython_freq_set(source_hz: int, freq: int) -> tuple[int, int]:
     return div16, top & U32
 
 
-def _micropython_cc(duty_u16: int, top: int) -> int:
-    duty_u16 = min(duty_u16, 65535)
-    return ((duty_u16 * (top + 1) + 65535 // 2) & U32) // 65535
+def _micropython_cc(duty_u16, top: int):
+    """MicroPython's compare level for duty_u16 (an int, or element-wise for an array: int64
+    holds 65535 * 65536 exactly, so the arithmetic is the same)."""
+    if np.ndim(duty_u16) == 0:
+        duty_u16 = min(int(duty_u16), 65535)
+        return ((duty_u16 * (top + 1) + 65535 // 2) & U32) // 65535
+    u16 = np.minimum(np.asarray(duty_u16, dtype=np.int64), 65535)
+    return ((u16 * (top + 1) + 65535 // 2) & U32) // 65535
 
 
 def test_slice_setup_is_micropythons():
@@ -73,7 +78,7 @@ def test_slice_setup_is_micropythons():
 def test_compare_level_is_micropythons_for_every_duty_u16():
     u16 = np.arange(65536)
     for top in (1, 249, 1249, 61691, 65533):
-        expected = np.array([_micropython_cc(int(u), top) for u in u16])
+        expected = _micropython_cc(u16, top)
         assert np.array_equal(rp.compare_level(u16, top), expected), top
     assert rp.compare_level(65535, 1249) == 1250  # 100 %: the level past the last step
 
@@ -226,9 +231,8 @@ def test_simulation_emulator_bench_and_firmware_agree(fsw):
     steps = top + 1
     # The board: hal.py's duty_u16 (checked above) then MicroPython's compare level; with the
     # hard ceiling as hal.py caps it.
-    board = np.array([_micropython_cc(int(u), top) for u in rp.duty_u16(duties)]) / steps
-    capped = np.array([_micropython_cc(int(u), top) for u in
-                       rp.capped_u16(duties, fw.DUTY_HARD_MAX, top)]) / steps
+    board = _micropython_cc(rp.duty_u16(duties), top) / steps
+    capped = _micropython_cc(rp.capped_u16(duties, fw.DUTY_HARD_MAX, top), top) / steps
     sim = PWM(duty_min=0.0, duty_max=fw.DUTY_HARD_MAX).quantize(duties, fsw)
     assert np.array_equal(sim, capped)
     assert np.array_equal(effective_pwm(duties, fsw)[1], board)
@@ -346,6 +350,7 @@ def test_comments_quoting_the_pwm_figures_agree():
     assert seen >= 3
 
 
+@pytest.mark.slow  # a MicroPython VM
 def test_ceiling_holds_in_micropython():
     """The same hal.py in a real MicroPython VM (rp2 stand-ins): the duty_u16 it writes at and
     above each limit, over the frequency range, is the model's, and under the ceiling."""

@@ -388,8 +388,9 @@ def test_a_port_in_use_is_a_clear_error(emu, tmp_path):
 
 
 def test_calibrate_refuses_an_implausible_correction_unless_forced(tmp_path):
-    """The issue's case: a mistyped meter reading (7 V at duty 0.6, ~12 V) is refused, as is a
-    12 % correction; --force applies the latter (the board accepts it), never the former."""
+    """The slip to guard against: a mistyped meter reading (7 V at duty 0.6, ~12 V) is
+    refused, as is a 12 % correction; --force applies the latter (the board accepts it), never
+    the former."""
     with Emulator(seed=8) as emu:
         proc = run("bench", "calibrate", "--port", emu.port, "--duty", "0.6", "--ref", "7",
                    "--settle", "0.1", "--force", cwd=tmp_path)

@@ -9,6 +9,7 @@ import json
 import re
 import shlex
 
+import numpy as np
 import pytest
 from cli_helpers import cli, one_line_error
 
@@ -31,10 +32,19 @@ def _option(parser: argparse.ArgumentParser, flag: str) -> argparse.Action:
 
 def test_rate_is_one_option_in_every_loop_command():
     parser = build_parser()
-    rates = [_option(_subparser(parser, *words), "--rate")
-             for words in (["simulate"], ["tune"], ["bode"], ["bench", "live"])]
-    assert len({(r.help, r.default, r.metavar) for r in rates}) == 1
-    assert rates[0].type("1k") == 1000.0
+    commands = (["simulate"], ["tune"], ["bode"], ["bench", "live"])
+    rates = {" ".join(words): _option(_subparser(parser, *words), "--rate") for words in commands}
+    assert len({(r.default, r.metavar, r.type("1k")) for r in rates.values()}) == 1
+    assert rates["simulate"].type("1k") == 1000.0
+    # The help is true of its command: --pid-config only where the command has it, switching
+    # periods only in the simulation, the default where each command takes it from.
+    for words in commands:
+        has_file = any("--pid-config" in a.option_strings
+                       for a in _subparser(parser, *words)._actions)
+        assert ("--pid-config" in rates[" ".join(words)].help) == has_file, words
+    assert rates["simulate"].help == rates["bode"].help
+    assert "default: fsw" in rates["tune"].help
+    assert "switching periods" not in rates["bench live"].help
     for words in (["simulate"], ["bode"], ["bench", "live"]):
         p = _subparser(parser, *words)
         for flag in ("--kp", "--ki", "--kd", "--tf", "--pid-config"):
@@ -81,6 +91,64 @@ def test_duty_as_a_percentage(capsys):
     assert json.loads(out)["study"]["axes"]["duty"] == "0.1,0.2,0.3"
     status, out, err = cli(capsys, "steady", "--duty", "100%")
     assert status == 2 and "duty must be in [0, 1)" in one_line_error(err)
+    # bench step read its FROM:TO with the plain number parser ("cannot read '60%'")
+    status, out, err = cli(capsys, "bench", "step", "--port", "emu:", "--duty", "40%:60%",
+                           "--pre", "2m", "--post", "5m", "--settle", "0.05", "--json",
+                           "--no-files")
+    assert status == 0, err
+    doc = json.loads(out)
+    assert (doc["duty"], doc["duty_after"]) == (0.4, 0.6)
+
+
+def _duty_options(parser: argparse.ArgumentParser, words: tuple[str, ...] = ()):
+    """(command words, action) of every option that reads a duty, in every (sub)command."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for word, sub in action.choices.items():
+                yield from _duty_options(sub, (*words, word))
+        elif any("duty" in flag for flag in action.option_strings) or (
+                action.help and " in duty" in action.help):
+            yield words, action
+
+
+def test_every_duty_option_takes_a_percentage():
+    options = list(_duty_options(build_parser()))
+    flags = {(" ".join(words), action.option_strings[-1]) for words, action in options}
+    # The census is what it should be: a new duty option is checked here too.
+    assert {("bench step", "--duty"), ("bench sweep", "--duty"), ("bench calibrate", "--duty"),
+            ("bench identify", "--duty"), ("bench identify", "--amplitude"),
+            ("bench live", "--max-duty"), ("simulate", "--duty"), ("simulate", "--duty-max"),
+            ("simulate", "--initial-duty"), ("steady", "--duty"), ("sweep", "--duty"),
+            ("bode", "--duty")} <= flags
+    for words, action in options:
+        if action.metavar == "RANGE":
+            percent, fraction = "10%:30%:10%", "0.1:0.3:0.1"
+        elif action.metavar == "FROM[:TO]":
+            percent, fraction = "40%:60%", "0.4:0.6"
+        elif "--amplitude" in action.option_strings:
+            percent, fraction = "4%", "0.04"
+        else:
+            percent, fraction = "60%", "0.6"
+        np.testing.assert_allclose(action.type(percent), action.type(fraction),
+                                   err_msg=f"{' '.join(words)} {action.option_strings}")
+
+
+def _epilogs(parser: argparse.ArgumentParser, words: tuple[str, ...] = ()):
+    yield words, parser.epilog or ""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for word, sub in action.choices.items():
+                yield from _epilogs(sub, (*words, word))
+
+
+def test_help_examples_keep_their_line_continuations():
+    # A backslash-newline in the (non-raw) epilog string joins the lines in Python, leaving the
+    # next line's indent as a run of spaces inside the printed command.
+    for words, epilog in _epilogs(build_parser()):
+        for line in epilog.splitlines():
+            if line.lstrip().startswith("boostsim "):
+                command = line.split("#")[0].rstrip()
+                assert "   " not in command.strip(), (words, line)
 
 
 @pytest.mark.parametrize("words", [["bode"], ["simulate"], ["bench", "live"], ["sweep"]])

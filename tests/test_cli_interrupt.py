@@ -1,4 +1,6 @@
-"""A Ctrl-C while the command is still importing: one line, exit status 130 (issue 11)."""
+"""A Ctrl-C while the command is still importing: one line, exit status 130, as at any other
+moment (not a traceback from inside numpy's import, which reads as a crash); a program that
+imports boostsim keeps its own Ctrl-C handling."""
 
 from __future__ import annotations
 

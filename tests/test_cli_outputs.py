@@ -1,5 +1,6 @@
 """The command never leaves a partial file that looks complete, nor a new CSV beside an old
-plot (issue 11, item 5): a real ``boostsim sweep`` interrupted while writing its files."""
+plot (a mismatched pair would show a figure of other data): a real ``boostsim sweep``
+interrupted while writing its files."""
 
 from __future__ import annotations
 

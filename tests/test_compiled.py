@@ -16,6 +16,10 @@ from boostsim.pid import PID
 kernel = pytest.importorskip("boostsim.kernel")
 from boostsim.fastloop import pid_arrays  # noqa: E402
 
+# The compiled twin against its numpy reference: numba compiles the closed loop (10-20 s after an
+# edit of its sources) and the reference runs each case period by period in Python.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 BOARD = default_board()
 TS = 1 / BOARD.fsw

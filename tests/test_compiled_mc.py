@@ -11,6 +11,10 @@ from boostsim.sweep import parse_limit, parse_tolerance
 pytest.importorskip("boostsim.kernel")
 from boostsim.montecarlo import COLUMNS, disturbance_response, load_step_yield
 
+# The compiled Monte-Carlo against the numpy engine lane by lane: numba compiles the closed loop
+# (10-20 s after an edit of its sources) and the reference runs every lane in Python.
+pytestmark = pytest.mark.slow
+
 BOARD = default_board()
 TS = 1 / BOARD.fsw
 STEP = Step(8e-3, R=24.0)

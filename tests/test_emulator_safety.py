@@ -129,7 +129,7 @@ def test_no_accepted_calibration_blinds_the_ovp():
                     assert reply.startswith("-222,"), reply
                     continue
                 accepted.append((gain, offset))
-                _start(port)  # the issue's case: duty 0.6, then the load is lost
+                _start(port)  # the dangerous case: duty 0.6, then the load is lost
                 emu.disconnect_load()
                 assert wait_until(lambda: ask(port, "PROT:TRIP?") == "OVP", 2.0), (gain, offset)
                 time.sleep(0.03)
@@ -138,7 +138,7 @@ def test_no_accepted_calibration_blinds_the_ovp():
                 assert state["vout"] < LEVEL + 1.5, (gain, offset, state["vout"])
                 _reconnect(emu, port)
                 assert ask(port, "PROT:TRIP?") == "NONE", (gain, offset)
-    # The gains the issue found blinding (0.58) and the absurd ones are refused; plausible
+    # A gain that blinds the over-voltage trip (0.58) and the absurd ones are refused; plausible
     # ones are accepted.
     assert (1.0, 0.0) in accepted and (1.1, 1.0) in accepted and (0.9, -1.0) in accepted
     assert not any(g in (0.58, 2.0) for g, _ in accepted)

@@ -1,5 +1,6 @@
 """Every ``boostsim ...`` command shown in README.md and in the ``--help`` epilogs runs as
-written (issue 11, item 8).
+written: they are what a reader copies first, and nothing else checks that they still match
+the options and defaults of the code.
 
 What counts as a command: each line of a README code block that starts with ``boostsim`` (split
 at ``&&``); each inline code span starting with ``boostsim `` with no ``a/b`` alternatives; in

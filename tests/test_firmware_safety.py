@@ -12,6 +12,7 @@ import ast
 from pathlib import Path
 
 import fake_hal
+import pytest
 from micropython_runner import run_micropython
 
 from firmware_bridge.firmware import device, scpi
@@ -67,6 +68,7 @@ print("@@" + repr(out))
 """
 
 
+@pytest.mark.slow  # a MicroPython VM
 def test_protections_do_not_allocate_in_micropython():
     """``Device.protect`` is what the hard timer IRQ runs on the Pico: no heap allocation."""
     out = run_micropython(_NO_ALLOC, [*LOGIC, ROOT / "tests" / "fake_hal.py"])

@@ -48,6 +48,7 @@ def _prbs_excitation(d0=0.5, a=0.04, bit=3e-3, start=4e-3):
     return Excitation(d0, times, duties, 100e3)
 
 
+@pytest.mark.slow  # a least-squares fit of the exact switching model (~3 s)
 def test_recovers_a_hidden_board_from_a_synthetic_record():
     exc = _prbs_excitation()
     t, v = _synthetic(_hidden(), exc, 0.036)
@@ -87,6 +88,7 @@ def test_the_ripple_is_averaged_over_the_sampling_jitter():
     assert np.ptp(table) < 0.8 * np.ptp(plain)
 
 
+@pytest.mark.slow  # a least-squares fit on a 0.1 us record (~3 s)
 def test_a_jittered_sampling_instant_leaves_r_C_unbiased():
     exc = _prbs_excitation()
     t, v = _synthetic(_hidden(), exc, 0.036, jitter=2e-6)
@@ -155,6 +157,7 @@ def test_bad_data_is_refused():
 # ---------------------------------------------------------------------------- the bench
 
 
+@pytest.mark.slow  # an emulated board streaming, then the fit
 def test_bench_identify_recovers_the_hidden_emulated_board(tmp_path, capsys):
     """The honest test: the emulator runs a board the host does not know; the host starts from
     the default board and sees only the serial link. Then tune designs for the fitted file."""
@@ -231,6 +234,7 @@ def test_excitation_outside_the_duty_limits_is_refused_before_anything_runs():
         assert emu.plant_state()["enabled"] is False
 
 
+@pytest.mark.slow  # emulated board runs, then the fit
 def test_bench_identify_replaces_the_board_file_only_when_it_completes(tmp_path, capsys,
                                                                       monkeypatch):
     """A run that fails after the fit (here: its figure) leaves the earlier board file as it

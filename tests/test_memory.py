@@ -1,4 +1,6 @@
-"""Large requests are estimated and refused before any work (issue 11, item 10)."""
+"""Large requests are estimated and refused before any work: a simulation or steady-state
+batch that would not fit in memory fails at once with its estimated size and what to shorten,
+rather than swapping the machine or being killed part-way after minutes of work."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""No partial file that looks complete, no good result clobbered (issue 11, item 5)."""
+"""No partial file that looks complete, no good result clobbered: an interrupted or failed
+writer must leave the earlier file as it was (a truncated CSV reads like a shorter, finished
+one), and files written together (data and plot) go in together or not at all."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""Units, plausibility and configuration-file slips (issue 11, items 9 and 11)."""
+"""Units, plausibility and configuration-file slips are caught where the value is read: a
+value in another field's unit (L=100uF), an implausible magnitude, a byte-order mark or a
+misspelt [converter] table would otherwise simulate a converter nobody meant."""
 
 from __future__ import annotations
 
@@ -105,6 +107,7 @@ def test_cli_reports_unit_slips_bom_and_table_typos(capsys, tmp_path):
                                 "1 H for the inductance: is the unit right?"]
 
 
+@pytest.mark.slow  # a CLI subprocess
 def test_cli_warns_in_one_stderr_line_as_a_process():
     import subprocess
     import sys

@@ -25,6 +25,9 @@ from boostsim.sweep import (
 BOARD = default_board()
 PNG = b"\x89PNG\r\n\x1a\n"
 
+# Each test simulates, draws and renders a figure (matplotlib: ~0.5-2 s each).
+pytestmark = pytest.mark.slow
+
 
 def _labels(fig) -> tuple[list[str], list[str], list[str]]:
     axes = fig.axes

@@ -1,5 +1,7 @@
 """The package's public face: what the functions return is importable from ``boostsim``, and
-there is one version string (pyproject.toml's, read from the installed metadata)."""
+there is one version (pyproject.toml's, read from the installed metadata; the firmware, which
+must import on MicroPython without boostsim, repeats it in ``config.FW_VERSION``, so a test
+holds them equal)."""
 
 import tomllib
 from pathlib import Path
@@ -57,3 +59,11 @@ def test_one_version_string():
     pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml")
                               .read_text(encoding="utf-8"))
     assert boostsim.__version__ == pyproject["project"]["version"]
+
+
+def test_the_firmware_reports_the_package_version():
+    # *IDN? answers with config.FW_VERSION: the firmware released with this package is this
+    # version (bump both together).
+    from firmware_bridge.firmware import config
+
+    assert config.FW_VERSION == boostsim.__version__

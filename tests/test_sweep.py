@@ -147,6 +147,7 @@ def test_wilson_interval():
     assert lo == pytest.approx(0.4038, abs=1e-3) and hi == pytest.approx(0.5962, abs=1e-3)
 
 
+@pytest.mark.slow  # starts a local Dask cluster
 def test_dask_cluster_gives_identical_results():
     distributed = pytest.importorskip("distributed")
     sweep = Sweep(BOARD, duty=0.6, mc=MonteCarlo(4000, TOLS, seed=3))

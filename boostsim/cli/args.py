@@ -248,18 +248,33 @@ def _nonnegative(what: str) -> Callable[[str], float]:
 HOST_LOOP_RATE = 200.0
 """The default PID rate [Hz] of given gains: the host loop of ``bench live``."""
 
-_RATE_HELP = ("PID sample rate [Hz]; the PID runs every round(fsw/rate) switching periods "
-              f"(default: the rate in --pid-config, else {HOST_LOOP_RATE:g} Hz, the host loop "
-              "of 'bench live'; gains tuned here for --crossover default to fsw)")
+# --rate means the same in every command (the PID's sample rate, same type and default None);
+# its help says what each command does with it and what the default is there.
+_GIVEN_RATE = f"the rate in --pid-config, else {HOST_LOOP_RATE:g} Hz"
+_IN_PERIODS = "PID sample rate [Hz]; the PID runs every round(fsw/rate) switching periods"
+
+RATE_HELP = (f"{_IN_PERIODS} (default: {_GIVEN_RATE}, the host loop of 'bench live'; gains "
+             "tuned here for --crossover default to fsw)")
+"""--rate in the simulation commands that take given or tuned gains (simulate, bode)."""
+
+TUNE_RATE_HELP = ("PID sample rate [Hz] the gains are designed for; the PID runs every "
+                  "round(fsw/rate) switching periods (default: fsw, every period; --rate 200 "
+                  "for the host loop of 'bench live')")
+"""--rate in ``tune``: there are no given gains, so no --pid-config."""
+
+HOST_RATE_HELP = (f"PID rate of the host loop [Hz]: one tick every 1/rate s (default: "
+                  f"{_GIVEN_RATE})")
+"""--rate in ``bench live``: a wall-clock loop, not a number of switching periods."""
 
 
-def rate_option(g) -> None:
-    """``--rate HZ``: the one definition of the PID rate (default None: see :func:`pid_loop`)."""
+def rate_option(g, help: str = RATE_HELP) -> None:
+    """``--rate HZ``: the one definition of the PID rate (default None: see :func:`pid_loop`);
+    ``help`` says what it means in the command at hand."""
     g.add_argument("--rate", type=_positive("--rate", "Hz"), default=None, metavar="HZ",
-                   help=_RATE_HELP)
+                   help=help)
 
 
-def pid_options(g) -> None:
+def pid_options(g, rate_help: str = RATE_HELP) -> None:
     """The PID gains, rate and ``--pid-config`` (resolved by :func:`pid_loop`)."""
     g.add_argument("--kp", type=_nonnegative("--kp"), default=None, metavar="K",
                    help="proportional gain [duty/V]")
@@ -270,7 +285,7 @@ def pid_options(g) -> None:
     g.add_argument("--tf", type=_nonnegative("--tf"), default=None, metavar="S",
                    help="derivative filter time constant [s] (default 0; 'boostsim tune' "
                         "prints it)")
-    rate_option(g)
+    rate_option(g, rate_help)
     g.add_argument("--pid-config", metavar="FILE",
                    help="take kp, ki, kd, tf and rate from the [pid] table of FILE (as written "
                         "by 'boostsim tune --out gains.toml'); --kp etc. override it")

@@ -14,6 +14,7 @@ import numpy as np
 from ..params import BoostParams
 from ..units import format_si, parse_si, quantity
 from .args import (
+    TUNE_RATE_HELP,
     _duty_value,
     _Formatter,
     _int_at_least,
@@ -73,7 +74,7 @@ examples:
   boostsim bode --vref 12 --crossover 2k --out bode.csv --plot bode.png
   boostsim bode --vref 12 --kp 0.01 --ki 5 --rate 200      # the bench live loop: PM 43 deg
   boostsim bode --duty 0.6 --kp 0.07 --ki 170 --kd 2.3e-5 --tf 1.6e-5 --rate 100k   # PM 50 deg
-  boostsim tune --vref 12 --crossover 2k --out gains.toml && \
+  boostsim tune --vref 12 --crossover 2k --out gains.toml && \\
       boostsim bode --vref 12 --pid-config gains.toml
 """
 
@@ -405,7 +406,7 @@ def register(sub, base: argparse.ArgumentParser, board: argparse.ArgumentParser,
     g.add_argument("--vref", type=_vout_value, metavar="V", required=True,
                    help="regulated output voltage [V] (sets the operating point)")
     _design_options(g, required=True)
-    rate_option(g)
+    rate_option(g, TUNE_RATE_HELP)
     g = p.add_argument_group("files")
     g.add_argument("--out", metavar="FILE",
                    help="write the gains: .toml (a [pid] table) or .json")

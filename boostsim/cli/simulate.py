@@ -80,15 +80,15 @@ averaged model:
 
 examples:
   boostsim simulate --duty 0.6
-  boostsim simulate --vref 12 --tune --crossover 2k --start steady --t-end 10m \
+  boostsim simulate --vref 12 --tune --crossover 2k --start steady --t-end 10m \\
       --load-step 5ms:R=24 --plot tuned.png
   boostsim simulate --vref 12 --tune --crossover 2k --averaged --t-end 50m
-  boostsim simulate --vref 12 --kp 0.01 --ki 5 --rate 200 --start steady --t-end 0.2 \
+  boostsim simulate --vref 12 --kp 0.01 --ki 5 --rate 200 --start steady --t-end 0.2 \\
       --plot loop.png
   boostsim simulate --duty 0.6 --t-end 20m --dt 100n --out waves.csv --plot waves.png
   boostsim simulate --duty 0.6 --start steady --t-end 10m --load-step 2ms:R=24 --plot step.png
   boostsim simulate --duty 0.6 --step 10ms:vin=4.5 --step 15ms:vin=5,R=96 --out waves.npz
-  boostsim simulate --vref 12 --tune --crossover 2k --slew 4k --t-end 12m --load-step 8ms:R=32 \
+  boostsim simulate --vref 12 --tune --crossover 2k --slew 4k --t-end 12m --load-step 8ms:R=32 \\
       --mc 10000 --tol L=20% C=20% r_C=50% --limit 'undershoot<0.9%' --limit 'overshoot<0.2%'
 """
 

@@ -4,10 +4,20 @@ as the fitted board file.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from ...adc_model import RP2040_ADC_JITTER
-from ..args import _duty_value, _finite, _Formatter, _int_at_least, _positive, _positive_time
+from ..args import (
+    _duty_value,
+    _finite,
+    _Formatter,
+    _fraction,
+    _int_at_least,
+    _positive,
+    _positive_time,
+    _type,
+)
 from ..context import CliError, Context, _UsageError
 from ..format import _PLOT_KINDS, _check_writable, _write_plot
 from .session import BenchParents, _BenchSession, bench_board
@@ -31,6 +41,15 @@ examples:
 """
 
 
+@_type
+def _amplitude(text: str) -> float:
+    """The PRBS amplitude, a duty: a fraction or a percentage (0.04, 4%)."""
+    value = _fraction(text, "--amplitude")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"--amplitude must be a duty > 0, got {text!r}")
+    return value
+
+
 def register(bsub, p: BenchParents) -> None:
     """Add ``bench identify`` to the bench subparsers ``bsub``."""
     q = bsub.add_parser("identify", parents=[p.base, p.board, p.connection],
@@ -46,8 +65,8 @@ def register(bsub, p: BenchParents) -> None:
     g.add_argument("--plot", metavar="FILE", help="measured vs model figure (.png, .svg, .pdf)")
     g.add_argument("--duty", type=_duty_value, default=0.5, metavar="D",
                    help="operating point (default 0.5)")
-    g.add_argument("--amplitude", type=_positive("--amplitude", ""), default=0.04,
-                   metavar="A", help="PRBS amplitude in duty (default 0.04, at most 0.1)")
+    g.add_argument("--amplitude", type=_amplitude, default=0.04, metavar="A",
+                   help="PRBS amplitude in duty (default 0.04 or 4%%, at most 0.1)")
     g.add_argument("--bit", type=_positive_time("--bit"), default=2e-3, metavar="TIME",
                    help="PRBS bit length (default 2m; the link may stretch it)")
     g.add_argument("--order", type=_int_at_least(3, "--order"), default=3, metavar="N",

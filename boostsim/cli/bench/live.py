@@ -12,6 +12,7 @@ import numpy as np
 
 from ...units import parse_si
 from ..args import (
+    HOST_RATE_HELP,
     _Formatter,
     _nonnegative,
     _positive,
@@ -71,7 +72,7 @@ def register(bsub, p: BenchParents) -> None:
                                     "measuring with MEAS:VOLT?.", epilog=_BENCH_LIVE_EPILOG)
     g = q.add_argument_group("loop")
     g.add_argument("--vref", type=_vout_value, required=True, metavar="V", help="setpoint [V]")
-    pid_options(g)
+    pid_options(g, rate_help=HOST_RATE_HELP)
     g.add_argument("--duration", type=_positive_time("--duration"), default=None,
                    metavar="TIME", help="run time (default: until Ctrl-C)")
     g.add_argument("--slew", type=_positive("--slew", "V/s"), default=None, metavar="V/S",

@@ -11,8 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...params import BoostParams
-from ...units import parse_si
-from ..args import _int_at_least, _nonnegative, _positive, _type, _vout_value
+from ..args import _fraction, _int_at_least, _nonnegative, _positive, _type, _vout_value
 from ..context import CliError, Context
 
 
@@ -24,7 +23,7 @@ def _port_text(text: str) -> str:
 
 
 def _duty_limit_value(text: str) -> float:
-    value = parse_si(text, name="--max-duty")
+    value = _fraction(text, "--max-duty")
     if not 0 < value < 1:
         raise ValueError(f"--max-duty must be in (0, 1), got {text!r}")
     return value

@@ -5,7 +5,16 @@ beside the simulated step.
 from __future__ import annotations
 
 from ...units import parse_si, quantity
-from ..args import _Formatter, _int_at_least, _nonnegative, _positive, _positive_time, _probe, _type
+from ..args import (
+    _Formatter,
+    _fraction,
+    _int_at_least,
+    _nonnegative,
+    _positive,
+    _positive_time,
+    _probe,
+    _type,
+)
 from ..context import CliError, Context, _UsageError
 from ..format import (
     _DATA_KINDS,
@@ -40,8 +49,8 @@ def _step_duties(text: str) -> tuple[float, float | None]:
     parts = text.split(":")
     if len(parts) not in (1, 2):
         raise ValueError(f"--duty {text!r}: expected FROM:TO (a duty step) or D (with "
-                         f"--load-step)")
-    values = [parse_si(p, name="duty") for p in parts]
+                         f"--load-step); each a fraction or a percentage (0.4:0.6, 40%:60%)")
+    values = [_fraction(p, "duty") for p in parts]
     for v in values:
         if not 0 <= v < 1:
             raise ValueError(f"duty must be in [0, 1), got {v:g} (from {text!r})")
@@ -67,7 +76,7 @@ def register(bsub, p: BenchParents) -> None:
                                     "beside the simulated step.", epilog=_BENCH_STEP_EPILOG)
     g = q.add_argument_group("step")
     g.add_argument("--duty", type=_type(_step_duties), required=True, metavar="FROM[:TO]",
-                   help="duty step FROM:TO, or the duty of a --load-step")
+                   help="duty step FROM:TO (0.4:0.6 or 40%%:60%%), or the duty of a --load-step")
     g.add_argument("--load-step", type=_type(_load_change), default=None, metavar="R=OHMS",
                    help="load step instead (R=24 or i_load=0.1): emulator only (--port emu:)")
     g.add_argument("--rate", type=_positive("--rate", "Hz"), default=20e3, metavar="HZ",
