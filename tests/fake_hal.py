@@ -184,6 +184,12 @@ class FakeHAL:
         self.freq = freq_hz
         self.duty = duty if enabled else 0.0
 
+    def adc_sum(self, channel, n):
+        total = 0
+        for _ in range(n):
+            total += self.adc_read(channel)
+        return total
+
     def adc_read(self, channel):
         cfg = self.cfg
         if channel == "vout":

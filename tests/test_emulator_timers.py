@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from boostsim import default_board, steady_state
+from boostsim.rp2040 import ADC_CONVERSION_S
 from firmware_bridge.emulated_hal import AdcModel, EmulatedHAL
 from firmware_bridge.emulator import Emulator, board_pid_class, firmware_config
 from firmware_bridge.firmware import acq
@@ -61,6 +62,28 @@ def test_protection_ticks_run_each_millisecond_at_their_own_board_time():
     codes = [hal.adc.code(v / hal.vout_divider) for v in reference.sample(ticks)]
     assert [c for _, c in seen] == codes
     assert ring.sync() == hal.stats.samples == round(0.0802 / 50e-6)  # one each 50 us
+
+
+@pytest.mark.parametrize("at", [0.01234, 0.0129993])  # clear of a tick; a tick among them
+def test_back_to_back_conversions_are_the_single_reads_they_replace(at):
+    """adc_sum evaluates the conversions at once: the same codes at the same board times
+    (``ADC_CONVERSION_S`` apart, the board clock moved past them), the same streamed samples,
+    as ``n`` single reads; with a protection tick among them, it makes the single reads."""
+    runs = []
+    for batch in (True, False):
+        now = [0.0]
+        hal, _ = _hal(now)
+        hal.pwm_set(True, FSW, 0.5, 0.75)
+        hal.protect_start(1000, lambda hal=hal: hal.adc_read("vout"))
+        ring = acq.SampleRing(4096)
+        hal.adc_stream_start(3, ring)
+        now[0] = at
+        hal.serial_read(0)
+        total = (hal.adc_sum("vout", 4) if batch
+                 else sum(hal.adc_read("vout") for _ in range(4)))
+        runs.append((total, hal.now(), ring.sync(), hal.stats.ticks))
+    assert runs[0] == runs[1]
+    assert runs[0][1] == pytest.approx(at + 4 * ADC_CONVERSION_S, abs=1e-15)
 
 
 def test_a_trip_in_the_middle_of_a_batch_turns_the_gate_off_at_its_tick():

@@ -33,6 +33,7 @@ The HAL interface (hal.PicoHAL is the real one; tests/fake_hal.py a simulated on
                                       enabled False: gate held low whatever duty says; the
                                       compare level never above floor(limit * steps)
     adc_read(channel) -> int          one 12-bit conversion; channel "vout", "vin" or "iin"
+    adc_sum(channel, n) -> int        n conversions back to back, their codes summed
     adc_stream_start(period_us, ring) -> t0_us
                                       push one "vout" code per period into ring (an
                                       acq.SampleRing) until adc_stream_stop(); returns the board
@@ -377,10 +378,7 @@ class Device:
     # ---------------------------------------------------------------- measurements ---------
 
     def _avg_code(self, channel, n):
-        total = 0
-        for _ in range(n):
-            total += self.hal.adc_read(channel)
-        return total / n
+        return self.hal.adc_sum(channel, n) / n
 
     def _vout(self, n):
         cfg = self.cfg

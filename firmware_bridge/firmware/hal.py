@@ -151,6 +151,12 @@ class PicoHAL:
             machine.enable_irq(state)
         return code >> 4
 
+    def adc_sum(self, channel, n):
+        total = 0
+        for _ in range(n):
+            total += self.adc_read(channel)
+        return total
+
     def adc_stream_start(self, period_us, ring):
         self.adc_stream_stop()
         adc = self._adc["vout"]
