@@ -18,6 +18,15 @@ host watchdog armed (``watchdog=`` seconds, default :data:`DEFAULT_WATCHDOG` = 3
 killed by SIGKILL, frozen (SIGSTOP, a debugger) or hung leaves the output on for at most that
 long. Every command feeds it; there is no background thread (it would keep feeding a hung
 script), so wait with :meth:`Board.hold` rather than ``time.sleep`` while the output is on.
+The guard works on the encoded line, parsed as the board parses it, so every route
+(:meth:`~Board.output`, :meth:`~Board.send`, :meth:`~Board.pipeline`,
+:meth:`~Board.write_nowait`) and every encoding (``1.0``, ``"on"``, ``OUTP:STAT``) is covered:
+``SYST:WDOG:TIM`` goes out in the same write before each output-on (never trusted from a cache:
+a reset without banner zeroes it), and disarming it is refused unless the output is known off.
+
+Exclusive port: on POSIX the port is claimed with ``TIOCEXCL`` after opening (``exclusive``),
+so another program's ``open()`` fails with EBUSY while this one holds it -- except root's, and
+a program that had opened it before keeps its descriptor.
 
 Link faults and resets
 ----------------------
