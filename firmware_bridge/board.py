@@ -18,6 +18,15 @@ host watchdog armed (``watchdog=`` seconds, default :data:`DEFAULT_WATCHDOG` = 3
 killed by SIGKILL, frozen (SIGSTOP, a debugger) or hung leaves the output on for at most that
 long. Every command feeds it; there is no background thread (it would keep feeding a hung
 script), so wait with :meth:`Board.hold` rather than ``time.sleep`` while the output is on.
+The guard works on the encoded line, parsed as the board parses it, so every route
+(:meth:`~Board.output`, :meth:`~Board.send`, :meth:`~Board.pipeline`,
+:meth:`~Board.write_nowait`) and every encoding (``1.0``, ``"on"``, ``OUTP:STAT``) is covered:
+``SYST:WDOG:TIM`` goes out in the same write before each output-on (never trusted from a cache:
+a reset without banner zeroes it), and disarming it is refused unless the output is known off.
+
+Exclusive port: on POSIX the port is claimed with ``TIOCEXCL`` after opening (``exclusive``),
+so another program's ``open()`` fails with EBUSY while this one holds it -- except root's, and
+a program that had opened it before keeps its descriptor.
 
 Link faults and resets
 ----------------------
@@ -43,6 +52,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import math
 import os
 import signal
@@ -59,7 +69,13 @@ from boostsim.adc_model import AdcTransfer, dnl_table
 
 from . import protocol
 from .firmware import acq as _acq
-from .firmware import config
+from .firmware import config, scpi
+
+try:  # POSIX: the exclusive-open flag of a terminal (TIOCEXCL)
+    import fcntl
+    import termios
+except ImportError:  # Windows opens a COM port exclusively anyway
+    fcntl = termios = None
 
 __all__ = ["DEFAULT_WATCHDOG", "PICO_VID_PID", "Acquisition", "Board", "BoardError",
            "BoardNotFound", "BoardResetError", "Identity", "LinkError", "TripError",
@@ -211,6 +227,45 @@ def _same(a: Any, b: Any) -> bool:
                                                                                     strict=True))
 
 
+def _armed(seconds: float) -> bool:
+    """True if the board's host watchdog runs with this SYST:WDOG:TIM setting: the firmware
+    rounds it to whole milliseconds, and 0 ms is off."""
+    return int(seconds * 1000 + 0.5) > 0
+
+
+def _wire_effect(line: bytes) -> str | None:
+    """What one encoded command line does to the protections, decided the way the board
+    decides it (the firmware's own parser on the bytes that go on the wire): "on" (switches
+    the output on), "disarm" (turns the host watchdog off) or None."""
+    try:
+        header, tokens = scpi.split_line(line.decode("ascii"))
+        nodes, is_query = scpi.parse_header(header)
+        cmd = scpi.find_command(protocol.COMMANDS, nodes, is_query)
+        values = cmd.parse_args(is_query, tokens)
+    except (scpi.ScpiError, UnicodeDecodeError):
+        return None  # the board refuses it too
+    if is_query:
+        return None
+    if cmd.setter == "s_output" and values[0]:
+        return "on"
+    if cmd.setter == "s_wdog" and not _armed(values[0]):
+        return "disarm"
+    return None
+
+
+def _set_exclusive(port: serial.SerialBase, on: bool) -> bool:
+    """TIOCEXCL (``on``) / TIOCNXCL on the port's terminal: while set, the kernel refuses
+    any other open() of it (EBUSY; root excepted). False if the port is no POSIX terminal."""
+    fd = getattr(port, "fd", None)
+    if fcntl is None or not isinstance(fd, int) or fd < 0:
+        return False
+    try:
+        fcntl.ioctl(fd, termios.TIOCEXCL if on else termios.TIOCNXCL)
+    except OSError:
+        return False
+    return True
+
+
 class Board:
     """A bench board on a serial port: device path (``/dev/ttyACM0``), pyserial URL
     (``socket://...``, ``rfc2217://...``) or None to find the one Pico by USB VID:PID.
@@ -280,7 +335,7 @@ class Board:
             if watchdog:
                 self.set_watchdog(watchdog)
         except BaseException:
-            self._port.close()
+            self._close_port()
             raise
 
     # -- connection ------------------------------------------------------------------------
@@ -301,12 +356,19 @@ class Board:
                             [p.device for p in ports])
 
     def _open_port(self) -> serial.SerialBase:
+        """Open the port; on POSIX also claim it with TIOCEXCL (``exclusive`` True): pyserial's
+        ``exclusive=True`` is an advisory flock only other flock users respect, TIOCEXCL makes
+        the kernel refuse every later open() of the terminal (EBUSY) by a process without
+        CAP_SYS_ADMIN (root still can), so a second program cannot feed the board's watchdog
+        or send commands while this one holds the port. A process that opened the port before
+        keeps its descriptor."""
         try:
-            return serial.serial_for_url(self.port_name, baudrate=115200, timeout=0.05,
+            port = serial.serial_for_url(self.port_name, baudrate=115200, timeout=0.05,
                                          write_timeout=self.timeout, exclusive=True)
         except serial.SerialException as exc:
             text = str(exc)
-            if "exclusively lock" in text or "Resource temporarily unavailable" in text:
+            if ("exclusively lock" in text or "Resource temporarily unavailable" in text
+                    or exc.errno == errno.EBUSY):  # flock, or another holder's TIOCEXCL
                 raise LinkError(f"cannot open {self.port_name}: the port is in use by another "
                                 f"program (another boostsim, a terminal, mpremote?); close it "
                                 f"first") from None
@@ -315,6 +377,17 @@ class Board:
             raise LinkError(f"cannot open {self.port_name}: {text}") from None
         except (OSError, ValueError) as exc:
             raise LinkError(f"cannot open {self.port_name}: {exc}") from None
+        self.exclusive = _set_exclusive(port, True)
+        return port
+
+    def _close_port(self) -> None:
+        """Give up the TIOCEXCL claim (an emulator keeps its pty open, so the flag would
+        outlive this descriptor), then close the port."""
+        with contextlib.suppress(Exception):
+            if self.exclusive:
+                _set_exclusive(self._port, False)
+        with contextlib.suppress(Exception):
+            self._port.close()
 
     def _handshake(self, timeout: float, expect: Identity | None = None) -> Identity:
         """Ask ``*IDN?`` until a valid identity comes back (``expect``: that one, so a
@@ -400,8 +473,7 @@ class Board:
         re-identify it like :meth:`resync`. Returns True if a reset was detected."""
         with self._lock:
             self.stats["reconnects"] += 1
-            with contextlib.suppress(Exception):
-                self._port.close()
+            self._close_port()
             deadline = time.monotonic() + (timeout or self.connect_timeout)
             last: Exception | None = None
             while time.monotonic() < deadline:
@@ -415,8 +487,7 @@ class Board:
                     return self._after_handshake(identity)
                 except LinkError as exc:
                     last = exc
-                    with contextlib.suppress(Exception):
-                        self._port.close()
+                    self._close_port()
                     time.sleep(0.1)
             self.output_state = None
             raise LinkError(f"{self.port_name}: could not reconnect ({last}); output state "
@@ -452,6 +523,8 @@ class Board:
 
     def _restore_settings(self) -> None:
         for header, args in self._settings.items():
+            if header == "SYST:WDOG:TIM" and not _armed(args[0]):
+                continue  # off at power-up already; the guard refuses it with the output unknown
             self._send_once(header, args)
 
     def close(self, timeout: float = 3.0) -> None:
@@ -478,8 +551,7 @@ class Board:
             except BoardError:
                 pass
             finally:
-                with contextlib.suppress(Exception):
-                    self._port.close()
+                self._close_port()
 
     @property
     def is_open(self) -> bool:
@@ -678,13 +750,27 @@ class Board:
             raise BoardError(f"{header}: {exc}", getattr(exc, "code", None), header) from None
 
     def _line(self, header: str, args: tuple) -> bytes:
-        if (header.lstrip(":").upper().startswith("OUTP") and args
-                and str(args[0]).upper() in ("ON", "1", "TRUE")):
-            self._arm_watchdog()  # also for send/pipeline/write_nowait("OUTP", "ON")
+        """The encoded command line, as it goes on the wire, through the safety guard: every
+        route (send, pipeline, write_nowait, output, send_marked) comes here."""
         try:
-            return protocol.command(header, *args)
+            line = protocol.command(header, *args)
         except protocol.ScpiError as exc:
             raise BoardError(f"{header}: {exc}", getattr(exc, "code", None), header) from None
+        return self._guarded(line)
+
+    def _guarded(self, line: bytes) -> bytes:
+        """Decide on the encoded line what the board will do with it (its own parser): a line
+        that switches the output on goes out right behind a line that arms the host watchdog
+        (in the same write, whatever the host believes the board's setting is: a reset without
+        banner zeroes it); one that disarms the watchdog is refused unless the output is known
+        to be off."""
+        effect = _wire_effect(line)
+        if effect == "on":
+            return self._arm_line() + line
+        if effect == "disarm" and self.output_state is not False:
+            raise BoardError("the host watchdog stays armed while the output is (or may be) on: "
+                             "turn the output off first", None, "SYST:WDOG:TIM")
+        return line
 
     def _raise_queued(self, header: str) -> None:
         errors = self._drain_errors()
@@ -736,11 +822,17 @@ class Board:
             if state:
                 raise BoardError("the board did not turn its output off", None, "OUTP OFF")
             return
-        self._arm_watchdog()
-        self.send("OUTP", "ON")
-        self.output_state = bool(self.query("OUTP?"))
-        if not self.output_state:
-            raise BoardError("the board did not turn its output on", None, "OUTP ON")
+        with self._lock:
+            self.send("OUTP", "ON")  # right behind a SYST:WDOG:TIM line (see _guarded)
+            self.output_state = bool(self.query("OUTP?"))
+            if not self.output_state:
+                raise BoardError("the board did not turn its output on", None, "OUTP ON")
+            seconds = self.query("SYST:WDOG:TIM?")
+            if not _armed(seconds):  # a reset between the two lines: never on unwatched
+                self.output(False)
+                raise BoardError(f"the board's host watchdog reads {seconds:g} s with the "
+                                 f"output on (board reset?): output turned off", None,
+                                 "OUTP ON")
 
     def set_duty(self, duty: float, *, verify: bool = True) -> None:
         """Set the PWM duty (refused above the host's ``max_duty`` or the board's limit);
@@ -845,20 +937,27 @@ class Board:
     def set_watchdog(self, seconds: float) -> None:
         """Host watchdog [s]: the board turns the output off if no valid command arrives for
         this long while the output is on (0 disables it, refused while the output is on)."""
-        if not seconds and self.output_state is not False:
-            raise BoardError("the host watchdog stays armed while the output is (or may be) on: "
-                             "turn the output off first", None, "SYST:WDOG:TIM")
-        self.send("SYST:WDOG:TIM", float(seconds))
+        self.send("SYST:WDOG:TIM", float(seconds))  # the guard refuses 0 with the output on
         self._settings["SYST:WDOG:TIM"] = (float(seconds),)
 
-    def _arm_watchdog(self) -> None:
-        """Before the output goes on: the board's host watchdog armed (its own setting if it
-        has one, else DEFAULT_WATCHDOG)."""
-        if self._settings.get("SYST:WDOG:TIM", (0.0,))[0] > 0:
-            return
-        if self.query("SYST:WDOG:TIM?") > 0:
-            return
-        self.set_watchdog(DEFAULT_WATCHDOG)
+    def _arm_line(self) -> bytes:
+        """The ``SYST:WDOG:TIM`` line sent before every output-on: the host's setting, else
+        the board's own (read now), else DEFAULT_WATCHDOG; recorded as the host's setting
+        (re-applied after a reset, reported by :attr:`armed_watchdog`)."""
+        seconds = self._settings.get("SYST:WDOG:TIM", (0.0,))[0]
+        if not _armed(seconds):
+            seconds = self.query("SYST:WDOG:TIM?")
+            if not _armed(seconds):
+                seconds = DEFAULT_WATCHDOG
+            self._settings["SYST:WDOG:TIM"] = (float(seconds),)
+        return protocol.command("SYST:WDOG:TIM", float(seconds))
+
+    @property
+    def armed_watchdog(self) -> float:
+        """The host watchdog [s] this driver set or armed on the board (0: none yet; the
+        board then keeps its own setting)."""
+        seconds = self._settings.get("SYST:WDOG:TIM", (0.0,))[0]
+        return seconds if _armed(seconds) else 0.0
 
     @property
     def watchdog(self) -> float:

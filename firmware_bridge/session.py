@@ -136,10 +136,14 @@ class BenchSession:
         if board is not None:
             board.__exit__(None, None, None)
             if board.output_state is not False:
-                wdog = self.options["watchdog"]
+                # What this driver armed on the board (the session's watchdog, or the
+                # default it arms before any output-on), not the option it was given.
+                wdog = board.armed_watchdog
                 self.warn("could not confirm that the board's output is off" +
-                          (f"; its watchdog turns it off after {wdog:g} s without commands"
-                           if wdog else "; CHECK THE BOARD (no watchdog armed)"))
+                          (f"; the host watchdog armed on it turns it off after {wdog:g} s "
+                           f"without commands" if wdog else
+                           "; CHECK THE BOARD (this session armed no host watchdog on it: "
+                           "the board's own setting applies)"))
         if self.emulator is not None:
             self.emulator.stop()
             self.emulator = None

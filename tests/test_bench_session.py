@@ -84,6 +84,20 @@ def test_output_is_off_after_an_exception_in_the_block():
         assert not emu.plant_state()["enabled"]
 
 
+def test_an_unconfirmed_output_off_names_the_watchdog_actually_armed():
+    warned = Recorder()
+    with Emulator(seed=6) as emu:
+        # watchdog=0 ("leave the board's setting", which is off): the driver still arms its
+        # default before the output goes on, and the warning must say so.
+        with BenchSession(emu.port, watchdog=0.0, timeout=0.3, warn=warned) as session:
+            session.board.set_duty(0.3)
+            session.board.output(True)
+            emu.blackout(10.0)                 # the link dies: off cannot be confirmed
+    assert len(warned.lines) == 1, warned.lines
+    assert "after 3 s without commands" in warned.lines[0], warned.lines
+    assert "no host watchdog" not in warned.lines[0]
+
+
 def test_host_limits_reach_the_board_and_a_refused_duty_is_never_sent():
     with Emulator(seed=4) as emu, connect(emu.port, max_duty=0.4, max_vout=12.0) as board:
         before = emu.snapshot()["duty"]

@@ -163,6 +163,28 @@ def test_error_queue_and_formatting():
         scpi.ErrorQueue(1)
 
 
+def test_error_queue_never_loses_a_protection_report():
+    q = scpi.ErrorQueue(3)
+    q.push(-100)
+    q.push(102, "wdog")
+    q.push(-101)
+    q.push(-102)                      # full: the newest ordinary error becomes -350
+    assert q.items == [(-100, ""), (102, "wdog"), (-350, "")]
+    q.push(101, "ovp")                # the oldest ordinary entry makes room
+    assert q.items == [(102, "wdog"), (-350, ""), (101, "ovp")]
+    q.push(-300, "fault")             # only the -350 left to give
+    assert q.items == [(102, "wdog"), (101, "ovp"), (-300, "fault")]
+    q.push(-113)                      # an ordinary error cannot get in
+    assert q.items == [(102, "wdog"), (101, "ovp"), (-300, "fault")]
+    q.push(101, "again")              # nothing but reports: the oldest report goes
+    assert q.items == [(101, "ovp"), (-300, "fault"), (101, "again")]
+    q = scpi.ErrorQueue(2)
+    q.push(-100)
+    q.push(-101)
+    q.push(102)                       # no loss marked yet: the trip and a -350
+    assert q.items == [(-350, ""), (102, "")]
+
+
 def test_config_is_consistent():
     assert 0 < config.DUTY_LIMIT_DEFAULT <= config.DUTY_HARD_MAX < 1
     full_scale = config.ADC_VREF * config.VOUT_DIVIDER

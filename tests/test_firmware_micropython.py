@@ -173,19 +173,32 @@ def enable_irq(state):
 class StopServing(Exception):
     pass
 
+MS = [0]  # a board clock for tests that replace ticks_ms: advanced by the input waits
+
 class Serial:
-    """Input lines handed out one poll at a time; then StopServing."""
-    def __init__(self, chunks, fire=None):
+    """Input lines handed out one poll at a time; then StopServing. ``fire``: {chunks left:
+    protection-timer ticks to run}; ``room``: bytes the host takes before it stops reading
+    (None: it always reads; 0: POLLOUT never set); ``events``: {chunks left: fn()};
+    ``wait_ms``: how far a wait for input moves MS (default: its timeout)."""
+    def __init__(self, chunks, fire=None, room=None, events=None, wait_ms=None):
         self.chunks = list(chunks)
         self.cur = b""
         self.out = bytearray()
         self.fire = fire or {}
+        self.room = room
+        self.events = events or {}
+        self.wait_ms = wait_ms
         self.polls = 0
     def poll(self, timeout):
+        if timeout > 0:
+            MS[0] += timeout if self.wait_ms is None else self.wait_ms
         if not self.cur and timeout > 0:
             if not self.chunks:
                 raise StopServing()
             self.cur = self.chunks.pop(0)
+            event = self.events.get(len(self.chunks))
+            if event:
+                event()
             n = self.fire.get(len(self.chunks))
             if n:
                 for _ in range(n):
@@ -193,6 +206,8 @@ class Serial:
                         if t.active:
                             t.callback(t)
         return [1] if self.cur else []
+    def writable(self):
+        return self.room is None or self.room > 0
     def register(self, obj, mask):
         pass
     def read(self, n):
@@ -200,10 +215,15 @@ class Serial:
         self.cur = self.cur[n:]
         return b
     def write(self, data):
+        if not self.writable():
+            raise OSError("write without room (POLLOUT was not set)")
         self.out.extend(data)
+        if self.room is not None:
+            self.room = max(0, self.room - len(data))
 
 class Poller:
-    """select.poll() over the stub serial: POLLIN from its input, POLLOUT always ready."""
+    """select.poll() over the stub serial: POLLIN from its input, POLLOUT while the host
+    has room (Serial.room)."""
     def __init__(self, serial):
         self.serial = serial
         self.mask = 0
@@ -211,7 +231,7 @@ class Poller:
         self.mask = mask
     def poll(self, timeout):
         if self.mask == select_mod.POLLOUT:
-            return [1]
+            return [1] if self.serial.writable() else []
         return self.serial.poll(timeout)
 
 class select_mod:

@@ -3,7 +3,8 @@
 * The protections run from the timer IRQ: in MicroPython they do not allocate (a hard IRQ on
   the Pico must not), checked with ``micropython.heap_lock``.
 * The serve loop never waits for a host that does not read: replies are dropped and reported
-  (-410), the protections and the input keep going.
+  (-410), the protections and the input keep going -- on the fake HAL in CPython, and in real
+  MicroPython over the rp2 HAL with a USB CDC stub that reports no room to write.
 """
 
 from __future__ import annotations
@@ -116,3 +117,47 @@ def test_a_host_that_does_not_read_loses_replies_not_protection():
     calls = [0]
     device.serve(dev, hal, lambda: calls.__setitem__(0, calls[0] + 1) or calls[0] > 50)
     assert bytes(hal.serial_out) == b"boostsim,PicoBoost,E66038B713345E2C,0.1.0\n0\n"
+
+
+def test_a_host_that_does_not_read_loses_replies_not_protection_in_micropython():
+    """The same serve loop on the board's interpreter, over the real rp2 HAL (hal.PicoHAL)
+    and a stub USB CDC that never sets POLLOUT while the host does not read: the replies to
+    a query flood are dropped (-410), the protection IRQ still trips the OVP, and once the
+    host reads again the answers are in step."""
+    from test_firmware_micropython import _run_with_stubs
+
+    result = _run_with_stubs(r'''
+import rp2stub
+flood = [b"*IDN?\n" * 5] * 40          # a wait for input: 10 ms of board time
+tail = [b"SYST:ERR?\n", b"SYST:ERR?\n", b"SYST:ERR?\n", b"OUTP?\n"]
+quiet = [b""] * 15                      # 150 ms: what still waits is dropped too
+serial = rp2stub.Serial([b"SOUR:PWM:DUTY 0.3\nOUTP ON\n"] + flood + quiet + tail, room=0,
+                        fire={20: 3}, wait_ms=10)
+def host_reads():
+    serial.room = None
+serial.events[len(tail) - 1] = host_reads
+rp2stub.install(serial)
+import config, device, hal
+board = hal.PicoHAL(config)
+board._stdin = serial
+board._stdout = serial
+board.ticks_ms = lambda: rp2stub.MS[0]
+dev = device.Device(board, config)
+rp2stub.ADC.codes[26] = 4095 << 4        # the output runs away once on
+try:
+    device.serve(dev, board)
+except rp2stub.StopServing:
+    pass
+log = rp2stub.LOG
+result = {"out": bytes(serial.out), "trip": dev.trip, "output": dev.output,
+          "gate_low_at_end": log[-1] == ("pin", 16, 0), "pwm_on": ("pwm", 16) in log}
+''')
+    assert result["trip"] == "OVP" and result["output"] is False
+    assert result["pwm_on"] and result["gate_low_at_end"]
+    lines = result["out"].split(b"\n")
+    assert lines[-1] == b"" and lines[-2] == b"0", lines      # OUTP?: off, answers in step
+    errors = lines[:-2]
+    assert len(errors) == 3 and errors[-1] == b'0,"No error"', errors
+    codes = sorted(int(e.split(b",")[0]) for e in errors[:2])
+    assert codes == [scpi.QUERY_INTERRUPTED, scpi.OVP_TRIPPED], errors
+    assert b"host not reading" in result["out"] and b"IDN" not in result["out"]

@@ -406,6 +406,21 @@ case("error_queue",
      [(b"FOO", b"")] * 5, ask(b"SYST:ERR?", b'-113,"Undefined header;FOO"'),
      ask(b"SYST:ERR:COUN?", b"4"))
 
+case("error_queue_trips",
+     # A host that reads no errors fills the queue; a trip still gets in (the oldest
+     # ordinary error makes room), and later errors cannot push it out.
+     ok(b"SYST:WDOG:TIM 0.5"), ok(b"SOUR:PWM:DUTY 0.3"), ok(b"OUTP ON"),
+     [(b"FOO", b"")] * 20, ask(b"SYST:ERR:COUN?", b"16"), advance(600_000),
+     ask(b"PROT:TRIP?", b"WDOG"), [(b"BAR", b"")] * 3, ask(b"SYST:ERR:COUN?", b"16"),
+     ask(b"SYST:ERR?", b'-113,"Undefined header;FOO"'),
+     [(("errors",), [-113] * 13 + [-350, 102])],
+     # Full without a loss yet (16 errors): the trip takes the oldest's place, and the
+     # newest ordinary error becomes the -350 that says errors were lost.
+     ok(b"PROT:CLE"), [(b"FOO", b"")] * 16,
+     [(("set", "vout", 30.0), ANY), (("protect",), ANY), (("protect",), ANY), (("poll",), ANY)],
+     ask(b"PROT:TRIP?", b"OVP"), [(("errors",), [-113] * 14 + [-350, 101])],
+     overrides={"PROTECT_PERIOD_US": 100_000})
+
 case("pid",
      ask(b"CONT:PID?", b"0.005,2,0"), ask(b"CONT:VREF?", b"12"), ok(b"CONT:MODE PID"),
      ok(b"OUTP ON"), [(("advance", 1000), ANY)] * 300, num(b"MEAS:VOLT?", 12.0, 0.1),

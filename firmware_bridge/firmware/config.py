@@ -79,7 +79,7 @@ CONT_SLEW_MAX = 1.0e6        # V/s (CONT:SLEW 0 = setpoint steps)
 
 # --- serial line handling -----------------------------------------------------------------------
 LINE_MAX = 256               # bytes per command line (without CR LF); longer lines: -363
-ERR_QUEUE_LEN = 16           # error queue entries (the last one becomes -350 on overflow)
+ERR_QUEUE_LEN = 16           # error queue entries (-350 marks lost errors; trips never lost)
 POLL_MS = 1                  # serve loop: wait at most this long for input between polls
 WRITE_CHUNK = 64             # serve loop: bytes handed to the USB CDC at a time (one packet)
 TX_STALL_MS = 100            # a reply the host has not taken for this long is dropped (-410)

@@ -182,7 +182,8 @@ class Device:
     def report_dropped(self):
         """Queue a -410 for the replies dropped since the last report (if any). While an
         unread -410 is still queued its counts grow instead: a host that keeps not reading
-        cannot fill the queue with them (and push a trip report out)."""
+        cannot fill the queue with them (a trip report gets in anyway: the queue gives
+        protection reports priority, scpi.ErrorQueue)."""
         if not self.tx_dropped:
             return
         items = self.errors.items

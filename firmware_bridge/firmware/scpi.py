@@ -6,7 +6,8 @@ definition of the error codes, the header matching, the parameter types and the 
 
 Contents:
 
-* ``ERRORS``, ``ScpiError``, ``ErrorQueue``, ``format_error`` -- the SCPI error queue.
+* ``ERRORS``, ``ScpiError``, ``ErrorQueue``, ``format_error`` -- the SCPI error queue
+  (protection reports first: ``is_protection_report``).
 * ``Real``, ``Int``, ``Bool``, ``Choice`` -- parameter types: ``parse(token)`` (board) and
   ``format(value)`` (host) with one set of ranges.
 * ``Cmd`` -- one command-table entry: header pattern, handlers, parameters, response kind.
@@ -93,8 +94,23 @@ def format_error(code, detail=""):
     return '%d,"%s"' % (code, error_message(code, detail))
 
 
+def is_protection_report(code):
+    """True for the entries the error queue never loses: the device-defined protection trips
+    (positive codes: 101 OVP, 102 host watchdog) and -300, the firmware's own fault report
+    (it turned the output off)."""
+    return code > 0 or code == DEVICE_SPECIFIC_ERROR
+
+
 class ErrorQueue:
-    """Bounded FIFO of (code, detail); when full, the newest entry becomes -350 Queue overflow."""
+    """Bounded FIFO of (code, detail) that never loses a protection report.
+
+    When full, an ordinary error is lost: the newest ordinary entry becomes -350 Queue
+    overflow (SCPI's rule, unless a -350 already marks a loss: then nothing changes). A
+    protection report (``is_protection_report``) still goes in: the oldest ordinary entry is
+    dropped to make room, and a -350 marks the loss (the newest ordinary entry before the
+    report becomes one, unless one is there already). Only a queue holding nothing but
+    protection reports drops its oldest one to take a new one.
+    """
 
     def __init__(self, size):
         if size < 2:
@@ -102,11 +118,48 @@ class ErrorQueue:
         self.size = size
         self.items = []
 
+    def _ordinary(self, newest, skip_overflow):
+        """Index of the oldest (or ``newest``) ordinary entry (not a protection report; not a
+        -350 with ``skip_overflow``), or -1."""
+        items = self.items
+        n = len(items)
+        for k in range(n):
+            i = n - 1 - k if newest else k
+            code = items[i][0]
+            if is_protection_report(code) or (skip_overflow and code == QUEUE_OVERFLOW):
+                continue
+            return i
+        return -1
+
+    def _has_overflow(self):
+        for item in self.items:
+            if item[0] == QUEUE_OVERFLOW:
+                return True
+        return False
+
     def push(self, code, detail=""):
-        if len(self.items) < self.size:
-            self.items.append((code, detail))
+        items = self.items
+        if len(items) < self.size:
+            items.append((code, detail))
+            return
+        if not is_protection_report(code):
+            if not self._has_overflow():
+                i = self._ordinary(True, False)
+                if i >= 0:
+                    items[i] = (QUEUE_OVERFLOW, "")
+            return
+        i = self._ordinary(False, True)
+        if i < 0:
+            i = self._ordinary(False, False)  # only -350 and reports: the marker goes
+        if i < 0:
+            items.pop(0)  # nothing but protection reports
         else:
-            self.items[-1] = (QUEUE_OVERFLOW, "")
+            items.pop(i)
+            if not self._has_overflow():
+                i = self._ordinary(True, False)
+                if i >= 0:
+                    items[i] = (QUEUE_OVERFLOW, "")
+        items.append((code, detail))
 
     def pop(self):
         if self.items:
