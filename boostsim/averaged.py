@@ -69,14 +69,12 @@ after their instant (their moving average ramps over one period) and split the p
 
 Speed: by default (``engine="auto"``) open loop, duty schedules and the built-in
 :class:`~boostsim.control.DigitalController` run on a compiled loop (:mod:`boostsim.avgkernel`)
-that compiles this module's single-lane integrator (:func:`_period_scalar`) from its text, so
-the two routes are one integrator: ~0.2 us a period, 1 s (1e5 periods) under the PID in
+that compiles this module's single-lane integrator (:func:`_period_scalar`, the same model
+functions on plain floats) from its text: ~0.2 us a period, 1 s (1e5 periods) under the PID in
 ~0.02-0.03 s on the default board. The numpy route (the reference, and the one any other
-controller takes): open-loop runs advance stretches of CCM in closed form -- every period is
-an exact affine map of the state, so a stretch of K periods is built for all periods at once
-and applied in ~sqrt(K) vectorised steps -- and step period by period elsewhere; one lane runs
-on plain floats (a few microseconds per period); closed loops cost one step plus one
-controller call per period (1 s under the DigitalController in ~6-8 s).
+controller takes) steps every lane vectorised period by period (:class:`_Integrator`): one
+step plus one controller call per period (1 s of one lane under the DigitalController in
+~10 s). Tests hold the two routes to each other.
 
 Controllers: :class:`AveragedView` follows the engine's :class:`boostsim.engine.PeriodView`,
 but its ``sample(tau)`` returns the averages *centred* on ``tau`` -- the switching waveform
@@ -232,8 +230,8 @@ class _Circuit:
 def _ccm_linear(c: Any, d: Any) -> tuple:
     """The CCM averaged model at duty ``d`` as the linear system ``x' = J x + b``:
     (j11, j12, j21, j22, b1, b2). The one statement of continuous conduction, used by
-    :class:`_Field`, the closed-form run-ahead (:func:`_ccm_piece`) and the single-lane path
-    (:func:`_field_scalar`); plain arithmetic, so lane arrays or floats."""
+    :class:`_Field` (the numpy route) and :func:`_field_scalar` (the compiled route); plain
+    arithmetic, so lane arrays or floats."""
     dp = 1.0 - d
     r_eq = c.r_2 + d * c.r_12
     return (-r_eq * c.inv_L, -dp * c.a_L, dp * c.a_C, -c.g_aC,
@@ -243,7 +241,7 @@ def _ccm_linear(c: Any, d: Any) -> tuple:
 def _peak_current(c: Any, d: Any, phi: Any = phi1) -> Any:
     """``i_pk``: the inductor current after the on-time ``d Ts`` from zero (the exact ramp,
     ``vin d Ts / L * phi1(-r_1 d Ts / L)``). ``phi`` is ``phi1`` for arrays, a float version
-    for the single-lane path (the same function)."""
+    for the compiled route (the same function)."""
     tau = d * c.Ts
     return c.vin * tau * c.inv_L * phi(-c.k_on * tau)
 
@@ -848,9 +846,8 @@ def simulate_averaged(params: BoostParams, duty: Any = None, t_end: float | None
 
     ``dt`` is the output grid step (default: one switching period of the fastest lane). The
     waveforms are moving averages over one switching period; ``periods`` holds the per-period
-    records (the model's period means at each period end). On the numpy route, open-loop CCM
-    stretches are advanced in closed form; one lane runs on plain floats (a few microseconds
-    per period plus the controller); several lanes run vectorised.
+    records (the model's period means at each period end). The numpy route steps all lanes
+    vectorised, period by period.
 
     ``engine``: "auto" runs open loop, duty schedules and ``DigitalController`` with
     ``boostsim.pid.PID`` on the compiled loop (:mod:`boostsim.avgkernel`: the same integrator
@@ -884,11 +881,6 @@ def simulate_averaged(params: BoostParams, duty: Any = None, t_end: float | None
             rec = run(drive, steps, d_prev, grid, controller)
             if bar is not None:
                 bar.update(n_periods)
-        elif controller is None and grid.stride:
-            rec = _run_open_loop(lanes, steps, n_periods, il, vc, d_prev, duty_source, bar)
-        elif n == 1 and grid.stride:
-            rec = _run_scalar(lanes, steps, n_periods, il, vc, d_prev, duty_source, controller,
-                              bar)
         else:
             rec = _run_vector(lanes, steps, n_periods, il, vc, d_prev, duty_source, controller,
                               grid, bar)
@@ -1005,204 +997,11 @@ class _Grid:
         self.il[r, jj], self.vc[r, jj], self.vout[r, jj] = il[valid], vc[valid], vout[valid]
 
 
-# -- open loop: closed-form run-ahead through stretches of continuous conduction -----------------
-
-class _Affine(NamedTuple):
-    """The affine map ``x -> E x + g`` of the state ``x = (iL, vC)``, componentwise."""
-
-    e11: Any
-    e12: Any
-    e21: Any
-    e22: Any
-    g1: Any
-    g2: Any
-
-
-def _ccm_piece(c: _Circuit, d: np.ndarray, h: np.ndarray) -> _Affine:
-    """The exact affine map x -> E x + g of the CCM averaged model over ``h`` at duty ``d``
-    (arrays broadcasting with the lanes): (e11, e12, e21, e22, g1, g2)."""
-    j11, j12, j21, j22, b1, b2 = _ccm_linear(c, d)
-    m11, m12, m21, m22 = j11 * h, j12 * h, j21 * h, j22 * h
-    b1, b2 = b1 * h, b2 * h
-    c0, c1, n11 = _phi1_coefficients(m11, m12, m21, m22)
-    # phi1(M) = c0 I + c1 N; e^M = I + M phi1(M) = (1 + s c0 + q^2 c1) I + (c0 + s c1) N.
-    s = 0.5 * (m11 + m22)
-    q2 = n11 * n11 + m12 * m21
-    e0 = 1.0 + s * c0 + q2 * c1
-    e1 = c0 + s * c1
-    return _Affine(e0 + e1 * n11, e1 * m12, e1 * m21, e0 - e1 * n11,
-                   c0 * b1 + c1 * (n11 * b1 + m12 * b2), c0 * b2 + c1 * (m21 * b1 - n11 * b2))
-
-
-def _compose(outer: _Affine, inner: _Affine) -> _Affine:
-    """The affine map ``outer o inner``, componentwise."""
-    a11, a12, a21, a22, a1, a2 = outer
-    b11, b12, b21, b22, b1, b2 = inner
-    return _Affine(a11 * b11 + a12 * b21, a11 * b12 + a12 * b22, a21 * b11 + a22 * b21,
-                   a21 * b12 + a22 * b22, a11 * b1 + a12 * b2 + a1, a21 * b1 + a22 * b2 + a2)
-
-
-def _ccm_run_ahead(c: _Circuit, il: np.ndarray, vc: np.ndarray, d_prev: np.ndarray,
-                   duty: np.ndarray, Ts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """States at the starts of K periods and after the last, shape (K + 1, n), assuming CCM,
-    and the number of leading periods (per lane) that really stay in CCM.
-
-    Each period is two exact affine pieces (the previous duty up to the PWM edge, the new one
-    after it); the K period maps are computed at once, then applied in two levels: the maps of
-    blocks of ~sqrt(K) periods (composed in parallel over the blocks), the block start states
-    in sequence, and the states inside all blocks in parallel. The arithmetic is the period
-    stepper's, to rounding."""
-    K, n = duty.shape
-    dp = np.concatenate([d_prev[None, :], duty[:-1]])
-    split = dp != duty
-    edge = np.where(split, 0.5 * (dp + duty) * Ts, Ts)
-    if (duty == duty[0]).all():
-        # A constant duty: one period map (and the first period's, if the duty just changed).
-        whole = _ccm_piece(c, duty[0], Ts)
-        maps = [np.repeat(m[None, :], K, axis=0) for m in whole]
-        first = tuple(np.broadcast_to(m, (K, n)) for m in whole)
-        if split[0].any():
-            head = _ccm_piece(c, dp[0], edge[0])
-            row = _compose(_ccm_piece(c, duty[0], Ts - edge[0]), head)
-            first = [np.array(m) for m in first]
-            for m, f, value, h in zip(maps, first, row, head, strict=True):
-                m[0], f[0] = value, h
-    else:
-        first = _ccm_piece(c, dp, edge)
-        maps = list(_compose(_ccm_piece(c, duty, Ts - edge), first))
-    S = max(1, math.isqrt(K))
-    B = -(-K // S)
-    pad = B * S - K
-    identity = _Affine(1.0, 0.0, 0.0, 1.0, 0.0, 0.0)
-    blocks = [np.concatenate([np.broadcast_to(m, (K, n)), np.full((pad, n), e)]).reshape(B, S, n)
-              for m, e in zip(maps, identity, strict=True)]
-    # Block maps: compose the S period maps of every block, all blocks at once.
-    total = _Affine(*(m[:, 0] for m in blocks))
-    for j in range(1, S):
-        total = _compose(_Affine(*(m[:, j] for m in blocks)), total)
-    # Block start states in sequence.
-    i_start, v_start = np.empty((B, n)), np.empty((B, n))
-    i, v = il, vc
-    for b in range(B):
-        i_start[b], v_start[b] = i, v
-        t = _Affine(*(m[b] for m in total))
-        i, v = t.e11 * i + t.e12 * v + t.g1, t.e21 * i + t.e22 * v + t.g2
-    # States inside the blocks, all blocks at once.
-    il_all, vc_all = np.empty((B, S + 1, n)), np.empty((B, S + 1, n))
-    il_all[:, 0], vc_all[:, 0] = i_start, v_start
-    for j in range(S):
-        m11, m12, m21, m22, g1, g2 = (m[:, j] for m in blocks)
-        ij, vj = il_all[:, j], vc_all[:, j]
-        il_all[:, j + 1] = m11 * ij + m12 * vj + g1
-        vc_all[:, j + 1] = m21 * ij + m22 * vj + g2
-    il_all = np.concatenate([il_all[:, :S].reshape(B * S, n)[:K], il_all[-1:, S - pad]])
-    vc_all = np.concatenate([vc_all[:, :S].reshape(B * S, n)[:K], vc_all[-1:, S - pad]])
-    e11, e12, e21, e22, h1, h2 = first
-    il_edge = e11 * il_all[:-1] + e12 * vc_all[:-1] + h1
-    vc_edge = e21 * il_all[:-1] + e22 * vc_all[:-1] + h2
-    d_max = np.maximum(dp, duty)
-    ok = (_surely_ccm(c, il_all[:-1], vc_all[:-1], d_max) & _surely_ccm(c, il_edge, vc_edge, d_max)
-          & _surely_ccm(c, il_all[1:], vc_all[1:], d_max))
-    valid = np.where(ok.all(axis=0), K, np.argmin(ok, axis=0))
-    return il_all, vc_all, valid
-
-
-_FIRST_CHUNK, _MAX_CHUNK, _MAX_CHUNK_ELEMENTS, _MAX_BACKOFF = 8, 8192, 1 << 18, 1024
-
-
-def _run_open_loop(lanes, steps, n_periods, il, vc, d_prev, duty_source, bar) -> _Records:
-    """Open loop: closed-form run-ahead through CCM stretches, stepping elsewhere."""
-    n = il.size
-    Ts = 1.0 / lanes["fsw"]
-    single = n == 1
-    stepper = _ScalarIntegrator(lanes, steps) if single else _Integrator(lanes, steps)
-    conditions = _Conditions(lanes, steps)
-    schedule = duty_source if duty_source.ndim == 2 else None
-    rec = _Records(n_periods, n)
-
-    def duties(k: int, count: int) -> np.ndarray:
-        if schedule is not None:
-            return schedule[k:k + count]
-        return np.broadcast_to(duty_source, (count, n))
-
-    if d_prev is None:
-        d_prev = duties(0, 1)[0].copy()
-    rec.vout0[:] = _vout(conditions.circuit(conditions.epoch(np.zeros(n))), il, vc, d_prev)
-    k, chunk, backoff, failures = 0, _FIRST_CHUNK, 0, 0
-    while k < n_periods:
-        K = min(chunk, n_periods - k, max(1, _MAX_CHUNK_ELEMENTS // n))
-        if conditions.times.size:
-            # Stop the stretch before the period holding the next (shifted) step.
-            t0 = k * Ts
-            ahead = (conditions.times - t0[None, :]) / Ts[None, :]
-            ahead = np.where(ahead > 0, np.floor(ahead), np.inf)
-            K = int(min(K, np.min(ahead)))
-        if backoff == 0 and K > 1:
-            c = conditions.circuit(conditions.epoch(k * Ts))
-            D = np.ascontiguousarray(duties(k, K))
-            il_all, vc_all, valid = _ccm_run_ahead(c, il, vc, d_prev, D, Ts)
-            common = int(valid.min())
-            if common >= 1:
-                block = slice(k, k + common)
-                rec.duty[block] = D[:common]
-                rec.il_start[block], rec.vc_start[block] = il_all[:common], vc_all[:common]
-                i_end, v_end = il_all[1:common + 1], vc_all[1:common + 1]
-                rec.il_mean[block], rec.vc_mean[block] = i_end, v_end
-                rec.vout_mean[block] = _ccm_vout(c, i_end, v_end, D[:common])
-                rec.d2[block] = 1.0 - D[:common]
-                rec.mode[block] = CCM
-                il, vc, d_prev = il_all[common].copy(), vc_all[common].copy(), D[common - 1]
-                if not single:
-                    stepper.last = None
-                chunk = min(2 * chunk, _MAX_CHUNK) if common == K else max(_FIRST_CHUNK, common)
-                failures = 0
-                k += common
-                if bar is not None:
-                    bar.update(common)
-                continue
-            failures += 1
-            backoff = min(2 ** failures, _MAX_BACKOFF)
-            chunk = _FIRST_CHUNK
-        # Step period by period: the rest of the backoff (at least one period).
-        count = min(max(backoff, 1), n_periods - k)
-        if conditions.times.size:
-            count = max(1, min(count, K))
-        D = duties(k, count)
-        if single:
-            i, v, dprev = float(il[0]), float(vc[0]), float(d_prev[0])
-            rows = []
-            for j, d in enumerate(D[:, 0].tolist()):
-                _, _, i1, v1, end, _ = stepper.period(k + j, i, v, dprev, d)
-                rows.append((i, v, i1, v1, end.vout, end.d2, end.mode))
-                i, v, dprev = i1, v1, d
-            table = np.array(rows)
-            block = slice(k, k + count)
-            rec.duty[block] = D
-            for column, name in enumerate(("il_start", "vc_start", "il_mean", "vc_mean",
-                                           "vout_mean", "d2")):
-                getattr(rec, name)[block, 0] = table[:, column]
-            rec.mode[block, 0] = table[:, 6]
-            il, vc, d_prev = np.array([i]), np.array([v]), D[-1]
-        else:
-            for j in range(count):
-                d = D[j]
-                _, il1, vc1, end = stepper.period(k + j, il, vc, d_prev, d)
-                rec.duty[k + j], rec.il_start[k + j], rec.vc_start[k + j] = d, il, vc
-                rec.il_mean[k + j], rec.vc_mean[k + j] = il1, vc1
-                rec.vout_mean[k + j], rec.d2[k + j], rec.mode[k + j] = end.vout, end.d2, end.mode
-                il, vc, d_prev = il1, vc1, d
-        k += count
-        backoff = 0
-        if bar is not None:
-            bar.update(count)
-    return rec
-
-
-# -- single-lane path: the same model on plain floats ---------------------------------------------
-# Written in the part of Python that numba compiles: the compiled route (boostsim.avgkernel)
-# compiles these very functions, so the interpreted and the compiled single-lane integrators
-# are one text. Pieces of a period live in a flat buffer (a list here, an array there), _PW
-# numbers a piece: start, end [s from the period start], i0 [A], v0 [V], duty, epoch.
+# -- the compiled route's integrator: the same model on plain floats -----------------------------
+# Written in the part of Python that numba compiles: boostsim.avgkernel compiles these very
+# functions (the numpy route is the vectorised reference above; tests check the two agree).
+# Pieces of a period live in a flat buffer (an array), _PW numbers a piece: start, end [s from
+# the period start], i0 [A], v0 [V], duty, epoch.
 
 _P_START, _P_END, _P_I0, _P_V0, _P_DUTY, _P_EPOCH = range(6)
 _PW = 6
@@ -1462,91 +1261,3 @@ def _put_tail(pieces: Any, count: int, Ts: float, i1: float, v1: float, d: float
     return count + 1
 
 
-class _ScalarIntegrator:
-    """:class:`_Integrator` for a single lane on Python floats."""
-
-    def __init__(self, lanes: dict[str, np.ndarray], steps: Sequence[Step]):
-        cond = _Conditions(lanes, steps)
-        self.circuits = [_ScalarCircuit.of(c) for c in cond.circuits]
-        self.times = [float(t) for t in cond.times[:, 0]]
-        self.Ts = float(1.0 / lanes["fsw"][0])
-
-    def period(self, k: int, i: float, v: float, d_prev: float, d: float
-               ) -> tuple[list[float], int, float, float, _ScalarField, int]:
-        """(pieces, count, iL, vC at the end, field and epoch there) of period k; the pieces
-        have room for one more (the tail of a controller's view)."""
-        pieces = [0.0] * (_PW * (len(self.times) + 3))
-        count, i1, v1, end, epoch = _period_scalar(self.circuits, self.times, k * self.Ts,
-                                                   self.Ts, i, v, d_prev, d, pieces)
-        return pieces, count, i1, v1, end, epoch
-
-
-class _ScalarView:
-    """:class:`AveragedView` of the single-lane integrator (arrays of one lane, as the
-    engine's view gives)."""
-
-    def __init__(self, k: int, t_start: np.ndarray, d: float, d_prev: float, pieces: list,
-                 count: int, circuits: list, il_end: float, vc_end: float, Ts: float):
-        self.k = k
-        self.t_start = t_start
-        self.duty = np.array([d])
-        self.il_end = np.array([il_end])
-        self.vc_end = np.array([vc_end])
-        self._d, self._d_prev, self._Ts = d, d_prev, Ts
-        self._pieces, self._count, self._circuits = pieces, count, circuits
-
-    def sample(self, tau: np.ndarray | float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(il, vc, vout) centred at offset ``tau`` [s] (see :meth:`AveragedView.sample`)."""
-        tau = float(np.asarray(tau, dtype=float).reshape(-1)[0]) + 0.5 * self._Ts
-        il, vc, vout = _sample_scalar(self._circuits, self._pieces, self._count, tau,
-                                      self._d_prev, self._d, self._Ts)
-        return np.array([il]), np.array([vc]), np.array([vout])
-
-
-def _run_scalar(lanes, steps, n_periods, il, vc, d_prev, duty_source, controller,
-                bar) -> _Records:
-    integrator = _ScalarIntegrator(lanes, steps)
-    Ts = integrator.Ts
-    i, v = float(il[0]), float(vc[0])
-    dp = None if d_prev is None else float(d_prev[0])
-    rows = []
-    append = rows.append
-    view = None
-    schedule = None
-    constant = None
-    if controller is None:
-        if duty_source.ndim == 2:
-            schedule = duty_source[:, 0].tolist()
-        else:
-            constant = float(duty_source[0])
-    vout0 = None
-    for k in range(n_periods):
-        if controller is not None:
-            t0 = np.array([k * Ts])
-            out = controller(k, t0, view)
-            d = float(np.asarray(out, dtype=float).reshape(-1)[0]) \
-                if not isinstance(out, float) else out
-            if not 0.0 <= d < 1.0:
-                check_duty(np.array([d]), f"controller duty (period {k})")
-        else:
-            d = constant if schedule is None else schedule[k]
-        if dp is None:
-            dp = d
-        pieces, count, i1, v1, end_field, epoch = integrator.period(k, i, v, dp, d)
-        if vout0 is None:
-            vout0 = _field_scalar(integrator.circuits[int(pieces[_P_EPOCH])], i, v, dp).vout
-        append((d, i, v, i1, v1, end_field.vout, end_field.d2, end_field.mode))
-        if controller is not None:
-            count = _put_tail(pieces, count, Ts, i1, v1, d, epoch)
-            view = _ScalarView(k, t0, d, dp, pieces, count, integrator.circuits, i1, v1, Ts)
-        i, v, dp = i1, v1, d
-        if bar is not None:
-            bar.update(1)
-    rec = _Records(n_periods, 1)
-    table = np.array(rows, dtype=float)
-    for column, name in enumerate(("duty", "il_start", "vc_start", "il_mean", "vc_mean",
-                                   "vout_mean", "d2")):
-        getattr(rec, name)[:, 0] = table[:, column]
-    rec.mode[:, 0] = table[:, 7].astype(np.int8)
-    rec.vout0[0] = vout0
-    return rec

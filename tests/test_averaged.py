@@ -172,25 +172,6 @@ def test_lanes_and_single_lane_path_agree():
         np.testing.assert_allclose(batch.il[i], alone.il, rtol=0, atol=1e-9)
 
 
-@pytest.mark.parametrize("lanes", [1, 3])
-def test_open_loop_run_ahead_equals_stepping(lanes):
-    """Open-loop runs advance CCM stretches in closed form; a controller returning the same
-    duties forces period-by-period stepping: the two agree to rounding (through a startup
-    that passes through DCM, a schedule and line/load steps)."""
-    periods = 1500
-    k = np.arange(periods)[:, None]
-    duty = np.where(k < 700, 0.6, 0.55 + 0.02 * np.sin(k / 30.0))
-    params = BOARD.replace(vin=np.full(lanes, 5.0)) if lanes > 1 else BOARD
-    steps = (Step(4.00037e-3, R=30.0), Step(9e-3, vin=6.0))
-    fast = simulate_averaged(params, duty=duty, t_end=periods * TS, steps=steps, duty0=0.0)
-    slow = simulate_averaged(params, controller=lambda k, t, view: duty[k],
-                             t_end=periods * TS, steps=steps, duty0=0.0)
-    assert np.any(fast.periods.mode == "DCM") and np.any(fast.periods.mode == "CCM")
-    np.testing.assert_allclose(fast.vout, slow.vout, rtol=1e-10, atol=0)
-    np.testing.assert_allclose(fast.il, slow.il, rtol=1e-9, atol=1e-12)
-    np.testing.assert_array_equal(fast.periods.mode_code, slow.periods.mode_code)
-
-
 def test_fine_grid_is_consistent_with_period_records():
     res = simulate_averaged(BOARD, duty=0.6, t_end=2e-3, dt=TS / 10, duty0=0.0)
     coarse = simulate_averaged(BOARD, duty=0.6, t_end=2e-3, duty0=0.0)
