@@ -841,7 +841,8 @@ class Board:
             raise BoardError(f"duty must be a finite number >= 0, got {duty!r}", None,
                              "SOUR:PWM:DUTY")
         if self.max_duty is not None and duty > self.max_duty:
-            raise BoardError(f"duty {duty:g} above the host limit max_duty={self.max_duty:g}",
+            raise BoardError(f"duty {float(duty)!r} above the host limit max_duty="
+                             f"{float(self.max_duty)!r}",
                              None, "SOUR:PWM:DUTY")
         duty = round(float(duty), 6)
         with self._lock:
@@ -921,16 +922,16 @@ class Board:
     def _check_vout(self, volts: float | np.ndarray) -> None:
         if self.max_vout is not None and np.size(volts) and np.max(volts) > self.max_vout:
             self.output(False)
-            raise BoardError(f"output {np.max(volts):.3f} V above the host limit "
-                             f"max_vout={self.max_vout:g} V: output turned off", None,
+            raise BoardError(f"output {float(np.max(volts))!r} V above the host limit "
+                             f"max_vout={float(self.max_vout)!r} V: output turned off", None,
                              "MEAS:VOLT?")
 
     # -- protection and calibration ----------------------------------------------------
     def set_ovp(self, volts: float) -> None:
         """Over-voltage trip level [V] (never above the host's ``max_vout``)."""
         if self.max_vout is not None and volts > self.max_vout:
-            raise BoardError(f"OVP {volts:g} V above the host limit max_vout="
-                             f"{self.max_vout:g} V", None, "PROT:OVP:LEV")
+            raise BoardError(f"OVP {float(volts)!r} V above the host limit max_vout="
+                             f"{float(self.max_vout)!r} V", None, "PROT:OVP:LEV")
         self.send("PROT:OVP:LEV", float(volts))
         self._settings["PROT:OVP:LEV"] = (float(volts),)
 

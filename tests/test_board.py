@@ -251,3 +251,13 @@ def test_discovery_and_bad_ports():
         Board("/dev/null", watchdog=-1)
     with pytest.raises(ValueError):
         Board("/dev/null", max_duty=1.5)
+
+
+def test_host_limit_messages_tell_the_numbers_apart(emu):
+    with Board(emu.port, max_duty=0.7, max_vout=14.0) as board:
+        with pytest.raises(BoardError, match=r"duty 0\.7000001 above the host limit "
+                                             r"max_duty=0\.7$"):
+            board.set_duty(0.7000001)
+        with pytest.raises(BoardError, match=r"OVP 14\.00001 V above the host limit "
+                                             r"max_vout=14\.0 V$"):
+            board.set_ovp(14.00001)
