@@ -78,7 +78,8 @@ from .firmware import device as _device
 from .plant import Plant
 from .rp2040 import PWM_CLOCK
 
-__all__ = ["Emulator", "EmulatorConfig", "FaultLink", "PtyPort", "firmware_config", "main"]
+__all__ = ["CONSOLE_HELP", "Emulator", "EmulatorConfig", "FaultLink", "PtyPort", "firmware_config",
+           "main", "parse_fault", "run_console"]
 
 DEFAULT_SERIAL = "B0057E0000000001"
 #: ``[emulator] adc_dnl`` names: the ADC's DNL table (None: ideal).
@@ -919,7 +920,7 @@ def _check_fault(kind: str, arg: Any) -> None:
         raise ValueError(f"fault {kind}: must be > 0")
 
 
-def _parse_fault(text: str) -> tuple[float, str, Any]:
+def parse_fault(text: str) -> tuple[float, str, Any]:
     """``AT:KIND[:ARG]``, e.g. ``2.5:load:inf``, ``5:stall:1``, ``8:reset``."""
     parts = text.split(":")
     if len(parts) not in (2, 3):
@@ -944,7 +945,7 @@ def _parse_fault(text: str) -> tuple[float, str, Any]:
 
 # ---------------------------------------------------------------------------- command line
 
-_CONSOLE_HELP = """console commands (one per line):
+CONSOLE_HELP = """console commands (one per line):
   reset [soft|watchdog]   restart the firmware
   stall SECONDS           hang the serve loop
   load OHMS|inf           change / disconnect the load
@@ -957,7 +958,7 @@ _CONSOLE_HELP = """console commands (one per line):
   quit                    stop the emulator"""
 
 
-def _console(emu: Emulator, stop: threading.Event) -> None:
+def run_console(emu: Emulator, stop: threading.Event) -> None:
     for line in sys.stdin:
         words = line.split()
         if not words:
@@ -967,7 +968,7 @@ def _console(emu: Emulator, stop: threading.Event) -> None:
             if cmd in ("quit", "exit"):
                 break
             if cmd == "help":
-                print(_CONSOLE_HELP, file=sys.stderr)
+                print(CONSOLE_HELP, file=sys.stderr)
             elif cmd == "state":
                 print(json.dumps(emu.plant_state()), file=sys.stderr)
             elif cmd == "stats":

@@ -42,10 +42,10 @@ def _probability(text: str) -> float:
 
 @_type
 def _fault(text: str) -> tuple[float, str, Any]:
-    from firmware_bridge.emulator import _parse_fault
+    from firmware_bridge.emulator import parse_fault
 
     try:
-        return _parse_fault(text)
+        return parse_fault(text)
     except argparse.ArgumentTypeError as exc:
         raise ValueError(str(exc)) from None
 
@@ -65,7 +65,7 @@ def _emulator(ctx: Context):
 
 
 def cmd_emulate(ctx: Context) -> int:
-    from firmware_bridge.emulator import _console
+    from firmware_bridge.emulator import run_console
 
     a = ctx.args
     emu = _emulator(ctx)
@@ -94,7 +94,7 @@ def cmd_emulate(ctx: Context) -> int:
             ctx.warn(f"the TOML fsw ({float(p.fsw):g} Hz) differs from the firmware's "
                      f"PWM_FREQ_DEFAULT: the board switches at what the firmware programs")
         if a.console:
-            threading.Thread(target=_console, args=(emu, stop), daemon=True).start()
+            threading.Thread(target=run_console, args=(emu, stop), daemon=True).start()
         deadline = None if a.duration is None else t0 + a.duration
         while not stop.is_set() and emu.running:
             left = 0.05 if deadline is None else min(0.05, deadline - time.monotonic())
@@ -120,14 +120,14 @@ def register(sub, base: argparse.ArgumentParser, board: argparse.ArgumentParser,
              files: argparse.ArgumentParser) -> None:
     """Add the ``emulate`` command to the subparsers ``sub`` (``base``: the shared output
     options; the board file here also takes an [emulator] table)."""
-    from firmware_bridge.emulator import _CONSOLE_HELP
+    from firmware_bridge.emulator import CONSOLE_HELP
 
     p = sub.add_parser("emulate", parents=[base], formatter_class=_Formatter,
                        help="emulate the bench board on a pseudo-terminal",
                        description="Emulate the bench board (its firmware on a simulated "
                                    "converter) on a pseudo-terminal. Prints the device path "
                                    "on the first line of stdout.",
-                       epilog=_EMULATE_EPILOG + _CONSOLE_HELP)
+                       epilog=_EMULATE_EPILOG + CONSOLE_HELP)
     g = p.add_argument_group("board")
     g.add_argument("--config", metavar="FILE",
                    help="board TOML: [converter] and optional [emulator] (default: the "
