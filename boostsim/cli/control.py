@@ -30,7 +30,7 @@ from .context import CliError, Context, _UsageError
 from .format import (
     _DATA_KINDS,
     _PLOT_KINDS,
-    _check_writable,
+    _check_outputs,
     _default_file,
     _fmt,
     _table,
@@ -164,8 +164,7 @@ def _gains_toml(gains, command: str, params: BoostParams, rate: float) -> str:
 def cmd_tune(ctx: Context) -> int:
     a = ctx.args
     out_kinds = (".toml", ".json")
-    _check_writable(a.out, out_kinds, "--out")
-    _check_writable(a.plot, _PLOT_KINDS, "--plot")
+    _check_outputs(ctx, (a.out, out_kinds, "--out"), (a.plot, _PLOT_KINDS, "--plot"))
     params = ctx.board()
     gains, every = _tune(ctx, params, a.vref, a.crossover, a.phase_margin, a.rate, a.delay)
     predicted = _predicted(gains, a.crossover)
@@ -194,6 +193,7 @@ def cmd_tune(ctx: Context) -> int:
         _write_plot(ctx, _loop_bode(gains.loop, None, None, params,
                                     f"tuned for {a.crossover:g} Hz"), a.plot)
         files["plot"] = a.plot
+    ctx.commit()  # in place before "wrote ..." is said
     summary["files"] = files
     if ctx.human:
         from ..plots import board_text
@@ -290,8 +290,7 @@ def cmd_bode(ctx: Context) -> int:
         raise _UsageError("--phase-margin needs --crossover F (tune the PID first)")
     pid = None if tuned else pid_loop(a)
     plot = _default_file(ctx, a.plot, "bode.png")
-    _check_writable(a.out, _DATA_KINDS, "--out")
-    _check_writable(plot, _PLOT_KINDS, "--plot")
+    _check_outputs(ctx, (a.out, _DATA_KINDS, "--out"), (plot, _PLOT_KINDS, "--plot"))
     params = ctx.board()
     if not np.isscalar(params.fsw) and np.size(params.fsw) != 1:
         raise CliError("the Bode plot needs a single converter (no per-lane parameters)")
@@ -364,6 +363,7 @@ def cmd_bode(ctx: Context) -> int:
                               subtitle=f"{board_text(params)} · duty {duty:.4f} ({plant.mode})")
         _write_plot(ctx, fig, plot)
         files["plot"] = plot
+    ctx.commit()  # in place before "wrote ..." is said
     summary["files"] = files
     if ctx.human:
         op = f"vref {a.vref:g} V (duty {duty:.4f})" if a.vref is not None else f"duty {duty:g}"

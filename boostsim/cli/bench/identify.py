@@ -9,7 +9,7 @@ from pathlib import Path
 from ...adc_model import RP2040_ADC_JITTER
 from ..args import _duty_value, _finite, _Formatter, _int_at_least, _positive, _positive_time
 from ..context import CliError, Context, _UsageError
-from ..format import _PLOT_KINDS, _check_writable, _write_plot
+from ..format import _PLOT_KINDS, _check_outputs, _write_plot
 from .session import BenchParents, _BenchSession, bench_board
 
 _BENCH_IDENTIFY_EPILOG = """\
@@ -73,8 +73,7 @@ def cmd_bench_identify(ctx: Context) -> int:
 
     a = ctx.args
     out = Path(a.out)
-    _check_writable(a.out, (".toml",), "--out")
-    _check_writable(a.plot, _PLOT_KINDS, "--plot")
+    _check_outputs(ctx, (a.out, (".toml",), "--out"), (a.plot, _PLOT_KINDS, "--plot"))
     if out.exists() and not a.force:
         raise CliError(f"{str(out)!r} exists; use --force to overwrite it")
     if a.amplitude > MAX_AMPLITUDE:
@@ -112,6 +111,7 @@ def cmd_bench_identify(ctx: Context) -> int:
     if a.plot:
         _write_plot(ctx, bench.identify_figure(result), a.plot)
         files["plot"] = a.plot
+    ctx.commit()  # in place before "wrote ..." is said
     summary = {"command": "bench identify", "firmware": meta["firmware"],
                "port": meta["port"], "samples": int(record.t.size), "rate_Hz": record.rate,
                "bench_s": record.bench_s, "lost_samples": sum(n for _, n in record.gaps),

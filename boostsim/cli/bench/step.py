@@ -10,7 +10,7 @@ from ..context import CliError, Context, _UsageError
 from ..format import (
     _DATA_KINDS,
     _PLOT_KINDS,
-    _check_writable,
+    _check_outputs,
     _default_file,
     _fmt,
     _open_log,
@@ -92,9 +92,8 @@ def cmd_bench_step(ctx: Context) -> int:
     a = ctx.args
     out = _default_file(ctx, a.out, "bench_step.csv")
     plot = _default_file(ctx, a.plot, "bench_step.png")
-    _check_writable(out, _DATA_KINDS, "--out")
-    _check_writable(plot, _PLOT_KINDS, "--plot")
-    _check_writable(a.log, (".csv",), "--log")
+    _check_outputs(ctx, (out, _DATA_KINDS, "--out"), (plot, _PLOT_KINDS, "--plot"),
+                   (a.log, (".csv",), "--log"), incremental=("--log",))
     d1, d2 = a.duty
     if a.load_step is None and d2 is None:
         raise _UsageError("give a duty step FROM:TO (e.g. --duty 0.4:0.6) or --load-step")
@@ -157,6 +156,7 @@ def cmd_bench_step(ctx: Context) -> int:
         files["plot"] = plot
     if a.log:
         files["log"] = a.log
+    ctx.commit()  # in place before "wrote ..." is said
     summary["files"] = files
     if ctx.human:
         what = (f"duty {step.duty:g} -> {step.duty_after:g}" if step.kind == "duty" else

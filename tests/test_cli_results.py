@@ -1,0 +1,83 @@
+"""Results that must not mislead (issue 11): output paths checked before the work, "wrote ..."
+only once the files are in place, the interrupted run's list of files not written, limits
+quoted with the digits that tell them apart, and warnings that survive a failure."""
+
+from __future__ import annotations
+
+import pytest
+from cli_helpers import cli, one_line_error
+
+import boostsim.outputs
+
+BAD_PORT = "/dev/does-not-exist-boostsim"
+
+
+@pytest.mark.parametrize("action", [
+    ["step", "--duty", "0.4:0.5", "--out", "adir.csv"],
+    ["step", "--duty", "0.4:0.5", "--plot", "adir.png"],
+    ["calibrate", "--ref", "12", "--out", "adir.toml"],
+    ["live", "--vref", "12", "--kp", "0.01", "--ki", "5", "--out", "adir.csv"],
+    ["identify", "--out", "fitted.toml", "--plot", "adir.png"],
+])
+def test_bench_outputs_are_checked_before_the_port_is_opened(action, capsys, tmp_path,
+                                                            monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in ("adir.csv", "adir.png", "adir.toml"):
+        (tmp_path / name).mkdir()
+    status, out, err = cli(capsys, "bench", *action, "--port", BAD_PORT)
+    assert status == 1
+    line = one_line_error(err)
+    assert "it is a directory" in line and "does-not-exist" not in line, line
+    assert ".partial-" not in line and "wrote" not in out
+
+
+def test_wrote_is_said_only_once_the_files_are_in_place(capsys, tmp_path, monkeypatch):
+    """A target that cannot be replaced at the end: no "wrote ...", and the error names the
+    target, not the hidden temporary file beside it."""
+    monkeypatch.chdir(tmp_path)
+    real = boostsim.outputs.os.replace
+
+    def replace(src, dst):
+        if str(dst).endswith("x.csv"):
+            raise IsADirectoryError(21, "Is a directory", str(src))
+        return real(src, dst)
+
+    monkeypatch.setattr(boostsim.outputs.os, "replace", replace)
+    status, out, err = cli(capsys, "steady", "--duty", "0.5", "--out", "x.csv")
+    assert status == 1
+    line = one_line_error(err)
+    assert "x.csv" in line and ".partial-" not in line, line
+    assert "wrote" not in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_an_interrupted_run_names_every_file_it_would_have_written(capsys, tmp_path,
+                                                                  monkeypatch):
+    import boostsim.sweep
+
+    monkeypatch.chdir(tmp_path)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(boostsim.sweep, "run_sweep", interrupted)
+    status, _, err = cli(capsys, "sweep", "--duty", "0.5")
+    assert status == 130
+    assert err.strip() == "boostsim: interrupted; not written: sweep.csv, sweep.png"
+
+
+def test_an_interrupted_bench_step_names_its_default_plot(capsys, tmp_path, monkeypatch):
+    import firmware_bridge.bench
+
+    monkeypatch.chdir(tmp_path)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(firmware_bridge.bench, "run_step", interrupted)
+    status, _, err = cli(capsys, "bench", "step", "--port", "emu:", "--duty", "0.4:0.5",
+                         "--out", "dd.csv")
+    assert status == 130
+    assert err.strip().splitlines()[-1] == ("boostsim: interrupted; not written: dd.csv, "
+                                            "bench_step.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
