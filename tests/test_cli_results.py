@@ -81,3 +81,46 @@ def test_an_interrupted_bench_step_names_its_default_plot(capsys, tmp_path, monk
     assert err.strip().splitlines()[-1] == ("boostsim: interrupted; not written: dd.csv, "
                                             "bench_step.png")
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+# -- a value and the limit it exceeds read differently --------------------------------------
+
+def test_a_duty_just_above_max_duty_is_quoted_with_its_digits(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    status, _, err = cli(capsys, "bench", "sweep", "--port", BAD_PORT, "--duty", "0.6000001",
+                         "--max-duty", "0.6", "--no-files")
+    assert status == 2
+    assert "reaches duty 0.6000001, above --max-duty 0.6 " in err, err
+    status, _, err = cli(capsys, "bench", "identify", "--port", BAD_PORT, "--out", "f.toml",
+                         "--duty", "0.5", "--amplitude", "0.0400001", "--max-duty", "0.54")
+    assert status == 2
+    assert "reaches duty 0.5400001, above --max-duty 0.54 " in err, err
+    status, _, err = cli(capsys, "tune", "--vref", "12", "--crossover", "2k", "--rate",
+                         "100000.01")
+    assert status == 2
+    assert "--rate 100000.01 Hz is above the switching frequency 100000 Hz" in err, err
+
+
+def test_a_duty_just_above_the_boards_limit_is_quoted_with_its_digits(capsys, tmp_path,
+                                                                     monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    status, _, err = cli(capsys, "bench", "step", "--port", "emu:", "--duty", "0.4:0.7500001",
+                         "--no-files")
+    assert status == 1
+    assert "duty 0.7500001 is above the board's limit 0.75" in one_line_error(err)
+
+
+def test_bench_library_limits_are_quoted_with_their_digits():
+    from types import SimpleNamespace
+
+    from firmware_bridge.bench.calibrate import solve_calibration
+    from firmware_bridge.bench.identify import _check_duties
+
+    board = SimpleNamespace(duty_limit=0.75, max_duty=None)
+    with pytest.raises(ValueError, match=r"reaches duty 0\.7500001, above the board's limit "
+                                         r"0\.75$"):
+        _check_duties(board, 0.71, 0.0400001)
+    with pytest.raises(ValueError, match=r"gain 1\.2500001 outside 0\.8\.\.1\.25:"):
+        solve_calibration([10.0], [12.500001])
+    with pytest.raises(ValueError, match=r"gain 1\.1 \(\+10\.0001 %, more than 10 %\)"):
+        solve_calibration([10.0], [11.000010])

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..params import BoostParams
-from ..units import format_si, parse_si, quantity
+from ..units import format_apart, format_si, parse_si, quantity
 from .args import (
     _duty_value,
     _Formatter,
@@ -107,8 +107,9 @@ def _sample_period(ctx: Context, params: BoostParams, rate: float | None) -> tup
     if rate is None:
         return 1.0 / fsw, 1
     if rate > fsw * (1 + 1e-9):
-        raise _UsageError(f"--rate {rate:g} Hz is above the switching frequency {fsw:g} Hz "
-                          f"(the PID runs at most once per period)")
+        rate_text, fsw_text = format_apart(rate, fsw)
+        raise _UsageError(f"--rate {rate_text} Hz is above the switching frequency {fsw_text} "
+                          f"Hz (the PID runs at most once per period)")
     every = max(1, round(fsw / rate))
     if abs(fsw / every - rate) > 1e-3 * rate:
         ctx.warn(f"--rate {rate:g} Hz is not a whole number of switching periods: the loop "
@@ -241,10 +242,12 @@ def _freqs(fmin: float | None, fmax: float | None, lo: float, hi: float, points:
            limit: float, what: str) -> np.ndarray:
     f1 = fmax if fmax is not None else hi
     if f1 > limit:
-        raise _UsageError(f"--fmax {f1:g} Hz is above {what} ({limit:g} Hz)")
+        fmax_text, limit_text = format_apart(f1, limit)
+        raise _UsageError(f"--fmax {fmax_text} Hz is above {what} ({limit_text} Hz)")
     f0 = fmin if fmin is not None else min(lo, f1 / 1000)
     if f0 >= f1:
-        raise _UsageError(f"--fmin {f0:g} Hz must be below --fmax {f1:g} Hz")
+        raise _UsageError("--fmin {} Hz must be below --fmax {} Hz".format(
+            *format_apart(f0, f1)))
     return np.geomspace(f0, f1, points)
 
 

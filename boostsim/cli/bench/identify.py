@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...adc_model import RP2040_ADC_JITTER
+from ...units import format_apart
 from ..args import _duty_value, _finite, _Formatter, _int_at_least, _positive, _positive_time
 from ..context import CliError, Context, _UsageError
 from ..format import _PLOT_KINDS, _check_outputs, _write_plot
@@ -77,16 +78,19 @@ def cmd_bench_identify(ctx: Context) -> int:
     if out.exists() and not a.force:
         raise CliError(f"{str(out)!r} exists; use --force to overwrite it")
     if a.amplitude > MAX_AMPLITUDE:
-        raise _UsageError(f"--amplitude {a.amplitude:g}: at most {MAX_AMPLITUDE:g}")
+        raise _UsageError("--amplitude {}: at most {}".format(
+            *format_apart(a.amplitude, MAX_AMPLITUDE)))
     if a.order > 7:
         raise _UsageError(f"--order {a.order}: at most 7")
     if a.rate > 20e3:
-        raise _UsageError(f"--rate {a.rate:g}: the board streams at most 20 kHz")
+        raise _UsageError(f"--rate {format_apart(a.rate, 20e3)[0]}: the board streams at "
+                          f"most 20 kHz")
     if a.duty - a.amplitude < 0:
-        raise _UsageError(f"--duty {a.duty:g} - --amplitude {a.amplitude:g} is below 0")
+        raise _UsageError("--duty {} - --amplitude {} is below 0".format(
+            *format_apart(a.duty, a.amplitude)))
     if a.max_duty is not None and a.duty + a.amplitude > a.max_duty:
-        raise _UsageError(f"the excitation reaches duty {a.duty + a.amplitude:g}, above "
-                          f"--max-duty {a.max_duty:g}")
+        raise _UsageError("the excitation reaches duty {}, above --max-duty {}".format(
+            *format_apart(a.duty + a.amplitude, a.max_duty)))
     params = bench_board(ctx)
     document, _ = ctx.document()
     with _BenchSession(ctx) as session:

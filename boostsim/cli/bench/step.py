@@ -4,7 +4,7 @@ beside the simulated step.
 
 from __future__ import annotations
 
-from ...units import parse_si, quantity
+from ...units import format_apart, parse_si, quantity
 from ..args import _Formatter, _int_at_least, _nonnegative, _positive, _positive_time, _probe, _type
 from ..context import CliError, Context, _UsageError
 from ..format import (
@@ -105,13 +105,15 @@ def cmd_bench_step(ctx: Context) -> int:
         raise _UsageError("a load step needs external gear on real hardware; only the "
                           "in-process emulator (--port emu:) can apply it")
     if a.rate > 20e3:
-        raise _UsageError(f"--rate {a.rate:g}: the board streams at most 20 kHz")
+        raise _UsageError(f"--rate {format_apart(a.rate, 20e3)[0]}: the board streams at "
+                          f"most 20 kHz")
     params = bench_board(ctx)
     with _BenchSession(ctx) as session:
         board = session.board
         for d in (d1, d2):
             if d is not None and d > board.duty_limit:
-                raise CliError(f"duty {d:g} is above the board's limit {board.duty_limit:g}")
+                raise CliError("duty {} is above the board's limit {}".format(
+                    *format_apart(d, board.duty_limit)))
         meta = session.metadata(step={"duty": d1, "duty_after": d2, "load": a.load_step,
                                       "rate_Hz": a.rate, "pre_s": a.pre, "post_s": a.post})
         log = _open_log(ctx, a.log, ("t_board_s", "index", "vout_V"), meta)

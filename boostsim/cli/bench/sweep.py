@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ...units import quantity
+from ...units import format_apart, quantity
 from ..args import _duty_range, _Formatter, _int_at_least, _nonnegative, _positive, _type
 from ..context import PROG, CliError, Context, _UsageError
 from ..format import (
@@ -142,8 +142,8 @@ def cmd_bench_sweep(ctx: Context) -> int:
     params = bench_board(ctx)
     duties = a.duty if a.duty is not None else _duty_range("0.1:0.6:0.05")
     if a.max_duty is not None and np.max(duties) > a.max_duty:
-        raise _UsageError(f"the sweep reaches duty {np.max(duties):g}, above --max-duty "
-                          f"{a.max_duty:g}")
+        high, ceiling = format_apart(np.max(duties), a.max_duty)
+        raise _UsageError(f"the sweep reaches duty {high}, above --max-duty {ceiling}")
     if a.fit and duties.size <= len(a.fit):
         raise _UsageError(f"--fit {','.join(a.fit)} needs more than "
                           f"{quantity(len(a.fit), 'point')}")
@@ -152,8 +152,9 @@ def cmd_bench_sweep(ctx: Context) -> int:
         board = session.board
         limit = board.duty_limit
         if np.max(duties) > limit:
-            raise CliError(f"the sweep reaches duty {np.max(duties):g}, above the board's "
-                           f"limit {limit:g} (SOUR:PWM:DUTY:LIM)")
+            high, ceiling = format_apart(np.max(duties), limit)
+            raise CliError(f"the sweep reaches duty {high}, above the board's limit {ceiling} "
+                           f"(SOUR:PWM:DUTY:LIM)")
         meta = session.metadata(study={"duty": duties.tolist(), "settle_s": a.settle,
                                        "samples": a.samples, "method": a.method})
         log = _open_log(ctx, a.log, ("t_s", "point", "duty", "vout_V"), meta)
