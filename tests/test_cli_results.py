@@ -124,3 +124,36 @@ def test_bench_library_limits_are_quoted_with_their_digits():
         solve_calibration([10.0], [12.500001])
     with pytest.raises(ValueError, match=r"gain 1\.1 \(\+10\.0001 %, more than 10 %\)"):
         solve_calibration([10.0], [11.000010])
+
+
+# -- a warning survives the failure it explains ---------------------------------------------
+
+IMPLAUSIBLE = "boostsim: warning: L = 100 H is far outside the usual"
+
+
+def test_a_plausibility_warning_is_shown_when_the_command_then_fails(capsys):
+    status, _, err = cli(capsys, "steady", "--set", "L=100", "--vout", "500")
+    assert status == 1
+    lines = err.strip().splitlines()
+    assert lines[0].startswith(IMPLAUSIBLE), err
+    assert lines[-1].startswith("boostsim: error: vout = 500 V is not reachable"), err
+    status, _, err = cli(capsys, "steady", "--set", "L=100", "--duty", "0.5")
+    assert status == 0 and err.startswith(IMPLAUSIBLE), err
+
+
+def test_a_warning_is_shown_when_the_run_is_interrupted(capsys, tmp_path, monkeypatch):
+    import warnings
+
+    import boostsim.sweep
+
+    monkeypatch.chdir(tmp_path)
+
+    def interrupted(*args, **kwargs):
+        warnings.warn("a solver did not converge", RuntimeWarning, stacklevel=1)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(boostsim.sweep, "run_sweep", interrupted)
+    status, _, err = cli(capsys, "sweep", "--duty", "0.5", "--no-files")
+    assert status == 130
+    assert err.splitlines() == ["boostsim: warning: a solver did not converge",
+                                "boostsim: interrupted"]
