@@ -121,6 +121,7 @@ from . import fastloop
 from .analysis import LOSS_NAMES, SETTLED_TOLERANCE, Metrics
 from .drive import check_duty, prepare_drive
 from .engine import Step, _step_value
+from .memory import check_memory
 from .params import BoostParams
 from .segments import phi1
 
@@ -863,6 +864,10 @@ def simulate_averaged(params: BoostParams, duty: Any = None, t_end: float | None
                           steps=steps, default_dt_periods=1.0)
     lanes, n, scalar, Ts, dt = drive.lanes, drive.n, drive.scalar, drive.Ts, drive.dt
     n_periods, n_t = drive.n_periods, drive.n_t
+    check_memory(averaged_bytes(n, n_periods, n_t, controller=controller is not None),
+                 "simulate_averaged",
+                 f"it records {n_periods} periods and {n_t} samples for each of {n} lane(s); "
+                 f"shorten t_end, use a coarser dt or simulate fewer lanes per call")
     duty_source: Any = drive.schedule if drive.schedule is not None else drive.constant
     il, vc = drive.il0, drive.vc0
     if not np.all(lanes["synchronous"] | (il >= 0)):
@@ -909,6 +914,19 @@ def simulate_averaged(params: BoostParams, duty: Any = None, t_end: float | None
                           il_end=float(il_end[0]) if scalar else il_end,
                           vc_end=float(vc_end[0]) if scalar else vc_end, scalar=scalar,
                           steps=tuple(steps), _lanes=lanes)
+
+
+def averaged_bytes(n_lanes: int, n_periods: int, n_t: int, *, controller: bool = False
+                   ) -> float:
+    """Memory [bytes] :func:`simulate_averaged` needs at most, by either route: the
+    per-period records (8 float64 rows of lanes x periods, and the int8 mode), the grid's
+    copies of three of them when the output grid is taken from the records, the output
+    waveforms (iL, vC, vout: lanes x samples, twice on the compiled route's own grid, and the
+    time axis), a controller's per-period log (6 float64 rows) and the run-ahead's working
+    space."""
+    records = (8 * 8 + 1 + 3 * 8 + (6 * 8 if controller else 0)) * n_lanes * n_periods
+    waveforms = 2 * 3 * 8 * n_lanes * n_t + 8 * n_t
+    return records + waveforms + 8 * 8 * _MAX_CHUNK_ELEMENTS
 
 
 class _Records:
