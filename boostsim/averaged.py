@@ -119,6 +119,7 @@ from . import fastloop
 from .analysis import LOSS_NAMES, SETTLED_TOLERANCE, Metrics
 from .drive import check_duty, prepare_drive
 from .engine import Step, _step_value
+from .memory import check_memory
 from .params import BoostParams
 from .segments import phi1
 
@@ -754,6 +755,8 @@ class AveragedResult:
     scalar: bool
     steps: tuple[Step, ...] = ()
     _lanes: dict[str, np.ndarray] = dataclasses.field(default_factory=dict, repr=False)
+    #: The duty of the period before t = 0 (``duty0``; None: the first period's).
+    _duty0: Any = dataclasses.field(default=None, repr=False)
 
     @property
     def n_lanes(self) -> int:
@@ -768,14 +771,69 @@ class AveragedResult:
                "vout": rec.vout_mean}
         return {k: v[0] if self.scalar else v for k, v in out.items()}
 
+    def _window_powers(self, first: int) -> tuple[np.ndarray, ...] | None:
+        """(pin [W], pout [W], iL [A], vout [V]) averaged over periods ``first``.. to the end,
+        integrated over time.
+
+        The period-end records are the model's state at the period ends, which is the period's
+        mean only while the state changes slowly: in a fast transient (a CCM -> DCM drop)
+        their average misses the input power and the energy balance reads above 100 %. So
+        the window is run again from its recorded start (state, duties, conditions: the same
+        trajectory) on a grid of 64 samples per period, and iL, vout, vin*iL and
+        vout*(vout/R + i_load) are integrated (trapezoids), consistent with the stored-energy
+        change between the window ends. None when the lanes' periods differ (no common
+        window)."""
+        rec, lanes = self.periods, self._lanes
+        fsw = np.asarray(lanes["fsw"], dtype=float)
+        if not np.all(fsw == fsw.flat[0]):
+            return None
+        Ts = 1.0 / float(fsw.flat[0])
+        n, periods = rec.duty.shape
+        t0 = first * Ts
+        changes: dict[str, Any] = {}
+        later = []
+        for step in self.steps:
+            if step.t <= t0 * (1 + 1e-12):
+                changes.update({k: getattr(step, k) for k in ("vin", "R", "i_load")
+                                if getattr(step, k) is not None})
+            else:
+                later.append(dataclasses.replace(step, t=step.t - t0))
+        params = BoostParams(**{k: (np.broadcast_to(v, (n,)).copy() if np.ndim(v) else v)
+                                for k, v in {**lanes, **changes}.items()
+                                if k in self.params.to_dict()})
+        duty0 = rec.duty[:, first - 1] if first > 0 else self._duty0
+        replay = simulate_averaged(params, rec.duty[:, first:].T, t_end=(periods - first) * Ts,
+                                   dt=Ts / 64, x0=np.stack([rec.il_start[:, first],
+                                                            rec.vc_start[:, first]], axis=1),
+                                   duty0=duty0, steps=later, engine="numpy")
+        t = replay.t
+        span = t[-1] - t[0]
+        vout = np.atleast_2d(replay.vout)
+        il = np.atleast_2d(replay.il)
+        conditions = _Conditions(replay._lanes, replay.steps)
+        # The conditions (vin, R, i_load) in force at each sample (one set without steps).
+        times = t if later else t[:1]
+        vin, g, i_load = (np.empty((n, times.size)) for _ in range(3))
+        for j, tj in enumerate(times):
+            c = conditions.circuit(conditions.epoch(np.full(n, tj)))
+            vin[:, j], g[:, j], i_load[:, j] = c.vin, c.g, c.i_load
+
+        def mean(values: np.ndarray) -> np.ndarray:
+            return np.trapezoid(values, t, axis=1) / span
+
+        return (mean(vin * il), mean(vout * (vout * g + i_load)), mean(il), mean(vout))
+
     def metrics(self, last_periods: int = 20) -> Metrics:
         """Averages over the last ``last_periods`` periods, as the same
         :class:`boostsim.analysis.Metrics` :meth:`boostsim.simulation.SimulationResult.metrics`
         returns (per lane; floats for scalar inputs).
 
-        Powers use the averaged waveforms: ``pin = vin * il_mean``, ``pout = vout^2/R +
-        vout i_load`` [W], ``stored_power`` the rate of change of ``L iL^2/2 + C vC^2/2`` over
-        the window, ``p_loss = pin - pout - stored_power`` and ``efficiency = pout / (pin -
+        Means and powers are time averages of the averaged waveforms over the window (the
+        window replayed on a fine grid: the period-end records alone are not the period means
+        in a fast transient): ``il_mean``, ``vout_mean``, ``pin = vin iL``, ``pout = vout^2/R
+        + vout i_load`` [W]; ``stored_power`` the change of ``L iL^2/2 + C vC^2/2`` between
+        the window's ends over its length (so the balance closes: efficiency <= 1),
+        ``p_loss = pin - pout - stored_power`` and ``efficiency = pout / (pin -
         stored_power)`` with ``settled`` as in :class:`boostsim.analysis.Metrics`; ``t_on``,
         ``t_diode``, ``t_idle`` [s] are the duty, the diode conduction fraction ``d2`` and the
         rest of the period times ``Ts``. What the averaged model does not resolve -- the
@@ -791,10 +849,14 @@ class AveragedResult:
         il = rec.il_mean[:, window].mean(axis=1)
         conditions = _Conditions(self._lanes, self.steps)
         Ts = 1.0 / np.asarray(self._lanes["fsw"], dtype=float)
-        c = conditions.circuit(conditions.epoch(rec.t_start[:, -1] + Ts))
-        pin = c.vin * il
-        pout = vout * (vout * c.g + c.i_load)
         first = n_periods - last_periods
+        powers = self._window_powers(first)
+        if powers is not None:
+            pin, pout, il, vout = powers
+        else:  # lanes of different periods: the period-end values (exact when settled)
+            c = conditions.circuit(conditions.epoch(rec.t_start[:, -1] + Ts))
+            pin = c.vin * il
+            pout = vout * (vout * c.g + c.i_load)
         L, C = self._lanes["L"], self._lanes["C"]
         energy_change = (0.5 * L * (rec.il_mean[:, -1] ** 2 - rec.il_start[:, first] ** 2)
                          + 0.5 * C * (rec.vc_mean[:, -1] ** 2 - rec.vc_start[:, first] ** 2))
@@ -860,6 +922,10 @@ def simulate_averaged(params: BoostParams, duty: Any = None, t_end: float | None
                           steps=steps, default_dt_periods=1.0)
     lanes, n, scalar, Ts, dt = drive.lanes, drive.n, drive.scalar, drive.Ts, drive.dt
     n_periods, n_t = drive.n_periods, drive.n_t
+    check_memory(averaged_bytes(n, n_periods, n_t, controller=controller is not None),
+                 "simulate_averaged",
+                 f"it records {n_periods} periods and {n_t} samples for each of {n} lane(s); "
+                 f"shorten t_end, use a coarser dt or simulate fewer lanes per call")
     duty_source: Any = drive.schedule if drive.schedule is not None else drive.constant
     il, vc = drive.il0, drive.vc0
     if not np.all(lanes["synchronous"] | (il >= 0)):
@@ -868,6 +934,7 @@ def simulate_averaged(params: BoostParams, duty: Any = None, t_end: float | None
     if duty0 is not None:
         d_prev = check_duty(np.broadcast_to(np.asarray(duty0, dtype=float), (n,)).astype(float),
                              "duty0")
+    d_first = d_prev
     grid = _Grid(n, n_t, dt, Ts)
     bar = None
     if progress:
@@ -900,7 +967,19 @@ def simulate_averaged(params: BoostParams, duty: Any = None, t_end: float | None
                           vout=squeeze(grid.vout), duty=squeeze(periods.duty), periods=periods,
                           il_end=float(il_end[0]) if scalar else il_end,
                           vc_end=float(vc_end[0]) if scalar else vc_end, scalar=scalar,
-                          steps=tuple(steps), _lanes=lanes)
+                          steps=tuple(steps), _lanes=lanes, _duty0=d_first)
+
+
+def averaged_bytes(n_lanes: int, n_periods: int, n_t: int, *, controller: bool = False
+                   ) -> float:
+    """Memory [bytes] :func:`simulate_averaged` needs at most, by either route: the
+    per-period records (8 float64 rows of lanes x periods, and the int8 mode), the grid's
+    copies of three of them when the output grid is taken from the records, the output
+    waveforms (iL, vC, vout: lanes x samples, twice on the compiled route's own grid, and the
+    time axis) and a controller's per-period log (6 float64 rows)."""
+    records = (8 * 8 + 1 + 3 * 8 + (6 * 8 if controller else 0)) * n_lanes * n_periods
+    waveforms = 2 * 3 * 8 * n_lanes * n_t + 8 * n_t
+    return records + waveforms
 
 
 class _Records:

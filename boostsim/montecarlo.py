@@ -38,10 +38,11 @@ import numpy as np
 from .control import DigitalController
 from .engine import Step
 from .fastloop import closed_loop_means
+from .memory import check_memory
 from .params import BoostParams
 from .sweep import Limit, MonteCarlo, Sweep, SweepResult, Tolerance
 
-__all__ = ["COLUMNS", "disturbance_response", "load_step_yield"]
+__all__ = ["COLUMNS", "disturbance_response", "load_step_yield", "load_step_yield_bytes"]
 
 COLUMNS = ("overshoot", "undershoot", "deviation", "settling_time", "vout_initial",
            "vout_final")
@@ -82,6 +83,13 @@ def _chunk_controller(controller: DigitalController, start: int) -> DigitalContr
                              every=controller.every, initial_duty=controller.initial_duty)
 
 
+def load_step_yield_bytes(samples: int, n_fields: int, n_limits: int = 0) -> float:
+    """Memory [bytes] :func:`load_step_yield` keeps for ``samples`` samples of ``n_fields``
+    toleranced fields: the drawn inputs (twice while they are drawn), the sample number, the
+    figures and the flags; the simulation runs in chunks of bounded size beside them."""
+    return samples * (8 * (1 + 2 * n_fields + len(COLUMNS)) + 2 + n_limits)
+
+
 def load_step_yield(base: BoostParams, controller: DigitalController, *, vref: Any,
                     step: Step, t_end: float, samples: int,
                     tolerances: Sequence[Tolerance], limits: Sequence[Limit] = (),
@@ -111,6 +119,11 @@ def load_step_yield(base: BoostParams, controller: DigitalController, *, vref: A
             raise ValueError(f"limit {lim.text or lim.describe()}: unknown figure {lim.name!r}"
                              f"; known: {', '.join(COLUMNS)}")
     sweep = Sweep(base, duty=0.0, mc=MonteCarlo(samples, tolerances, seed=seed, dist=dist))
+    check_memory(load_step_yield_bytes(samples, len(tolerances), len(tuple(limits))),
+                 f"a closed-loop Monte-Carlo of {samples} samples",
+                 f"it keeps the drawn fields and {len(COLUMNS)} figures of every sample for "
+                 f"the statistics, the limits and the files (the simulation itself runs in "
+                 f"chunks of lanes); draw fewer samples (--mc N)")
     inputs = sweep.inputs(0, samples)
     del inputs["duty"]  # the controller sets it
     fields = {k: v for k, v in inputs.items() if k != "sample"}

@@ -111,13 +111,23 @@ class StagedOutputs:
 
     def __init__(self) -> None:
         self._staged: list[tuple[Path, Path]] = []
-        #: Targets left untouched by the last :meth:`discard` (for telling the user).
+        self._planned: list[Path] = []
+        self._committed: set[Path] = set()
+        #: Targets left untouched by the last :meth:`discard` (for telling the user): those
+        #: staged and those :meth:`plan`-ned but not yet put in place.
         self.discarded: list[Path] = []
+
+    def plan(self, target: str | Path) -> None:
+        """Announce ``target`` before the work that produces it (a run stopped before its
+        files are staged still names them all in :attr:`discarded`)."""
+        if Path(target) not in self._planned:
+            self._planned.append(Path(target))
 
     def path(self, target: str | Path) -> Path:
         """Where to write ``target`` now (a temporary file beside it)."""
         tmp = staging_path(target)
         self._staged.append((tmp, Path(target)))
+        self.plan(target)
         return tmp
 
     def commit(self) -> None:
@@ -133,7 +143,12 @@ class StagedOutputs:
                     interrupted = exc
                     if tmp.exists():
                         os.replace(tmp, target)
+                except OSError as exc:
+                    # Name the target, not the hidden temporary file (its name means nothing
+                    # to the user and it is removed below).
+                    raise OSError(exc.errno, exc.strerror, str(target)) from exc
                 self._staged.pop(0)
+                self._committed.add(target)
         except OSError:
             self.discard()  # e.g. a target that became a directory: no stray temporaries
             raise
@@ -142,7 +157,8 @@ class StagedOutputs:
 
     def discard(self) -> None:
         """Remove every staged file; the targets are untouched."""
-        self.discarded = [target for _, target in self._staged]
+        pending = [p for p in self._planned if p not in self._committed]
+        self.discarded = list(dict.fromkeys([*pending, *(t for _, t in self._staged)]))
         for tmp, _ in self._staged:
             tmp.unlink(missing_ok=True)
         self._staged.clear()

@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from .memory import check_memory, memory_budget
 from .params import FIELDS, BoostParams
 from .specs import (
     _TOL_FIELDS,
@@ -478,6 +479,7 @@ def run_sweep(sweep: Sweep, *, limits: Sequence[Limit] = (), workers: int | None
     """
     started = time.perf_counter()
     limits = tuple(limits)
+    check_sweep_memory(sweep, limits)
     nominal_duty = None
     if sweep.mc is not None and sweep.vout is not None:
         nominal_duty = solve_duty(sweep.base, float(sweep.vout[0]))
@@ -523,6 +525,36 @@ def run_sweep(sweep: Sweep, *, limits: Sequence[Limit] = (), workers: int | None
         columns["pass"] = ok
     result.seconds = time.perf_counter() - started
     return result
+
+
+def sweep_bytes(sweep: Sweep, n_limits: int = 0) -> float:
+    """Memory [bytes] the columns of ``sweep`` take once gathered (one value per point: the
+    inputs and :data:`SUMMARY` as float64, ``mode`` as 3 characters, the flags), with room for
+    three float64 temporaries per point (limits, statistics, the plot). The points are
+    evaluated in chunks of bounded size; these columns are what is kept."""
+    floats = len(sweep.input_names()) + len(SUMMARY) - 2 + 3
+    return sweep.n_points * (8 * floats + 12 + 2 + n_limits)
+
+
+def check_sweep_memory(sweep: Sweep, limits: Sequence[Limit] = ()) -> None:
+    """Refuse (:class:`boostsim.memory.MemoryBudgetError`) a sweep whose columns would not fit,
+    before any point is evaluated."""
+    n = sweep.n_points
+    nbytes = sweep_bytes(sweep, len(tuple(limits)))
+    budget, _ = memory_budget()
+    if nbytes <= budget:
+        return
+    fit = int(budget // (nbytes / max(n, 1)))
+    if sweep.mc is not None:
+        what = f"a Monte-Carlo study of {quantity(n, 'sample')}"
+        change = (f"draw fewer samples (at most about {fit} fit; --mc N: the yield's interval "
+                  f"narrows as 1/sqrt(N), a few 100 000 samples usually suffice)")
+    else:
+        what = f"a sweep of {quantity(n, 'point')}"
+        change = f"use fewer grid points (at most about {fit} fit; coarser axes)"
+    check_memory(nbytes, what, f"it keeps every figure of every point ({len(SUMMARY)} columns "
+                               f"beside the inputs) for the statistics, the limits and the "
+                               f"files; {change}")
 
 
 def _progress(progress: bool | Callable[[int], None], sweep: Sweep):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import re
 
-__all__ = ["format_si", "parse_si", "quantity"]
+__all__ = ["format_apart", "format_si", "parse_si", "quantity"]
 
 # Prefix -> power of ten (applied in decimal, so "100u" is exactly the float 1e-4).
 _PREFIXES = {"f": -15, "p": -12, "n": -9, "u": -6, "µ": -6, "μ": -6, "m": -3, "k": 3, "K": 3,
@@ -148,6 +148,20 @@ def format_si(value: float, unit: str = "", digits: int = 4) -> str:
             return f"{value / scale:.{digits}g}{prefix}{unit}"
     scale, prefix = _FORMAT_PREFIXES[-1]
     return f"{value / scale:.{digits}g}{prefix}{unit}"
+
+
+def format_apart(*values: float, digits: int = 6) -> tuple[str, ...]:
+    """``values`` as ``:g`` text with as many significant digits as it takes (from ``digits``
+    up to a float's 17) for values that differ to read differently: for messages comparing a
+    value with a limit, ``"duty 0.6000001 above --max-duty 0.6"``, never ``"0.6 above 0.6"``.
+    """
+    numbers = [float(v) for v in values]
+    for d in range(digits, 18):
+        texts = tuple(format(v, f".{d}g") for v in numbers)
+        if all((texts[i] == texts[j]) == (numbers[i] == numbers[j])
+               for i in range(len(numbers)) for j in range(i)):
+            return texts
+    return tuple(repr(v) for v in numbers)
 
 
 def quantity(n: int, noun: str, plural: str | None = None) -> str:

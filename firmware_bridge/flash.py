@@ -10,9 +10,11 @@ See docs/FIRMWARE.md for the safe-mode jumper needed to re-flash a running board
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -45,14 +47,45 @@ def board_files(config: str | Path | None = None) -> list[tuple[Path, str]]:
 
 
 def stage(directory: str | Path, *, config: str | Path | None = None) -> list[Path]:
-    """Copy the board's files into ``directory`` (created if needed); returns their paths."""
+    """Copy the board's files into ``directory`` (created if needed); returns their paths.
+
+    Staged like every other output: the files are copied (and flushed) into a hidden folder
+    beside ``directory`` first. A new ``directory`` is that folder renamed into place in one
+    step; into an existing one the complete files are renamed one by one (``main.py`` last)
+    and its other files are left alone. A copy that fails or is interrupted removes the
+    hidden folder: ``directory`` stays as it was, never half new and half old or missing.
+    """
     target = Path(directory)
+    files = board_files(config)
+    staging = None
     try:
-        target.mkdir(parents=True, exist_ok=True)
-        return [Path(shutil.copyfile(source, target / name))
-                for source, name in board_files(config)]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists() and not target.is_dir():
+            raise FileExistsError(17, "not a directory", str(target))
+        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.partial-"))
+        os.chmod(staging, 0o777 & ~_umask())
+        for source, name in files:
+            shutil.copyfile(source, staging / name)
+            with open(staging / name, "rb") as f:
+                os.fsync(f.fileno())
+        if not target.exists():
+            os.rename(staging, target)
+            staging = None
+        else:
+            for _, name in files:  # main.py last: a board never boots a half set
+                os.replace(staging / name, target / name)
+        return [target / name for _, name in files]
     except OSError as exc:
         raise FlashError(f"cannot write the firmware to {target}: {exc}") from None
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def install_command(port: str, *, config: str | Path | None = None,

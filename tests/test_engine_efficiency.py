@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from boostsim import default_board, simulate, steady_state
+from boostsim import Step, default_board, simulate, steady_state
 from boostsim.analysis import SETTLED_TOLERANCE
 from boostsim.averaged import simulate_averaged
 from boostsim.control import ADC, PWM, DigitalController
@@ -72,10 +72,28 @@ def test_averaged_metrics_count_stored_energy():
     early = simulate_averaged(board, 0.6, 1e-3).metrics()
     assert not early.settled and early.stored_power < 0
     assert early.pout / early.pin > 5
-    assert early.efficiency < 1.01  # window means of a transient: close to, and flagged
+    assert early.efficiency <= 1  # window means of a transient: flagged, and balanced
     late = simulate_averaged(board, 0.6, 50e-3).metrics()
     assert late.settled
     assert late.efficiency == pytest.approx(late.pout / late.pin, rel=1e-6)
+
+
+@pytest.mark.parametrize("engine", ["numpy", "compiled"])
+def test_averaged_energy_balance_closes_in_a_fast_transient(engine):
+    """The CCM -> DCM drop at 0.8 ms (duty 0.6, from rest): the period-end records are not
+    the period means there, and their average read 100.37 % (issue 11). The window's time
+    averages close the balance and agree with the exact switching engine."""
+    board = default_board()
+    for t_end in (0.6e-3, 0.8e-3, 1e-3, 1.2e-3, 2e-3):
+        m = simulate_averaged(board, 0.6, t_end, engine=engine).metrics(20)
+        assert m.efficiency <= 1, (t_end, m.efficiency)
+    exact = simulate(board, 0.6, 1e-3).metrics(20)
+    m = simulate_averaged(board, 0.6, 1e-3, engine=engine).metrics(20)
+    assert m.pin == pytest.approx(exact.pin, rel=0.01)
+    assert m.efficiency == pytest.approx(exact.efficiency, abs=1e-3)
+    stepped = simulate_averaged(board, 0.45, 3e-3, steps=[Step(2.5e-3, R=12.0)],
+                                engine=engine).metrics(60)
+    assert stepped.efficiency <= 1
 
 
 def test_lanes_are_flagged_one_by_one():

@@ -1,5 +1,6 @@
 """Putting the firmware on a board: file list, staging, the mpremote command and its errors."""
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -82,3 +83,39 @@ def test_cli_firmware_errors_are_one_line(tmp_path):
     assert missing.returncode == 1
     assert len(missing.stderr.strip().splitlines()) == 1
     assert "firmware file missing" in missing.stderr
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_an_interrupted_stage_leaves_no_half_folder(tmp_path, monkeypatch, existing):
+    """A copy stopped part-way (Ctrl-C, a full disk) leaves the folder as it was: absent, or
+    with its earlier files untouched -- never some new files beside old or missing ones."""
+    out = tmp_path / "pico"
+    if existing:
+        out.mkdir()
+        (out / "config.py").write_text("OLD = 1\n")
+        (out / "notes.txt").write_text("mine\n")
+    real = shutil.copyfile
+    copied = []
+
+    def copy_then_stop(source, target, *args, **kwargs):
+        if len(copied) == 3:
+            raise KeyboardInterrupt
+        copied.append(target)
+        return real(source, target, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "copyfile", copy_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        flash.stage(out)
+    if existing:
+        assert sorted(p.name for p in out.iterdir()) == ["config.py", "notes.txt"]
+        assert (out / "config.py").read_text() == "OLD = 1\n"
+    else:
+        assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["pico"] if existing else [])
+    monkeypatch.setattr(shutil, "copyfile", real)
+    written = flash.stage(out)
+    assert [p.name for p in written] == list(flash.BOARD_FILES)
+    assert all(p.parent == out and p.is_file() for p in written)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pico"]
+    if existing:
+        assert (out / "notes.txt").read_text() == "mine\n"

@@ -93,3 +93,65 @@ def test_exact_averages_of_a_stiff_circuit_are_checked(monkeypatch):
     monkeypatch.setenv(BUDGET_ENV, "50M")
     with pytest.raises(MemoryBudgetError, match=r"the exact averages .* \d+ quadrature pieces"):
         res.metrics(1)
+
+
+def test_simulate_averaged_refuses_a_huge_record_at_once():
+    from boostsim.averaged import simulate_averaged
+
+    with pytest.raises(MemoryBudgetError, match=r"simulate_averaged would need about [\d.]+ TiB"
+                                                r" .* records 100000000000 periods .* shorten "
+                                                r"t_end, use a coarser dt"):
+        simulate_averaged(default_board(), 0.5, t_end=1e6, dt=1e-3)
+
+
+@pytest.mark.parametrize("engine", ["numpy", "compiled"])
+@pytest.mark.parametrize("dt", [None, 3.3e-6])  # the grid from the records, or sampled
+def test_simulate_averaged_estimate_bounds_the_measured_peak(engine, dt):
+    from boostsim.averaged import averaged_bytes, simulate_averaged
+
+    n = 20
+    board = default_board().replace(R=np.linspace(20, 60, n))
+    simulate_averaged(board, 0.5, t_end=1e-4, dt=dt, engine=engine)  # compiled: warm up
+    result = simulate_averaged(board, 0.5, t_end=20e-3, dt=dt, engine=engine)
+    periods, n_t = result.periods.duty.shape[1], result.t.size
+    peak = _peak(lambda: simulate_averaged(board, 0.5, t_end=20e-3, dt=dt, engine=engine))
+    assert peak <= averaged_bytes(n, periods, n_t)
+
+
+def test_a_huge_monte_carlo_sweep_is_refused_before_any_point(capsys, monkeypatch):
+    monkeypatch.setenv(BUDGET_ENV, "1G")
+    status, _, err = cli(capsys, "sweep", "--duty", "0.6", "--mc", "1000000000", "--tol",
+                         "L=20%", "--no-files")
+    assert status == 1
+    line = one_line_error(err)
+    assert "a Monte-Carlo study of 1000000000 samples would need about" in line
+    assert "draw fewer samples (at most about" in line
+
+
+def test_sweep_estimate_bounds_its_columns():
+    from boostsim.sweep import (
+        MonteCarlo,
+        Sweep,
+        parse_limit,
+        parse_tolerance,
+        run_sweep,
+        sweep_bytes,
+    )
+
+    sweep = Sweep(default_board(), duty=np.array([0.5]),
+                  mc=MonteCarlo(3000, (parse_tolerance("L=20%"), parse_tolerance("C=10%"))))
+    limits = [parse_limit("vout=9:11")]
+    result = run_sweep(sweep, limits=limits, workers=1)
+    held = sum(np.asarray(v).nbytes for v in result.columns.values())
+    assert held <= sweep_bytes(sweep, 1) <= 2 * held
+
+
+def test_a_huge_closed_loop_monte_carlo_is_refused_before_any_draw(capsys, monkeypatch):
+    monkeypatch.setenv(BUDGET_ENV, "1G")
+    status, _, err = cli(capsys, "simulate", "--vref", "12", "--kp", "0.01", "--ki", "5",
+                         "--mc", "1000000000", "--tol", "L=20%", "--load-step", "8ms:R=24",
+                         "--t-end", "10m")
+    assert status == 1
+    line = one_line_error(err)
+    assert "a closed-loop Monte-Carlo of 1000000000 samples would need about" in line
+    assert "draw fewer samples" in line

@@ -96,21 +96,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     ctx = Context(args, argv)
     debug = getattr(args, "debug", False)
+    seen: set[str] = set()
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        # Each warning at once, one line on stderr (not after the run: a hint such as "L =
+        # 100 H is implausible" must survive the failure or Ctrl-C it explains).
+        text = str(message)
+        if text not in seen:
+            seen.add(text)
+            ctx.warn(text)
+
     try:
-        with warnings.catch_warnings(record=True) as caught:
+        with warnings.catch_warnings():
             # Surface the library's own warnings (e.g. a solver that did not converge) as
             # one line each; deprecation notices from dependencies are not for users.
             warnings.simplefilter("always")
             for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning):
                 warnings.filterwarnings("ignore", category=category)
+            warnings.showwarning = show
             with ctx.outputs:
                 status = args.func(ctx)
-        seen = set()
-        for w in caught:
-            text = str(w.message)
-            if text not in seen:
-                seen.add(text)
-                ctx.warn(text)
         return int(status or 0)
     except _UsageError as exc:
         print(f"{PROG}: error: {exc} (see '{_where(args)} --help')", file=sys.stderr)

@@ -37,6 +37,7 @@ def cmd_config_init(ctx: Context) -> int:
         ctx.output(path).write_text(_default_board_text(), encoding="utf-8")
     except OSError as exc:
         raise CliError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
+    ctx.commit()  # in place before "wrote ..." is said
     ctx.print(f"wrote {path} (the default board; edit it and pass --config {path})")
     ctx.emit_json({"command": "config init", "path": str(path)})
     return 0

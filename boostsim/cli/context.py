@@ -65,6 +65,14 @@ class Context:
         except OSError as exc:
             raise CliError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
 
+    def commit(self) -> None:
+        """Put the files written so far in place now (before saying "wrote ..."): a target
+        that cannot be replaced is an error naming it."""
+        try:
+            self.outputs.commit()
+        except OSError as exc:
+            raise CliError(f"cannot write {exc.filename!r}: {exc.strerror or exc}") from None
+
     def warn(self, message: str) -> None:
         if not self.args.quiet:
             print(f"{PROG}: warning: {message}", file=self.stderr)

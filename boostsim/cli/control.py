@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..params import BoostParams
-from ..units import format_si, parse_si, quantity
+from ..units import format_apart, format_si, parse_si, quantity
 from .args import (
     TUNE_RATE_HELP,
     _duty_value,
@@ -31,7 +31,7 @@ from .context import CliError, Context, _UsageError
 from .format import (
     _DATA_KINDS,
     _PLOT_KINDS,
-    _check_writable,
+    _check_outputs,
     _default_file,
     _fmt,
     _table,
@@ -108,8 +108,9 @@ def _sample_period(ctx: Context, params: BoostParams, rate: float | None) -> tup
     if rate is None:
         return 1.0 / fsw, 1
     if rate > fsw * (1 + 1e-9):
-        raise _UsageError(f"--rate {rate:g} Hz is above the switching frequency {fsw:g} Hz "
-                          f"(the PID runs at most once per period)")
+        rate_text, fsw_text = format_apart(rate, fsw)
+        raise _UsageError(f"--rate {rate_text} Hz is above the switching frequency {fsw_text} "
+                          f"Hz (the PID runs at most once per period)")
     every = max(1, round(fsw / rate))
     if abs(fsw / every - rate) > 1e-3 * rate:
         ctx.warn(f"--rate {rate:g} Hz is not a whole number of switching periods: the loop "
@@ -165,8 +166,7 @@ def _gains_toml(gains, command: str, params: BoostParams, rate: float) -> str:
 def cmd_tune(ctx: Context) -> int:
     a = ctx.args
     out_kinds = (".toml", ".json")
-    _check_writable(a.out, out_kinds, "--out")
-    _check_writable(a.plot, _PLOT_KINDS, "--plot")
+    _check_outputs(ctx, (a.out, out_kinds, "--out"), (a.plot, _PLOT_KINDS, "--plot"))
     params = ctx.board()
     gains, every = _tune(ctx, params, a.vref, a.crossover, a.phase_margin, a.rate, a.delay)
     predicted = _predicted(gains, a.crossover)
@@ -195,6 +195,7 @@ def cmd_tune(ctx: Context) -> int:
         _write_plot(ctx, _loop_bode(gains.loop, None, None, params,
                                     f"tuned for {a.crossover:g} Hz"), a.plot)
         files["plot"] = a.plot
+    ctx.commit()  # in place before "wrote ..." is said
     summary["files"] = files
     if ctx.human:
         from ..plots import board_text
@@ -242,10 +243,12 @@ def _freqs(fmin: float | None, fmax: float | None, lo: float, hi: float, points:
            limit: float, what: str) -> np.ndarray:
     f1 = fmax if fmax is not None else hi
     if f1 > limit:
-        raise _UsageError(f"--fmax {f1:g} Hz is above {what} ({limit:g} Hz)")
+        fmax_text, limit_text = format_apart(f1, limit)
+        raise _UsageError(f"--fmax {fmax_text} Hz is above {what} ({limit_text} Hz)")
     f0 = fmin if fmin is not None else min(lo, f1 / 1000)
     if f0 >= f1:
-        raise _UsageError(f"--fmin {f0:g} Hz must be below --fmax {f1:g} Hz")
+        raise _UsageError("--fmin {} Hz must be below --fmax {} Hz".format(
+            *format_apart(f0, f1)))
     return np.geomspace(f0, f1, points)
 
 
@@ -291,8 +294,7 @@ def cmd_bode(ctx: Context) -> int:
         raise _UsageError("--phase-margin needs --crossover F (tune the PID first)")
     pid = None if tuned else pid_loop(a)
     plot = _default_file(ctx, a.plot, "bode.png")
-    _check_writable(a.out, _DATA_KINDS, "--out")
-    _check_writable(plot, _PLOT_KINDS, "--plot")
+    _check_outputs(ctx, (a.out, _DATA_KINDS, "--out"), (plot, _PLOT_KINDS, "--plot"))
     params = ctx.board()
     if not np.isscalar(params.fsw) and np.size(params.fsw) != 1:
         raise CliError("the Bode plot needs a single converter (no per-lane parameters)")
@@ -365,6 +367,7 @@ def cmd_bode(ctx: Context) -> int:
                               subtitle=f"{board_text(params)} · duty {duty:.4f} ({plant.mode})")
         _write_plot(ctx, fig, plot)
         files["plot"] = plot
+    ctx.commit()  # in place before "wrote ..." is said
     summary["files"] = files
     if ctx.human:
         op = f"vref {a.vref:g} V (duty {duty:.4f})" if a.vref is not None else f"duty {duty:g}"

@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,40 @@ def _check_writable(path: str | None, kinds: Sequence[str], what: str) -> None:
     parent = Path(path).parent
     if not parent.is_dir():
         raise CliError(f"cannot write {path!r}: directory {str(parent)!r} does not exist")
+
+
+def _check_outputs(ctx: Context, *outputs: tuple[str | None, Sequence[str], str],
+                   incremental: Collection[str] = ()) -> None:
+    """Every (path, kinds, option) checked before the work (and before a board or port is
+    opened): the extension, the directory, no two options naming one file, and that the file
+    can really be written (a directory in the way, no permission, a read-only file system):
+    opened for appending, a new file removed again. The staged outputs (all but the options
+    in ``incremental``, which are written row by row) are announced to ``ctx.outputs``, so an
+    interrupted run names every file it did not write."""
+    seen: dict[Path, str] = {}
+    for path, kinds, what in outputs:
+        if not path:
+            continue
+        _check_writable(path, kinds, what)
+        p = Path(path)
+        key = p.resolve()
+        if key in seen:
+            raise _UsageError(f"{seen[key]} and {what} name the same file {path!r}")
+        seen[key] = what
+        if p.is_dir():
+            raise CliError(f"cannot write {path!r} ({what}): it is a directory")
+        existed = p.exists()
+        try:
+            with open(p, "ab"):
+                pass
+        except OSError as exc:
+            raise CliError(f"cannot write {path!r} ({what}): {exc.strerror or exc}") from None
+        if not existed:
+            with contextlib.suppress(OSError):
+                p.unlink()
+    for path, _, what in outputs:
+        if path and what not in incremental:
+            ctx.outputs.plan(path)
 
 
 _DATA_KINDS = (".csv", ".json", ".npz")

@@ -32,7 +32,7 @@ from .control import _design_options, _predicted, _tune
 from .format import (
     _DATA_KINDS,
     _PLOT_KINDS,
-    _check_writable,
+    _check_outputs,
     _fmt,
     _si,
     _table,
@@ -181,8 +181,7 @@ def cmd_simulate(ctx: Context) -> int:
                 raise _UsageError(f"{name} needs --mc N (a closed-loop Monte-Carlo)")
     else:
         return _cmd_monte_carlo(ctx, drive, loop)
-    _check_writable(a.out, _DATA_KINDS, "--out")
-    _check_writable(a.plot, _PLOT_KINDS, "--plot")
+    _check_outputs(ctx, (a.out, _DATA_KINDS, "--out"), (a.plot, _PLOT_KINDS, "--plot"))
     params = ctx.board()
     steps = sorted([*a.steps, *a.load_steps], key=lambda s: s.t)
     for step in steps:
@@ -241,6 +240,7 @@ def cmd_simulate(ctx: Context) -> int:
                waveform_figure(result, zoom_periods=a.zoom_periods, **closed))
         _write_plot(ctx, fig, a.plot)
         files["plot"] = a.plot
+    ctx.commit()  # in place before "wrote ..." is said
     summary["files"] = files
     if ctx.human:
         from ..plots import board_text
@@ -305,7 +305,7 @@ def _cmd_monte_carlo(ctx: Context, drive: dict[str, Any], loop: dict[str, Any] |
     if len(steps) != 1 or steps[0].vin is not None:
         raise _UsageError("--mc measures one load step: give exactly one --load-step, e.g. "
                           "--load-step 8ms:R=24")
-    _check_writable(a.out, _DATA_KINDS, "--out")
+    _check_outputs(ctx, (a.out, _DATA_KINDS, "--out"))
     params = ctx.board()
     x0 = None
     if a.start == "steady":
@@ -341,6 +341,7 @@ def _cmd_monte_carlo(ctx: Context, drive: dict[str, Any], loop: dict[str, Any] |
                                                           monte_carlo=summary["monte_carlo"]),
                        summary)
         files["data"] = a.out
+    ctx.commit()  # in place before "wrote ..." is said
     summary["files"] = files
     if ctx.human:
         ctx.print(f"boostsim simulate --mc: {a.mc} boards ({', '.join(t.describe() for t in a.tol)}"

@@ -16,7 +16,7 @@ from .args import (
     _vout_value,
 )
 from .context import CliError, Context, _UsageError
-from .format import _DATA_KINDS, _PLOT_KINDS, _check_writable, _table, _write_columns, _write_plot
+from .format import _DATA_KINDS, _PLOT_KINDS, _check_outputs, _table, _write_columns, _write_plot
 from .simulate import _metrics_table
 
 _STEADY_EPILOG = """\
@@ -43,8 +43,7 @@ def cmd_steady(ctx: Context) -> int:
     a = ctx.args
     if a.duty is None and a.vout is None:
         raise _UsageError("give the operating point: --duty D or --vout V")
-    _check_writable(a.out, _DATA_KINDS, "--out")
-    _check_writable(a.plot, _PLOT_KINDS, "--plot")
+    _check_outputs(ctx, (a.out, _DATA_KINDS, "--out"), (a.plot, _PLOT_KINDS, "--plot"))
     params = ctx.board()
     duty = a.duty if a.duty is not None else solve_duty(params, a.vout)
     state = steady_state(params, duty, points=a.points)
@@ -87,6 +86,7 @@ def cmd_steady(ctx: Context) -> int:
 
         _write_plot(ctx, steady_figure(state, params), a.plot)
         files["plot"] = a.plot
+    ctx.commit()  # in place before "wrote ..." is said
     summary["files"] = files
     if ctx.human:
         from ..plots import board_text

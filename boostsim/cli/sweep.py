@@ -27,7 +27,7 @@ from .context import Context, _UsageError
 from .format import (
     _DATA_KINDS,
     _PLOT_KINDS,
-    _check_writable,
+    _check_outputs,
     _fmt,
     _plain,
     _seconds,
@@ -130,8 +130,7 @@ def cmd_sweep(ctx: Context) -> int:
     default_files = not a.no_files
     out = a.out or ("sweep.csv" if default_files else None)
     plot = a.plot or ("sweep.png" if default_files else None)
-    _check_writable(out, _DATA_KINDS, "--out")
-    _check_writable(plot, _PLOT_KINDS, "--plot")
+    _check_outputs(ctx, (out, _DATA_KINDS, "--out"), (plot, _PLOT_KINDS, "--plot"))
     params = ctx.board()
     duty = a.duty if (a.duty is not None or a.vout is not None) else \
         parse_duty_range(DEFAULT_DUTY_RANGE)
@@ -153,6 +152,7 @@ def cmd_sweep(ctx: Context) -> int:
         fig = monte_carlo_figure(result) if mc is not None else sweep_figure(result)
         _write_plot(ctx, fig, plot)
         files["plot"] = plot
+    ctx.commit()  # in place before "wrote ..." is said
     summary["files"] = files
     if ctx.human:
         ctx.print(_monte_carlo_text(result) if mc is not None else _sweep_text(result, out))

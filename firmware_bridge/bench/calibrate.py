@@ -9,6 +9,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from boostsim.units import format_apart
+
 from ..board import Board
 from ..firmware import config as fw
 from .common import VOLTS_PER_CODE, _robust
@@ -56,18 +58,23 @@ def solve_calibration(raw: Sequence[float], reference: Sequence[float], *,
         gain = (ref[1] - ref[0]) / (raw[1] - raw[0])
         offset = ref[0] - gain * raw[0]
     if not (fw.CAL_GAIN_MIN <= gain <= fw.CAL_GAIN_MAX):
-        raise ValueError(f"calibration gain {gain:.5g} outside {fw.CAL_GAIN_MIN:g}.."
-                         f"{fw.CAL_GAIN_MAX:g}: check the reference values and the wiring")
+        raise ValueError("calibration gain {} outside {}..{}: check the reference values and "
+                         "the wiring".format(*format_apart(gain, fw.CAL_GAIN_MIN,
+                                                           fw.CAL_GAIN_MAX, digits=5)))
     if abs(offset) > fw.CAL_OFFSET_MAX:
-        raise ValueError(f"calibration offset {offset:.4g} V beyond +-{fw.CAL_OFFSET_MAX:g} V: "
-                         f"check the reference values and the wiring")
+        size, ceiling = format_apart(abs(offset), fw.CAL_OFFSET_MAX, digits=4)
+        raise ValueError(f"calibration offset {'-' if offset < 0 else ''}{size} V beyond "
+                         f"+-{ceiling} V: check the reference values and the wiring")
     if not force:
         what = []
         if abs(gain - 1) > PLAUSIBLE_GAIN_ERROR:
-            what.append(f"gain {gain:.5g} ({100 * (gain - 1):+.1f} %, more than "
-                        f"{100 * PLAUSIBLE_GAIN_ERROR:g} %)")
+            error, ceiling = format_apart(100 * abs(gain - 1), 100 * PLAUSIBLE_GAIN_ERROR,
+                                          digits=3)
+            what.append(f"gain {gain:.5g} ({'+' if gain > 1 else '-'}{error} %, more than "
+                        f"{ceiling} %)")
         if abs(offset) > PLAUSIBLE_OFFSET_V:
-            what.append(f"offset {offset:+.4g} V (more than {PLAUSIBLE_OFFSET_V:g} V)")
+            size, ceiling = format_apart(abs(offset), PLAUSIBLE_OFFSET_V, digits=4)
+            what.append(f"offset {'+' if offset > 0 else '-'}{size} V (more than {ceiling} V)")
         if what:
             raise ValueError(f"calibration {' and '.join(what)} is implausible for this board: "
                              f"check the meter reading(s) and the point(s); --force to apply "

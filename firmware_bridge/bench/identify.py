@@ -13,6 +13,7 @@ import numpy as np
 from boostsim.adc_model import RP2040_ADC_JITTER
 from boostsim.identify import Excitation, Identification, identify, model_vout
 from boostsim.params import BoostParams
+from boostsim.units import format_apart
 
 from ..board import Board, BoardError
 from ..firmware import config as fw
@@ -79,15 +80,17 @@ def _check_duties(board: Board, duty0: float, amplitude: float) -> None:
                          f"{amplitude!r}")
     low, high = duty0 - amplitude, duty0 + amplitude
     if low < 0:
-        raise ValueError(f"excitation {duty0:g} ± {amplitude:g} goes below duty 0")
+        raise ValueError("excitation {} ± {} goes below duty 0".format(
+            *format_apart(duty0, amplitude)))
     limit = board.duty_limit
     ceilings = [("the board's limit", limit)]
     if board.max_duty is not None:
         ceilings.append(("max_duty", board.max_duty))
     for what, ceiling in ceilings:
         if high > ceiling:
-            raise ValueError(f"excitation {duty0:g} ± {amplitude:g} reaches duty {high:g}, "
-                             f"above {what} {ceiling:g}")
+            high_text, ceiling_text = format_apart(high, ceiling)
+            raise ValueError(f"excitation {duty0:g} ± {amplitude:g} reaches duty {high_text}, "
+                             f"above {what} {ceiling_text}")
 
 
 def measure_identify(board: Board, duty0: float, amplitude: float = 0.04, *,
@@ -116,9 +119,9 @@ def measure_identify(board: Board, duty0: float, amplitude: float = 0.04, *,
     def take(chunk) -> None:
         if chunk.count and board.max_vout is not None and chunk.volts.max() > board.max_vout:
             board.output(False)
-            raise BoardError(f"output {chunk.volts.max():.3f} V above the host limit "
-                             f"max_vout={board.max_vout:g} V during the excitation: output "
-                             f"turned off", None, "FETC:ADC?")
+            peak, ceiling = format_apart(chunk.volts.max(), board.max_vout, digits=4)
+            raise BoardError(f"output {peak} V above the host limit max_vout={ceiling} V "
+                             f"during the excitation: output turned off", None, "FETC:ADC?")
         chunks.append(chunk)
         if log is not None and chunk.count:
             log.rows_from([chunk.t, chunk.index, chunk.volts])

@@ -9,7 +9,7 @@ import sys
 from ...units import parse_si
 from ..args import _duty_value, _Formatter, _int_at_least, _nonnegative, _vout_value
 from ..context import CliError, Context, _UsageError
-from ..format import _check_writable
+from ..format import _check_outputs
 from .session import BenchParents, _BenchSession
 
 _BENCH_CALIBRATE_EPILOG = """\
@@ -78,8 +78,7 @@ def cmd_bench_calibrate(ctx: Context) -> int:
                               f"per reference (or no --duty)")
     if n not in (1, 2):
         raise _UsageError(f"calibration takes one or two points, got {n}")
-    if a.out:
-        _check_writable(a.out, (".toml",), "--out")
+    _check_outputs(ctx, (a.out, (".toml",), "--out"))
     with _BenchSession(ctx) as session:
         board = session.board
         points = []
@@ -121,6 +120,7 @@ def cmd_bench_calibrate(ctx: Context) -> int:
             ctx.output(a.out).write_text(snippet, encoding="utf-8")
         except OSError as exc:
             raise CliError(f"cannot write {a.out!r}: {exc.strerror or exc}") from None
+        ctx.commit()  # in place before "wrote ..." is said
     summary = {"command": "bench calibrate", "firmware": identity, "gain": gain,
                "offset_V": offset, "points": points, "written_to_board": not a.dry_run,
                "check_reading_V": check, "toml": snippet,

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 from ...adc_model import RP2040_ADC_JITTER
+from ...units import format_apart
 from ..args import (
     _duty_value,
     _finite,
@@ -19,7 +20,7 @@ from ..args import (
     _type,
 )
 from ..context import CliError, Context, _UsageError
-from ..format import _PLOT_KINDS, _check_writable, _write_plot
+from ..format import _PLOT_KINDS, _check_outputs, _write_plot
 from .session import BenchParents, _BenchSession, bench_board
 
 _BENCH_IDENTIFY_EPILOG = """\
@@ -92,21 +93,23 @@ def cmd_bench_identify(ctx: Context) -> int:
 
     a = ctx.args
     out = Path(a.out)
-    _check_writable(a.out, (".toml",), "--out")
-    _check_writable(a.plot, _PLOT_KINDS, "--plot")
+    _check_outputs(ctx, (a.out, (".toml",), "--out"), (a.plot, _PLOT_KINDS, "--plot"))
     if out.exists() and not a.force:
         raise CliError(f"{str(out)!r} exists; use --force to overwrite it")
     if a.amplitude > MAX_AMPLITUDE:
-        raise _UsageError(f"--amplitude {a.amplitude:g}: at most {MAX_AMPLITUDE:g}")
+        raise _UsageError("--amplitude {}: at most {}".format(
+            *format_apart(a.amplitude, MAX_AMPLITUDE)))
     if a.order > 7:
         raise _UsageError(f"--order {a.order}: at most 7")
     if a.rate > 20e3:
-        raise _UsageError(f"--rate {a.rate:g}: the board streams at most 20 kHz")
+        raise _UsageError(f"--rate {format_apart(a.rate, 20e3)[0]}: the board streams at "
+                          f"most 20 kHz")
     if a.duty - a.amplitude < 0:
-        raise _UsageError(f"--duty {a.duty:g} - --amplitude {a.amplitude:g} is below 0")
+        raise _UsageError("--duty {} - --amplitude {} is below 0".format(
+            *format_apart(a.duty, a.amplitude)))
     if a.max_duty is not None and a.duty + a.amplitude > a.max_duty:
-        raise _UsageError(f"the excitation reaches duty {a.duty + a.amplitude:g}, above "
-                          f"--max-duty {a.max_duty:g}")
+        raise _UsageError("the excitation reaches duty {}, above --max-duty {}".format(
+            *format_apart(a.duty + a.amplitude, a.max_duty)))
     params = bench_board(ctx)
     document, _ = ctx.document()
     with _BenchSession(ctx) as session:
@@ -131,6 +134,7 @@ def cmd_bench_identify(ctx: Context) -> int:
     if a.plot:
         _write_plot(ctx, bench.identify_figure(result), a.plot)
         files["plot"] = a.plot
+    ctx.commit()  # in place before "wrote ..." is said
     summary = {"command": "bench identify", "firmware": meta["firmware"],
                "port": meta["port"], "samples": int(record.t.size), "rate_Hz": record.rate,
                "bench_s": record.bench_s, "lost_samples": sum(n for _, n in record.gaps),

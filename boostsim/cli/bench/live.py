@@ -23,7 +23,7 @@ from ..args import (
     pid_options,
 )
 from ..context import CliError, Context, _UsageError
-from ..format import _PLOT_KINDS, _check_writable, _default_file, _fmt, _open_log, _write_plot
+from ..format import _PLOT_KINDS, _check_outputs, _default_file, _fmt, _open_log, _write_plot
 from .session import BenchParents, _BenchSession, bench_board
 
 _BENCH_LIVE_EPILOG = """\
@@ -107,8 +107,8 @@ def cmd_bench_live(ctx: Context) -> int:
     a.kp, a.ki, a.kd, a.tf, a.rate = pid.kp, pid.ki, pid.kd, pid.tf, pid.rate
     out = _default_file(ctx, a.out or a.log, "bench_live.csv")
     plot = _default_file(ctx, a.plot, "bench_live.png")
-    _check_writable(out, (".csv",), "--out")
-    _check_writable(plot, _PLOT_KINDS, "--plot")
+    _check_outputs(ctx, (out, (".csv",), "--out"), (plot, _PLOT_KINDS, "--plot"),
+                   incremental=("--out",))  # --out: the per-tick log
     if a.duration is None and not (sys.stdin.isatty() or ctx.stdout.isatty()):
         ctx.warn("no --duration: the loop runs until interrupted (Ctrl-C / SIGINT)")
     params = bench_board(ctx)
@@ -193,6 +193,7 @@ def cmd_bench_live(ctx: Context) -> int:
     if plot:
         _write_plot(ctx, bench.live_figure(result, params), plot)
         files["plot"] = plot
+    ctx.commit()  # in place before "wrote ..." is said
     summary["files"] = files
     if ctx.human:
         how = {"duration": "after --duration", "interrupt": "by Ctrl-C",

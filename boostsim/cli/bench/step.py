@@ -4,7 +4,7 @@ beside the simulated step.
 
 from __future__ import annotations
 
-from ...units import parse_si, quantity
+from ...units import format_apart, parse_si, quantity
 from ..args import (
     _Formatter,
     _fraction,
@@ -19,7 +19,7 @@ from ..context import CliError, Context, _UsageError
 from ..format import (
     _DATA_KINDS,
     _PLOT_KINDS,
-    _check_writable,
+    _check_outputs,
     _default_file,
     _fmt,
     _open_log,
@@ -101,9 +101,8 @@ def cmd_bench_step(ctx: Context) -> int:
     a = ctx.args
     out = _default_file(ctx, a.out, "bench_step.csv")
     plot = _default_file(ctx, a.plot, "bench_step.png")
-    _check_writable(out, _DATA_KINDS, "--out")
-    _check_writable(plot, _PLOT_KINDS, "--plot")
-    _check_writable(a.log, (".csv",), "--log")
+    _check_outputs(ctx, (out, _DATA_KINDS, "--out"), (plot, _PLOT_KINDS, "--plot"),
+                   (a.log, (".csv",), "--log"), incremental=("--log",))
     d1, d2 = a.duty
     if a.load_step is None and d2 is None:
         raise _UsageError("give a duty step FROM:TO (e.g. --duty 0.4:0.6) or --load-step")
@@ -115,13 +114,15 @@ def cmd_bench_step(ctx: Context) -> int:
         raise _UsageError("a load step needs external gear on real hardware; only the "
                           "in-process emulator (--port emu:) can apply it")
     if a.rate > 20e3:
-        raise _UsageError(f"--rate {a.rate:g}: the board streams at most 20 kHz")
+        raise _UsageError(f"--rate {format_apart(a.rate, 20e3)[0]}: the board streams at "
+                          f"most 20 kHz")
     params = bench_board(ctx)
     with _BenchSession(ctx) as session:
         board = session.board
         for d in (d1, d2):
             if d is not None and d > board.duty_limit:
-                raise CliError(f"duty {d:g} is above the board's limit {board.duty_limit:g}")
+                raise CliError("duty {} is above the board's limit {}".format(
+                    *format_apart(d, board.duty_limit)))
         meta = session.metadata(step={"duty": d1, "duty_after": d2, "load": a.load_step,
                                       "rate_Hz": a.rate, "pre_s": a.pre, "post_s": a.post})
         log = _open_log(ctx, a.log, ("t_board_s", "index", "vout_V"), meta)
@@ -166,6 +167,7 @@ def cmd_bench_step(ctx: Context) -> int:
         files["plot"] = plot
     if a.log:
         files["log"] = a.log
+    ctx.commit()  # in place before "wrote ..." is said
     summary["files"] = files
     if ctx.human:
         what = (f"duty {step.duty:g} -> {step.duty_after:g}" if step.kind == "duty" else

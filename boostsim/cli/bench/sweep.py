@@ -12,13 +12,13 @@ from typing import Any
 
 import numpy as np
 
-from ...units import quantity
+from ...units import format_apart, quantity
 from ..args import _duty_range, _Formatter, _int_at_least, _nonnegative, _positive, _type
 from ..context import PROG, CliError, Context, _UsageError
 from ..format import (
     _DATA_KINDS,
     _PLOT_KINDS,
-    _check_writable,
+    _check_outputs,
     _default_file,
     _fmt,
     _open_log,
@@ -122,34 +122,6 @@ def _partial_path(out: str | None) -> str | None:
     return str(p.with_name(p.stem + ".partial.csv"))
 
 
-def _check_outputs(*outputs: tuple[str | None, tuple[str, ...], str]) -> None:
-    """Every (path, kinds, option) checked before the board is touched: the extension, the
-    directory, no two options naming one file, and that the file can really be written (a
-    directory in the way, no permission, a read-only file system): opened for appending, a
-    new file removed again."""
-    seen: dict[Path, str] = {}
-    for path, kinds, what in outputs:
-        if not path:
-            continue
-        _check_writable(path, kinds, what)
-        p = Path(path)
-        key = p.resolve()
-        if key in seen:
-            raise _UsageError(f"{seen[key]} and {what} name the same file {path!r}")
-        seen[key] = what
-        if p.is_dir():
-            raise CliError(f"cannot write {path!r} ({what}): it is a directory")
-        existed = p.exists()
-        try:
-            with open(p, "ab"):
-                pass
-        except OSError as exc:
-            raise CliError(f"cannot write {path!r} ({what}): {exc.strerror or exc}") from None
-        if not existed:
-            with contextlib.suppress(OSError):
-                p.unlink()
-
-
 def _mv(value: float) -> str:
     return _fmt(value * 1e3, ".2f")
 
@@ -160,17 +132,18 @@ def cmd_bench_sweep(ctx: Context) -> int:
     a = ctx.args
     out = _default_file(ctx, a.out, "bench_sweep.csv")
     plot = _default_file(ctx, a.plot, "bench_sweep.png")
-    _check_outputs((out, _DATA_KINDS, "--out"), (plot, _PLOT_KINDS, "--plot"),
-                   (a.log, (".csv",), "--log"), (_partial_path(out), (".csv",), "--out's "
-                                                 "incremental file"))
+    incremental = "--out's incremental file"
+    _check_outputs(ctx, (out, _DATA_KINDS, "--out"), (plot, _PLOT_KINDS, "--plot"),
+                   (a.log, (".csv",), "--log"), (_partial_path(out), (".csv",), incremental),
+                   incremental=("--log", incremental))
     if out and Path(_partial_path(out)).exists():
         raise CliError(f"{_partial_path(out)!r} exists: the points of an interrupted sweep? "
                        f"Move or delete it first")
     params = bench_board(ctx)
     duties = a.duty if a.duty is not None else _duty_range("0.1:0.6:0.05")
     if a.max_duty is not None and np.max(duties) > a.max_duty:
-        raise _UsageError(f"the sweep reaches duty {np.max(duties):g}, above --max-duty "
-                          f"{a.max_duty:g}")
+        high, ceiling = format_apart(np.max(duties), a.max_duty)
+        raise _UsageError(f"the sweep reaches duty {high}, above --max-duty {ceiling}")
     if a.fit and duties.size <= len(a.fit):
         raise _UsageError(f"--fit {','.join(a.fit)} needs more than "
                           f"{quantity(len(a.fit), 'point')}")
@@ -179,8 +152,9 @@ def cmd_bench_sweep(ctx: Context) -> int:
         board = session.board
         limit = board.duty_limit
         if np.max(duties) > limit:
-            raise CliError(f"the sweep reaches duty {np.max(duties):g}, above the board's "
-                           f"limit {limit:g} (SOUR:PWM:DUTY:LIM)")
+            high, ceiling = format_apart(np.max(duties), limit)
+            raise CliError(f"the sweep reaches duty {high}, above the board's limit {ceiling} "
+                           f"(SOUR:PWM:DUTY:LIM)")
         meta = session.metadata(study={"duty": duties.tolist(), "settle_s": a.settle,
                                        "samples": a.samples, "method": a.method})
         log = _open_log(ctx, a.log, ("t_s", "point", "duty", "vout_V"), meta)
@@ -242,13 +216,14 @@ def cmd_bench_sweep(ctx: Context) -> int:
                        dict(meta, errors={"rms_V": metrics["rms"], "max_V": metrics["max"]},
                             fit=summary["fit"], aborted=result.aborted,
                             status="aborted" if result.aborted else "complete"))
-        ctx.outputs.commit()
+        ctx.commit()
         with contextlib.suppress(OSError):
             os.unlink(partial)
         files["data"] = out
     if plot:
         _write_plot(ctx, bench.bench_sweep_figure(result, params), plot)
         files["plot"] = plot
+    ctx.commit()  # in place before "wrote ..." is said
     if a.log:
         files["log"] = a.log
     summary["files"] = files
