@@ -976,10 +976,11 @@ def averaged_bytes(n_lanes: int, n_periods: int, n_t: int, *, controller: bool =
     per-period records (8 float64 rows of lanes x periods, and the int8 mode), the grid's
     copies of three of them when the output grid is taken from the records, the output
     waveforms (iL, vC, vout: lanes x samples, twice on the compiled route's own grid, and the
-    time axis) and a controller's per-period log (6 float64 rows)."""
+    time axis), a controller's per-period log (6 float64 rows) and 1 MiB of working space
+    (a period's pieces, temporaries)."""
     records = (8 * 8 + 1 + 3 * 8 + (6 * 8 if controller else 0)) * n_lanes * n_periods
     waveforms = 2 * 3 * 8 * n_lanes * n_t + 8 * n_t
-    return records + waveforms
+    return records + waveforms + (1 << 20)
 
 
 class _Records:
