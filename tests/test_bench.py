@@ -16,7 +16,7 @@ from board_clock import record_pwm
 from boostsim import default_board, steady_state
 from firmware_bridge import bench
 from firmware_bridge.bench.figures import startup_window
-from firmware_bridge.board import Board, TripError
+from firmware_bridge.board import Board, LinkError, TripError
 from firmware_bridge.emulator import Emulator
 from firmware_bridge.firmware import config
 
@@ -255,11 +255,24 @@ def test_the_live_loop_stops_on_a_trip_with_the_data_kept(emu):
         return False
 
     with Board(emu.port, watchdog=0.5) as board:
+        # The rising output after the disconnection makes the loop confirm large jumps with a
+        # second MEAS:VOLT?; the first confirmation is lost, as a reply later than the loop's
+        # 20 ms timeout is on a loaded host: a lost tick, counted, not the end of the loop.
+        query, lost = board.query, []
+
+        def lose_first_confirmation(command, *args, **kwargs):
+            if command == "MEAS:VOLT?" and not lost:
+                lost.append(command)
+                raise LinkError(f"{emu.port}: no valid answer to MEAS:VOLT? (injected)")
+            return query(command, *args, **kwargs)
+
+        board.query = lose_first_confirmation
         result = bench.run_live(board, vref=10.0, kp=0.01, ki=5.0, rate=200, duration=3.0,
                                 slew=100.0, should_stop=disconnect_at_tick_40)
-    assert isinstance(result.error, TripError) and result.error.cause == "OVP"
+    assert isinstance(result.error, TripError) and result.error.cause == "OVP", result.error
     # Every call of the hook before the trip is a tick with data, or a tick lost to a link
-    # error (a reply later than the loop's 20 ms timeout on a loaded host), which is counted.
+    # error (the injected one, or a late reply on a loaded host), which is counted.
+    assert lost and result.link_errors >= 1
     assert ticks[0] >= 40 and result.ticks + result.link_errors >= 39 and result.t[-1] < 2.5
     assert not emu.plant_state()["enabled"]
 

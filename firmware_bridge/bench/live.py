@@ -179,6 +179,11 @@ def run_live(board: Board, *, vref: float, kp: float, ki: float, kd: float = 0.0
             try:
                 on, duty_rb, y = board.pipeline(("OUTP?",), ("SOUR:PWM:DUTY?",),
                                                 ("MEAS:VOLT?",))
+                y = board.correct_vout(y)
+                if y_prev is not None and abs(y - y_prev) > jump:
+                    # A corrupted digit can still parse as a number: confirm a large jump
+                    # (a confirmation lost on the link is a lost tick like any other).
+                    y = board.correct_vout(board.query("MEAS:VOLT?"))
             except (BoardResetError, TripError):
                 raise
             except LinkError:
@@ -193,10 +198,6 @@ def run_live(board: Board, *, vref: float, kp: float, ki: float, kd: float = 0.0
                 next_tick += ts
                 continue
             consecutive = 0
-            y = board.correct_vout(y)
-            if y_prev is not None and abs(y - y_prev) > jump:
-                # A corrupted digit can still parse as a number: confirm a large jump.
-                y = board.correct_vout(board.query("MEAS:VOLT?"))
             y_prev = y
             t_meas = perf()
             if not on:
