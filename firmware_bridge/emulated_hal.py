@@ -6,11 +6,12 @@ What it models, per call of the firmware:
 * ``ticks_us``: microseconds since the emulated board booted, on the board clock (restarts at 0
   on an emulated reset; the plant's own clock keeps running). The board clock follows the
   host's monotonic clock, except that the serve loop's timed work runs at its own board time:
-  a poll that the loop waited for (the on-board PID's next step, a watchdog deadline) runs at
-  the instant of the Pico's poll grid at or after its due time however late the host process
-  wakes up, and if the host was so late that further polls are already due, they run first,
-  one after the other, each at its own instant, before any input is read (a catch-up bounded
-  by :data:`MAX_LAG_S`). The firmware's own work takes board time, not host time: an ADC
+  a poll that the loop waited for runs at its instant however late the host process wakes
+  up -- the on-board PID's next step at its due time (the firmware waits for it to the
+  microsecond), a watchdog deadline at the Pico's poll grid at or after it -- and if the
+  host was so late that further polls are already due, they run first, one after the other,
+  each at its own instant, before any input is read (a catch-up bounded by
+  :data:`MAX_LAG_S`). The firmware's own work takes board time, not host time: an ADC
   conversion :data:`~boostsim.rp2040.ADC_CONVERSION_S`, a computation what
   :meth:`EmulatedHAL.spend` is given (the on-board PID's ``pid_compute_time``); the clock
   stands still in between. So the board's control steps sample and act when a Pico's would,
@@ -51,12 +52,14 @@ What it models, per call of the firmware:
 * ``serial_read/serial_write/service``: delegated to a serial link (the emulator's
   pseudo-terminal with fault injection); ``serial_write`` never waits for the host (it
   returns what the pseudo-terminal took); ``service`` records the serve loop's timing.
-  ``serial_read(timeout)`` with nothing to send is the Pico's ``poll(timeout)``: with an
-  ``idle_until`` hook (the emulator's: the board time of the firmware's next timed work) the
-  idle polls before then -- which would find no input and do nothing -- are not run one by
-  one: the read waits on the link for input or for the first poll of the Pico's grid
-  (``timeout`` apart) at or after that time, at most :data:`MAX_IDLE_S` ahead; that poll
-  runs at its own board time (see ``ticks_us``).
+  ``serial_read(timeout_us)`` with nothing to send is the Pico's wait for input (``poll()``
+  in whole milliseconds; below one, polling until that instant): with an ``idle_until`` hook
+  (the emulator's: the board time of the firmware's next timed work) the idle polls before
+  then -- which would find no input and do nothing -- are not run one by one: the read waits
+  on the link for input or for the first poll of the Pico's grid (``timeout`` apart) at or
+  after that time, at most :data:`MAX_IDLE_S` ahead, or for the on-board PID's next step
+  (the ``step_due`` hook) if that comes first; that poll runs at its own board time (see
+  ``ticks_us``).
 """
 
 from __future__ import annotations
@@ -200,14 +203,17 @@ class EmulatedHAL:
     fine; it may return early with nothing; None: the board is being reset) and
     ``write(data)``; ``clock``: seconds, monotonic, the same clock as the plant's;
     ``idle_until``: () -> the board time [s, clock] before which the firmware's serve loop has
-    nothing to do without input (``math.inf``: nothing planned), or None (every poll runs).
+    nothing to do without input (``math.inf``: nothing planned), or None (every poll runs);
+    ``step_due``: () -> the board time [s] of the on-board PID's next step (``math.inf``:
+    none), which the firmware's wait for input ends at (``Device.wait_us``).
     """
 
     def __init__(self, cfg: Any, plant: Plant, *, link: Any = None,
                  clock: Callable[[], float] = time.monotonic, adc: AdcModel | None = None,
                  vout_divider: float | None = None, vin_divider: float | None = None,
                  pwm_clock: float = PWM_CLOCK, serial: str = "B0057E0000000001",
-                 idle_until: Callable[[], float] | None = None):
+                 idle_until: Callable[[], float] | None = None,
+                 step_due: Callable[[], float] | None = None):
         self.cfg = cfg
         self.plant = plant
         self.link = link
@@ -223,6 +229,7 @@ class EmulatedHAL:
         self.pwm_request = (False, 0.0, 0.0)   # what the firmware asked for
         self.pwm_actual: tuple | None = None   # what the emulated RP2040 produces
         self.idle_until = idle_until
+        self.step_due = step_due
         self._stream: list | None = None       # [period_us, ring, next_sample_us]
         self.irq_lock = threading.RLock()      # the timer "IRQs" vs. everything else
         self._protect: list | None = None      # [period_s, fn, t0, index of the next tick]
@@ -262,10 +269,12 @@ class EmulatedHAL:
     # -- HAL interface -------------------------------------------------------------------------
 
     def ticks_us(self) -> int:
-        return int((self._now() - self.boot_time) * 1e6)
+        # A nanosecond's tolerance: a board time planned as boot_time + k us (a control step's
+        # due time) reads k, whatever the rounding of the sum.
+        return int((self._now() - self.boot_time) * 1e6 + 1e-3)
 
     def ticks_ms(self) -> int:
-        return int((self._now() - self.boot_time) * 1e3)
+        return int((self._now() - self.boot_time) * 1e3 + 1e-6)
 
     @staticmethod
     def ticks_diff(a: int, b: int) -> int:
@@ -404,11 +413,11 @@ class EmulatedHAL:
             self._catch_up()
             self._stream = None
 
-    def serial_read(self, timeout_ms: int) -> bytes:
+    def serial_read(self, timeout_us: int) -> bytes:
         if self.link is None:
             self._catch_up()
             return b""
-        wait = timeout_ms * 1e-3
+        wait = timeout_us * 1e-6
         start = self._now()  # this poll's board time
         self._pinned = False
         self._slept = 0.0
@@ -417,12 +426,19 @@ class EmulatedHAL:
             return self._polled(data)
         self._tx_flush()  # the loop is about to wait: what it sent goes out
         polls, timed, due = 1, False, math.inf
+        target = start + wait
         if self.idle_until is not None and not self._tx_blocked and not self._tx_fifo:
             due = self.idle_until()
             until = min(due, start + MAX_IDLE_S)
             polls = max(1, math.ceil((until - start) / wait - 1e-9))
-            timed = due <= start + polls * wait
-        target = start + polls * wait  # the Pico's poll that finds the timed work due
+            target = start + polls * wait  # the Pico's poll that finds the timed work due
+            timed = due <= target
+        step = self.step_due() if self.step_due is not None else math.inf
+        if start < step <= target + 1e-9:
+            # The firmware polls whole milliseconds until its next control step is less than
+            # one away, then waits for that instant (Device.wait_us): the step runs when it is
+            # due, not at the next poll of the grid (nor when the host's process wakes up).
+            target, timed = step, True
         if timed and self._run_at(target, start, wait):
             return b""  # the host is late: the due poll runs first, at its own time
         if self._rx_stash:

@@ -560,7 +560,7 @@ class Emulator:
         self.hal = EmulatedHAL(fw, self.plant, link=self.link, clock=clock, adc=adc,
                                vout_divider=cfg.vout_divider, vin_divider=cfg.vin_divider,
                                pwm_clock=cfg.pwm_clock, serial=cfg.serial,
-                               idle_until=self._idle_until)
+                               idle_until=self._idle_until, step_due=self._step_due)
         self._t_start = time.monotonic()
         self._thread = threading.Thread(target=self._main, name="boostsim-emulator",
                                         daemon=True)
@@ -616,6 +616,14 @@ class Emulator:
                 deadline = hal.boot_time + (dev._last_valid_ms + dev._wdog_ms) * 1e-3
                 until = min(until, hal.next_tick(deadline))
         return until
+
+    def _step_due(self) -> float:
+        """Board time [s] of the on-board PID's next step (inf: none), which the firmware's
+        serve loop waits for to the microsecond (``Device.wait_us``)."""
+        dev = self.device
+        if dev is None or not dev.output or dev.pid is None:
+            return math.inf
+        return self.hal.boot_time + dev._next_ctrl_us * 1e-6
 
     def _main(self) -> None:
         self._cpu_start = time.thread_time()

@@ -24,8 +24,8 @@ def record_received(emu) -> list[float]:
     hal = emu.hal
     inner = hal.serial_read
 
-    def serial_read(timeout_ms: int) -> bytes:
-        data = inner(timeout_ms)
+    def serial_read(timeout_us: int) -> bytes:
+        data = inner(timeout_us)
         if data:
             times.append(hal.ticks_us() * 1e-6)
         return data

@@ -208,10 +208,10 @@ class FakeHAL:
     def adc_stream_stop(self):
         self._stream = None
 
-    def serial_read(self, timeout_ms):
+    def serial_read(self, timeout_us):
         if self.serial_in:
             return self.serial_in.pop(0)
-        self.advance_us(timeout_ms * 1000)
+        self.advance_us(timeout_us)
         return b""
 
     def serial_write(self, data):

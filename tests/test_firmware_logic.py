@@ -8,6 +8,7 @@ import sys
 from array import array
 
 import fake_hal
+import numpy as np
 import pytest
 
 from firmware_bridge.firmware import acq, config, device, scpi
@@ -196,3 +197,37 @@ def test_config_is_consistent():
     assert 0 <= config.HW_WDT_MS <= 8388  # the RP2040 limit
     assert config.ERR_QUEUE_LEN >= 2 and config.LINE_MAX >= 64
     assert config.CONT_VREF_DEFAULT <= config.OVP_MAX
+
+
+def test_the_serve_loop_waits_for_input_only_until_the_next_control_step():
+    # A loop that waited whole POLL_MS for input ran a 2 kHz PID at most every millisecond
+    # (and a 1 kHz one every ~1.1 ms: the wait started after the step's work): each step must
+    # run at its due time, 1 / CONT:RATE apart.
+    cfg = fake_hal.load_config()
+    hal = fake_hal.FakeHAL(cfg)
+    dev = device.Device(hal, cfg)
+    poll_us = cfg.POLL_MS * 1000
+    assert dev.wait_us(poll_us) == poll_us            # output off: nothing timed
+    dev.feed(b"CONT:RATE 2000\nCONT:MODE PID\nOUTP ON\n")
+    dev.poll()                                        # the first step, at once
+    assert dev.wait_us(poll_us) == 500
+    hal.advance_us(480)
+    assert dev.wait_us(poll_us) == 20
+    hal.advance_us(25)
+    assert dev.wait_us(poll_us) == 0                  # due (late): no wait
+    dev.feed(b"CONT:RATE 500\n")
+    dev.poll()
+    assert dev.wait_us(poll_us) == poll_us            # the next step 2 ms away
+
+    stepped = []
+    update = dev.pid.update
+
+    def timed_update(setpoint, measurement):
+        stepped.append(hal.ticks_us())
+        return update(setpoint, measurement)
+
+    dev.pid.update = timed_update
+    waits = iter(range(40))
+    device.serve(dev, hal, should_stop=lambda: next(waits, None) is None)
+    gaps = set(np.diff(stepped).tolist())
+    assert len(stepped) >= 4 and gaps == {2000}, (stepped, gaps)

@@ -26,7 +26,7 @@ from .common import _hold_and_fetch, _streamed, unlocked_rate
 __all__ = ["BoardLoop", "run_board_step", "simulate_board_step"]
 
 #: How often :func:`run_board_step` fetches the stream after the step [s] (at most a quarter of
-#: the ring's time); each fetch is a command that wakes the board's serve loop.
+#: the ring's time).
 FETCH_EVERY = 0.02
 
 
@@ -91,16 +91,14 @@ def run_board_step(board: Board, loop: BoardLoop, *, pre: float = 0.01, post: fl
 def simulate_board_step(params: BoostParams, loop: BoardLoop, t: np.ndarray, *,
                         pre: float = 0.01, seed: int | None = 1, lanes: int = 1,
                         timing: BoardTiming | None = None, noise_lsb: float = 1.0,
-                        adc: ADC | None = None, rate: float = 20e3) -> np.ndarray:
+                        adc: ADC | None = None) -> np.ndarray:
     """The same loop in the switching simulator, as the firmware runs it
     (:class:`~.board_model.BoardController` on the board's :class:`~.board_model.BoardTiming`:
-    the serve loop's poll jitter, the ``CONT_AVG`` conversions, the compute time, the PWM's
-    latch at its counter wrap, single precision), from the steady state at ``v_from`` with
-    the integrator there, the setpoint stepped at t = 0 (at a random phase of the loop's
-    schedule), the host's commands reaching the board as :func:`run_board_step` sends them
-    (the step, then a fetch every :data:`FETCH_EVERY` s while streaming at ``rate`` [S/s]).
-    ``lanes`` independent realisations (``seed``); ``adc``: the board's ADC
-    (default: the firmware's divider and reference, ``noise_lsb`` codes rms). Returns
+    the ``CONT_AVG`` conversions, the compute time, the PWM's latch at its counter wrap,
+    single precision), from the steady state at ``v_from`` with the integrator there, the
+    setpoint stepped at t = 0 (at a random phase of the loop's schedule). ``lanes``
+    independent realisations (``seed``); ``adc``: the board's ADC (default: the firmware's
+    divider and reference, ``noise_lsb`` codes rms). Returns
     per-period means of vout [V] at ``t`` [s]: shape (t.size,) for one lane, else (lanes,
     t.size)."""
     duties = np.linspace(0.02, fw.DUTY_LIMIT_DEFAULT, 150)
@@ -118,9 +116,8 @@ def simulate_board_step(params: BoostParams, loop: BoardLoop, t: np.ndarray, *,
     pid = PID(loop.kp, loop.ki, loop.kd, 1.0 / loop.rate, 0.0, fw.DUTY_LIMIT_DEFAULT)
     ts = 1.0 / float(params.fsw)
     t = np.asarray(t, dtype=float)
-    inputs = pre + np.arange(0.0, max(float(t[-1]), ts), _fetch_every(rate))
     ctrl = BoardController(pid, timing=timing, adc=adc, pwm=pwm, initial_duty=d_from,
-                           lanes=lanes, inputs=inputs, seed=seed)
+                           lanes=lanes, seed=seed)
     sim = simulate(params, controller=ctrl, vref=[(0, loop.v_from), (pre, loop.v_to)],
                    t_end=pre + max(float(t[-1]), ts), dt=ts * ctrl.every,
                    x0=(float(start.il_start), float(start.vc_start)))

@@ -3,17 +3,13 @@ for :func:`boostsim.simulate`: when it samples, what it averages, when its duty 
 
 What ``firmware/device.py`` does on the board (and the emulator, which runs the same code):
 
-* The PID is not driven by a timer: the serve loop calls ``Device.poll`` between serial reads
-  (``hal.serial_read(POLL_MS)`` waits up to ``POLL_MS`` for input), and ``poll`` runs a control
-  step when its due time has come. Due times follow a fixed grid ``1 / CONT:RATE`` apart (a
-  step more than one period late restarts the grid from now). The loop's polls follow their
-  own grid: ``POLL_MS`` after the loop last finished its work (a control step ends with its
-  conversions and computation), or at once when a host command comes in. So each step samples
-  *after* its due time, by up to one poll period, and that delay drifts from step to step by
-  the step's own duration (when the control period is a whole number of polls); a command from
-  the host (the setpoint step itself, a FETC) restarts the poll grid at its arrival. On a loop
-  whose plant rings within a control period, when the samples fall changes the step response;
-  the phase of the step within the grids is arbitrary.
+* The PID is not driven by a timer: the serve loop calls ``Device.poll`` between serial reads,
+  and ``poll`` runs a control step when its due time has come. Due times follow a fixed grid
+  ``1 / CONT:RATE`` apart (a step more than one period late restarts the grid from now). The
+  loop waits for input at most until the next step is due (``Device.wait_us``: whole
+  milliseconds in ``poll()``, then to the microsecond), so a step samples at its due time, or
+  when the loop is free again if the previous step's work (its conversions and computation)
+  ran past it. Host commands wake the loop but do not move the steps.
 * The step reads ``CONT_AVG`` conversions back to back (``spacing`` apart) at whatever phase
   of the switching period the poll fell on (the PWM and the serve loop are not locked),
   averages the codes, converts them with the nominal divider and reference, and updates
@@ -25,7 +21,7 @@ What ``firmware/device.py`` does on the board (and the emulator, which runs the 
   quantised and limited as :class:`boostsim.control.PWM` models.
 
 :class:`BoardTiming` holds these figures (all of them a real board has too: the firmware's
-``POLL_MS``, ``CONT_AVG``, its compute time and float width); :class:`BoardController` is
+``CONT_AVG``, its compute time and float width); :class:`BoardController` is
 :class:`boostsim.control.DigitalController`'s ADC, PID and PWM run on that schedule, every
 lane an independent realisation of the jitter and the noise (so several lanes give the
 spread and the mean of the board's step). Its timing resolution is ``resolution`` switching
@@ -53,15 +49,13 @@ __all__ = ["BoardController", "BoardTiming", "next_control_step"]
 class BoardTiming:
     """When the board's PID samples and acts (see the module docstring).
 
-    poll [s]: the serve loop's poll period (``POLL_MS``): a control step runs at the first poll
-    at or after its due time. compute [s]: from the step's last ADC conversion to its PWM write
+    compute [s]: from the step's last ADC conversion to its PWM write
     (the emulator's ``pid_compute_time``). average: conversions per step (``CONT_AVG``);
     spacing [s]: between them (each takes that long). float32: the PID computes in single precision
     (MicroPython on the RP2040). resolution: the model's time step in switching periods (the
     sample instants and the PWM write are resolved to it; 10 = 100 us at 100 kHz).
     """
 
-    poll: float = fw.POLL_MS * 1e-3
     compute: float = 100e-6
     average: int = fw.CONT_AVG
     spacing: float = ADC_CONVERSION_S
@@ -69,7 +63,7 @@ class BoardTiming:
     resolution: int = 10
 
     def __post_init__(self) -> None:
-        for name in ("poll", "compute", "spacing"):
+        for name in ("compute", "spacing"):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"BoardTiming {name} must be a finite time >= 0 [s], got "
@@ -102,16 +96,14 @@ class BoardController(DigitalController):
 
     ``pid``: the settings the board runs (``ts = 1 / CONT:RATE``; scalar gains); ``adc``: the
     board's ADC (its ``oversample``, ``spacing`` and ``sample_at`` are replaced by the timing's);
-    ``pwm``: the RP2040 slice; ``initial_duty``: the duty (and the integral) at t = 0;
-    ``inputs``: times [s] at which commands from the host reach the board (each wakes the
-    serve loop: a step due by then runs at once, else the poll grid restarts there); ``seed``:
-    the grids' phases' and the noise's generator. Simulate with a scalar board or one lane
+    ``pwm``: the RP2040 slice; ``initial_duty``: the duty (and the integral) at t = 0; ``seed``:
+    the due grid's phase's and the noise's generator. Simulate with a scalar board or one lane
     per realisation. :meth:`log` gives one row per control step of each lane (NaN-padded).
     """
 
     def __init__(self, pid: PID, *, timing: BoardTiming | None = None, vref: Any = None,
                  adc: ADC | None = None, pwm: PWM | None = None, initial_duty: float = 0.0,
-                 lanes: int = 1, inputs: Any = (), seed: int | None = 0):
+                 lanes: int = 1, seed: int | None = 0):
         timing = timing or BoardTiming()
         if any(np.ndim(getattr(pid, name)) for name in ("kp", "ki", "kd", "ts")):
             raise ValueError("the board runs one PID: give scalar gains (lanes are "
@@ -124,10 +116,6 @@ class BoardController(DigitalController):
                          initial_duty=initial_duty)
         self.timing = timing
         self.lanes = lanes
-        inputs = np.sort(np.asarray(inputs, dtype=float).ravel())
-        if not np.all(np.isfinite(inputs)):
-            raise ValueError("inputs must be finite times [s]")
-        self.inputs = inputs
         self._pids: list[PID] = []
 
     @property
@@ -136,8 +124,7 @@ class BoardController(DigitalController):
 
     def start(self, lanes: dict[str, np.ndarray], vref: Any = None) -> None:
         """Prepare a simulation (called by ``simulate``): every lane's PID reset to the
-        initial duty, its due grid and its poll grid at random phases, its first sample
-        planned."""
+        initial duty, its due grid at a random phase, its first sample planned."""
         if vref is not None:
             self.reference = Reference(vref)
         if self.reference is None:
@@ -158,8 +145,7 @@ class BoardController(DigitalController):
         period = float(self.pid.ts)
         self._period = period
         self._due = self._rng.uniform(0.0, period, n)
-        # The serve loop's last wake-up before the first due time: its poll grid's phase.
-        self._awake = self._due - self._rng.uniform(0.0, self.timing.poll, n)
+        self._awake = np.full(n, -math.inf)  # when the serve loop is free for a step [s]
         self._sample_t = np.array([self._next_sample(lane) for lane in range(n)])
         self._pending: list[tuple[float, int, float]] = []  # (apply at [s], lane, duty)
         self._lane_rows: list[list[tuple]] = [[] for _ in range(n)]
@@ -187,8 +173,7 @@ class BoardController(DigitalController):
 
     def _next_sample(self, lane: int) -> float:
         """Board time [s] of the lane's next control step (:func:`next_control_step`)."""
-        return next_control_step(float(self._awake[lane]), float(self._due[lane]),
-                                 self.timing.poll, self.inputs)
+        return next_control_step(float(self._awake[lane]), float(self._due[lane]))
 
     def _steps(self, lanes: np.ndarray, t0: np.ndarray, view) -> None:
         """Control steps of ``lanes``, due in the period just ended (``view``): sampled at the
@@ -222,7 +207,7 @@ class BoardController(DigitalController):
             if due <= now:  # device.py: more than a period late restarts the grid
                 due = now + self._period
             self._due[lane] = due
-            self._awake[lane] = now + busy  # the loop polls again once the PWM is written
+            self._awake[lane] = now + busy  # the loop is free again once the PWM is written
             self._sample_t[lane] = self._next_sample(lane)
 
     def log(self) -> ControlLog:
@@ -243,21 +228,8 @@ class BoardController(DigitalController):
                           duty_command=command, duty=duty)
 
 
-def next_control_step(awake: float, due: float, poll: float, inputs: np.ndarray) -> float:
+def next_control_step(free: float, due: float) -> float:
     """Board time [s] at which the firmware's serve loop runs a control step due at ``due``
-    [s]: its first poll at or after ``due`` -- polls ``poll`` [s] apart from ``awake`` (when
-    the loop last finished its work), the first a whole poll after it; a poll of 0: at
-    ``due`` -- unless a host command comes first (``inputs``: sorted arrival times [s]): it
-    wakes the loop, which runs the step then if it is due, else polls on from there."""
-    k = int(np.searchsorted(inputs, awake, side="right"))
-    while True:
-        if poll <= 0:
-            step = max(awake, due)
-        else:
-            step = awake + max(1, math.ceil((due - awake) / poll - 1e-9)) * poll
-        if k >= inputs.size or inputs[k] >= step:
-            return step
-        awake = float(inputs[k])
-        if due <= awake:
-            return awake
-        k += 1
+    [s], the loop being free of earlier work from ``free`` [s]: at its due time (the loop
+    waits for it to the microsecond, ``Device.wait_us``), or as soon as the loop is free."""
+    return max(free, due)

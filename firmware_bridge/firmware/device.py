@@ -39,7 +39,9 @@ The HAL interface (hal.PicoHAL is the real one; tests/fake_hal.py a simulated on
                                       acq.SampleRing) until adc_stream_stop(); returns the board
                                       time of sample index 0
     adc_stream_stop()
-    serial_read(timeout_ms) -> bytes  (serve() only) wait up to timeout_ms for input
+    serial_read(timeout_us) -> bytes  (serve() only) wait up to timeout_us [us] for input
+                                      (whole milliseconds waited in poll(); below one, until
+                                      that instant: the loop's wait before a control step)
     serial_write(data) -> int         (serve() only) hand over what the host has room for,
                                       never wait for it; returns the bytes taken (0..len)
     service()                         (serve() only) feed the hardware watchdog etc.
@@ -376,6 +378,16 @@ class Device:
             if self._next_ctrl_us <= now:
                 self._next_ctrl_us = now + period
 
+    def wait_us(self, limit_us):
+        """How long [us] the serve loop may wait for input: ``limit_us``, or less when the
+        on-board PID's next step is due sooner (0: due now), so each step runs when it is due
+        and the loop keeps any CONT:RATE up to CONT_RATE_MAX, not only whole poll periods."""
+        if self.output and self.pid is not None:
+            left = self.hal.ticks_diff(self._next_ctrl_us, self.hal.ticks_us())
+            if left < limit_us:
+                return left if left > 0 else 0
+        return limit_us
+
     # ---------------------------------------------------------------- measurements ---------
 
     def _avg_code(self, channel, n):
@@ -693,13 +705,14 @@ def serve(dev, hal, should_stop=None):
     """
     cfg = dev.cfg
     chunk = cfg.WRITE_CHUNK
+    poll_us = cfg.POLL_MS * 1000
     pending = []          # replies (bytes) not yet handed over, oldest first
     queued = 0            # their total size
     sent = 0              # bytes of pending[0] already handed over
     last_progress = hal.ticks_ms()
     blocked = False       # the host took nothing at the last try
     while should_stop is None or not should_stop():
-        data = hal.serial_read(cfg.POLL_MS if blocked or not pending else 0)
+        data = hal.serial_read(dev.wait_us(poll_us) if blocked or not pending else 0)
         if data:
             out = dev.feed(data)
             if out:

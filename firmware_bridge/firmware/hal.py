@@ -182,8 +182,16 @@ class PicoHAL:
 
     # --- serial (USB CDC) ----------------------------------------------------------------------
 
-    def serial_read(self, timeout_ms):
-        if not self._poller.poll(timeout_ms):
+    def serial_read(self, timeout_us):
+        poller = self._poller
+        if timeout_us >= 1000:  # poll() waits whole milliseconds
+            ready = poller.poll(timeout_us // 1000)
+        else:  # less than one (a control step is due): poll until that instant
+            deadline = time.ticks_add(time.ticks_us(), timeout_us)
+            ready = poller.poll(0)
+            while not ready and time.ticks_diff(deadline, time.ticks_us()) > 0:
+                ready = poller.poll(0)
+        if not ready:
             return b""
         data = bytearray()
         while len(data) < 256 and self._poller.poll(0):
