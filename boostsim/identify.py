@@ -156,6 +156,7 @@ class Identification:
     delays_s: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
     delays_std_s: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
     phase: float | None = None  # of the samples in the PWM period, in periods
+    starts: int = 1             # fits run (more than one: the first found another minimum)
 
     def table(self) -> str:
         """Fitted vs starting values with 95 % intervals, as text."""
@@ -175,7 +176,9 @@ class Identification:
         lines.append(f"residual rms {1e3 * self.rms_start_V:.2f} mV (start) -> "
                      f"{1e3 * self.rms_V:.2f} mV (fitted); noise {1e3 * self.sigma_V:.2f} mV, "
                      f"chi2/dof {self.chi2_per_dof:.2f}; {self.evaluations} evaluations, "
-                     f"{self.fit_s:.1f} s; {'converged' if self.success else 'NOT converged'}")
+                     f"{self.fit_s:.1f} s; {'converged' if self.success else 'NOT converged'}"
+                     + (f" (best of {self.starts} starts: the first found another minimum)"
+                        if self.starts > 1 else ""))
         return "\n".join(lines)
 
     def comment_block(self, measured: str) -> str:
@@ -214,7 +217,7 @@ class Identification:
                 "rms_start_V": self.rms_start_V, "rms_V": self.rms_V, "sigma_V": self.sigma_V,
                 "chi2_per_dof": self.chi2_per_dof, "success": self.success,
                 "message": self.message, "evaluations": self.evaluations,
-                "fit_s": self.fit_s, "vin_measured_V": self.vin_measured,
+                "fit_s": self.fit_s, "starts": self.starts, "vin_measured_V": self.vin_measured,
                 "delays_s": self.delays_s.tolist(), "delays_std_s": self.delays_std_s.tolist()}
 
 
@@ -360,7 +363,8 @@ def identify(params: BoostParams, excitation: Excitation, t: Any, vout: Any, *,
              vin_measured: float | None = None, vin_rel_sigma: float = 0.01,
              max_delay: float | None = None, max_rel_std: float = 0.25,
              max_corr: float = 0.95, max_evaluations: int = 40,
-             ripple: bool = True, adc_jitter: float = 0.0) -> Identification:
+             ripple: bool = True, adc_jitter: float = 0.0, max_chi2: float = 1.5,
+             restarts: int = 4) -> Identification:
     """Fit ``fit`` (names of :data:`FIT_NAMES`) so the exact switching model driven by
     ``excitation`` matches the measured ``vout`` [V] at times ``t`` [s] (same clock as the
     excitation; t = 0 where the converter is in its steady state at ``duty0``).
@@ -379,7 +383,11 @@ def identify(params: BoostParams, excitation: Excitation, t: Any, vout: Any, *,
     ``max_rel_std``: the relative 1-sigma beyond which a parameter is reported as not
     determined (so is one with a correlation of +-1: a singular direction of J^T J);
     ``max_corr``: pairs correlated beyond it, one of them not determined, are reported with
-    the product of their powers that is determined. Raises ValueError on bad input.
+    the product of their powers that is determined. ``max_evaluations``: model evaluations
+    per start. A fit that ends with chi^2/dof above ``max_chi2`` (residual clearly above the
+    noise) or with L or C on a bound of its range (0.2x..5x the start) has found another
+    minimum: it is started again (up to ``restarts`` times) from L and C halved/doubled, and
+    the best fit is kept (``starts`` says how many were run). Raises ValueError on bad input.
     """
     from scipy.optimize import least_squares
 
@@ -436,7 +444,7 @@ def identify(params: BoostParams, excitation: Excitation, t: Any, vout: Any, *,
         delay = u[:, k:] * ts if n_delay else np.zeros((u.shape[0], 1))
         return _board(base, vals, share), delay
 
-    phase = [_scan_phase(base, excitation, t, y, 0.0, adc_jitter) if ripple else None]
+    phase: list[float | None] = [None]
 
     sigma = _noise_sigma(y)
     if not (sigma > 0):
@@ -468,24 +476,56 @@ def identify(params: BoostParams, excitation: Excitation, t: Any, vout: Any, *,
         cache[key] = (res[0], jac)
         return cache[key]
 
+    def converge(u0: np.ndarray):
+        """One fit from ``u0``: the samples' phase scanned around it, the fit, the phase
+        scanned again around the result (refitting while it moves). Returns (solution, its
+        phase, chi^2/dof)."""
+        budget = counter[0] + max_evaluations
+        if ripple:
+            board, delay = board_of(u0)
+            phase[0] = _scan_phase(board, excitation, t, y, delay, adc_jitter)
+        u = u0
+        for _ in range(3):
+            sol = least_squares(lambda u: evaluate(u)[0], u, jac=lambda u: evaluate(u)[1],
+                                bounds=(lower, upper), method="trf", x_scale=1.0,
+                                max_nfev=max(1, budget - counter[0]), xtol=1e-4, ftol=1e-6)
+            u = sol.x
+            if not ripple or counter[0] >= budget:
+                break
+            board, delay = board_of(u)
+            moved = _scan_phase(board, excitation, t, y, delay, adc_jitter)
+            if abs((moved - phase[0] + 0.5) % 1.0 - 0.5) <= 1.5 / _PHASE_STEPS:
+                break
+            phase[0] = moved
+        res = evaluate(sol.x)[0]
+        return sol, phase[0], float(np.sum(res ** 2)) / max(1, res.size - n_par)
+
+    def poor(sol, chi2: float) -> bool:
+        on_bound = [i for i, n in enumerate(names) if n in ("L", "C")
+                    and min(sol.x[i] - lower[i], upper[i] - sol.x[i]) < 1e-3]
+        return chi2 > max_chi2 or bool(on_bound)
+
+    if ripple:
+        phase[0] = _scan_phase(base, excitation, t, y, 0.0, adc_jitter)
     model_start = evaluate(u_start)[0][: y.size] * sigma + y
-    u = u_start
-    for _ in range(3):
-        sol = least_squares(lambda u: evaluate(u)[0], u, jac=lambda u: evaluate(u)[1],
-                            bounds=(lower, upper), method="trf", x_scale=1.0,
-                            max_nfev=max(1, max_evaluations - counter[0]), xtol=1e-4,
-                            ftol=1e-6)
-        u = sol.x
-        if not ripple or counter[0] >= max_evaluations:
+    best = converge(u_start)
+    starts = 1
+    moves = [(a, b) for a in (0.5, 2.0) for b in (0.5, 2.0)] + [(0.5, 1.0), (2.0, 1.0),
+                                                                (1.0, 0.5), (1.0, 2.0)]
+    for scale_l, scale_c in moves[:max(0, restarts)]:
+        if not poor(best[0], best[2]):
             break
-        board, delay = board_of(u)
-        moved = _scan_phase(board, excitation, t, y, delay, adc_jitter)
-        if abs((moved - phase[0] + 0.5) % 1.0 - 0.5) <= 1.5 / _PHASE_STEPS:
-            break
-        phase[0] = moved
-    res, jac = evaluate(sol.x)
-    dof = max(1, res.size - n_par)
-    chi2 = float(np.sum(res ** 2)) / dof
+        u0 = u_start.copy()
+        for n, scale in (("L", scale_l), ("C", scale_c)):
+            if n in names:
+                i = names.index(n)
+                u0[i] = min(max(u0[i] + math.log(scale), lower[i]), upper[i])
+        trial = converge(u0)
+        starts += 1
+        if trial[2] < best[2]:
+            best = trial
+    sol, phase[0], chi2 = best
+    jac = evaluate(sol.x)[1]
     cov = np.linalg.pinv(jac.T @ jac) * chi2  # scaled by the residual variance
     std_u = np.sqrt(np.clip(np.diag(cov), 0, None))
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -516,7 +556,7 @@ def identify(params: BoostParams, excitation: Excitation, t: Any, vout: Any, *,
         model_start=model_start, model_fit=model_fit, excitation=excitation,
         vin_measured=vin_measured, delays_s=delay[0] if n_delay else np.zeros(0),
         delays_std_s=std_u[k:k + n_delay] * ts,
-        phase=phase[0])
+        phase=phase[0], starts=starts)
 
 
 _PHASE_STEPS = 200
