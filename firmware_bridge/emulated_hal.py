@@ -421,9 +421,9 @@ class EmulatedHAL:
         start = self._now()  # this poll's board time
         self._pinned = False
         self._slept = 0.0
-        if wait <= 0:
+        if wait <= 0:  # the loop spins (replies to hand over)
             data, self._rx_stash = self._rx_stash or self.link.read(0.0) or b"", b""
-            return self._polled(data)
+            return self._input_poll(data, start, wait)
         self._tx_flush()  # the loop is about to wait: what it sent goes out
         polls, timed, due = 1, False, math.inf
         target = start + wait
@@ -443,7 +443,7 @@ class EmulatedHAL:
             return b""  # the host is late: the due poll runs first, at its own time
         if self._rx_stash:
             data, self._rx_stash = self._rx_stash, b""
-            return self._polled(data)
+            return self._input_poll(data, start, wait)
         begin = wall = self.clock()
         while True:  # a wake-up without input (the emulator's own calls) is not a poll
             data = self.link.read(max(0.0, target - wall) * 1e3)
@@ -461,7 +461,22 @@ class EmulatedHAL:
             self._rx_stash = data
             return b""
         if polls > 1:  # the idle polls the Pico made while waiting
-            self.stats.polls += min(polls - 1, int((self._now() - start) / wait + 1e-9))
+            self.stats.polls += min(polls - 1, int((self.clock() - start) / wait + 1e-9))
+        return self._input_poll(data, start, wait)
+
+    def _input_poll(self, data: bytes, start: float, wait: float) -> bytes:
+        """A poll at the host's time now (with the input that came, if any) -- unless the
+        on-board PID's next step fell due meanwhile: the firmware's wait ends there
+        (``Device.wait_us``), so that poll runs first, at the step's time, and the input waits
+        for the next one."""
+        now = self.clock()
+        step = self.step_due() if self.step_due is not None else math.inf
+        if start < step <= now and self._run_at(step, start, wait):
+            self._rx_stash = data + self._rx_stash
+            return b""
+        if now > self._t:
+            self._t = now
+        self._pinned = True  # this poll's time: the clock read above, whatever comes next
         return self._polled(data)
 
     def _run_at(self, target: float, start: float, wait: float) -> bool:
@@ -471,7 +486,8 @@ class EmulatedHAL:
         late = self.clock() - target
         if late < 0 or late > MAX_LAG_S or target <= self._last_pinned:
             return False
-        self.stats.polls += max(0, round((target - start) / wait) - 1)
+        if wait > 0:
+            self.stats.polls += max(0, round((target - start) / wait) - 1)
         self._t = max(self._t, target)
         self._pinned = True
         self._last_pinned = self._t
