@@ -363,7 +363,7 @@ def identify(params: BoostParams, excitation: Excitation, t: Any, vout: Any, *,
              vin_measured: float | None = None, vin_rel_sigma: float = 0.01,
              max_delay: float | None = None, max_rel_std: float = 0.25,
              max_corr: float = 0.95, max_evaluations: int = 40,
-             ripple: bool = True, adc_jitter: float = 0.0, max_chi2: float = 1.5,
+             ripple: bool = True, adc_jitter: float = 0.0, max_chi2: float = 10.0,
              restarts: int = 4) -> Identification:
     """Fit ``fit`` (names of :data:`FIT_NAMES`) so the exact switching model driven by
     ``excitation`` matches the measured ``vout`` [V] at times ``t`` [s] (same clock as the
@@ -384,10 +384,12 @@ def identify(params: BoostParams, excitation: Excitation, t: Any, vout: Any, *,
     determined (so is one with a correlation of +-1: a singular direction of J^T J);
     ``max_corr``: pairs correlated beyond it, one of them not determined, are reported with
     the product of their powers that is determined. ``max_evaluations``: model evaluations
-    per start. A fit that ends with chi^2/dof above ``max_chi2`` (residual clearly above the
-    noise) or with L or C on a bound of its range (0.2x..5x the start) has found another
-    minimum: it is started again (up to ``restarts`` times) from L and C halved/doubled, and
-    the best fit is kept (``starts`` says how many were run). Raises ValueError on bad input.
+    per start. A fit that ends with chi^2/dof above ``max_chi2`` (a residual over 3x the
+    noise: the model does not follow the record; a right fit of a real board can stay a few
+    times above 1, from what no model holds) or with L or C on a bound of its range
+    (0.2x..5x the start) has found another minimum: it is started again (up to ``restarts``
+    times) from L and C halved/doubled, and the best fit is kept (``starts`` says how many
+    were run). Raises ValueError on bad input.
     """
     from scipy.optimize import least_squares
 
