@@ -279,11 +279,10 @@ def test_ctrl_c_stops_the_live_loop_safely(emu, tmp_path):
 def test_a_suspended_host_is_caught_by_the_board_watchdog(emu, tmp_path):
     pwm, received = record_pwm(emu), record_received(emu)
     # A watchdog well above a loaded host's stalls: a live loop starved of the CPU for 0.3 s
-    # let a 0.3 s watchdog trip before the kill (its report then came with the next bytes);
-    # and a 100 Hz loop (40 ms tick timeout): at 200 Hz a host starved for ~0.1 s (two CPU
-    # hogs on the 2 cores) ended the loop on lost ticks, output off, before the stop (a
-    # ramped setpoint: a step from 0 V winds the slower loop's integrator into the OVP).
-    proc = _live(emu, tmp_path, "--watchdog", "0.8", "--rate", "100", "--slew", "100")
+    # let a 0.3 s watchdog trip before the kill (its report then came with the next bytes).
+    # The setpoint ramps, as the README's live examples do (a 100 Hz loop with these gains
+    # sometimes ran into the OVP, and ended before the test could stop it).
+    proc = _live(emu, tmp_path, "--watchdog", "0.8", "--slew", "100")
     try:
         assert wait_until(lambda: rows(tmp_path / "live.csv") > 40, 30), proc.stderr
         assert emu.plant_state()["enabled"]
@@ -303,11 +302,10 @@ def test_a_suspended_host_is_caught_by_the_board_watchdog(emu, tmp_path):
 def test_a_killed_host_leaves_a_readable_log_and_the_watchdog_acts(emu, tmp_path):
     pwm, received = record_pwm(emu), record_received(emu)
     # A watchdog well above a loaded host's stalls: a live loop starved of the CPU for 0.3 s
-    # let a 0.3 s watchdog trip before the kill (its report then came with the next bytes);
-    # and a 100 Hz loop (40 ms tick timeout): at 200 Hz a host starved for ~0.1 s (two CPU
-    # hogs on the 2 cores) ended the loop on lost ticks, output off, before the stop (a
-    # ramped setpoint: a step from 0 V winds the slower loop's integrator into the OVP).
-    proc = _live(emu, tmp_path, "--watchdog", "0.8", "--rate", "100", "--slew", "100")
+    # let a 0.3 s watchdog trip before the kill (its report then came with the next bytes).
+    # The setpoint ramps, as the README's live examples do (a 100 Hz loop with these gains
+    # sometimes ran into the OVP, and ended before the test could stop it).
+    proc = _live(emu, tmp_path, "--watchdog", "0.8", "--slew", "100")
     try:
         assert wait_until(lambda: rows(tmp_path / "live.csv") > 40, 30), proc.stderr
         proc.send_signal(signal.SIGKILL)
