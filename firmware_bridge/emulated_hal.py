@@ -433,7 +433,7 @@ class EmulatedHAL:
             polls = max(1, math.ceil((until - start) / wait - 1e-9))
             target = start + polls * wait  # the Pico's poll that finds the timed work due
             timed = due <= target
-        step = self.step_due() if self.step_due is not None else math.inf
+        step = self._next_step()
         if start < step <= target + 1e-9:
             # The firmware polls whole milliseconds until its next control step is less than
             # one away, then waits for that instant (Device.wait_us): the step runs when it is
@@ -464,13 +464,17 @@ class EmulatedHAL:
             self.stats.polls += min(polls - 1, int((self.clock() - start) / wait + 1e-9))
         return self._input_poll(data, start, wait)
 
+    def _next_step(self) -> float:
+        """Board time [s] of the on-board PID's next step (inf: none or no hook)."""
+        return self.step_due() if self.step_due is not None else math.inf
+
     def _input_poll(self, data: bytes, start: float, wait: float) -> bytes:
         """A poll at the host's time now (with the input that came, if any) -- unless the
         on-board PID's next step fell due meanwhile: the firmware's wait ends there
         (``Device.wait_us``), so that poll runs first, at the step's time, and the input waits
         for the next one."""
         now = self.clock()
-        step = self.step_due() if self.step_due is not None else math.inf
+        step = self._next_step()
         if start < step <= now and self._run_at(step, start, wait):
             self._rx_stash = data + self._rx_stash
             return b""

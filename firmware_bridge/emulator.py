@@ -610,8 +610,7 @@ class Emulator:
             return -math.inf
         if dev.output:
             hal = self.hal
-            if dev.pid is not None:
-                until = min(until, hal.boot_time + dev._next_ctrl_us * 1e-6)
+            until = min(until, self._step_due())
             if dev._wdog_ms > 0:
                 deadline = hal.boot_time + (dev._last_valid_ms + dev._wdog_ms) * 1e-3
                 until = min(until, hal.next_tick(deadline))
