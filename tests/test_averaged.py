@@ -295,15 +295,20 @@ def test_averaged_duty_for_vout_inverts_the_operating_point():
 def _phi1_reference(M, w):
     """phi1(M) w from the exponential of the augmented matrix [[M, w], [0, 0]] in 40-digit
     arithmetic (mpmath): scipy's expm (1.17) loses accuracy on it when M has a tiny eigenvalue
-    (diag(-10, 1e-11): 1 + 8e-8 where phi1 is 1 + 5e-12; diag(-10, 4e-204): -0 where it is 1)."""
+    (diag(-10, 1e-11): 1 + 8e-8 where phi1 is 1 + 5e-12; diag(-10, 4e-204): -0 where it is 1).
+    mpmath's error is absolute (~1e-40 of the matrix's size), so w is scaled to unit size first
+    (phi1(M) w is linear in w): w ~ 1e-80 otherwise came out 1.6 % off."""
+    norm = float(np.max(np.abs(w)))
+    if norm == 0.0:
+        return np.zeros(2)
     with mpmath.workdps(40):
         aug = mpmath.zeros(3, 3)
         for i in range(2):
             for j in range(2):
                 aug[i, j] = mpmath.mpf(float(M[i][j]))
-            aug[i, 2] = mpmath.mpf(float(w[i]))
+            aug[i, 2] = mpmath.mpf(float(w[i])) / norm
         e = mpmath.expm(aug)
-        return np.array([float(e[0, 2]), float(e[1, 2])])
+        return np.array([float(e[0, 2] * norm), float(e[1, 2] * norm)])
 
 
 # Entries below 1e-100 in magnitude drawn as 0 (denormal products); test_phi1_apply_tiny_eigenvalue
@@ -316,6 +321,7 @@ _entry = st.floats(-1.0, 1.0, allow_nan=False).map(lambda x: x if abs(x) > 1e-10
 @given(m=st.tuples(_entry, _entry, _entry, _entry), scale=st.sampled_from(
     [1e-9, 1e-4, 2e-3, 0.05, 1.0, 10.0, 200.0]), w=st.tuples(_entry, _entry))
 @example(m=(-1.0, 0.0, 0.0, 1e-12), scale=10.0, w=(0.0, 1.0))  # scipy's expm: 8e-8 off
+@example(m=(0.0, 0.0, 1.0, 0.0), scale=1e-4, w=(2.794283646872666e-80, 0.0))  # unscaled w: 1.6 %
 def test_phi1_apply_matches_the_matrix_exponential(m, scale, w):
     M = scale * np.array(m).reshape(2, 2)
     if np.max(np.real(np.linalg.eigvals(M))) > 1.0:
