@@ -47,6 +47,7 @@ import argparse
 import contextlib
 import dataclasses
 import errno
+import gc
 import importlib.util
 import json
 import math
@@ -531,6 +532,7 @@ class Emulator:
         self._stop = threading.Event()
         self._booted = threading.Event()
         self._thread: threading.Thread | None = None
+        self._gc_released = False
         self._reset_kind: str | None = None
         self._stall_until = 0.0
         self._pty: PtyPort | None = None
@@ -538,6 +540,30 @@ class Emulator:
         self._cpu_start = 0.0
 
     # -- life cycle -------------------------------------------------------------------------
+
+    # The emulated board's thread keeps the board's real time; a full collection of the cyclic
+    # garbage collector stops every thread of the process, for 0.1-1 s in a large one (a
+    # notebook kernel, a test session: 0.3 s measured), beyond the catch-up bound MAX_LAG_S.
+    # While an emulator runs, the objects that existed when the first one started are exempt
+    # from collection (gc.freeze; the collector then scans only what was made since); the last
+    # one to stop lifts it, unless the process had frozen objects itself.
+    _gc_lock = threading.Lock()
+    _gc_users = 0
+    _gc_frozen = False
+
+    @classmethod
+    def _freeze_gc(cls, on: bool) -> None:
+        with cls._gc_lock:
+            if on:
+                if cls._gc_users == 0 and gc.get_freeze_count() == 0:
+                    gc.freeze()
+                    cls._gc_frozen = True
+                cls._gc_users += 1
+            else:
+                cls._gc_users -= 1
+                if cls._gc_users == 0 and cls._gc_frozen:
+                    gc.unfreeze()
+                    cls._gc_frozen = False
 
     def start(self) -> Emulator:
         if self._thread is not None:
@@ -564,6 +590,7 @@ class Emulator:
         self._t_start = time.monotonic()
         self._thread = threading.Thread(target=self._main, name="boostsim-emulator",
                                         daemon=True)
+        self._freeze_gc(True)
         self._thread.start()
         if not self._booted.wait(10.0):
             self.stop()
@@ -577,6 +604,9 @@ class Emulator:
             self._pty.wake()
         if self._thread is not None:
             self._thread.join(5.0)
+            if not self._gc_released:
+                self._gc_released = True
+                self._freeze_gc(False)
         if self._pty is not None:
             self._pty.close()
             self._pty = None
