@@ -1,0 +1,101 @@
+"""The emulator plant's waveform evaluation, compiled (numba): the samples of one chunk.
+
+:meth:`firmware_bridge.plant.Plant.sample` spends most of its time evaluating a few to a few
+dozen instants in the periods of one affine chunk (the ADC conversions of a control step, the
+streamed samples and protection ticks since the last one): about twenty numpy calls on tiny
+arrays. :func:`evaluate` does the same arithmetic in one compiled loop: the start state of
+each sample's period by the chunk's map ``x -> phi x + gamma`` applied period after period
+(exact to rounding, as :meth:`_Chunk.orbit`), the waveform tables interpolated with
+``np.interp``'s formula (as :meth:`_Chunk.evaluate_at`) and combined as
+:meth:`_Chunk._combine`. The numpy path stays the reference (``tests/test_emulator_plant.py``
+compares the two) and runs when numba cannot be imported.
+
+Compiled with ``cache=True``: a process loads the machine code from disk (:func:`warm_up`,
+called before the emulator's board thread starts, so its first sample does not wait).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+__all__ = ["CCM", "DCM", "MAX_PERIODS", "TRANSITION", "evaluate", "warm_up"]
+
+CCM, DCM, TRANSITION = 0, 1, 2
+#: Periods past the chunk's start beyond which the caller takes the numpy path (closed-form
+#: powers) rather than applying the map that many times.
+MAX_PERIODS = 20000
+# Table rows: w(tau; x) = alpha(tau) + beta_i(tau) iL + beta_v(tau) vC for vout and iL.
+_VOUT, _VOUT_I, _VOUT_V, _IL, _IL_I, _IL_V = range(6)
+
+
+@njit(cache=True, error_model="numpy")
+def _interp(xp, row, k, dx, width):  # pragma: no cover - compiled
+    """``np.interp``'s value on segment ``k`` (see :meth:`_Chunk.evaluate_at`)."""
+    if dx == 0.0:
+        return row[k]
+    return (row[k + 1] - row[k]) / width * dx + row[k]
+
+
+@njit(cache=True, error_model="numpy")
+def evaluate(times, lo, hi, freq, base, m, il0, vc0, phi, gamma, xp, tabs, kind, current,
+             out_v, out_i):  # pragma: no cover - compiled
+    """vout (and iL if ``current``) at ``times[lo:hi]`` into ``out_v``/``out_i`` (same
+    indices), all in the chunk's periods 0..m-1 counted from ``base`` = (period start of
+    period 0) * freq, from the start state (il0, vc0); ``kind`` CCM, DCM or TRANSITION."""
+    p11, p12, p21, p22 = phi[0], phi[1], phi[2], phi[3]
+    g1, g2 = gamma[0], gamma[1]
+    inv = 1.0 / freq
+    n_xp = xp.size
+    done = 0
+    il, vc = il0, vc0
+    for p in range(lo, hi):
+        rel = times[p] * freq - base
+        j = int(rel)  # truncation, as astype(int64): rel >= -rounding
+        if j > m - 1:
+            j = m - 1
+        tau = rel - j
+        if tau < 0.0:
+            tau = 0.0
+        elif tau > 1.0:
+            tau = 1.0
+        tau *= inv
+        while done < j:
+            il, vc = p11 * il + p12 * vc + g1, p21 * il + p22 * vc + g2
+            done += 1
+        # bisect_right(xp, tau) - 1
+        a, b = 0, n_xp
+        while a < b:
+            mid = (a + b) // 2
+            if tau < xp[mid]:
+                b = mid
+            else:
+                a = mid + 1
+        k = a - 1
+        if k < 0:
+            k, dx, width = 0, 0.0, 1.0
+        elif k >= n_xp - 1:
+            k, dx, width = n_xp - 1, 0.0, 1.0
+        else:
+            dx, width = tau - xp[k], xp[k + 1] - xp[k]
+        v = _interp(xp, tabs[_VOUT], k, dx, width) + _interp(xp, tabs[_VOUT_V], k, dx,
+                                                               width) * vc
+        if kind != DCM:
+            v = v + _interp(xp, tabs[_VOUT_I], k, dx, width) * il
+        out_v[p] = v
+        if current:
+            i = _interp(xp, tabs[_IL], k, dx, width)
+            if kind != DCM:
+                i = i + _interp(xp, tabs[_IL_I], k, dx, width) * il + _interp(
+                    xp, tabs[_IL_V], k, dx, width) * vc
+            if kind != CCM and i < 0.0:
+                i = 0.0
+            out_i[p] = i
+
+
+def warm_up() -> None:
+    """Load (or compile, the first time) the machine code."""
+    xp = np.array([0.0, 1e-5])
+    out = np.empty(1)
+    evaluate(np.zeros(1), 0, 1, 1e5, 0.0, 1, 0.0, 0.0, np.zeros(4), np.zeros(2), xp,
+             np.zeros((6, 2)), CCM, True, out, np.empty(1))
