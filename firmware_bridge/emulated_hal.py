@@ -77,6 +77,7 @@ from boostsim.adc_model import AdcTransfer
 from boostsim.rp2040 import ADC_CONVERSION_S
 
 from .plant import Plant
+from .plant import kernel as _kernel  # the compiled loops (None without numba)
 from .rp2040 import PWM_CLOCK, pwm_output, rp2040_pwm
 
 __all__ = ["CDC_TX_FIFO", "MAX_IDLE_S", "MAX_LAG_S", "AdcModel", "EmulatedHAL", "LoopStats",
@@ -121,6 +122,11 @@ class AdcModel:
         self.jitter_s = float(jitter_s)
         self.offset = float(offset_lsb)
         self._levels = None if self.transfer.ideal else self.transfer.levels.tolist()
+        # The compiled conversions (emukernel.adc_codes): AdcTransfer.position's scale, so the
+        # codes are the simulation's to the last bit.
+        self._kernel_args = ((1.0 + float(gain_error)) / float(vref) * full_scale,
+                             float(offset_lsb), float(noise_lsb),
+                             np.array(self._levels or [], dtype=float), self.max_code)
         self._rng = np.random.default_rng(seed)
         self._noise = np.zeros(0)
         self._noise_list: list[float] | None = None
@@ -161,7 +167,13 @@ class AdcModel:
 
     def codes(self, v_pin: np.ndarray) -> np.ndarray:
         """Conversions of the pin voltages ``v_pin`` [V]."""
-        x = self.transfer.codes(v_pin, self._normals(v_pin.size) if self.noise_lsb else None)
+        normals = self._normals(v_pin.size) if self.noise_lsb else _EMPTY
+        if _kernel is not None:
+            out = np.empty(v_pin.size, dtype=np.int64)
+            scale, offset, noise, levels, top = self._kernel_args
+            _kernel.adc_codes(v_pin, scale, offset, noise, normals, levels, top, out)
+            return out
+        x = self.transfer.codes(v_pin, normals if self.noise_lsb else None)
         np.maximum(x, 0.0, out=x)
         np.minimum(x, self.max_code, out=x)
         x[np.isnan(x)] = 0.0

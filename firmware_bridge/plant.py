@@ -51,7 +51,7 @@ engine's to microvolts.
 
 **Cost** (``benchmarks/bench_emulator.py``): a firmware read in the period the plant is in is
 a few microseconds (:meth:`Plant.at`, Python floats); streamed samples and protection ticks
-are evaluated in batches, in one compiled loop per chunk (:mod:`.plantkernel`; the numpy
+are evaluated in batches, in one compiled loop per chunk (:mod:`.emukernel`; the numpy
 path, Python floats for a few and vectorised for more, is the reference); a duty step costs one
 CCM map (~0.1 ms, cached per duty) plus, through DCM, a few engine calls. The emulated board
 keeps real time at 100 kHz with about a tenth of one core (more with the on-board PID at
@@ -87,15 +87,15 @@ _BATCH = 32            # start states per engine call (one call costs about as m
 _TABLE_STRIDE = 16     # DCM references sharing one waveform table (16 * trust_v apart at most)
 _MAX_COND = 1e6        # eigenvector condition number above which powers are not closed-form
 _SCALAR_SAMPLES = 4    # samples per chunk evaluated in Python floats (more: vectorised)
-_TABLE_ROWS = ("vout", "vout_i", "vout_v", "il", "il_i", "il_v")  # plantkernel's row order
+_TABLE_ROWS = ("vout", "vout_i", "vout_v", "il", "il_i", "il_v")  # emukernel's row order
 _EMPTY = np.empty(0)
 
 try:  # the compiled evaluation; without numba, the numpy path below does it all
-    from . import plantkernel as _kernel
+    from . import emukernel as kernel
 except ImportError:  # pragma: no cover - numba is a dependency
-    _kernel = None
-_KIND_CODES = {} if _kernel is None else {"ccm": _kernel.CCM, "dcm": _kernel.DCM,
-                                          "transition": _kernel.TRANSITION}
+    kernel = None
+_KIND_CODES = {} if kernel is None else {"ccm": kernel.CCM, "dcm": kernel.DCM,
+                                          "transition": kernel.TRANSITION}
 
 
 class PlantStats:
@@ -405,7 +405,7 @@ class _Chunk:
                              np.maximum)
 
     def compiled_arrays(self) -> tuple:
-        """(kind code, phi, gamma, phase grid, tables as rows) for :mod:`.plantkernel`."""
+        """(kind code, phi, gamma, phase grid, tables as rows) for :mod:`.emukernel`."""
         if self._arrays is None:
             xp, t = self.tables
             self._arrays = (
@@ -497,7 +497,7 @@ class Plant:
     state with the gate off (the output capacitor charged through the diode). ``trust_v`` [V] /
     ``trust_i`` [A]: trust region of the local affine map outside CCM (default 0.5 % of vin and
     1e-3 of vin*Ts/L); smaller is more accurate in DCM transients and costs more engine calls.
-    ``compiled``: evaluate samples with :mod:`.plantkernel` (default: when numba imports;
+    ``compiled``: evaluate samples with :mod:`.emukernel` (default: when numba imports;
     False: the numpy reference).
     """
 
@@ -508,11 +508,11 @@ class Plant:
             raise ValueError("Plant needs a single-lane BoostParams")
         if trust_v is not None and not trust_v > 0:
             raise ValueError(f"trust_v must be > 0 [V], got {trust_v!r}")
-        if compiled and _kernel is None:
+        if compiled and kernel is None:
             raise ValueError("compiled=True needs numba")
-        self.compiled = _kernel is not None if compiled is None else bool(compiled)
+        self.compiled = kernel is not None if compiled is None else bool(compiled)
         if self.compiled:
-            _kernel.warm_up()
+            kernel.warm_up()
         self.stats = PlantStats()
         self._trust_v_opt = trust_v
         self._trust_i_opt = trust_i
@@ -767,9 +767,9 @@ class Plant:
         freq, base = self._freq, self._t_grid * self._freq + self._k
         current = out_i is not None
         self.stats.samples += hi - pos
-        if self.compiled and float(times[hi - 1]) * freq - base < _kernel.MAX_PERIODS:
+        if self.compiled and float(times[hi - 1]) * freq - base < kernel.MAX_PERIODS:
             kind, phi, gamma, xp, tabs = chunk.compiled_arrays()
-            _kernel.evaluate(times, pos, hi, freq, base, m, il0, vc0, phi, gamma, xp, tabs,
+            kernel.evaluate(times, pos, hi, freq, base, m, il0, vc0, phi, gamma, xp, tabs,
                              kind, current, out_v, out_i if current else _EMPTY)
             return
         if hi - pos <= _SCALAR_SAMPLES:

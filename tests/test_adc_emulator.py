@@ -27,6 +27,17 @@ def test_emulator_and_simulation_convert_through_the_same_transfer():
     assert emulated.code(float("nan")) == 0 and emulated.codes(np.array([np.nan]))[0] == 0
 
 
+def test_noisy_conversions_are_the_transfers_with_the_same_draws():
+    # The emulator converts batches in a compiled loop (emukernel.adc_codes): the shared
+    # transfer's codes for the same standard normals, ideal and with the RP2040's DNL.
+    v_pin = np.linspace(-0.05, 3.35, 5001)
+    for dnl in (None, RP2040_DNL):
+        emulated = AdcModel(3.3, 4096, 4095, dnl=dnl, noise_lsb=1.5, offset_lsb=-1.0, seed=7)
+        normals = np.random.default_rng(7).standard_normal(v_pin.size)
+        expected = np.clip(emulated.transfer.codes(v_pin, normals), 0, 4095)
+        np.testing.assert_array_equal(emulated.codes(v_pin), expected)
+
+
 def test_streamed_conversions_are_late_by_the_timer_jitter():
     now = [0.0]
     cfg = firmware_config()

@@ -259,7 +259,7 @@ def test_one_instant_is_evaluated_as_numpy_interp_does(R, duty, x0):
 
 @pytest.mark.parametrize("R", [48.0, 1000.0])
 def test_the_compiled_evaluation_is_the_numpy_one(R):
-    """plantkernel.evaluate (the default) against the numpy reference path: the same samples,
+    """emukernel.evaluate (the default) against the numpy reference path: the same samples,
     to rounding, through duty steps in CCM and DCM, the transition periods between them, an
     output switched off and on, both small and large batches of instants, and long gaps."""
     params = BOARD.replace(R=R)

@@ -1,4 +1,4 @@
-"""The emulator plant's waveform evaluation, compiled (numba): the samples of one chunk.
+"""The emulator's compiled loops (numba): the plant's samples of one chunk, ADC conversions.
 
 :meth:`firmware_bridge.plant.Plant.sample` spends most of its time evaluating a few to a few
 dozen instants in the periods of one affine chunk (the ADC conversions of a control step, the
@@ -10,6 +10,9 @@ each sample's period by the chunk's map ``x -> phi x + gamma`` applied period af
 :meth:`_Chunk._combine`. The numpy path stays the reference (``tests/test_emulator_plant.py``
 compares the two) and runs when numba cannot be imported.
 
+:func:`adc_codes` converts a batch of pin voltages as :meth:`AdcModel.codes` does (gain,
+offset, noise, the DNL's transition levels or rounding, clipping), for the streamed samples.
+
 Compiled with ``cache=True``: a process loads the machine code from disk (:func:`warm_up`,
 called before the emulator's board thread starts, so its first sample does not wait).
 """
@@ -19,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["CCM", "DCM", "MAX_PERIODS", "TRANSITION", "evaluate", "warm_up"]
+__all__ = ["CCM", "DCM", "MAX_PERIODS", "TRANSITION", "adc_codes", "evaluate", "warm_up"]
 
 CCM, DCM, TRANSITION = 0, 1, 2
 #: Periods past the chunk's start beyond which the caller takes the numpy path (closed-form
@@ -93,9 +96,40 @@ def evaluate(times, lo, hi, freq, base, m, il0, vc0, phi, gamma, xp, tabs, kind,
             out_i[p] = i
 
 
+@njit(cache=True, error_model="numpy")
+def adc_codes(v_pin, scale, offset, noise_lsb, normals, levels, max_code,
+              out):  # pragma: no cover - compiled
+    """Codes of the pin voltages ``v_pin`` [V] into ``out``: ``x = v * scale + offset`` (+
+    ``noise_lsb`` times the standard ``normals``), then the first transition level above x
+    (``levels``; empty: x rounded half to even), clipped to 0..max_code; NaN reads 0."""
+    n_levels = levels.size
+    for p in range(v_pin.size):
+        x = v_pin[p] * scale + offset
+        if noise_lsb != 0.0:
+            x += noise_lsb * normals[p]
+        if not x >= 0.0:
+            out[p] = 0
+            continue
+        if n_levels == 0:
+            c = np.rint(x)
+            code = max_code if c >= max_code else int(c)
+        else:
+            a, b = 0, n_levels
+            while a < b:
+                mid = (a + b) // 2
+                if x < levels[mid]:
+                    b = mid
+                else:
+                    a = mid + 1
+            code = a if a < max_code else max_code
+        out[p] = code
+
+
 def warm_up() -> None:
     """Load (or compile, the first time) the machine code."""
     xp = np.array([0.0, 1e-5])
     out = np.empty(1)
     evaluate(np.zeros(1), 0, 1, 1e5, 0.0, 1, 0.0, 0.0, np.zeros(4), np.zeros(2), xp,
              np.zeros((6, 2)), CCM, True, out, np.empty(1))
+    adc_codes(np.zeros(1), 1.0, 0.0, 0.0, np.zeros(1), np.zeros(0), 4095,
+              np.empty(1, dtype=np.int64))
