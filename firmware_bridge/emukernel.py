@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["CCM", "DCM", "MAX_PERIODS", "TRANSITION", "adc_codes", "evaluate", "warm_up"]
+__all__ = ["CCM", "DCM", "MAX_PERIODS", "TRANSITION", "adc_codes", "evaluate", "stream_times", "warm_up"]
 
 CCM, DCM, TRANSITION = 0, 1, 2
 #: Periods past the chunk's start beyond which the caller takes the numpy path (closed-form
@@ -125,6 +125,22 @@ def adc_codes(v_pin, scale, offset, noise_lsb, normals, levels, max_code,
         out[p] = code
 
 
+@njit(cache=True, error_model="numpy")
+def stream_times(base, nxt_us, period_us, jitter, normals, t, out):  # pragma: no cover
+    """Instants [s] of the streamed conversions ``nxt_us + k * period_us`` [us of board time
+    after ``base``], k = 0..out.size-1, each late by ``|normal| * jitter`` [s], never later
+    than ``t`` nor earlier than the one before (the timer IRQ's order)."""
+    late = -np.inf
+    for k in range(out.size):
+        x = base + (nxt_us + period_us * k) * 1e-6
+        if jitter != 0.0:
+            x = min(x + abs(normals[k]) * jitter, t)
+            if x < late:
+                x = late
+            late = x
+        out[k] = x
+
+
 def warm_up() -> None:
     """Load (or compile, the first time) the machine code."""
     xp = np.array([0.0, 1e-5])
@@ -133,3 +149,4 @@ def warm_up() -> None:
              np.zeros((6, 2)), CCM, True, out, np.empty(1))
     adc_codes(np.zeros(1), 1.0, 0.0, 0.0, np.zeros(1), np.zeros(0), 4095,
               np.empty(1, dtype=np.int64))
+    stream_times(0.0, 0, 50, 1e-7, np.zeros(1), 1.0, out)

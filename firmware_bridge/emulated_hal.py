@@ -396,8 +396,7 @@ class EmulatedHAL:
                     vout = values[due.size:]
             finally:
                 self._plant_timing(start, "adc_read")
-            code, divider = self.adc.code, self.vout_divider
-            total = sum(code(v / divider) for v in vout.tolist())
+            total = int(self.adc.codes(vout / self.vout_divider).sum())
             self._t = last + ADC_CONVERSION_S
             self._pinned = True
             return total
@@ -668,6 +667,12 @@ class EmulatedHAL:
             return None
         n = (now_us - nxt) // period + 1
         base = self.boot_time
+        if _kernel is not None:
+            jitter = self.adc.jitter_s
+            times = np.empty(n)
+            _kernel.stream_times(base, nxt, period, jitter,
+                                 self.adc._normals(n) if jitter else _EMPTY, t, times)
+            return times
         if n <= _SCALAR_SAMPLES:  # the same numbers without array calls
             times = [base + (nxt + period * i) * 1e-6 for i in range(n)]
             if self.adc.jitter_s:
