@@ -22,7 +22,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["CCM", "DCM", "MAX_PERIODS", "TRANSITION", "adc_codes", "evaluate", "stream_times", "warm_up"]
+__all__ = ["CCM", "DCM", "MAX_PERIODS", "TRANSITION", "adc_codes", "evaluate", "stream_times",
+           "warm_up"]
 
 CCM, DCM, TRANSITION = 0, 1, 2
 #: Periods past the chunk's start beyond which the caller takes the numpy path (closed-form
