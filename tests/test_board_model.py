@@ -15,6 +15,7 @@ from boostsim.pid import PID
 from firmware_bridge.bench.board_loop import BoardLoop, simulate_board_step
 from firmware_bridge.bench.board_model import BoardController, BoardTiming, next_control_step
 from firmware_bridge.emulator import Emulator
+from firmware_bridge.plant import Plant
 
 BOARD = default_board().replace(L=70e-6, C=150e-6, r_C=0.06, r_L=0.15, vin=5.1)
 TS = 1 / float(BOARD.fsw)
@@ -69,6 +70,37 @@ def test_the_steps_run_at_their_due_times_and_the_duty_follows_after_the_work():
         assert np.all(applied < t + busy + step + TS)
     # Lanes are independent realisations (the due grid's phase).
     assert not np.allclose(log.t[:5, 0], log.t[:5, 1])
+
+
+def test_each_step_reads_the_output_at_its_conversion_instants():
+    """The CONT_AVG conversions read the output where the board's do: at the step's sample
+    instant and ``spacing`` apart, those past the switching period's end in the next period
+    (the serve loop is not locked to the PWM, so 3 of 5 sample phases spill over). Reference:
+    the emulator's exact plant driven by the model's own duties, read at those instants. The
+    model used to clip them to the period's end, where the diode conducts and the output reads
+    r_C * iL (~60 mV) higher than in the next period's on-time: its PID regulated another
+    signal than the board's during a step and overshot more."""
+    timing = BoardTiming(resolution=1)
+    fine = ADC(bits=24, noise_rms=0.0)  # codes of 0.2 uV at the pin: the volts themselves
+    vref = [(0, 9.0), (4e-3, 10.0)]
+    ctrl, _ = _run(timing, lanes=6, t_end=0.02, seed=2, vref=vref, adc=fine)
+    log = ctrl.log()
+    d0, x0 = _start()
+    offsets = np.arange(timing.average) * timing.spacing
+    phases = np.mod(log.t[0], TS) / TS
+    assert (phases + offsets[-1] / TS >= 1).sum() >= 2 and (phases + offsets[-1] / TS < 1).any()
+    for lane in range(log.t.shape[1]):
+        plant = Plant(BOARD, x0=x0)
+        plant.set_pwm(0.0, True, float(BOARD.fsw), float(ctrl.pwm.quantizer(BOARD.fsw)(
+            np.array([d0]))[0]))
+        rows = ~np.isnan(log.t[:, lane])
+        for t, period, duty, measured in zip(log.t[rows, lane], log.period[rows, lane],
+                                             log.duty[rows, lane], log.measured[rows, lane],
+                                             strict=True):
+            vout = plant.sample(t + offsets)
+            expected = fine.volts(fine.codes(vout, None).mean())
+            assert measured == pytest.approx(expected, abs=1e-5), (lane, t)
+            plant.set_pwm(period * TS, True, float(BOARD.fsw), duty)
 
 
 def test_next_control_step_is_due_or_when_the_loop_is_free():

@@ -11,7 +11,8 @@ What ``firmware/device.py`` does on the board (and the emulator, which runs the 
   when the loop is free again if the previous step's work (its conversions and computation)
   ran past it. Host commands wake the loop but do not move the steps.
 * The step reads ``CONT_AVG`` conversions back to back (``spacing`` apart) at whatever phase
-  of the switching period the poll fell on (the PWM and the serve loop are not locked),
+  of the switching period the poll fell on (the PWM and the serve loop are not locked), those
+  past the period's end in the next period (its on-time, not the diode's end of this one),
   averages the codes, converts them with the nominal divider and reference, and updates
   :class:`boostsim.pid.PID` (``ts = 1 / rate`` whatever the real interval was), in
   single precision on the RP2040 (MicroPython's floats).
@@ -148,6 +149,10 @@ class BoardController(DigitalController):
         self._awake = np.full(n, -math.inf)  # when the serve loop is free for a step [s]
         self._sample_t = np.array([self._next_sample(lane) for lane in range(n)])
         self._pending: list[tuple[float, int, float]] = []  # (apply at [s], lane, duty)
+        # Steps whose conversions run past the period's end (resolution 1): (lanes, their
+        # conversions' instants [s] from the next period's start, outputs read so far (NaN:
+        # not yet), sample instants [s]).
+        self._reading: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
         self._lane_rows: list[list[tuple]] = [[] for _ in range(n)]
 
     def __call__(self, k: int, t_start: np.ndarray, view) -> np.ndarray:
@@ -156,6 +161,8 @@ class BoardController(DigitalController):
                                "to boostsim.simulate")
         t0 = np.broadcast_to(np.asarray(t_start, dtype=float), self._Ts.shape)
         if view is not None:
+            if self._reading is not None:  # conversions that ran into this period
+                self._finish(view)
             lanes = np.flatnonzero(self._sample_t < t0)
             if lanes.size:
                 self._steps(lanes, t0, view)
@@ -177,31 +184,25 @@ class BoardController(DigitalController):
 
     def _steps(self, lanes: np.ndarray, t0: np.ndarray, view) -> None:
         """Control steps of ``lanes``, due in the period just ended (``view``): sampled at the
-        phase of their sample instant within it, the duty written ``compute`` later."""
+        phase of their sample instant within it, the duty written ``compute`` later.
+
+        The conversions run ``spacing`` apart from the sample instant; those past the
+        period's end read the next period (the serve loop is not locked to the PWM: at
+        100 kHz and the default 4 x 2 us, 3 of 5 phases run over). At resolution 1 the step
+        is finished at the next call, which sees that period; at a coarser resolution the
+        model has only the last period of its block, and reads them a period early (the same
+        phase of the period's start: exact in a steady state, off by the output's change over
+        one period in a transient). The period's end is not the next period's start: there
+        the diode conducts and the output reads about r_C * iL higher than in the next on-time.
+        """
         Ts = self._Ts
         timing = self.timing
         phase = np.mod(self._sample_t, Ts)
         offsets = np.arange(timing.average) * timing.spacing
-        instants = np.clip(phase[None, :] + offsets[:, None], 0.0, Ts * (1 - 1e-12))
-        vout = np.stack([view.sample(tau)[2] for tau in instants])
-        codes = self.adc.codes(vout, self._rng).mean(axis=0)
-        measured = self.adc.volts(codes)
+        instants = phase[None, :] + offsets[:, None]
         t_sample = t0 - Ts + phase  # the sample instant, resolved to the period just ended
-        setpoint = np.broadcast_to(self.reference(t_sample), Ts.shape)
-        num = np.float32 if timing.float32 else float
-        commands = np.full(Ts.size, np.nan)
-        for lane in lanes.tolist():
-            commands[lane] = float(self._pids[lane].update(num(setpoint[lane]),
-                                                           num(measured[lane])))
-        duties = self._quantize(commands)
         busy = timing.average * timing.spacing + timing.compute  # conversions, computation
-        for lane in lanes.tolist():
-            pid = self._pids[lane]
-            wrap = math.ceil((t_sample[lane] + busy) / Ts[lane] - 1e-9) * Ts[lane]
-            self._pending.append((wrap, lane, float(duties[lane])))
-            self._lane_rows[lane].append((wrap, t_sample[lane], float(pid.ramped_setpoint),
-                                          codes[lane], measured[lane], float(pid.integral),
-                                          commands[lane], duties[lane]))
+        for lane in lanes.tolist():  # the serve loop's next step (the schedule, not the data)
             now = self._sample_t[lane]
             due = self._due[lane] + self._period
             if due <= now:  # device.py: more than a period late restarts the grid
@@ -209,6 +210,58 @@ class BoardController(DigitalController):
             self._due[lane] = due
             self._awake[lane] = now + busy  # the loop is free again once the PWM is written
             self._sample_t[lane] = self._next_sample(lane)
+        within = instants < Ts[None, :] * (1 - 1e-12)
+        if timing.resolution > 1:  # the next period is not in view: the same phase of this one
+            instants = np.where(within, instants, np.mod(instants, Ts[None, :]))
+            within[:] = True
+        vout = np.stack([view.sample(np.where(ok, tau, 0.0))[2]
+                         for tau, ok in zip(instants, within, strict=True)])
+        vout = np.where(within, vout, np.nan)
+        later = ~within[:, lanes].all(axis=0)
+        if later.any():
+            self._reading = (lanes[later], instants[:, lanes[later]] - Ts[lanes[later]],
+                             vout[:, lanes[later]], t_sample[lanes[later]])
+        done = lanes[~later]
+        if done.size:
+            self._update(done, vout[:, done], t_sample[done])
+
+    def _finish(self, view) -> None:
+        """Finish the steps whose conversions ran into the period ``view`` (resolution 1)."""
+        lanes, instants, vout, t_sample = self._reading
+        self._reading = None
+        n = self._Ts.size
+        late = np.isnan(vout)
+        for j in np.flatnonzero(late.any(axis=1)).tolist():
+            tau = np.zeros(n)
+            tau[lanes] = np.clip(instants[j], 0.0, None)
+            # Conversions still past this period (spacing > the period) read its end.
+            tau = np.minimum(tau, self._Ts * (1 - 1e-12))
+            vout[j] = np.where(late[j], view.sample(tau)[2][lanes], vout[j])
+        self._update(lanes, vout, t_sample)
+
+    def _update(self, lanes: np.ndarray, vout: np.ndarray, t_sample: np.ndarray) -> None:
+        """The PID updates of ``lanes`` from their conversions ``vout`` (average, lanes) [V],
+        sampled at ``t_sample`` [s]; their duties pending until the PWM latches them."""
+        Ts = self._Ts
+        timing = self.timing
+        codes = self.adc.codes(vout, self._rng).mean(axis=0)
+        measured = self.adc.volts(codes)
+        setpoint = np.broadcast_to(self.reference(t_sample), t_sample.shape)
+        num = np.float32 if timing.float32 else float
+        commands = np.array([float(self._pids[lane].update(num(setpoint[i]),
+                                                           num(measured[i])))
+                             for i, lane in enumerate(lanes.tolist())])
+        full = np.full(Ts.size, np.nan)
+        full[lanes] = commands
+        duties = self._quantize(full)[lanes]
+        busy = timing.average * timing.spacing + timing.compute  # conversions, computation
+        for i, lane in enumerate(lanes.tolist()):
+            pid = self._pids[lane]
+            wrap = math.ceil((t_sample[i] + busy) / Ts[lane] - 1e-9) * Ts[lane]
+            self._pending.append((wrap, lane, float(duties[i])))
+            self._lane_rows[lane].append((wrap, t_sample[i], float(pid.ramped_setpoint),
+                                          codes[i], measured[i], float(pid.integral),
+                                          commands[i], duties[i]))
 
     def log(self) -> ControlLog:
         """One row per control step of each lane (lanes with fewer steps padded with NaN);
