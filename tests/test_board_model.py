@@ -72,6 +72,30 @@ def test_the_steps_run_at_their_due_times_and_the_duty_follows_after_the_work():
     assert not np.allclose(log.t[:5, 0], log.t[:5, 1])
 
 
+def test_by_default_the_model_runs_the_boards_schedule_exactly():
+    """Default timing: every sample at its due time, every duty from the first counter wrap
+    after its write, not resolved to a coarser step (at 10 periods the hidden board's step,
+    whose LC rings ~3 times per control step, overshot 6-9 % more than the emulated board's)."""
+    timing = BoardTiming()
+    ctrl, sim = _run(timing, lanes=3, t_end=0.03)
+    log = ctrl.log()
+    busy = timing.average * timing.spacing + timing.compute
+    for lane in range(3):
+        rows = ~np.isnan(log.t[:, lane])
+        t = log.t[rows, lane]
+        # The due grid (1 / RATE apart) and the last sample on it.
+        np.testing.assert_allclose(np.diff(t), 1 / RATE, rtol=0, atol=1e-12)
+        assert t[-1] + 1 / RATE == pytest.approx(ctrl._due[lane], abs=1e-12)
+        # Each duty from the first wrap after its write, in the simulation itself.
+        period = log.period[rows, lane]
+        np.testing.assert_array_equal(period, np.ceil((t + busy) / TS - 1e-9).astype(int))
+        duty = sim.duty[lane]
+        changes = np.flatnonzero(np.diff(duty)) + 1
+        assert changes.size > 5 and set(changes) <= set(period.tolist())
+        np.testing.assert_array_equal(duty[period[period < duty.size]],
+                                      log.duty[rows, lane][period < duty.size])
+
+
 def test_each_step_reads_the_output_at_its_conversion_instants():
     """The CONT_AVG conversions read the output where the board's do: at the step's sample
     instant and ``spacing`` apart, those past the switching period's end in the next period
