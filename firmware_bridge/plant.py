@@ -527,6 +527,9 @@ class Plant:
         if x0 is None:
             x0 = self._rest_state()
         self._chunk: _Chunk | None = None
+        # The map in force when it is certified (its CCM criteria or trust region cannot fail
+        # on the rest of the orbit): requests then skip the checks (see _run_to).
+        self._sure: _Chunk | None = None
         self._move(0, x0[0], x0[1])
 
     # -- public ------------------------------------------------------------------------------
@@ -640,7 +643,7 @@ class Plant:
                 self._move(m, il[m], vc[m])
                 done += m
             if ended:
-                self._chunk = None
+                self._chunk = self._sure = None
         self._last_t = max(self._last_t, self.period_start)
         return means
 
@@ -658,7 +661,7 @@ class Plant:
         vin = float(lanes["vin"][0])
         self._i_eps = 1e-9 * vin / (self._freq * float(lanes["L"][0]))
         self._trust_v = self._trust_v_opt if self._trust_v_opt is not None else 0.005 * vin
-        self._chunk = None
+        self._chunk = self._sure = None
         self._cur: tuple | None = None  # (start, end, map) of the present period, see at()
 
     def _rest_state(self) -> tuple[float, float]:
@@ -701,13 +704,13 @@ class Plant:
             self._t_grid += self._k / self._freq
             self._k = 0
             self._freq = change["freq"]
-            self._chunk = None
+            self._chunk = self._sure = None
         if "enabled" in change:
             duty = change["duty"] if change["enabled"] else 0.0
             self._enabled = change["enabled"]
             if duty != self._duty:
                 self._duty = duty
-                self._chunk = None
+                self._chunk = self._sure = None
 
     def _move(self, m: int, il_end: float, vc_end: float) -> None:
         self._cur = None
@@ -715,7 +718,11 @@ class Plant:
         il_end = float(il_end)
         # A current within rounding of zero is zero: the period starts at rest (otherwise an
         # orbit sitting on the CCM/DCM boundary would flip between the maps every period).
-        self._il = il_end if abs(il_end) > self._i_eps else 0.0
+        if abs(il_end) > self._i_eps:
+            self._il = il_end
+        else:
+            self._il = 0.0
+            self._sure = None  # off the certified orbit
         self._vc = float(vc_end)
         self.stats.periods += m
 
@@ -725,6 +732,21 @@ class Plant:
             raise ValueError(f"time went backwards: {t_end!r} < {self._last_t!r}")
         if samples is not None:
             times, out_v, out_i = samples
+        sure = self._sure
+        if sure is not None:
+            k_t = max(math.floor((t_end - self._t_grid) * self._freq), self._k)
+            if self._pending is None or self._pending[0] > k_t:
+                # The certified map holds for every period up to the one containing t_end.
+                il0, vc0 = self._il, self._vc
+                if samples is not None and times.size:
+                    self._evaluate(sure, il0, vc0, k_t - self._k + 1, times, 0, times.size,
+                                   out_v, out_i)
+                if k_t > self._k:
+                    self._move(k_t - self._k, *sure.state(il0, vc0, k_t - self._k))
+                t0 = self._t_grid + self._k / self._freq
+                self._cur = (t0, t0 + 1.0 / self._freq, sure)
+                self._last_t = max(self._last_t, t_end)
+                return
         pos = 0
         while True:
             self._apply_due()
@@ -738,6 +760,8 @@ class Plant:
             chunk = self._get_chunk()
             il0, vc0 = self._il, self._vc
             m, ended = chunk.span(il0, vc0, n_eval)
+            if not ended and chunk.kind != "dcm" and chunk.certified(il0, vc0):
+                self._sure = chunk
             if samples is not None and pos < times.size and m:
                 # Samples in periods k .. k+m-1.
                 if final and m == n_eval:
@@ -752,7 +776,7 @@ class Plant:
             if adv:
                 self._move(adv, *chunk.state(il0, vc0, adv))
             if ended:
-                self._chunk = None  # the next period needs a new map
+                self._chunk = self._sure = None  # the next period needs a new map
             if final and m == n_eval:
                 # The period now entered, and the map valid for it (see at()).
                 t0 = self._t_grid + self._k / self._freq
