@@ -34,6 +34,19 @@ _VOUT, _VOUT_I, _VOUT_V, _IL, _IL_I, _IL_V = range(6)
 
 
 @njit(cache=True, error_model="numpy")
+def _bisect_right(a, x):  # pragma: no cover - compiled
+    """``bisect.bisect_right(a, x)`` for a sorted array ``a``."""
+    lo, hi = 0, a.size
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if x < a[mid]:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+@njit(cache=True, error_model="numpy")
 def _interp(xp, row, k, dx, width):  # pragma: no cover - compiled
     """``np.interp``'s value on segment ``k`` (see :meth:`_Chunk.evaluate_at`)."""
     if dx == 0.0:
@@ -67,15 +80,7 @@ def evaluate(times, lo, hi, freq, base, m, il0, vc0, phi, gamma, xp, tabs, kind,
         while done < j:
             il, vc = p11 * il + p12 * vc + g1, p21 * il + p22 * vc + g2
             done += 1
-        # bisect_right(xp, tau) - 1
-        a, b = 0, n_xp
-        while a < b:
-            mid = (a + b) // 2
-            if tau < xp[mid]:
-                b = mid
-            else:
-                a = mid + 1
-        k = a - 1
+        k = _bisect_right(xp, tau) - 1
         if k < 0:
             k, dx, width = 0, 0.0, 1.0
         elif k >= n_xp - 1:
@@ -115,13 +120,7 @@ def adc_codes(v_pin, scale, offset, noise_lsb, normals, levels, max_code,
             c = np.rint(x)
             code = max_code if c >= max_code else int(c)
         else:
-            a, b = 0, n_levels
-            while a < b:
-                mid = (a + b) // 2
-                if x < levels[mid]:
-                    b = mid
-                else:
-                    a = mid + 1
+            a = _bisect_right(levels, x)
             code = a if a < max_code else max_code
         out[p] = code
 
