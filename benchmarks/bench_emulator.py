@@ -12,7 +12,8 @@ all the while streaming the output at 20 kHz (the ADC rate limit) and fetching b
 50 ms, plus a MEAS:VOLT? every 100 ms. It checks that the stream has no gap and no overflow
 (every sample the timer interrupt would have taken is there, in order) and reports:
 
-* CPU use of the emulator process: process time / wall time (one core = 100 %);
+* CPU use of the emulator process: process time / wall time (one core = 100 %), overall and
+  by phase (from ``/proc``, Linux; each phase without its first half second);
 * worst lag: the longest a serve-loop poll ran late (beyond the wait it planned: its 1 ms
   poll, or up to the next timed work when idle polls are skipped); the longest single plant
   computation; the protection ticks run (one per millisecond of board time);
@@ -58,6 +59,15 @@ def _fetch(port: serial.Serial) -> protocol.AdcBlock:
     return protocol.decode_adc_block(payload)
 
 
+def _process_cpu(pid: int) -> float | None:
+    """CPU time [s] (user + system) of process ``pid`` so far; None where /proc is missing."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run(duration: float, config: str | None = None) -> dict:
     third = duration / 3
     link = Path(tempfile.mkdtemp()) / "board"
@@ -81,12 +91,17 @@ def run(duration: float, config: str | None = None) -> dict:
     _ask(port, "*IDN?")
     port.write(b"SENS:ADC:RATE %d\nINIT\nSOUR:PWM:DUTY 0.4\nOUTP ON\n" % RATE)
     phase = 0
+    # Per phase: (wall, emulator CPU) at its start, past its first half second (the switch).
+    marks: list[tuple[float, float | None]] = []
     next_fetch = next_meas = next_step = time.monotonic()
     step = 0
     # The emulator applies the light load 1 s after its start + 2/3 of the run.
     t_end = t_start + duration
     while (now := time.monotonic()) < t_end:
         elapsed = now - t_start
+        if len(marks) < 6 and elapsed >= [0.5, third, third + 0.5, 2 * third,
+                                          2 * third + 0.5, duration][len(marks)]:
+            marks.append((now, _process_cpu(proc.pid)))
         new_phase = min(int(elapsed / third), 2)
         if new_phase != phase:
             phase = new_phase
@@ -110,6 +125,9 @@ def run(duration: float, config: str | None = None) -> dict:
             meas.append(float(_ask(port, "MEAS:VOLT?")))
             next_meas += 0.1
         time.sleep(max(0.0, min(next_fetch, next_meas, next_step) - time.monotonic()))
+    marks.append((time.monotonic(), _process_cpu(proc.pid)))
+    phase_cpu = [None if b[1] is None or a[1] is None else (b[1] - a[1]) / (b[0] - a[0])
+                 for a, b in zip(marks[0::2], marks[1::2], strict=False)]
     port.write(b"ABOR\nOUTP OFF\n")
     blocks.append(_fetch(port))
     errors = _ask(port, "SYST:ERR:COUN?")
@@ -121,7 +139,8 @@ def run(duration: float, config: str | None = None) -> dict:
     overflow = any(b.overflow for b in blocks)
     return {"duration_s": duration, "stats": stats, "samples": int(index.size), "gaps": gaps,
             "overflow": overflow, "first_index": int(index[0]), "board_errors": int(errors),
-            "meas_min": min(meas), "meas_max": max(meas), "returncode": proc.returncode}
+            "meas_min": min(meas), "meas_max": max(meas), "returncode": proc.returncode,
+            "phase_cpu": phase_cpu}
 
 
 def report(result: dict) -> None:
@@ -136,6 +155,10 @@ def report(result: dict) -> None:
           f"light-load DCM; streaming at {RATE / 1000:g} kHz)")
     print(f"  CPU use (emulator process time / wall time): {100 * cpu / wall:.1f} % of one core"
           f"   [{cpu:.2f} s / {wall:.2f} s; serve thread alone {100 * s['cpu_fraction']:.1f} %]")
+    phases = ", ".join(f"{name} {'n/a' if x is None else f'{100 * x:.1f} %'}" for name, x in
+                       zip(("open loop", "on-board PID", "DCM"), result["phase_cpu"],
+                           strict=False))
+    print(f"  by phase (emulator process, after each phase's first 0.5 s): {phases}")
     print(f"  worst lag: a serve-loop poll ran {1e3 * s['max_poll_gap']:.1f} ms late (beyond its "
           f"planned wait); longest plant call {1e3 * s['max_plant_call']:.1f} ms wall")
     over = s["gaps_over_ms"]
