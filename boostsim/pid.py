@@ -101,6 +101,10 @@ def _all(cond):
 def _clamp(x, lo, hi):
     """``x`` limited to ``[lo, hi]``; an exact selection for floats and numpy arrays alike."""
     if hasattr(x, "clip"):
+        if type(lo) is type(x) and type(hi) is type(x) and x.shape == ():
+            # Numpy scalars of one type (the board's float32 PID): the selection clip makes,
+            # without its ufunc call (NaN passes, as clip lets it).
+            return lo if x < lo else (hi if x > hi else x)
         return x.clip(lo, hi)
     # A float signal with array limits: broadcast x exactly (clip(x, x) is x in every lane, even
     # for infinite limits, where x + 0*lo would give NaN), then clip as an array.

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from boostsim.pid import PID
+from boostsim.pid import PID, _clamp
 
 PID_SOURCE = Path(__file__).resolve().parents[1] / "boostsim" / "pid.py"
 
@@ -390,3 +390,17 @@ def test_source_imports_nothing():
     tree = ast.parse(PID_SOURCE.read_text())
     imports = [node for node in ast.walk(tree) if isinstance(node, ast.Import | ast.ImportFrom)]
     assert imports == []
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_scalar_clamp_is_numpys_clip(dtype):
+    """The board's float32 PID clamps numpy scalars by selection (no ufunc call): the value,
+    its sign (of zero) and its type are clip's, NaN and infinities included."""
+    values = [dtype(v) for v in (-np.inf, -2.5, -0.0, 0.0, 0.3, 0.9, 0.95, 7.0, np.inf, np.nan)]
+    for x, lo, hi in itertools.product(values, values, values):
+        if not lo < hi:
+            continue
+        got, want = _clamp(x, lo, hi), x.clip(lo, hi)
+        assert type(got) is type(want)
+        assert np.array_equal(np.array(got), np.array(want), equal_nan=True)
+        assert np.signbit(got) == np.signbit(want)
