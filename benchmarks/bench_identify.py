@@ -18,7 +18,7 @@ serve loop on its own clock (each control step at its due time, however late the
 wakes); its control steps are logged (delay after the due time, sample to PWM write) and a
 verdict printed.
 
-    PYTHONPATH=$PWD python benchmarks/bench_identify.py [--seed N] [--steps 24] [--lanes 48]
+    PYTHONPATH=$PWD python benchmarks/bench_identify.py [--seed N] [--steps 48] [--lanes 48]
         [--set adc_dnl=rp2040 --set float32=false ...]   # emulator settings ([emulator] keys)
 """
 
@@ -122,7 +122,7 @@ def _record_pid_timing(emu: Emulator, v_to: float, window: float = 0.04) -> dict
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seed", type=int, default=21)
-    ap.add_argument("--steps", type=int, default=24, help="measured setpoint steps")
+    ap.add_argument("--steps", type=int, default=48, help="measured setpoint steps")
     ap.add_argument("--lanes", type=int, default=48, help="simulated realisations per model")
     ap.add_argument("--set", action="append", default=[], type=_setting, metavar="KEY=VALUE",
                     help="emulator setting ([emulator] key), e.g. adc_dnl=rp2040")
