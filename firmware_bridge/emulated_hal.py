@@ -92,7 +92,6 @@ MAX_IDLE_S = 0.02
 MAX_LAG_S = 0.25
 #: The emulated USB CDC transmit FIFO [bytes]: MicroPython's rp2 port (TinyUSB) buffers 256.
 CDC_TX_FIFO = 256
-_SCALAR_SAMPLES = 4     # streamed samples converted one by one (more: vectorised)
 _EMPTY = np.empty(0)
 
 
@@ -116,17 +115,15 @@ class AdcModel:
         self.transfer = AdcTransfer(bits=bits, vref=float(vref), gain_error=float(gain_error),
                                     offset_lsb=float(offset_lsb), noise_lsb=float(noise_lsb),
                                     jitter_s=float(jitter_s), dnl=dnl)
-        self.scale = full_scale / vref * (1.0 + gain_error)
+        # AdcTransfer.position's expression, so every path gives the simulation's codes to
+        # the last bit.
+        self.scale = (1.0 + float(gain_error)) / float(vref) * full_scale
         self.max_code = int(max_code)
         self.noise_lsb = float(noise_lsb)
         self.jitter_s = float(jitter_s)
         self.offset = float(offset_lsb)
         self._levels = None if self.transfer.ideal else self.transfer.levels.tolist()
-        # The compiled conversions (emukernel.adc_codes): AdcTransfer.position's scale, so the
-        # codes are the simulation's to the last bit.
-        self._kernel_args = ((1.0 + float(gain_error)) / float(vref) * full_scale,
-                             float(offset_lsb), float(noise_lsb),
-                             np.array(self._levels or [], dtype=float), self.max_code)
+        self._level_array = np.array(self._levels or [], dtype=float)  # for emukernel
         self._rng = np.random.default_rng(seed)
         self._noise = np.zeros(0)
         self._noise_list: list[float] | None = None
@@ -170,8 +167,8 @@ class AdcModel:
         normals = self._normals(v_pin.size) if self.noise_lsb else _EMPTY
         if _kernel is not None:
             out = np.empty(v_pin.size, dtype=np.int64)
-            scale, offset, noise, levels, top = self._kernel_args
-            _kernel.adc_codes(v_pin, scale, offset, noise, normals, levels, top, out)
+            _kernel.adc_codes(v_pin, self.scale, self.offset, self.noise_lsb, normals,
+                              self._level_array, self.max_code, out)
             return out
         x = self.transfer.codes(v_pin, normals if self.noise_lsb else None)
         np.maximum(x, 0.0, out=x)
@@ -667,22 +664,14 @@ class EmulatedHAL:
             return None
         n = (now_us - nxt) // period + 1
         base = self.boot_time
+        jitter = self.adc.jitter_s
         if _kernel is not None:
-            jitter = self.adc.jitter_s
             times = np.empty(n)
             _kernel.stream_times(base, nxt, period, jitter,
                                  self.adc._normals(n) if jitter else _EMPTY, t, times)
             return times
-        if n <= _SCALAR_SAMPLES:  # the same numbers without array calls
-            times = [base + (nxt + period * i) * 1e-6 for i in range(n)]
-            if self.adc.jitter_s:
-                jitter, normal, late = self.adc.jitter_s, self.adc._normal, -math.inf
-                for i, x in enumerate(times):
-                    late = max(late, min(x + abs(normal()) * jitter, t))
-                    times[i] = late
-            return np.array(times)
         times = base + (nxt + period * np.arange(n, dtype=np.int64)) * 1e-6
-        if self.adc.jitter_s:
+        if jitter:
             # The timer IRQ starts each conversion a little late (never later than now).
             times = np.maximum.accumulate(np.minimum(times + self.adc.delays(n), t))
         return times
@@ -703,13 +692,8 @@ class EmulatedHAL:
             return
         self._stream[2] += n * self._stream[0]
         push = self._stream[1].push
-        if n <= _SCALAR_SAMPLES:  # the same conversions one by one: no array overhead
-            code, divider = self.adc.code, self.vout_divider
-            for v in vout.tolist():
-                push(code(v / divider))
-        else:
-            for c in self.adc.codes(vout / self.vout_divider).tolist():
-                push(c)
+        for c in self.adc.codes(vout / self.vout_divider).tolist():
+            push(c)
         st = self.stats
         st.samples += n
         lag = self.clock() - float(times[0])

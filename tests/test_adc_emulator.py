@@ -38,6 +38,33 @@ def test_noisy_conversions_are_the_transfers_with_the_same_draws():
         np.testing.assert_array_equal(emulated.codes(v_pin), expected)
 
 
+def test_the_compiled_and_numpy_stream_instants_agree(monkeypatch):
+    """emukernel.stream_times against the numpy route taken without numba: the same jittered
+    instants (in order, never past now) for the same draws, and the same codes."""
+    import firmware_bridge.emulated_hal as hal_module
+
+    def run():
+        now = [0.0]
+        plant = Plant(default_board(), t0=0.0, freq=1e5)
+        adc = AdcModel(3.3, 4096, 4095, jitter_s=3e-6, noise_lsb=1.0, dnl=RP2040_DNL, seed=4)
+        hal = EmulatedHAL(firmware_config(), plant, clock=lambda: now[0], adc=adc)
+        hal.adc_stream_start(50, ring=None)
+        out = []
+        for t in (0.0003, 0.0004, 0.002, 0.0105):
+            now[0] = t
+            times = hal._due(t)
+            out.append((times, adc.codes(np.linspace(0.5, 3.0, times.size))))
+        return out
+
+    compiled = run()
+    monkeypatch.setattr(hal_module, "_kernel", None)
+    reference = run()
+    for (t1, c1), (t2, c2) in zip(compiled, reference, strict=True):
+        np.testing.assert_allclose(t1, t2, rtol=0, atol=1e-15)
+        np.testing.assert_array_equal(c1, c2)
+        assert np.all(np.diff(t1) >= 0)
+
+
 def test_streamed_conversions_are_late_by_the_timer_jitter():
     now = [0.0]
     cfg = firmware_config()
