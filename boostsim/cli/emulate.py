@@ -152,5 +152,6 @@ def register(sub, base: argparse.ArgumentParser, board: argparse.ArgumentParser,
     g.add_argument("--console", action="store_true",
                    help="read fault commands from stdin (see below)")
     g.add_argument("--duration", type=_positive_time("--duration"), metavar="TIME",
-                   help="stop after TIME (default: run until interrupted)")
+                   help="stop TIME after the board starts serving (default: run until "
+                        "interrupted)")
     p.set_defaults(func=cmd_emulate)
