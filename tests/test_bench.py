@@ -128,12 +128,15 @@ def test_a_sweep_over_a_corrupting_link_completes(emu):
     with Board(emu.port, watchdog=1.0, retries=4, timeout=0.3) as board:
         emu.faults(corrupt=2e-3, direction="tx")
         emu.faults(corrupt=2e-4, direction="rx")
+        # The rates give about two corrupted bytes in this sweep, sometimes none: the next
+        # answer's first byte is corrupted for certain.
+        emu.corrupt_next(1, "tx")
         result = bench.measure_sweep(board, [0.3, 0.5], settle=0.05, samples=24)
         emu.faults(corrupt=0.0)
     assert result.aborted is None, result.aborted
     result.sim = bench.simulate_sweep(BOARD, result.duty_effective, result.frequency)
     assert np.all(np.abs(result.error) < 2 * LSB)
-    assert emu.stats()["link"]["rx_corrupted"] + emu.stats()["link"]["tx_corrupted"] > 0
+    assert emu.stats()["link"]["tx_corrupted"] >= 1
 
 
 def test_duty_step_matches_the_simulated_step(emu):
