@@ -19,7 +19,7 @@ from boostsim.outputs import read_csv
 pytestmark = pytest.mark.slow  # CLI processes interrupted while writing
 
 ROOT = Path(__file__).resolve().parents[1]
-MC = ["sweep", "--vout", "12", "--mc", "400000", "--tol", "L=20%", "--out", "x.csv",
+MC = ["sweep", "--vout", "12", "--mc", "100000", "--tol", "L=20%", "--out", "x.csv",
       "--plot", "x.png"]
 
 
