@@ -461,6 +461,13 @@ class _Chunk:
         return m["vout"] + m["vout_i"] * il + m["vout_v"] * vc
 
 
+def _store(cache: OrderedDict, key, value) -> None:
+    """Put ``value`` in the LRU ``cache`` (at most _CACHE_SIZE entries)."""
+    cache[key] = value
+    if len(cache) > _CACHE_SIZE:
+        cache.popitem(last=False)
+
+
 def _box_margins(il_ref: float, vc_ref: float, trust_i: float, trust_v: float):
     """The trust box |iL - iL_ref| <= trust_i, |vC - vC_ref| <= trust_v as affine margins."""
     return [(-1.0, 0.0, il_ref + trust_i), (1.0, 0.0, trust_i - il_ref),
@@ -530,6 +537,8 @@ class Plant:
         # The map in force when it is certified (its CCM criteria or trust region cannot fail
         # on the rest of the orbit): requests then skip the checks (see _run_to).
         self._sure: _Chunk | None = None
+        # While recording (record()): the periods moved through, for sample_past().
+        self._history: list[tuple] | None = None
         self._move(0, x0[0], x0[1])
 
     # -- public ------------------------------------------------------------------------------
@@ -604,6 +613,58 @@ class Plant:
         res = self.sample((t,), current, presorted=True)
         return (float(res[0][0]), float(res[1][0])) if current else (float(res[0]), None)
 
+    def record(self, on: bool) -> None:
+        """Keep (``on``) or drop the record of the periods the plant moves through from its
+        next request on, so that :meth:`sample_past` can evaluate the output at instants it
+        has already moved past (the board's streamed samples, computed when read)."""
+        self._history = [] if on else None
+
+    def sample_past(self, times: np.ndarray) -> np.ndarray:
+        """vout at sorted ``times`` from the record (:meth:`record`): instants the plant has
+        moved through since the earlier of its first request after ``record(True)`` and the
+        last ``sample_past``, or later ones (the plant moves on to them). Exactly what
+        :meth:`sample` would have given at those instants; the record before the last of
+        ``times`` is dropped."""
+        history = self._history
+        if history is None:
+            raise RuntimeError("sample_past needs record(True)")
+        out = np.empty(times.size)
+        if not times.size:
+            return out
+        t_last = float(times[-1])
+        if t_last > self._last_t:
+            self._run_to(t_last, None, False)
+        if not history:
+            raise ValueError("sample_past: no period recorded")
+        if float(times[0]) < history[0][0] - 1e-12:
+            raise ValueError(f"sample_past: {float(times[0])!r} is before the record "
+                             f"({history[0][0]!r})")
+        pos = keep = 0
+        last = len(history) - 1
+        for n, (_, t_grid, freq, k, m, il0, vc0, chunk) in enumerate(history):
+            if n < last:  # a later entry starting there has the final word
+                end = min(t_grid + (k + m) / freq, history[n + 1][0])
+                hi = int(np.searchsorted(times, end, side="left"))
+            else:
+                hi = times.size
+            if hi > pos:
+                self._evaluate(chunk, il0, vc0, m, times, pos, hi, out, None,
+                               freq, t_grid * freq + k)
+                pos = hi
+                keep = n
+            if pos == times.size:
+                break
+        self._history = history[keep:]
+        return out
+
+    def _record(self, m: int, il0: float, vc0: float, chunk: _Chunk) -> None:
+        """Note ``m`` periods from the present one (state il0, vc0) under ``chunk``."""
+        history = self._history
+        start = self._t_grid + self._k / self._freq
+        if history and history[-1][0] == start:
+            history.pop()  # the same periods again, or a later map from there: the final word
+        history.append((start, self._t_grid, self._freq, self._k, m, il0, vc0, chunk))
+
     def checkpoint(self) -> dict[str, Any]:
         """The plant's state (clock, periods, PWM, conditions, pending change) for
         :meth:`restore`: a caller that evaluated ahead in time (e.g. a batch of timer-IRQ
@@ -612,6 +673,8 @@ class Plant:
         shared (they only hold functions of the parameters)."""
         state = {k: v for k, v in self.__dict__.items() if k != "stats"}
         state["stats.periods"] = self.stats.periods
+        if self._history is not None:
+            state["_history"] = list(self._history)
         return state
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -620,6 +683,8 @@ class Plant:
         through); the other counters keep the work done."""
         self.__dict__.update(state)
         self.stats.periods = self.__dict__.pop("stats.periods")
+        if self._history is not None:
+            self._history = list(self._history)  # the checkpoint stays as it was
 
     def vout(self, t: float) -> float:
         """Output voltage at time ``t``."""
@@ -638,6 +703,8 @@ class Plant:
             chunk = self._get_chunk()
             m, ended = chunk.span(self._il, self._vc, min(limit, _KMAX))
             if m:
+                if self._history is not None:
+                    self._record(m, self._il, self._vc, chunk)
                 il, vc = chunk.states(self._il, self._vc, np.arange(m + 1))
                 means[done:done + m] = chunk.mean_vout(il[:m], vc[:m])
                 self._move(m, il[m], vc[m])
@@ -738,9 +805,11 @@ class Plant:
             if self._pending is None or self._pending[0] > k_t:
                 # The certified map holds for every period up to the one containing t_end.
                 il0, vc0 = self._il, self._vc
+                if self._history is not None:
+                    self._record(k_t - self._k + 1, il0, vc0, sure)
                 if samples is not None and times.size:
                     self._evaluate(sure, il0, vc0, k_t - self._k + 1, times, 0, times.size,
-                                   out_v, out_i)
+                                   out_v, out_i, self._freq, self._t_grid * self._freq + self._k)
                 if k_t > self._k:
                     self._move(k_t - self._k, *sure.state(il0, vc0, k_t - self._k))
                 t0 = self._t_grid + self._k / self._freq
@@ -762,6 +831,8 @@ class Plant:
             m, ended = chunk.span(il0, vc0, n_eval)
             if not ended and chunk.kind != "dcm" and chunk.certified(il0, vc0):
                 self._sure = chunk
+            if self._history is not None and m:
+                self._record(m, il0, vc0, chunk)
             if samples is not None and pos < times.size and m:
                 # Samples in periods k .. k+m-1.
                 if final and m == n_eval:
@@ -770,7 +841,8 @@ class Plant:
                     t_lim = self._t_grid + (self._k + m) / self._freq
                     hi = int(np.searchsorted(times, t_lim, side="left"))
                 if hi > pos:
-                    self._evaluate(chunk, il0, vc0, m, times, pos, hi, out_v, out_i)
+                    self._evaluate(chunk, il0, vc0, m, times, pos, hi, out_v, out_i,
+                                   self._freq, self._t_grid * self._freq + self._k)
                     pos = hi
             adv = min(m, n_adv)
             if adv:
@@ -785,10 +857,11 @@ class Plant:
         self._last_t = max(self._last_t, t_end)
 
     def _evaluate(self, chunk: _Chunk, il0: float, vc0: float, m: int, times: np.ndarray,
-                  pos: int, hi: int, out_v: np.ndarray, out_i: np.ndarray | None) -> None:
+                  pos: int, hi: int, out_v: np.ndarray, out_i: np.ndarray | None,
+                  freq: float, base: float) -> None:
         """vout (and iL) at ``times[pos:hi]``, all in the chunk's periods k .. k+m-1 from
-        (il0, vc0): a few samples in Python floats, more vectorised."""
-        freq, base = self._freq, self._t_grid * self._freq + self._k
+        (il0, vc0), period k starting at ``base / freq`` on the plant's clock: a few samples in
+        Python floats, more vectorised."""
         current = out_i is not None
         self.stats.samples += hi - pos
         if self.compiled and float(times[hi - 1]) * freq - base < kernel.MAX_PERIODS:
@@ -845,9 +918,7 @@ class Plant:
         return hit
 
     def _store(self, key, value) -> None:
-        self._cache[key] = value
-        if len(self._cache) > _CACHE_SIZE:
-            self._cache.popitem(last=False)
+        _store(self._cache, key, value)
 
     def _ccm_map(self) -> _Chunk:
         """The affine CCM period map at the present duty (cached):
@@ -1008,12 +1079,13 @@ class Plant:
         changes by ~(stride * trust_v / vout) of the ripple: far below one ADC code)."""
         key = ("dcmtab", self._freq, self._duty, round(g / _TABLE_STRIDE))
         own = self._waveform_builder(period, lane, vc_ref)
+        cache = self._cache  # these conditions' (a table may be built after they changed)
 
         def build():
-            tables = self._cache.get(key)
+            tables = cache.get(key)
             if tables is None:
                 tables = own()
-                self._store(key, tables)
+                _store(cache, key, tables)
             return tables
 
         return build

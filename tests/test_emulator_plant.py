@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from boostsim import Step, default_board, simulate, steady_state
+from firmware_bridge import plant as plant_module
 from firmware_bridge.emulated_hal import AdcModel, rp2040_pwm
 from firmware_bridge.plant import Plant
 
@@ -278,3 +279,59 @@ def test_the_compiled_evaluation_is_the_numpy_one(R):
     assert plants[0].stats.transitions + plants[0].stats.references > 0  # DCM / transitions met
     compiled, reference = np.concatenate(out[0]), np.concatenate(out[1])
     np.testing.assert_allclose(compiled, reference, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+@pytest.mark.parametrize("R", [48.0, 1000.0])
+def test_samples_from_the_record_are_the_samples_taken_then(R, compiled, monkeypatch):
+    """Plant.sample_past (the emulated board's streamed samples, computed when read) against a
+    twin that sampled the same instants on its way: equal to rounding through duty, load and
+    frequency changes, CCM and DCM, a detour ahead and back (checkpoint/restore, as a
+    protection-tick batch does) and reads of the record that lag the plant by a little or a
+    lot -- and sample_past refuses instants before its record.
+
+    One DCM waveform table per reference here: by default nearby references share the table
+    the first of them builds, so which one that is depends on the order of evaluation (about
+    1 mV here, below one ADC code). A waveform built after a load change still belongs to
+    the conditions of its map (built from the new conditions' references it was 30 mV off)."""
+    monkeypatch.setattr(plant_module, "_TABLE_STRIDE", 1)
+    params = BOARD.replace(R=R)
+    plant = Plant(params, compiled=compiled)      # records; samples only the "firmware" reads
+    twin = Plant(params, compiled=compiled)       # samples everything as it goes
+    plant.record(True)
+    rng = np.random.default_rng(11)
+    t = 0.0
+    pending: list[np.ndarray] = []
+    got, want = [], []
+    steps = [("duty", 0.4), ("duty", 0.6), ("load", 2000.0), ("duty", 0.15), ("freq", 80e3),
+             ("duty", 0.0), ("duty", 0.5), ("load", 48.0), ("duty", 0.35)]
+    for n, (what, value) in enumerate(steps * 2):
+        for p in (plant, twin):
+            if what == "duty":
+                p.set_pwm(t, value > 0, p.pwm[1], value)
+            elif what == "freq":
+                p.set_pwm(t, True, value, p.pwm[2])
+            else:
+                p.set_conditions(t, R=value)
+        for _ in range(int(rng.integers(1, 6))):
+            stream = t + np.sort(rng.uniform(0, rng.choice([3e-5, 4e-4, 3e-3]), 30))
+            read = float(stream[-1]) + rng.uniform(0, 2e-5)
+            want.append(twin.sample(np.append(stream, read))[:-1])
+            pending.append(stream)
+            if n % 3 == 1:  # a batch evaluated ahead, then abandoned
+                keep = plant.checkpoint()
+                plant.sample([read + 1e-3, read + 2e-3])
+                plant.restore(keep)
+            plant.at(read)
+            t = read
+            if rng.random() < 0.4:
+                got.append(plant.sample_past(np.concatenate(pending)))
+                pending.clear()
+    got.append(plant.sample_past(np.concatenate(pending)))
+    np.testing.assert_allclose(np.concatenate(got), np.concatenate(want), rtol=1e-12, atol=1e-12)
+    assert plant.stats.transitions + plant.stats.references > 0  # DCM / transitions met
+    with pytest.raises(ValueError, match="before the record"):
+        plant.sample_past(np.array([t - 1e-3]))
+    plant.record(False)
+    with pytest.raises(RuntimeError, match="record"):
+        plant.sample_past(np.array([t]))
