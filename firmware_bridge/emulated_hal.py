@@ -30,7 +30,8 @@ What it models, per call of the firmware:
   the shared :class:`boostsim.adc_model.AdcTransfer`, clipped to 0..ADC_MAX_CODE.
 * ``adc_stream_start/stop``: samples at board times ``t0 + k * period`` (each conversion
   delayed by the timer IRQ's jitter, ``AdcModel.jitter_s`` rms) pushed into the firmware's
-  ring, each computed at its own exact instant, so the ring sees exactly what a timer
+  ring, each computed at its own exact instant (from the plant's record of the periods it
+  moved through, :meth:`Plant.sample_past`), so the ring sees exactly what a timer
   interrupt would have pushed, overflow included.
 * ``protect_start(period, fn)``: the protection timer IRQ: a tick every ``period`` of board
   time, each calling ``fn`` *at its own board time* (the ADC reads the plant at that instant,
@@ -40,13 +41,12 @@ What it models, per call of the firmware:
   serial read (each serve-loop iteration), every HAL call that reads or drives the plant,
   ``irq_disable`` (the firmware sees every trip due before a critical section, as on the
   Pico) and the emulator's own API -- so no host, however busy or late, can delay or skip
-  one. The plant is evaluated once, in time order, at the ticks and the streamed samples due;
-  a tick that drives the plant (a trip: gate off from its instant on) takes the plant back
-  (:meth:`Plant.checkpoint`) to where that evaluation started, keeps the samples up to the
-  tick and evaluates the rest again. Streamed samples are otherwise computed when the plant
-  moves past them (a read, a drive change), on input (a FETC reads the ring) and at
-  ``MAX_IDLE_S / 2`` of age: the ring holds what the timer interrupt would have pushed by
-  the time anything reads it, overflow included.
+  one. The plant is evaluated once, in time order, at the ticks due; a tick that drives the
+  plant (a trip: gate off from its instant on) takes the plant back (:meth:`Plant.checkpoint`)
+  to where that evaluation started and evaluates the later ticks again. Streamed samples are
+  computed from the plant's record on input (a FETC reads the ring), when the stream stops
+  and at ``MAX_IDLE_S / 2`` of age: the ring holds what the timer interrupt would have pushed
+  by the time anything reads it, overflow included.
   ``irq_disable``/``irq_enable`` and every plant access take the same lock.
   ``gate_off``: gate low now.
 * ``serial_read/serial_write/service``: delegated to a serial link (the emulator's
@@ -59,7 +59,9 @@ What it models, per call of the firmware:
   on the link for input or for the first poll of the Pico's grid (``timeout`` apart) at or
   after that time, at most :data:`MAX_IDLE_S` ahead, or for the on-board PID's next step
   (the ``step_due`` hook) if that comes first; that poll runs at its own board time (see
-  ``ticks_us``).
+  ``ticks_us``). For the PID's steps the host process sleeps :data:`STEP_BATCH_S` longer
+  (input or the emulator's own calls wake it at once) and runs the steps due one after the
+  other, each at its own board time.
 """
 
 from __future__ import annotations
@@ -80,8 +82,8 @@ from .plant import Plant
 from .plant import kernel as _kernel  # the compiled loops (None without numba)
 from .rp2040 import PWM_CLOCK, pwm_output, rp2040_pwm
 
-__all__ = ["CDC_TX_FIFO", "MAX_IDLE_S", "MAX_LAG_S", "AdcModel", "EmulatedHAL", "LoopStats",
-           "rp2040_pwm"]
+__all__ = ["CDC_TX_FIFO", "MAX_IDLE_S", "MAX_LAG_S", "STEP_BATCH_S", "AdcModel", "EmulatedHAL",
+           "LoopStats", "rp2040_pwm"]
 
 #: Longest the serve loop sleeps through idle polls [s]: it then runs one poll (the timer
 #: IRQs' batch of streamed samples and protection ticks included) and sleeps again.
@@ -92,6 +94,12 @@ MAX_IDLE_S = 0.02
 MAX_LAG_S = 0.25
 #: The emulated USB CDC transmit FIFO [bytes]: MicroPython's rp2 port (TinyUSB) buffers 256.
 CDC_TX_FIFO = 256
+#: How long the host process lets the on-board PID's steps wait when nothing else happens [s]:
+#: it wakes up once for the steps due in that time and runs them one after the other, each
+#: at its own board time (as after any late wake-up). The board is unchanged -- its steps
+#: sample and act at their instants -- and input wakes the loop at once (the steps due by
+#: then run first); a wake-up per step cost more than the step itself.
+STEP_BATCH_S = 0.005
 _EMPTY = np.empty(0)
 
 
@@ -186,6 +194,7 @@ class LoopStats:
     def reset(self) -> None:
         self.polls = 0                # serve-loop polls of the board (idle ones skipped included)
         self.polls_run = 0            # ... of them run (service() calls)
+        self.waits = 0                # waits for input or a poll's time (host wake-ups)
         self.max_poll_gap = 0.0       # longest time a poll ran late: between two service()
         #                               calls, less the time the loop meant to wait for input
         self.max_plant_call = 0.0     # longest single plant computation (wall time: includes
@@ -262,6 +271,7 @@ class EmulatedHAL:
         """Power-up / reset of the microcontroller: clock restarts, gate low, no sampling."""
         self.protect_stop()
         self._stream = None
+        self.plant.record(False)
         self._tx_blocked = False
         self._tx_fifo.clear()  # a reset empties the USB stack
         self._rx_stash = b""
@@ -302,7 +312,14 @@ class EmulatedHAL:
 
     def now(self) -> float:
         """The board clock [s] (the plant's clock): when something done to the board from
-        outside (a load change, a fault) takes effect."""
+        outside (a load change, a fault) takes effect -- on the serve loop's thread, between
+        its polls, so never past an on-board PID step that is due but has not run yet (it
+        runs at its own time, after this)."""
+        if not self._pinned and self._irq_t is None:
+            t = min(self.clock(), max(self._t, self._next_step()))
+            if t > self._t:
+                self._t = t
+            return self._t
         return self._now()
 
     def spend(self, seconds: float) -> None:
@@ -379,18 +396,9 @@ class EmulatedHAL:
                 return sum(self.adc_read(channel) for _ in range(n))
             self._run_ticks(t)
             times = t + ADC_CONVERSION_S * np.arange(n)
-            due = self._stream_due(last)
             start = self._tic()
             try:
-                if due is None:
-                    vout = self.plant.sample(times, False, presorted=True)
-                else:
-                    both = np.concatenate((due, times))
-                    order = np.argsort(both, kind="stable")
-                    values = np.empty(both.size)
-                    values[order] = self.plant.sample(both[order], False, presorted=True)
-                    self._push(values[:due.size], due)
-                    vout = values[due.size:]
+                vout = self.plant.sample(times, False, presorted=True)
             finally:
                 self._plant_timing(start, "adc_read")
             total = int(self.adc.codes(vout / self.vout_divider).sum())
@@ -414,12 +422,14 @@ class EmulatedHAL:
         self.adc_stream_stop()
         t0 = self.ticks_us() + int(period_us)
         self._stream = [int(period_us), ring, t0]
+        self.plant.record(True)  # the samples are computed when read (see _flush_stream)
         return t0
 
     def adc_stream_stop(self) -> None:
         if self._stream is not None:
             self._catch_up()
             self._stream = None
+            self.plant.record(False)
 
     def serial_read(self, timeout_us: int) -> bytes:
         if self.link is None:
@@ -442,11 +452,14 @@ class EmulatedHAL:
             target = start + polls * wait  # the Pico's poll that finds the timed work due
             timed = due <= target
         step = self._next_step()
+        wake = target  # when the host process wakes up for that poll
         if start < step <= target + 1e-9:
             # The firmware polls whole milliseconds until its next control step is less than
             # one away, then waits for that instant (Device.wait_us): the step runs when it is
-            # due, not at the next poll of the grid (nor when the host's process wakes up).
+            # due, not at the next poll of the grid (nor when the host's process wakes up,
+            # STEP_BATCH_S later unless input comes first).
             target, timed = step, True
+            wake = step + STEP_BATCH_S
         if timed and self._run_at(target, start, wait):
             return b""  # the host is late: the due poll runs first, at its own time
         if self._rx_stash:
@@ -454,7 +467,8 @@ class EmulatedHAL:
             return self._input_poll(data, start, wait)
         begin = wall = self.clock()
         while True:  # a wake-up without input (the emulator's own calls) is not a poll
-            data = self.link.read(max(0.0, target - wall) * 1e3)
+            self.stats.waits += 1
+            data = self.link.read(max(0.0, wake - wall) * 1e3)
             wall = self.clock()
             if data is None:  # the board is being reset: no more polls
                 data = b""
@@ -462,7 +476,7 @@ class EmulatedHAL:
             if data or wall >= target or (self.idle_until is not None
                                           and self.idle_until() != due):
                 break  # input, the poll's time, or new plans (the emulator's calls)
-        self._slept = min(wall - begin, target - start)
+        self._slept = min(wall - begin, wake - start)
         if (timed or not data) and self._run_at(target, start, wait):
             # The poll ran at its instant on the board's grid (a timed-out one: whenever the
             # host woke up); input that came after a due poll is read at the next one.
@@ -576,7 +590,6 @@ class EmulatedHAL:
         else:
             self._drive_changed = True  # the tick batch's later values are stale
             self._tick_back()
-        self._flush_stream(t)
         self.pwm_actual = actual
         start = self._tic()
         self.plant.set_pwm(t, enabled, freq, d)
@@ -594,9 +607,8 @@ class EmulatedHAL:
         return self._read(t, current)
 
     def _read(self, t: float, current: bool | None) -> tuple[float, float | None]:
-        """The plant at ``t`` (see :meth:`_sample_now`): moves it there, computing the streamed
-        samples due before ``t`` in the same evaluation (inside a protection tick, whose
-        batch still needs the plant where it is: evaluated without moving it)."""
+        """The plant at ``t`` (see :meth:`_sample_now`): moves it there (inside a protection
+        tick, whose batch still needs the plant where it is: evaluated without moving it)."""
         plant = self.plant
         keep = None
         if self._irq_t is not None:
@@ -605,19 +617,13 @@ class EmulatedHAL:
         start = self._tic()
         try:
             if current is None:
-                self._flush_stream(t)
                 plant.advance(t)
                 return float(plant.params.vin), None
-            due = None if keep is not None else self._stream_due(t)
-            if due is None:
-                return plant.at(t, bool(current))
-            res = plant.sample(np.append(due, t), bool(current), presorted=True)
-            self._push((res[0] if current else res)[:-1], due)
+            return plant.at(t, bool(current))
         finally:
             if keep is not None:
                 plant.restore(keep)
             self._plant_timing(start, "adc_read")
-        return (float(res[0][-1]), float(res[1][-1])) if current else (float(res[-1]), None)
 
     def _tic(self) -> tuple:
         s = self.plant.stats
@@ -638,14 +644,11 @@ class EmulatedHAL:
 
     def _tick_back(self) -> None:
         """Inside a protection tick that reads or drives the plant beyond its batch value:
-        the plant goes back to where the tick batch started; the batch's streamed samples up
-        to the tick are pushed (the rest are evaluated again later)."""
+        the plant goes back to where the tick batch started (the later ticks are evaluated
+        again)."""
         if self._tick_keep is not None:
-            keep, s_times, s_vout = self._tick_keep
-            self._tick_keep = None
+            keep, self._tick_keep = self._tick_keep, None
             self.plant.restore(keep)
-            m = int(np.searchsorted(s_times, self._irq_t, side="right"))
-            self._push(s_vout[:m], s_times[:m])
 
     def _stream_pending(self, t: float) -> bool:
         """True if a streamed sample is due at or before ``t`` and not yet computed."""
@@ -712,11 +715,13 @@ class EmulatedHAL:
             self._flush_stream(t)
 
     def _flush_stream(self, t: float) -> None:
-        """Compute and push the streamed samples due up to ``t`` (the plant moves there)."""
+        """Compute and push the streamed samples due up to ``t``: from the plant's record of
+        the periods it has moved through (:meth:`Plant.sample_past`; it moves on to ``t`` if
+        it is not there yet)."""
         times = self._stream_due(t)
         if times is not None:
             start = self._tic()
-            self._push(self.plant.sample(times, presorted=True), times)
+            self._push(self.plant.sample_past(times), times)
             self._plant_timing(start, "stream")
 
     def _tick_times(self, t: float) -> np.ndarray | None:
@@ -734,43 +739,33 @@ class EmulatedHAL:
 
     def _run_ticks(self, t: float) -> None:
         """Run the protection ticks due up to ``t`` in order, each at its own instant: one
-        evaluation of the plant, in time order, at them and at the streamed samples due up to
-        ``t``. A tick that changes the drive (a trip: gate off from its instant
-        on) takes the plant back to where the evaluation started; the samples up to it are
-        kept, the later samples and ticks are evaluated again."""
+        evaluation of the plant at them all. A tick that changes the drive (a trip: gate off
+        from its instant on) takes the plant back to where the evaluation started; the later
+        ticks are evaluated again."""
         if self._irq_t is not None or self._protect is None:
             return  # a tick is running; no timer
         while True:
             ticks = self._tick_times(t)
             if ticks is None:
                 return
-            due = self._stream_due(t)
-            s_times = due if due is not None else _EMPTY
-            n_s = s_times.size
-            times = np.concatenate((s_times, ticks)) if n_s else ticks
-            order = np.argsort(times, kind="stable") if n_s else None  # samples first
             plant = self.plant
             keep = plant.checkpoint()
             start = self._tic()
             try:
-                vout = plant.sample(times if order is None else times[order], presorted=True)
+                vout = plant.sample(ticks, presorted=True)
             except BaseException:
                 plant.restore(keep)
                 raise
             finally:
                 self._plant_timing(start, "protect")
-            if order is not None:
-                values = np.empty(times.size)
-                values[order] = vout
-                vout = values
-            self._tick_keep = (keep, s_times, vout[:n_s])
+            self._tick_keep = keep
             prot = self._protect
             fn = prot[1]
             done = 0
             self._irq_thread = threading.get_ident()
             self._drive_changed = False
             try:
-                for tk, v in zip(ticks.tolist(), vout[n_s:].tolist(), strict=True):
+                for tk, v in zip(ticks.tolist(), vout.tolist(), strict=True):
                     self._irq_t = tk
                     self._tick_vout = v
                     try:
@@ -781,11 +776,9 @@ class EmulatedHAL:
                     if self._drive_changed:
                         break
             finally:
-                pending, self._tick_keep = self._tick_keep, None
+                self._tick_keep = None
                 self.stats.ticks += done
                 if self._protect is prot:
                     prot[3] += done
-            if pending is not None:  # no tick went back: the samples are all right
-                self._push(vout[:n_s], s_times)
             if not self._drive_changed:
                 return

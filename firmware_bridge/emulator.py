@@ -837,7 +837,7 @@ class Emulator:
 
     def _change_conditions(self, **changes: float) -> float:
         def change() -> float:
-            # Streamed samples due before the change must see the old conditions.
+            # The timer IRQs due before the change see the old conditions.
             t = self.hal.now()
             self.hal.plant_access(t)
             self.plant.set_conditions(t, **changes)

@@ -28,6 +28,7 @@ import test_protocol_conformance as conformance
 from waiting import wait_until
 
 from boostsim import default_board, steady_state
+from boostsim.rp2040 import ADC_CONVERSION_S
 from firmware_bridge import protocol
 from firmware_bridge.emulator import (
     SOFT_REBOOT_BANNER,
@@ -226,6 +227,40 @@ def test_over_voltage_trips_after_a_load_disconnect():
         assert errors(port) == [] and ask(port, "PROT:TRIP?") == "NONE"
         block = fetch(port)
         assert not block.ovp_tripped
+
+
+def test_load_steps_while_the_on_board_pid_runs_come_after_the_steps_due():
+    """The emulator's own changes (here load steps from the host's thread) wake the serve
+    loop while the on-board PID's steps wait to run together (STEP_BATCH_S): the steps due
+    by then run first, each sampling at its due time, and the change after them; the loop
+    holds the setpoint through the load steps."""
+    with Emulator(seed=6) as emu, open_port(emu) as port:
+        hal, dev = emu.hal, emu.device
+        conversions = dev.cfg.CONT_AVG * ADC_CONVERSION_S
+        steps: list[tuple[float, float]] = []  # (first conversion, due time) [s]
+
+        class Timed(dev._get_pid_class()):
+            def update(self, setpoint, measurement):
+                steps.append((hal.now() - conversions, hal.boot_time + dev._next_ctrl_us * 1e-6))
+                return super().update(setpoint, measurement)
+
+        emu.call(lambda: setattr(dev, "_pid_class", Timed))
+        send(port, "SOUR:PWM:DUTY 0.4", "OUTP ON", "CONT:RATE 2000", "CONT:VREF 10",
+             "CONT:PID 0.01,40,0", "CONT:MODE PID")
+        time.sleep(0.3)
+        for k, pause in enumerate(np.random.default_rng(6).uniform(0.0, 0.006, 60)):
+            time.sleep(pause)
+            emu.set_load(R=60.0 if k % 2 else 48.0)
+        time.sleep(0.2)
+        untouched = len(steps) - 1  # the commands below may come just before a step's time
+        assert float(ask(port, "MEAS:VOLT?")) == pytest.approx(10.0, abs=0.15)
+        assert errors(port) == [] and ask(port, "PROT:TRIP?") == "NONE"
+        stats = emu.stats()
+    assert emu.errors == [] and stats["errors"] == 0
+    sample, due = np.array(steps[:untouched]).T
+    assert sample.size > 1000
+    np.testing.assert_allclose(sample, due, rtol=0, atol=1e-6)
+    assert stats["waits"] < stats["polls_run"] / 2  # the steps ran in batches
 
 
 def test_host_watchdog_expires_when_the_host_goes_quiet():
