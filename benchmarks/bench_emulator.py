@@ -5,7 +5,8 @@ over the pseudo-terminal with pyserial for ``--duration`` seconds (30 by default
 bench session does, in three phases:
 
 1. open loop, CCM (default board, 48 ohm): duty steps 0.4 <-> 0.6 every 0.5 s;
-2. the on-board PID at its highest rate (CONT:RATE 2000 Hz): setpoint steps 10 <-> 12 V;
+2. the on-board PID at its highest rate (CONT:RATE 2000 Hz; ``--pid-rate`` for another):
+   setpoint steps 10 <-> 12 V;
 3. light load (1 kohm, discontinuous conduction): duty steps 0.2 <-> 0.3;
 
 all the while streaming the output at 20 kHz (the ADC rate limit) and fetching blocks every
@@ -16,10 +17,11 @@ all the while streaming the output at 20 kHz (the ADC rate limit) and fetching b
   by phase (from ``/proc``, Linux; each phase without its first half second);
 * worst lag: the longest a serve-loop poll ran late (beyond the wait it planned: its 1 ms
   poll, or up to the next timed work when idle polls are skipped); the longest single plant
-  computation; the protection ticks run (one per millisecond of board time);
+  computation; the protection ticks run (one per millisecond of board time); how often the
+  emulator's process woke up (the on-board PID's steps run in batches of STEP_BATCH_S);
 * the plant's work: switching periods advanced, exact engine calls.
 
-    python benchmarks/bench_emulator.py [--duration 30] [--json out.json]
+    python benchmarks/bench_emulator.py [--duration 30] [--pid-rate 2000] [--json out.json]
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ def _process_cpu(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run(duration: float, config: str | None = None) -> dict:
+def run(duration: float, config: str | None = None, pid_rate: float = 2000.0) -> dict:
     third = duration / 3
     link = Path(tempfile.mkdtemp()) / "board"
     cmd = [sys.executable, "-m", "firmware_bridge.emulator", "--seed", "1", "--quiet",
@@ -106,7 +108,7 @@ def run(duration: float, config: str | None = None) -> dict:
         if new_phase != phase:
             phase = new_phase
             if phase == 1:
-                port.write(b"CONT:RATE 2000\nCONT:VREF 12\nCONT:MODE PID\n")
+                port.write(b"CONT:RATE %g\nCONT:VREF 12\nCONT:MODE PID\n" % pid_rate)
             else:
                 port.write(b"CONT:MODE OPEN\nSOUR:PWM:DUTY 0.2\n")
         if now >= next_step:
@@ -140,7 +142,7 @@ def run(duration: float, config: str | None = None) -> dict:
     return {"duration_s": duration, "stats": stats, "samples": int(index.size), "gaps": gaps,
             "overflow": overflow, "first_index": int(index[0]), "board_errors": int(errors),
             "meas_min": min(meas), "meas_max": max(meas), "returncode": proc.returncode,
-            "phase_cpu": phase_cpu}
+            "phase_cpu": phase_cpu, "pid_rate_hz": pid_rate}
 
 
 def report(result: dict) -> None:
@@ -151,7 +153,8 @@ def report(result: dict) -> None:
     ok = (result["gaps"] == 0 and not result["overflow"] and result["first_index"] == 0
           and result["board_errors"] == 0 and s["errors"] == 0)
     print(f"boostsim board emulator, {wall:.1f} s in real time at 100 kHz "
-          f"({plant['periods']:,} switching periods; open loop CCM, on-board PID at 2 kHz, "
+          f"({plant['periods']:,} switching periods; open loop CCM, on-board PID at "
+          f"{result['pid_rate_hz']:g} Hz, "
           f"light-load DCM; streaming at {RATE / 1000:g} kHz)")
     print(f"  CPU use (emulator process time / wall time): {100 * cpu / wall:.1f} % of one core"
           f"   [{cpu:.2f} s / {wall:.2f} s; serve thread alone {100 * s['cpu_fraction']:.1f} %]")
@@ -164,7 +167,8 @@ def report(result: dict) -> None:
     over = s["gaps_over_ms"]
     print(f"  polls late by over 2 / 5 / 10 ms: {over['2']} / {over['5']} / {over['10']} in "
           f"{s['polls_run']:,} polls run ({s['polls']:,} with the idle ones skipped); "
-          f"{s['ticks']:,} protection ticks (1 per ms of board time)")
+          f"{s['ticks']:,} protection ticks (1 per ms of board time); the host process "
+          f"woke up {s['waits'] / wall:,.0f} times/s")
     print(f"  stream: {result['samples']:,} samples fetched, {result['gaps']} gaps, overflow "
           f"{result['overflow']}; MEAS:VOLT? {result['meas_min']:.2f}..{result['meas_max']:.2f}"
           f" V; plant: {plant['references']} exact engine calls, {plant['ccm_maps']} CCM maps")
@@ -178,8 +182,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="also write the figures to this JSON file")
     parser.add_argument("--config", help="board TOML for the emulator (e.g. an [emulator] "
                                          "table switching imperfections on or off)")
+    parser.add_argument("--pid-rate", type=float, default=2000.0,
+                        help="the on-board PID's rate in the second phase [Hz] (default 2000, "
+                             "the firmware's highest)")
     args = parser.parse_args(argv)
-    result = run(args.duration, args.config)
+    result = run(args.duration, args.config, args.pid_rate)
     report(result)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:

@@ -52,10 +52,11 @@ engine's to microvolts.
 **Cost** (``benchmarks/bench_emulator.py``): a firmware read in the period the plant is in is
 a few microseconds (:meth:`Plant.at`, Python floats); streamed samples and protection ticks
 are evaluated in batches, in one compiled loop per chunk (:mod:`.emukernel`; the numpy
-path, Python floats for a few and vectorised for more, is the reference); a duty step costs one
-CCM map (~0.1 ms, cached per duty) plus, through DCM, a few engine calls. The emulated board
-keeps real time at 100 kHz with about a tenth of one core (more with the on-board PID at
-1-2 kHz: a firmware step each millisecond).
+path, Python floats for a few and vectorised for more, is the reference), the streamed ones
+from the record of the periods passed (:meth:`Plant.sample_past`) when the ring is read; a
+duty step costs one CCM map (~0.1 ms, cached per duty) plus, through DCM, a few engine calls.
+The emulated board keeps real time at 100 kHz with 7-10 % of one core in open loop, about a
+third with the on-board PID at 2 kHz (a firmware step every 0.5 ms).
 
 Why the exact map rather than a cycle-averaged model plus a ripple table: both could meet the
 requirement (``boostsim.averaged.operating_point`` is within ~3e-4 of the exact steady state in
