@@ -3,6 +3,8 @@ the firmware's watchdog), for tests whose timing must not depend on the host's l
 
 from __future__ import annotations
 
+from waiting import wait_until
+
 
 def record_pwm(emu) -> list[tuple[float, bool, float]]:
     """Record each ``pwm_set`` of the firmware as (board time [s] since boot, enabled, duty)."""
@@ -44,6 +46,9 @@ def assert_watchdog_trips(emu, pwm, received, timeout: float) -> None:
     """The output went off ``timeout`` s after the host's last bytes on the board's clock: not
     earlier (to a poll, 1 ms), and later only by the emulator's longest serve-loop gap (a
     busy host delays the poll that trips, as a stalled firmware would)."""
+    # The trip turns the gate off in its tick (an emulator call may run that tick); the
+    # firmware writes the PWM off when its next poll reports the trip.
+    assert wait_until(lambda: not pwm[-1][1] and pwm[-1][0] >= max(received), 5.0)
     delay = watchdog_delay(pwm, received)
     late = emu.stats()["max_poll_gap"]
     assert timeout - 2e-3 <= delay <= timeout + late + 2e-3, (delay, late)
