@@ -705,7 +705,7 @@ class EmulatedHAL:
 
     def _catch_up(self, t: float | None = None) -> None:
         """Run the timer IRQs due up to plant time ``t`` (default now): the protection ticks,
-        then the streamed samples (moving the plant to ``t``)."""
+        then the streamed samples."""
         with self.irq_lock:
             if self._irq_t is not None:
                 return  # inside a tick: the batch around it is being run
@@ -716,8 +716,8 @@ class EmulatedHAL:
 
     def _flush_stream(self, t: float) -> None:
         """Compute and push the streamed samples due up to ``t``: from the plant's record of
-        the periods it has moved through (:meth:`Plant.sample_past`; it moves on to ``t`` if
-        it is not there yet)."""
+        the periods it has moved through (:meth:`Plant.sample_past`; the plant moves on to
+        the last of them if it is not there yet)."""
         times = self._stream_due(t)
         if times is not None:
             start = self._tic()

@@ -620,7 +620,7 @@ class Plant:
         has already moved past (the board's streamed samples, computed when read)."""
         self._history = [] if on else None
 
-    def sample_past(self, times: np.ndarray) -> np.ndarray:
+    def sample_past(self, times: Any) -> np.ndarray:
         """vout at sorted ``times`` from the record (:meth:`record`): instants the plant has
         moved through since the earlier of its first request after ``record(True)`` and the
         last ``sample_past``, or later ones (the plant moves on to them). Exactly what
@@ -629,6 +629,9 @@ class Plant:
         history = self._history
         if history is None:
             raise RuntimeError("sample_past needs record(True)")
+        times = np.asarray(times, dtype=float).reshape(-1)
+        if times.size > 1 and (times[1:] < times[:-1]).any():
+            raise ValueError("sample times must be non-decreasing")
         out = np.empty(times.size)
         if not times.size:
             return out
@@ -918,9 +921,6 @@ class Plant:
             self.stats.cache_hits += 1
         return hit
 
-    def _store(self, key, value) -> None:
-        _store(self._cache, key, value)
-
     def _ccm_map(self) -> _Chunk:
         """The affine CCM period map at the present duty (cached):
         :func:`boostsim.segments.ccm_period_map`, as in :func:`boostsim.runahead.ccm_run_ahead`."""
@@ -985,7 +985,7 @@ class Plant:
         cdict = {"a_i": a_i, "b_i": b_i, "a_v": a_v, "b_v": b_v, "sync": sync, "never": never,
                  "a11": a11, "a12": a12, "b1": b1}
         chunk = _Chunk("ccm", phi, gamma, build, c=cdict, margins=margins)
-        self._store(key, chunk)
+        _store(self._cache, key, chunk)
         return chunk
 
     def _get_stepper(self) -> Stepper:
@@ -1070,7 +1070,7 @@ class Plant:
                         self._shared_table(period, lane, v_ref, gi), il_ref=0.0, vc_ref=v_ref,
                         trust_i=self._i_eps, trust_v=step,
                         margins=_box_margins(0.0, v_ref, self._i_eps, step))
-            self._store((*base, gi), ch)
+            _store(self._cache, (*base, gi), ch)
             if gi == g:
                 chunk = ch
         return chunk
@@ -1107,5 +1107,5 @@ class Plant:
         chunk = _Chunk("transition", phi, gamma, self._waveform_builder(period, 0, vc),
                        il_ref=il, vc_ref=vc, trust_i=trust_i, trust_v=self._trust_v,
                        margins=_box_margins(il, vc, trust_i, self._trust_v))
-        self._store(key, chunk)
+        _store(self._cache, key, chunk)
         return chunk

@@ -332,6 +332,8 @@ def test_samples_from_the_record_are_the_samples_taken_then(R, compiled, monkeyp
     assert plant.stats.transitions + plant.stats.references > 0  # DCM / transitions met
     with pytest.raises(ValueError, match="before the record"):
         plant.sample_past(np.array([t - 1e-3]))
+    with pytest.raises(ValueError, match="non-decreasing"):
+        plant.sample_past([t + 2e-3, t + 1e-3])
     plant.record(False)
     with pytest.raises(RuntimeError, match="record"):
         plant.sample_past(np.array([t]))
