@@ -679,14 +679,6 @@ class EmulatedHAL:
             times = np.maximum.accumulate(np.minimum(times + self.adc.delays(n), t))
         return times
 
-    def _due(self, t: float) -> np.ndarray | None:
-        """Plant times of the streamed samples due up to ``t`` (None if none); they are
-        counted as taken."""
-        times = self._stream_due(t)
-        if times is not None:
-            self._stream[2] += times.size * self._stream[0]
-        return times
-
     def _push(self, vout: np.ndarray, times: np.ndarray) -> None:
         """Push the codes of the streamed samples at ``times`` (the next ones due) into the
         ring; they are counted as taken."""
