@@ -10,8 +10,9 @@ each sample's period by the chunk's map ``x -> phi x + gamma`` applied period af
 :meth:`_Chunk._combine`. The numpy path stays the reference (``tests/test_emulator_plant.py``
 compares the two) and runs when numba cannot be imported.
 
-:func:`adc_codes` converts a batch of pin voltages as :meth:`AdcModel.codes` does (gain,
-offset, noise, the DNL's transition levels or rounding, clipping), for the streamed samples.
+:func:`adc_codes` converts a batch of voltages through a divider as :meth:`AdcModel.codes`
+does (gain, offset, noise, the DNL's transition levels or rounding, clipping) and sums them,
+for the streamed samples and the firmware's averaged conversions.
 
 Compiled with ``cache=True``: the first process compiles (about 1.3 s), later ones load the
 machine code from disk (about 0.2 s); :func:`warm_up` does it when a plant is made, before the
@@ -104,14 +105,16 @@ def evaluate(times, lo, hi, freq, base, m, il0, vc0, phi, gamma, xp, tabs, kind,
 
 
 @njit(cache=True, error_model="numpy")
-def adc_codes(v_pin, scale, offset, noise_lsb, normals, levels, max_code,
+def adc_codes(v, divider, scale, offset, noise_lsb, normals, levels, max_code,
               out):  # pragma: no cover - compiled
-    """Codes of the pin voltages ``v_pin`` [V] into ``out``: ``x = v * scale + offset`` (+
-    ``noise_lsb`` times the standard ``normals``), then the first transition level above x
-    (``levels``; empty: x rounded half to even), clipped to 0..max_code; NaN reads 0."""
+    """Codes of the voltages ``v`` [V] through the divider ``divider`` into ``out``, and their
+    sum: ``x = v / divider * scale + offset`` (+ ``noise_lsb`` times the standard
+    ``normals``), then the first transition level above x (``levels``; empty: x rounded half
+    to even), clipped to 0..max_code; NaN reads 0."""
     n_levels = levels.size
-    for p in range(v_pin.size):
-        x = v_pin[p] * scale + offset
+    total = 0
+    for p in range(v.size):
+        x = v[p] / divider * scale + offset
         if noise_lsb != 0.0:
             x += noise_lsb * normals[p]
         if not x >= 0.0:
@@ -124,6 +127,8 @@ def adc_codes(v_pin, scale, offset, noise_lsb, normals, levels, max_code,
             a = _bisect_right(levels, x)
             code = a if a < max_code else max_code
         out[p] = code
+        total += code
+    return total
 
 
 @njit(cache=True, error_model="numpy")
@@ -148,6 +153,6 @@ def warm_up() -> None:
     out = np.empty(1)
     evaluate(np.zeros(1), 0, 1, 1e5, 0.0, 1, 0.0, 0.0, np.zeros(4), np.zeros(2), xp,
              np.zeros((6, 2)), CCM, True, out, np.empty(1))
-    adc_codes(np.zeros(1), 1.0, 0.0, 0.0, np.zeros(1), np.zeros(0), 4095,
+    adc_codes(np.zeros(1), 1.0, 1.0, 0.0, 0.0, np.zeros(1), np.zeros(0), 4095,
               np.empty(1, dtype=np.int64))
     stream_times(0.0, 0, 50, 1e-7, np.zeros(1), 1.0, out)

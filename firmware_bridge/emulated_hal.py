@@ -170,19 +170,28 @@ class AdcModel:
         c = round(x) if self._levels is None else bisect.bisect_right(self._levels, x)
         return c if c < self.max_code else self.max_code
 
-    def codes(self, v_pin: np.ndarray) -> np.ndarray:
-        """Conversions of the pin voltages ``v_pin`` [V]."""
-        normals = self._normals(v_pin.size) if self.noise_lsb else _EMPTY
+    def codes(self, v: np.ndarray, divider: float = 1.0) -> np.ndarray:
+        """Conversions of the voltages ``v`` [V] through ``divider`` (pin = v / divider)."""
+        return self._convert(v, divider)[0]
+
+    def code_sum(self, v: np.ndarray, divider: float = 1.0) -> int:
+        """The sum of :meth:`codes` (conversions the firmware averages)."""
+        return self._convert(v, divider)[1]
+
+    def _convert(self, v: np.ndarray, divider: float) -> tuple[np.ndarray, int]:
+        normals = self._normals(v.size) if self.noise_lsb else _EMPTY
         if _kernel is not None:
-            out = np.empty(v_pin.size, dtype=np.int64)
-            _kernel.adc_codes(v_pin, self.scale, self.offset, self.noise_lsb, normals,
-                              self._level_array, self.max_code, out)
-            return out
-        x = self.transfer.codes(v_pin, normals if self.noise_lsb else None)
+            out = np.empty(v.size, dtype=np.int64)
+            total = _kernel.adc_codes(v, float(divider), self.scale, self.offset,
+                                      self.noise_lsb, normals, self._level_array,
+                                      self.max_code, out)
+            return out, int(total)
+        x = self.transfer.codes(v / divider, normals if self.noise_lsb else None)
         np.maximum(x, 0.0, out=x)
         np.minimum(x, self.max_code, out=x)
         x[np.isnan(x)] = 0.0
-        return x.astype(np.int64)
+        out = x.astype(np.int64)
+        return out, int(out.sum())
 
 
 class LoopStats:
@@ -263,6 +272,7 @@ class EmulatedHAL:
         self._pinned = False                   # this poll runs at board time _t, not the host's
         self._last_pinned = -math.inf          # board time of the last poll run at its own time
         self._rx_stash = b""                   # input that came while a due poll had to run
+        self._conversions: dict[int, np.ndarray] = {}  # adc_sum: n -> instants after the first
         self.boot()
 
     # -- board life cycle ----------------------------------------------------------------------
@@ -390,21 +400,23 @@ class EmulatedHAL:
         summed: the output's evaluated at once, unless a protection tick falls among them."""
         with self.irq_lock:
             t = self._now()
-            last = t + (n - 1) * ADC_CONVERSION_S
-            if channel != "vout" or n < 2 or self._irq_t is not None or (
-                    self._protect is not None and self.next_tick(t) <= last):
-                return sum(self.adc_read(channel) for _ in range(n))
-            self._run_ticks(t)
-            times = t + ADC_CONVERSION_S * np.arange(n)
-            start = self._tic()
-            try:
-                vout = self.plant.sample(times, False, presorted=True)
-            finally:
-                self._plant_timing(start, "adc_read")
-            total = int(self.adc.codes(vout / self.vout_divider).sum())
-            self._t = last + ADC_CONVERSION_S
-            self._pinned = True
-            return total
+            if channel == "vout" and n >= 2 and self._irq_t is None:
+                self._run_ticks(t)  # then the next tick due is the timer's next one
+                prot = self._protect
+                last = t + (n - 1) * ADC_CONVERSION_S
+                if prot is None or prot[2] + prot[0] * prot[3] > last:
+                    offsets = self._conversions.get(n)
+                    if offsets is None:
+                        offsets = self._conversions[n] = ADC_CONVERSION_S * np.arange(n)
+                    start = self._tic()
+                    try:
+                        vout = self.plant.sample(offsets + t, False, presorted=True)
+                    finally:
+                        self._plant_timing(start, "adc_read")
+                    self._t = last + ADC_CONVERSION_S
+                    self._pinned = True
+                    return self.adc.code_sum(vout, self.vout_divider)
+            return sum(self.adc_read(channel) for _ in range(n))
 
     def _adc_read(self, channel: str) -> int:
         cfg = self.cfg
@@ -687,7 +699,7 @@ class EmulatedHAL:
             return
         self._stream[2] += n * self._stream[0]
         push = self._stream[1].push
-        for c in self.adc.codes(vout / self.vout_divider).tolist():
+        for c in self.adc.codes(vout, self.vout_divider).tolist():
             push(c)
         st = self.stats
         st.samples += n

@@ -153,6 +153,14 @@ def test_duty_u16_is_what_hal_py_writes(pico_hal):
     assert [f for what, f in log if what == "freq"] == [int(rp.freq_request(99999.7))] == [100000]
 
 
+def test_the_scalar_duty_u16_is_the_vectorised_one():
+    """rp2040_pwm's one-request path rounds through struct, duty_u16 through numpy float32:
+    the same duty_u16 for every duty of the grid (each float32 rounding boundary included)."""
+    duties = _duty_grid()
+    scalar = np.array([rp._u16_of(d) for d in duties.tolist()])
+    assert np.array_equal(scalar, rp.duty_u16(duties))
+
+
 def test_no_request_exceeds_the_hard_ceiling(pico_hal):
     """Adversarial: every frequency the firmware accepts (the divided range densely), duties
     at, just below and above DUTY_HARD_MAX: hal.py never programs a compare level above
