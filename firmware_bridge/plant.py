@@ -115,6 +115,19 @@ class PlantStats:
         return dict(self.__dict__)
 
 
+def _eigenvector(a: float, b: float, c: float, d: float, lam: complex) -> tuple[complex, complex]:
+    """Unit eigenvector of [[a, b], [c, d]] for its eigenvalue ``lam``: the larger of the two
+    candidates (b, lam - a) and (lam - d, c) (both are, unless one vanishes)."""
+    x0, y0 = complex(b), lam - a
+    x1, y1 = lam - d, complex(c)
+    n0 = abs(x0) ** 2 + abs(y0) ** 2
+    n1 = abs(x1) ** 2 + abs(y1) ** 2
+    if n1 > n0:
+        x0, y0, n0 = x1, y1, n1
+    norm = math.sqrt(n0)
+    return x0 / norm, y0 / norm
+
+
 class _Chunk:
     """An affine period map ``x -> phi x + gamma``, the states it is valid for and (built on
     first use) its waveform tables ``w(tau; x) = alpha(tau) + beta_i(tau) iL + beta_v(tau) vC``.
@@ -172,26 +185,45 @@ class _Chunk:
     # -- closed-form powers ---------------------------------------------------------------
 
     def _eigen(self) -> None:
+        """Phi = V diag(lam) V^-1 and the fixed point, in closed form for the 2x2 map (Python
+        floats: a new duty's map costs microseconds, not the ~0.3 ms of LAPACK calls on a
+        2x2). Unit eigenvectors, a complex pair's conjugate to the last bit; none (powers
+        by doubling instead) if a mode does not decay, or V is singular or worse conditioned
+        than _MAX_COND."""
         self._closed = None
-        p11, p12, p21, p22 = self.phi
-        P = np.array([[p11, p12], [p21, p22]])
-        try:
-            lam, V = np.linalg.eig(P)
-            if not np.all(np.abs(lam) < 1.0):
-                return
-            fixed = np.linalg.solve(np.eye(2) - P, np.array(self.gamma))
-            Vinv = np.linalg.inv(V)
-        except np.linalg.LinAlgError:
+        a, b, c, d = self.phi
+        half = 0.5 * (a + d)
+        disc = 0.25 * (a - d) * (a - d) + b * c  # (lam - half)^2
+        if disc < 0.0:
+            lam0 = complex(half, math.sqrt(-disc))
+            lam1 = lam0.conjugate()
+        else:
+            root = half + math.copysign(math.sqrt(disc), half)
+            lam0 = complex(root)
+            lam1 = complex((a * d - b * c) / root if root != 0.0 else half - (root - half))
+        if not (abs(lam0) < 1.0 and abs(lam1) < 1.0):
             return
-        cond = float(np.linalg.norm(V, 2) * np.linalg.norm(Vinv, 2))
+        if b == 0.0 and c == 0.0:
+            v00, v10, v01, v11 = 1.0 + 0j, 0j, 0j, 1.0 + 0j
+        else:
+            v00, v10 = _eigenvector(a, b, c, d, lam0)
+            v01, v11 = (v00.conjugate(), v10.conjugate()) if disc < 0.0 else _eigenvector(
+                a, b, c, d, lam1)
+        det_v = v00 * v11 - v01 * v10
+        det_p = (1.0 - a) * (1.0 - d) - b * c
+        if det_v == 0 or det_p == 0.0:
+            return
+        frob = abs(v00) ** 2 + abs(v01) ** 2 + abs(v10) ** 2 + abs(v11) ** 2
+        sigma_sq = 0.5 * (frob + math.sqrt(max(frob * frob - 4.0 * abs(det_v) ** 2, 0.0)))
+        cond = sigma_sq / abs(det_v)  # ||V||_2 ||V^-1||_2 = sigma_max / sigma_min
         if not math.isfinite(cond) or cond > _MAX_COND:
             return
-        self._fixed = (float(fixed[0]), float(fixed[1]))
+        g1, g2 = self.gamma
+        self._fixed = (((1.0 - d) * g1 + b * g2) / det_p, (c * g1 + (1.0 - a) * g2) / det_p)
         self._cond = cond
-        V = V.astype(complex)
-        Vinv = Vinv.astype(complex)
-        self._closed = (complex(lam[0]), complex(lam[1]), V, Vinv)
-        self._closed_py = tuple(complex(z) for z in (*V.ravel(), *Vinv.ravel()))
+        self._closed = (lam0, lam1)
+        self._closed_py = (v00, v01, v10, v11, v11 / det_v, -v01 / det_v, -v10 / det_v,
+                           v00 / det_v)
 
     def certified(self, il0: float, vc0: float) -> bool:
         """True if every period from (il0, vc0) on is valid (the criteria cannot fail)."""
@@ -659,14 +691,29 @@ class Plant:
             if pos == times.size:
                 break
         self._history = history[keep:]
+        _, t_grid, freq, k, m, il0, vc0, chunk = self._history[0]
+        j = min(max(math.floor((t_last - t_grid) * freq) - k, 0), m - 1)
+        if j > 0:  # an extended entry (see _record) starts at the last instant's period
+            self._history[0] = (t_grid + (k + j) / freq, t_grid, freq, k + j, m - j,
+                                *chunk.state(il0, vc0, j), chunk)
         return out
 
     def _record(self, m: int, il0: float, vc0: float, chunk: _Chunk) -> None:
-        """Note ``m`` periods from the present one (state il0, vc0) under ``chunk``."""
+        """Note ``m`` periods from the present one (state il0, vc0) under ``chunk``. Periods
+        that continue the last entry's CCM map (the state on its orbit) extend that entry: a
+        steady map read many times between two ``sample_past`` is one entry, not one per
+        read (its later states then come from the entry's start by the map, equal to the
+        plant's own to rounding)."""
         history = self._history
         start = self._t_grid + self._k / self._freq
         if history and history[-1][0] == start:
             history.pop()  # the same periods again, or a later map from there: the final word
+        if history and chunk.kind == "ccm":
+            last = history[-1]
+            if (last[7] is chunk and last[1] == self._t_grid and last[2] == self._freq
+                    and last[3] + last[4] >= self._k):
+                history[-1] = (*last[:4], max(last[4], self._k + m - last[3]), *last[5:])
+                return
         history.append((start, self._t_grid, self._freq, self._k, m, il0, vc0, chunk))
 
     def checkpoint(self) -> dict[str, Any]:
