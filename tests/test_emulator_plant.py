@@ -337,3 +337,43 @@ def test_samples_from_the_record_are_the_samples_taken_then(R, compiled, monkeyp
     plant.record(False)
     with pytest.raises(RuntimeError, match="record"):
         plant.sample_past(np.array([t]))
+
+
+def test_closed_form_eigen_decomposition_is_lapacks():
+    """The chunk's 2x2 eigen-decomposition in closed form against numpy.linalg on random
+    maps (decaying real and complex modes, badly conditioned ones included): V diag(lam) V^-1
+    rebuilds phi, the eigenvalues, fixed point and the condition number of V agree, each to
+    rounding scaled by its own conditioning; a mode that does not decay leaves no closed form."""
+    rng = np.random.default_rng(3)
+    done = 0
+    for trial in range(3000):
+        q = rng.normal(size=(2, 2))
+        if trial % 2:
+            r, th = rng.uniform(0.5, 0.99999), rng.uniform(1e-4, 3.0)
+            rot = r * np.array([[math.cos(th), -math.sin(th)], [math.sin(th), math.cos(th)]])
+            phi = q @ rot @ np.linalg.inv(q)
+        else:
+            phi = q @ np.diag(rng.uniform(-0.999, 0.999, 2)) @ np.linalg.inv(q)
+        chunk = plant_module._Chunk("ccm", tuple(phi.ravel()), tuple(rng.normal(size=2)), None)
+        chunk._eigen()
+        if chunk._closed is None:  # only when V is worse conditioned than _MAX_COND
+            assert np.linalg.cond(np.linalg.eig(phi)[1]) > 0.5 * plant_module._MAX_COND
+            continue
+        done += 1
+        cond = chunk._cond
+        v00, v01, v10, v11, w00, w01, w10, w11 = chunk._closed_py
+        lam = np.array(chunk._closed)
+        rebuilt = np.array([[v00, v01], [v10, v11]]) @ np.diag(lam) @ np.array(
+            [[w00, w01], [w10, w11]])
+        scale = cond * max(1.0, np.abs(phi).max())
+        assert np.abs(rebuilt.real - phi).max() <= 1e-14 * scale
+        assert np.abs(np.sort_complex(lam) - np.sort_complex(np.linalg.eigvals(phi))).max() \
+            <= 1e-13 * scale
+        fixed = np.linalg.solve(np.eye(2) - phi, np.array(chunk.gamma))
+        assert np.abs(np.array(chunk._fixed) - fixed).max() <= 1e-14 * np.linalg.cond(
+            np.eye(2) - phi) * max(1.0, np.abs(fixed).max())
+        assert cond == pytest.approx(np.linalg.cond(np.linalg.eig(phi)[1]), rel=1e-12 * cond)
+    assert done > 2900
+    growing = plant_module._Chunk("ccm", (1.001, 0.0, 0.0, 0.5), (0.0, 0.0), None)
+    growing._eigen()
+    assert growing._closed is None
