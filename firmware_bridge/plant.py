@@ -680,7 +680,7 @@ class Plant:
         for n, (_, t_grid, freq, k, m, il0, vc0, chunk) in enumerate(history):
             if n < last:  # a later entry starting there has the final word
                 end = min(t_grid + (k + m) / freq, history[n + 1][0])
-                hi = int(np.searchsorted(times, end, side="left"))
+                hi = bisect.bisect_left(times, end, pos)
             else:
                 hi = times.size
             if hi > pos:
@@ -850,16 +850,18 @@ class Plant:
             raise ValueError(f"time went backwards: {t_end!r} < {self._last_t!r}")
         if samples is not None:
             times, out_v, out_i = samples
+        pos = 0
         sure = self._sure
-        if sure is not None:
+        while sure is not None:
             k_t = max(math.floor((t_end - self._t_grid) * self._freq), self._k)
-            if self._pending is None or self._pending[0] > k_t:
+            pending = self._pending
+            if pending is None or pending[0] > k_t:
                 # The certified map holds for every period up to the one containing t_end.
                 il0, vc0 = self._il, self._vc
                 if self._history is not None:
                     self._record(k_t - self._k + 1, il0, vc0, sure)
-                if samples is not None and times.size:
-                    self._evaluate(sure, il0, vc0, k_t - self._k + 1, times, 0, times.size,
+                if samples is not None and pos < times.size:
+                    self._evaluate(sure, il0, vc0, k_t - self._k + 1, times, pos, times.size,
                                    out_v, out_i, self._freq, self._t_grid * self._freq + self._k)
                 if k_t > self._k:
                     self._move(k_t - self._k, *sure.state(il0, vc0, k_t - self._k))
@@ -867,7 +869,26 @@ class Plant:
                 self._cur = (t0, t0 + 1.0 / self._freq, sure)
                 self._last_t = max(self._last_t, t_end)
                 return
-        pos = 0
+            # A change before t_end (a control step's new duty): the certified map up to its
+            # boundary, then the map after it, on this same path if that one is certified
+            # too (as the loop below would do, with fewer checks).
+            n = pending[0] - self._k
+            if n:
+                il0, vc0 = self._il, self._vc
+                if self._history is not None:
+                    self._record(n, il0, vc0, sure)
+                if samples is not None and pos < times.size:
+                    hi = bisect.bisect_left(times, self._t_grid + pending[0] / self._freq, pos)
+                    if hi > pos:
+                        self._evaluate(sure, il0, vc0, n, times, pos, hi, out_v, out_i,
+                                       self._freq, self._t_grid * self._freq + self._k)
+                        pos = hi
+                self._move(n, *sure.state(il0, vc0, n))
+            self._apply_due()
+            chunk = self._get_chunk()
+            if chunk.kind == "dcm" or not chunk.certified(self._il, self._vc):
+                break
+            self._sure = sure = chunk
         while True:
             self._apply_due()
             k_t = max(math.floor((t_end - self._t_grid) * self._freq), self._k)
@@ -890,7 +911,7 @@ class Plant:
                     hi = times.size
                 else:
                     t_lim = self._t_grid + (self._k + m) / self._freq
-                    hi = int(np.searchsorted(times, t_lim, side="left"))
+                    hi = bisect.bisect_left(times, t_lim, pos)
                 if hi > pos:
                     self._evaluate(chunk, il0, vc0, m, times, pos, hi, out_v, out_i,
                                    self._freq, self._t_grid * self._freq + self._k)

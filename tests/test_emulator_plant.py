@@ -377,3 +377,41 @@ def test_closed_form_eigen_decomposition_is_lapacks():
     growing = plant_module._Chunk("ccm", (1.001, 0.0, 0.0, 0.5), (0.0, 0.0), None)
     growing._eigen()
     assert growing._closed is None
+
+
+def test_a_certified_duty_change_takes_the_short_path_to_the_same_numbers(monkeypatch):
+    """A control step's duty change under a certified CCM map is run through without the
+    period-by-period checks (no span) and gives, to the last bit, what the general loop gives
+    (a twin plant sent through it at every request)."""
+    rng = np.random.default_rng(5)
+    ss = steady_state(BOARD, 0.5)
+    plants = [Plant(BOARD, x0=(ss.il_start, ss.vc_start)) for _ in range(2)]
+    spans = [0]
+    inner = plant_module._Chunk.span
+
+    def span(self, *args):
+        spans[0] += 1
+        return inner(self, *args)
+
+    monkeypatch.setattr(plant_module._Chunk, "span", span)
+    offsets = 2e-6 * np.arange(4)
+    duties = 0.5 + rng.integers(-3, 4, 400) / 1250
+    gaps = 500e-6 + rng.uniform(0, 1e-6, duties.size)
+    out = []
+    for n, plant in enumerate(plants):
+        plant.record(True)
+        plant.set_pwm(0.0, True, FSW, 0.5)
+        plant.sample([1e-3])
+        spans[0] = 0
+        got = []
+        t = 1e-3
+        for duty, gap in zip(duties, gaps, strict=True):
+            t += gap
+            if n:
+                plant._sure = None  # the general loop
+            got.append(plant.sample(t + offsets))
+            plant.set_pwm(t + 8e-6, True, FSW, float(duty))
+        got.append(plant.sample_past(t + 10e-6 * np.arange(3)))
+        out.append(np.concatenate(got))
+        assert (spans[0] == 0) == (n == 0)
+    assert np.array_equal(out[0], out[1])
