@@ -728,37 +728,40 @@ class EmulatedHAL:
             self._push(self.plant.sample_past(times), times)
             self._plant_timing(start, "stream")
 
-    def _tick_times(self, t: float) -> np.ndarray | None:
-        """Board times of the protection ticks due up to ``t`` (None if none)."""
+    def _tick_times(self, t: float) -> list[float]:
+        """Board times of the protection ticks due up to ``t`` (empty if none)."""
         prot = self._protect
         if prot is None:
-            return None
+            return []
         period, _, t0, k = prot
         if t0 + period * k > t:
-            return None
+            return []
         last = math.floor((t - t0) / period)
         if t0 + period * last > t:
             last -= 1
-        return t0 + period * np.arange(k, last + 1)
+        return [t0 + period * j for j in range(k, last + 1)]
 
     def _run_ticks(self, t: float) -> None:
         """Run the protection ticks due up to ``t`` in order, each at its own instant: one
         evaluation of the plant at them all. A tick that changes the drive (a trip: gate off
         from its instant on) takes the plant back to where the evaluation started; the later
-        ticks are evaluated again."""
-        if self._irq_t is not None or self._protect is None:
-            return  # a tick is running; no timer
+        ticks are evaluated again. A single tick (the usual case with the on-board PID's
+        steps in between) needs no checkpoint: nothing past it has been evaluated."""
+        prot = self._protect
+        if prot is None or self._irq_t is not None or prot[2] + prot[0] * prot[3] > t:
+            return  # no timer, a tick is running, or none due
         while True:
             ticks = self._tick_times(t)
-            if ticks is None:
+            if not ticks:
                 return
             plant = self.plant
-            keep = plant.checkpoint()
+            keep = plant.checkpoint() if len(ticks) > 1 else None
             start = self._tic()
             try:
-                vout = plant.sample(ticks, presorted=True)
+                vout = plant.sample(ticks, presorted=True).tolist()
             except BaseException:
-                plant.restore(keep)
+                if keep is not None:
+                    plant.restore(keep)
                 raise
             finally:
                 self._plant_timing(start, "protect")
@@ -769,7 +772,7 @@ class EmulatedHAL:
             self._irq_thread = threading.get_ident()
             self._drive_changed = False
             try:
-                for tk, v in zip(ticks.tolist(), vout.tolist(), strict=True):
+                for tk, v in zip(ticks, vout, strict=True):
                     self._irq_t = tk
                     self._tick_vout = v
                     try:

@@ -1078,10 +1078,11 @@ class Plant:
         """() -> tables of the reference period's exact waveform (both limits at each
         switching instant); other start states shift it by their change of vC."""
         Ts = 1.0 / self._freq
-        a_out = float(sg.vout_gains(self._coef, sg.ON)[1][0])
+        coef = self._coef
 
         def build():
             self.stats.tables += 1
+            a_out = float(sg.vout_gains(coef, sg.ON)[1][0])
             live = [(int(s.topology[lane]), float(s.start[lane]), float(s.duration[lane]),
                      float(s.il0[lane]), float(s.vc0[lane]), s.coef[:, lane:lane + 1])
                     for s in period.segments if s.duration[lane] > 0]
