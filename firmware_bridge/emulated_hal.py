@@ -78,12 +78,13 @@ import numpy as np
 from boostsim.adc_model import AdcTransfer
 from boostsim.rp2040 import ADC_CONVERSION_S
 
+from .firmware.acq import COUNT_MASK
 from .plant import Plant
 from .plant import kernel as _kernel  # the compiled loops (None without numba)
 from .rp2040 import PWM_CLOCK, pwm_output, rp2040_pwm
 
 __all__ = ["CDC_TX_FIFO", "MAX_IDLE_S", "MAX_LAG_S", "STEP_BATCH_S", "AdcModel", "EmulatedHAL",
-           "LoopStats", "rp2040_pwm"]
+           "LoopStats", "ring_push", "rp2040_pwm"]
 
 #: Longest the serve loop sleeps through idle polls [s]: it then runs one poll (the timer
 #: IRQs' batch of streamed samples and protection ticks included) and sleeps again.
@@ -101,6 +102,26 @@ CDC_TX_FIFO = 256
 #: then run first); a wake-up per step cost more than the step itself.
 STEP_BATCH_S = 0.005
 _EMPTY = np.empty(0)
+
+
+def ring_push(ring: Any, codes: np.ndarray) -> None:
+    """What ``len(codes)`` timer-IRQ pushes do to the firmware's ``acq.SampleRing``, as slice
+    writes into its buffer: the codes from its write position on (wrapping; of more than
+    the ring holds only the last ``size`` stay), the position and the producer's counter
+    moved on by that many (``SampleRing.push`` one at a time cost a Python call per sample)."""
+    n = codes.size
+    size = ring.size
+    buf = np.frombuffer(ring.buf, dtype=np.uint16)
+    pos = ring.pos
+    if n > size:  # the oldest are overwritten within this batch
+        pos = (pos + n - size) % size
+        codes = codes[n - size:]
+    m = codes.size
+    first = min(m, size - pos)
+    buf[pos:pos + first] = codes[:first]
+    buf[:m - first] = codes[first:]
+    ring.pos = (pos + m) % size
+    ring.count = (ring.count + n) & COUNT_MASK
 
 
 class AdcModel:
@@ -698,9 +719,7 @@ class EmulatedHAL:
         if not n:
             return
         self._stream[2] += n * self._stream[0]
-        push = self._stream[1].push
-        for c in self.adc.codes(vout, self.vout_divider).tolist():
-            push(c)
+        ring_push(self._stream[1], self.adc.codes(vout, self.vout_divider))
         st = self.stats
         st.samples += n
         lag = self.clock() - float(times[0])

@@ -9,8 +9,9 @@ import pytest
 from boostsim import default_board
 from boostsim.adc_model import RP2040_DNL, rp2040
 from boostsim.control import ADC
-from firmware_bridge.emulated_hal import AdcModel, EmulatedHAL
+from firmware_bridge.emulated_hal import AdcModel, EmulatedHAL, ring_push
 from firmware_bridge.emulator import EmulatorConfig, board_pid_class, firmware_config
+from firmware_bridge.firmware import acq
 from firmware_bridge.plant import Plant
 
 
@@ -193,3 +194,26 @@ def test_the_emulator_reads_a_board_file_with_a_byte_order_mark(tmp_path):
                      + b"\n[emulator]\nnoise_lsb = 0.5\n")
     cfg = EmulatorConfig.load(path)
     assert cfg.noise_lsb == 0.5 and cfg.params.fsw == default_board().fsw
+
+
+@pytest.mark.parametrize("size", [1, 7, 64])
+def test_a_bulk_push_is_what_the_timer_interrupts_push(size):
+    """ring_push writes a batch of streamed codes into the firmware's ring as that many
+    SampleRing.push calls would: buffer, position and counter, through wraps, batches longer
+    than the ring and the counter's wrap; the consumer then reads the same samples and
+    overflows."""
+    rng = np.random.default_rng(size)
+    one, bulk = acq.SampleRing(size), acq.SampleRing(size)
+    for ring in (one, bulk):
+        ring.count = acq.COUNT_MASK - 5  # the counter wraps within the first batches
+        ring._seen = ring.count
+    for n in [0, 1, 3, size - 1, size, size + 1, 3 * size + 2, 5, 0, 2 * size]:
+        codes = rng.integers(0, 4096, n)
+        for c in codes.tolist():
+            one.push(c)
+        ring_push(bulk, codes)
+        assert (one.buf, one.pos, one.count) == (bulk.buf, bulk.pos, bulk.count)
+        if rng.random() < 0.5:  # the consumer takes some (an overflow is reported alike)
+            take = int(rng.integers(1, 2 * size + 1))
+            assert one.read(take) == bulk.read(take)
+    assert one.read(4 * size) == bulk.read(4 * size)

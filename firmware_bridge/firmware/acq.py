@@ -38,7 +38,7 @@ FLAG_OVP = 2
 FLAG_WDOG = 4
 FLAG_RUNNING = 8
 
-_COUNT_MASK = 0x0FFFFFFF  # the producer's counter stays a small int (no allocation in an IRQ)
+COUNT_MASK = 0x0FFFFFFF  # the producer's counter stays a small int (no allocation in an IRQ)
 
 
 class SampleRing:
@@ -75,12 +75,12 @@ class SampleRing:
         if p == self.size:
             p = 0
         self.pos = p
-        self.count = (self.count + 1) & _COUNT_MASK
+        self.count = (self.count + 1) & COUNT_MASK
 
     def sync(self):
         """Account for samples pushed since the last call; returns the absolute write index."""
         c = self.count
-        self.written += (c - self._seen) & _COUNT_MASK
+        self.written += (c - self._seen) & COUNT_MASK
         self._seen = c
         return self.written
 
