@@ -98,9 +98,11 @@ CDC_TX_FIFO = 256
 #: How long the host process lets the on-board PID's steps wait when nothing else happens [s]:
 #: it wakes up once for the steps due in that time and runs them one after the other, each
 #: at its own board time (as after any late wake-up). The board is unchanged -- its steps
-#: sample and act at their instants -- and input wakes the loop at once (the steps due by
-#: then run first); a wake-up per step cost more than the step itself.
-STEP_BATCH_S = 0.005
+#: sample and act at their instants -- and input or the emulator's own calls wake the loop
+#: at once (the steps due by then run first), so nothing outside can tell; as long as the
+#: idle polls' sleep (a wake-up per step cost more than the step itself; one per 5 ms still
+#: cost about a sixth of bench_emulator's CPU figure).
+STEP_BATCH_S = MAX_IDLE_S
 _EMPTY = np.empty(0)
 
 
