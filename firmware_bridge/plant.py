@@ -494,6 +494,15 @@ class _Chunk:
         return m["vout"] + m["vout_i"] * il + m["vout_v"] * vc
 
 
+def _copy_record(history: list[list]) -> list[list]:
+    """A copy of the plant's record that the plant's later periods leave alone: only its last
+    entry can still grow (Plant._record), so only that one is copied."""
+    out = list(history)
+    if out:
+        out[-1] = list(out[-1])
+    return out
+
+
 def _store(cache: OrderedDict, key, value) -> None:
     """Put ``value`` in the LRU ``cache`` (at most _CACHE_SIZE entries)."""
     cache[key] = value
@@ -571,7 +580,7 @@ class Plant:
         # on the rest of the orbit): requests then skip the checks (see _run_to).
         self._sure: _Chunk | None = None
         # While recording (record()): the periods moved through, for sample_past().
-        self._history: list[tuple] | None = None
+        self._history: list[list] | None = None
         self._move(0, x0[0], x0[1])
 
     # -- public ------------------------------------------------------------------------------
@@ -623,7 +632,8 @@ class Plant:
     def sample(self, times: Any, current: bool = False, *, presorted: bool = False):
         """vout at the given non-decreasing times (>= every earlier request); with
         ``current=True`` a pair (vout, iL). ``presorted``: skip the order check."""
-        times = np.asarray(times, dtype=float).reshape(-1)
+        if not (type(times) is np.ndarray and times.dtype == np.float64 and times.ndim == 1):
+            times = np.asarray(times, dtype=float).reshape(-1)
         out_v = np.empty(times.size)
         out_i = np.empty(times.size) if current else None
         if times.size:
@@ -694,8 +704,8 @@ class Plant:
         _, t_grid, freq, k, m, il0, vc0, chunk = self._history[0]
         j = min(max(math.floor((t_last - t_grid) * freq) - k, 0), m - 1)
         if j > 0:  # an extended entry (see _record) starts at the last instant's period
-            self._history[0] = (t_grid + (k + j) / freq, t_grid, freq, k + j, m - j,
-                                *chunk.state(il0, vc0, j), chunk)
+            self._history[0] = [t_grid + (k + j) / freq, t_grid, freq, k + j, m - j,
+                                *chunk.state(il0, vc0, j), chunk]
         return out
 
     def _record(self, m: int, il0: float, vc0: float, chunk: _Chunk) -> None:
@@ -712,9 +722,9 @@ class Plant:
             last = history[-1]
             if (last[7] is chunk and last[1] == self._t_grid and last[2] == self._freq
                     and last[3] + last[4] >= self._k):
-                history[-1] = (*last[:4], max(last[4], self._k + m - last[3]), *last[5:])
-                return
-        history.append((start, self._t_grid, self._freq, self._k, m, il0, vc0, chunk))
+                last[4] = max(last[4], self._k + m - last[3])  # the last entry is this
+                return  # plant's own (checkpoint and restore copy it)
+        history.append([start, self._t_grid, self._freq, self._k, m, il0, vc0, chunk])
 
     def checkpoint(self) -> dict[str, Any]:
         """The plant's state (clock, periods, PWM, conditions, pending change) for
@@ -725,7 +735,7 @@ class Plant:
         state = {k: v for k, v in self.__dict__.items() if k != "stats"}
         state["stats.periods"] = self.stats.periods
         if self._history is not None:
-            state["_history"] = list(self._history)
+            state["_history"] = _copy_record(self._history)
         return state
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -735,7 +745,7 @@ class Plant:
         self.__dict__.update(state)
         self.stats.periods = self.__dict__.pop("stats.periods")
         if self._history is not None:
-            self._history = list(self._history)  # the checkpoint stays as it was
+            self._history = _copy_record(self._history)  # the checkpoint stays as it was
 
     def vout(self, t: float) -> float:
         """Output voltage at time ``t``."""
