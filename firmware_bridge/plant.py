@@ -53,10 +53,13 @@ engine's to microvolts.
 a few microseconds (:meth:`Plant.at`, Python floats); streamed samples and protection ticks
 are evaluated in batches, in one compiled loop per chunk (:mod:`.emukernel`; the numpy
 path, Python floats for a few and vectorised for more, is the reference), the streamed ones
-from the record of the periods passed (:meth:`Plant.sample_past`) when the ring is read; a
-duty step costs one CCM map (~0.1 ms, cached per duty) plus, through DCM, a few engine calls.
-The emulated board keeps real time at 100 kHz with 7-10 % of one core in open loop, about a
-third with the on-board PID at 2 kHz (a firmware step every 0.5 ms).
+from the record of the periods passed (:meth:`Plant.sample_past`; periods that continue one
+CCM map are one entry) when the ring is read; a duty step costs one CCM map (~0.1-0.3 ms with
+its waveform table, cached per duty; its eigen-decomposition in closed form) plus, through
+DCM, a few engine calls, and a step under a certified map goes straight on to the next one.
+The emulated board keeps real time at 100 kHz with 6-10 % of one core in open loop, a quarter
+to a third with the on-board PID at 2 kHz (a firmware step every 0.5 ms), depending on the
+machine's load.
 
 Why the exact map rather than a cycle-averaged model plus a ripple table: both could meet the
 requirement (``boostsim.averaged.operating_point`` is within ~3e-4 of the exact steady state in

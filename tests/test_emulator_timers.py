@@ -23,11 +23,12 @@ from boostsim import default_board, steady_state
 from boostsim.rp2040 import ADC_CONVERSION_S
 from firmware_bridge import protocol
 from firmware_bridge.emulated_hal import AdcModel, EmulatedHAL
-from firmware_bridge.emulator import Emulator, board_pid_class, firmware_config
+from firmware_bridge.emulator import firmware_config
 from firmware_bridge.firmware import acq
 from firmware_bridge.firmware import device as fw_device
 from firmware_bridge.plant import Plant
 from firmware_bridge.rp2040 import rp2040_pwm
+from firmware_bridge.virtual_board import VirtualBoard
 
 FSW = 100e3
 
@@ -151,40 +152,12 @@ def _virtual_board(skip_idle: bool, seconds: float, batch_steps: bool = False) -
     """The firmware's serve loop on the emulated HAL with a scripted host and a virtual clock;
     what the board did. ``skip_idle``: the emulator's idle hint; ``batch_steps``: its hint of
     the on-board PID's next step too (the host wakes up for several steps at once)."""
-    clock = [0.0]
-
-    class Link:
-        def __init__(self) -> None:
-            self.inbox: list[tuple[float, bytes]] = []
-            self.out = bytearray()
-
-        def read(self, timeout_ms: float) -> bytes:
-            clock[0] += 20e-6  # each poll takes a little time
-            if self.inbox and self.inbox[0][0] <= clock[0]:
-                return self.inbox.pop(0)[1]
-            due = self.inbox[0][0] if self.inbox else math.inf
-            clock[0] = min(clock[0] + timeout_ms * 1e-3, max(clock[0], due))
-            if self.inbox and self.inbox[0][0] <= clock[0]:
-                return self.inbox.pop(0)[1]
-            return b""
-
-        def write(self, data: bytes) -> int:
-            self.out += data
-            return len(data)
-
-    cfg = firmware_config()
-    plant = Plant(default_board(), t0=0.0, freq=cfg.PWM_FREQ_DEFAULT)
-    link = Link()
-    hal = EmulatedHAL(cfg, plant, link=link, clock=lambda: clock[0],
-                      adc=AdcModel(cfg.ADC_VREF, cfg.ADC_FULL_SCALE, cfg.ADC_MAX_CODE, seed=1))
-    emu = Emulator.__new__(Emulator)  # its idle hint, on this device
-    emu._timeline = []
-    emu.hal = hal
-    if skip_idle:
-        hal.idle_until = lambda: Emulator._idle_until(emu)
-    if batch_steps:
-        hal.step_due = lambda: Emulator._step_due(emu)
-    dev = emu.device = fw_device.Device(hal, cfg, pid_class=board_pid_class(True))
+    script = [(0.01, b"SENS:ADC:RATE 5000\nINIT\nSOUR:PWM:DUTY 0.4\nOUTP ON\nSYST:WDOG:TIM 0.3\n"),
+              (0.05, b"CONT:RATE 2000\nCONT:VREF 12\nCONT:MODE PID\n"),
+              (0.12, b"CONT:VREF 10\n"), (0.16, b"FETC:ADC? 4096\n"), (0.2, b"MEAS:VOLT?\n"),
+              (0.25, b"CONT:MODE OPEN\n")]  # then silence: the watchdog trips at 0.55 s
+    board = VirtualBoard(script, skip_idle=skip_idle, batch_steps=batch_steps)
+    hal, dev = board.hal, board.device
     pwm: list[tuple[float, bool, float]] = []
     inner = hal.pwm_set
 
@@ -193,16 +166,11 @@ def _virtual_board(skip_idle: bool, seconds: float, batch_steps: bool = False) -
         inner(enabled, freq, duty, limit)
 
     hal.pwm_set = pwm_set
-    script = [(0.01, b"SENS:ADC:RATE 5000\nINIT\nSOUR:PWM:DUTY 0.4\nOUTP ON\nSYST:WDOG:TIM 0.3\n"),
-              (0.05, b"CONT:RATE 2000\nCONT:VREF 12\nCONT:MODE PID\n"),
-              (0.12, b"CONT:VREF 10\n"), (0.16, b"FETC:ADC? 4096\n"), (0.2, b"MEAS:VOLT?\n"),
-              (0.25, b"CONT:MODE OPEN\n")]  # then silence: the watchdog trips at 0.55 s
-    link.inbox = list(script)
-    fw_device.serve(dev, hal, should_stop=lambda: clock[0] >= seconds)
+    board.serve_until(seconds)
     # every tick up to the end ran (one per ms of board time from the device's start)
     first = hal.next_tick(0.0) - 1e-3 * (hal.stats.ticks)
-    assert hal.stats.ticks == math.floor((clock[0] - first) / 1e-3 + 1e-9) + 1
-    return {"pwm": pwm, "out": bytes(link.out), "trip": dev.trip,
+    assert hal.stats.ticks == math.floor((board.clock[0] - first) / 1e-3 + 1e-9) + 1
+    return {"pwm": pwm, "out": bytes(board.link.out), "trip": dev.trip,
             "polls": hal.stats.polls, "polls_run": hal.stats.polls_run,
             "waits": hal.stats.waits}
 
