@@ -23,7 +23,7 @@ BRIDGE = ROOT / "firmware_bridge"
 #: A name ending in '/' is a package (bench: one module per action), all of whose modules may.
 BOARD_COMMANDS = {"cli/bench/", "cli/emulate.py", "cli/firmware.py"}
 #: The emulator side of firmware_bridge (simulated HAL and plant).
-EMULATOR = {"emulator", "emulated_hal", "plant", "emukernel"}
+EMULATOR = {"emulator", "emulated_hal", "plant", "emukernel", "virtual_board"}
 
 
 def _imported(path: Path, root: Path) -> set[str]:
