@@ -87,8 +87,12 @@ __all__ = ["CDC_TX_FIFO", "MAX_IDLE_S", "MAX_LAG_S", "STEP_BATCH_S", "AdcModel",
            "LoopStats", "ring_push", "rp2040_pwm"]
 
 #: Longest the serve loop sleeps through idle polls [s]: it then runs one poll (the timer
-#: IRQs' batch of streamed samples and protection ticks included) and sleeps again.
-MAX_IDLE_S = 0.02
+#: IRQs' batch of streamed samples and protection ticks included) and sleeps again. Nothing
+#: outside can tell (input and the emulator's own calls wake it at once, and each tick and
+#: sample runs at its own board time), but each wake-up of the host process costs far more
+#: than its work on a shared machine (cold caches): bench_emulator's figure fell by a fifth
+#: from 20 ms to 50 ms (no further at 100 ms: the host's own traffic then wakes it).
+MAX_IDLE_S = 0.05
 #: Longest the board clock stays behind the host's to run the serve loop's due polls each at its
 #: own board time [s]: a host process stalled longer (stopped, swapped out) lets the board's
 #: polls run late, as a stalled serve loop on a Pico would.
@@ -101,8 +105,11 @@ CDC_TX_FIFO = 256
 #: sample and act at their instants -- and input or the emulator's own calls wake the loop
 #: at once (the steps due by then run first), so nothing outside can tell; as long as the
 #: idle polls' sleep (a wake-up per step cost more than the step itself; one per 5 ms still
-#: cost about a sixth of bench_emulator's CPU figure).
+#: cost about a sixth of bench_emulator's CPU figure against one per 20 ms).
 STEP_BATCH_S = MAX_IDLE_S
+#: Board instants closer than this are the same instant [s] (sums of a period planned in
+#: two ways round apart by far less).
+_SAME_INSTANT_S = 1e-9
 _EMPTY = np.empty(0)
 
 
@@ -750,17 +757,21 @@ class EmulatedHAL:
             self._plant_timing(start, "stream")
 
     def _tick_times(self, t: float) -> list[float]:
-        """Board times of the protection ticks due up to ``t`` (empty if none)."""
+        """Board times of the protection ticks due up to ``t`` (empty if none): a tick within
+        :data:`_SAME_INSTANT_S` after ``t`` is due at ``t`` and runs then (a poll planned for
+        a tick's instant, e.g. the watchdog's deadline, may be that much early by the rounding
+        of its sum)."""
         prot = self._protect
         if prot is None:
             return []
         period, _, t0, k = prot
-        if t0 + period * k > t:
+        limit = t + _SAME_INSTANT_S
+        if t0 + period * k > limit:
             return []
-        last = math.floor((t - t0) / period)
-        if t0 + period * last > t:
+        last = math.floor((limit - t0) / period)
+        if t0 + period * last > limit:
             last -= 1
-        return [t0 + period * j for j in range(k, last + 1)]
+        return [min(t0 + period * j, t) for j in range(k, last + 1)]
 
     def _run_ticks(self, t: float) -> None:
         """Run the protection ticks due up to ``t`` in order, each at its own instant: one
@@ -769,7 +780,8 @@ class EmulatedHAL:
         ticks are evaluated again. A single tick (the usual case with the on-board PID's
         steps in between) needs no checkpoint: nothing past it has been evaluated."""
         prot = self._protect
-        if prot is None or self._irq_t is not None or prot[2] + prot[0] * prot[3] > t:
+        if prot is None or self._irq_t is not None or (
+                prot[2] + prot[0] * prot[3] > t + _SAME_INSTANT_S):
             return  # no timer, a tick is running, or none due
         while True:
             ticks = self._tick_times(t)
