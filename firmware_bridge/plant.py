@@ -57,7 +57,7 @@ from the record of the periods passed (:meth:`Plant.sample_past`; periods that c
 CCM map are one entry) when the ring is read; a duty step costs one CCM map (~0.1-0.3 ms with
 its waveform table, cached per duty; its eigen-decomposition in closed form) plus, through
 DCM, a few engine calls, and a step under a certified map goes straight on to the next one.
-The emulated board keeps real time at 100 kHz with 6-10 % of one core in open loop, a quarter
+The emulated board keeps real time at 100 kHz with 5-10 % of one core in open loop, a quarter
 to a third with the on-board PID at 2 kHz (a firmware step every 0.5 ms), depending on the
 machine's load.
 
