@@ -807,7 +807,11 @@ class Plant:
 
     def _schedule(self, t: float, change: dict) -> None:
         t = float(t)
-        self._run_to(t, None, False)
+        cur = self._cur
+        if cur is not None and self._last_t <= t < cur[1]:
+            self._last_t = t  # in the period the plant is in (a control step's PWM write)
+        else:
+            self._run_to(t, None, False)
         # The first boundary at or after t.
         k_apply = max(math.ceil((t - self._t_grid) * self._freq - 1e-9), self._k)
         if self._pending is not None:
