@@ -103,14 +103,16 @@ def test_pipeline_reads_several_answers_in_one_round_trip(emu):
 
 
 def test_streaming_tracks_gaps_across_fetches():
-    with Emulator(seed=1, firmware={"RING_SIZE": 256}) as emu, Board(emu.port) as board:
+    # A 51 ms ring: the fetch right after the overflow must not overflow too when the host
+    # process stalls for a few tens of ms (a 12.8 ms ring did once, under the parallel suite).
+    with Emulator(seed=1, firmware={"RING_SIZE": 1024}) as emu, Board(emu.port) as board:
         with board.acquisition(20000) as rate:
             assert rate == 20000
             time.sleep(0.004)
             first = board.fetch()
             assert first.count > 0 and first.index[0] == 0 and not first.gaps
             assert np.allclose(np.diff(first.t), 50e-6)
-            time.sleep(0.06)                      # 1200 samples > the 256-sample ring
+            time.sleep(0.2)                       # 4000 samples > the 1024-sample ring
             second = board.fetch()
             assert second.overflow
             expected = int(first.index[-1]) + 1
