@@ -280,6 +280,29 @@ def test_the_live_loop_stops_on_a_trip_with_the_data_kept(emu):
     assert not emu.plant_state()["enabled"]
 
 
+def test_a_failed_duty_write_is_a_lost_command_not_the_end_of_the_live_loop(emu):
+    """A duty write that fails (pyserial's write timeout runs on the wall clock: a host process
+    stopped or starved in a write reports a timeout even for bytes it wrote) is counted as a
+    link error; the next tick reads the duty back and resends it, and the loop holds."""
+    with Board(emu.port, watchdog=0.5) as board:
+        write, writes, failed = board.write_nowait, [], []
+
+        def fail_every_tenth_duty(header, *args):
+            writes.append(args)
+            if len(writes) % 10 == 0 and len(failed) < 5:
+                failed.append(args)
+                raise LinkError(f"{emu.port}: write failed (Write timeout) (injected)")
+            return write(header, *args)
+
+        board.write_nowait = fail_every_tenth_duty
+        result = bench.run_live(board, vref=10.0, kp=0.01, ki=5.0, rate=200, duration=0.8,
+                                slew=100.0)
+    assert result.stopped == "duration" and result.error is None, result.error
+    assert len(failed) == 5 and result.link_errors >= 5
+    assert result.duty_mismatches >= 5  # each lost duty read back as the old one, resent
+    assert abs(result.vout[result.t > 0.6].mean() - 10.0) < 0.05
+
+
 def test_the_live_loop_rides_through_a_corrupting_link(emu):
     with Board(emu.port, watchdog=0.5, retries=2, timeout=0.5) as board:
         emu.faults(corrupt=1e-3, direction="tx")   # answers (see the sweep test above)

@@ -194,7 +194,8 @@ def run_live(board: Board, *, vref: float, kp: float, ki: float, kd: float = 0.0
                 if board.resync():
                     raise BoardResetError(f"{board.port_name}: the board was reset during the "
                                           f"live loop (output off)") from None
-                board.write_nowait("SOUR:PWM:DUTY", u_sent)
+                if not _send_duty(board, u_sent):
+                    link_errors += 1
                 next_tick += ts
                 continue
             consecutive = 0
@@ -204,11 +205,13 @@ def run_live(board: Board, *, vref: float, kp: float, ki: float, kd: float = 0.0
                 board.check(expect_on=True)  # raises TripError / BoardResetError
             if abs(duty_rb - u_sent) > 2e-6:
                 mismatches += 1              # the duty command arrived corrupted: resend
-                board.write_nowait("SOUR:PWM:DUTY", u_sent)
+                if not _send_duty(board, u_sent):
+                    link_errors += 1
             board._check_vout(y)
             t_rel = t_tick - t0
             u = round(float(pid.update(ref(t_rel), y)), 6)
-            board.write_nowait("SOUR:PWM:DUTY", u)
+            if not _send_duty(board, u):
+                link_errors += 1
             u_sent = u
             sp = float(pid.ramped_setpoint)
             values = (t_rel, sp, y, u, float(pid.integral), t_meas - t_tick,
@@ -241,6 +244,18 @@ def run_live(board: Board, *, vref: float, kp: float, ki: float, kd: float = 0.0
     arrays = {k: np.asarray(v, dtype=float) for k, v in cols.items()}
     return LiveResult(settings=settings, **arrays, overruns=overruns, link_errors=link_errors,
                       duty_mismatches=mismatches, stopped=stopped, error=error)
+
+
+def _send_duty(board: Board, duty: float) -> bool:
+    """Send the duty without waiting; False if the write failed. A failed write is a lost
+    command like a corrupted one: the next tick reads the duty back and resends it, and sees
+    a trip or a reset. (pyserial's write timeout runs on the wall clock, so a host process
+    stopped or starved in the middle of a write reports a timeout for bytes it wrote.)"""
+    try:
+        board.write_nowait("SOUR:PWM:DUTY", duty)
+    except LinkError:
+        return False
+    return True
 
 
 def _live_status(cols: dict[str, list], ts: float) -> dict[str, float]:
