@@ -18,7 +18,6 @@ without the scheduling noise of a real-time run.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 from boostsim import BoostParams, default_board
 
@@ -62,22 +61,22 @@ class VirtualBoard:
 
     ``skip_idle``: the emulator's idle hint (the HAL skips the polls that would find nothing
     to do); ``batch_steps``: its hint of the on-board PID's next step too (several steps per
-    wake-up); ``params``: the converter (default board); ``seed``: the ADC's noise generator
-    (noise-free ADC by default; ``adc`` replaces the whole model). ``plant`` (a class) replaces
+    wake-up); ``params``: the converter (default board); ``seed``: the ADC model's generator
+    (a noise-free ADC). ``plant`` (a class) replaces
     :class:`Plant` -- a benchmark's stand-in for the emulated hardware's own share.
     """
 
     def __init__(self, script: list[tuple[float, bytes]], *, skip_idle: bool = True,
                  batch_steps: bool = True, params: BoostParams | None = None, seed: int = 1,
-                 adc: AdcModel | None = None, plant: type | None = None):
+                 plant: type | None = None):
         self.clock = [0.0]
         cfg = firmware_config()
         self.plant = (plant or Plant)(params or default_board(), t0=0.0,
                                       freq=cfg.PWM_FREQ_DEFAULT)
         self.link = ScriptedLink(self.clock, script)
         self.hal = EmulatedHAL(cfg, self.plant, link=self.link, clock=lambda: self.clock[0],
-                               adc=adc or AdcModel(cfg.ADC_VREF, cfg.ADC_FULL_SCALE,
-                                                   cfg.ADC_MAX_CODE, seed=seed))
+                               adc=AdcModel(cfg.ADC_VREF, cfg.ADC_FULL_SCALE, cfg.ADC_MAX_CODE,
+                                            seed=seed))
         emu = Emulator.__new__(Emulator)  # its hints, on this device
         emu._timeline = []
         emu.hal = self.hal
@@ -88,6 +87,6 @@ class VirtualBoard:
         self.device = emu.device = fw_device.Device(self.hal, cfg,
                                                     pid_class=board_pid_class(True))
 
-    def serve_until(self, t: float) -> Any:
+    def serve_until(self, t: float) -> None:
         """Run the firmware's serve loop until the board clock reaches ``t`` [s]."""
-        return fw_device.serve(self.device, self.hal, should_stop=lambda: self.clock[0] >= t)
+        fw_device.serve(self.device, self.hal, should_stop=lambda: self.clock[0] >= t)
