@@ -39,7 +39,10 @@ off, files written). A trip, a board reset or repeated link failures end it with
 display: a status line (updated in place on a terminal, once a second otherwise); --live-plot
 opens a live window when a display is available. Files: --out (default bench_live.csv) is the
 per-tick log written row by row (t_s, vref_V, vout_V, duty, integral, exchange_s, lateness_s)
-with a '#' header; --plot (default bench_live.png) is written at the end.
+with a '#' header whose status reads "complete" only once the loop has run its --duration
+(or, without one, until stopped) with no trip or link error: a loop stopped early, tripped
+or killed leaves "incomplete" (every row kept is whole). --plot (default bench_live.png) is
+written at the end.
 
 --compare simulates the same loop (same PID, rate, setpoint, duty limit; ADC like MEAS:VOLT?)
 from the output-off state for the first --compare-time seconds and overlays it (the compiled
@@ -143,6 +146,7 @@ def cmd_bench_live(ctx: Context) -> int:
             ctx.print(f"boostsim bench live: {board.identity} on {board.port_name} · PID kp "
                       f"{a.kp:g} ki {a.ki:g} kd {a.kd:g} at {a.rate:g} Hz · vref {a.vref:g} V" +
                       (f" for {a.duration:g} s" if a.duration else " until Ctrl-C"))
+        result = None
         try:
             result = bench.run_live(board, vref=a.vref, kp=a.kp, ki=a.ki, kd=a.kd, tf=a.tf,
                                     rate=a.rate, duration=a.duration, slew=a.slew,
@@ -150,7 +154,11 @@ def cmd_bench_live(ctx: Context) -> int:
                                     status_every=0.2 if tty else 1.0, plotter=plotter)
         finally:
             if log is not None:
-                log.close()
+                # Complete only if the loop ran as asked: its duration, or until stopped when
+                # it had none. A trip, a link error or a stop before the duration leaves the
+                # log marked incomplete (its rows are all whole; readers are warned).
+                log.close(complete=result is not None and result.error is None and (
+                    result.stopped == "duration" or a.duration is None))
             if plotter is not None:
                 plotter.close()
             if tty and ctx.human:
