@@ -21,11 +21,13 @@ emulator's board thread starts, so the board's first samples do not wait.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit
 
-__all__ = ["CCM", "DCM", "MAX_PERIODS", "TRANSITION", "adc_codes", "evaluate", "stream_times",
-           "warm_up"]
+__all__ = ["CCM", "DCM", "MAX_PERIODS", "TRANSITION", "adc_codes", "certified", "evaluate",
+           "stream_times", "warm_up"]
 
 CCM, DCM, TRANSITION = 0, 1, 2
 #: Periods past the chunk's start beyond which the caller takes the numpy path (closed-form
@@ -105,6 +107,59 @@ def evaluate(times, lo, hi, freq, base, m, il0, vc0, phi, gamma, xp, tabs, kind,
 
 
 @njit(cache=True, error_model="numpy")
+def _cpow(re, im, n):  # pragma: no cover - compiled
+    """``complex(re, im) ** n`` for an int ``n >= 0`` as CPython computes it, to the last
+    bit: binary powering up to 100, else polar form (Objects/complexobject.c)."""
+    if n <= 100:
+        r_re, r_im, p_re, p_im = 1.0, 0.0, re, im
+        mask = 1
+        while n >= mask:
+            if n & mask:
+                r_re, r_im = r_re * p_re - r_im * p_im, r_re * p_im + r_im * p_re
+            mask <<= 1
+            p_re, p_im = p_re * p_re - p_im * p_im, p_re * p_im + p_im * p_re
+        return r_re, r_im
+    if re == 0.0 and im == 0.0:
+        return 0.0, 0.0
+    size = math.hypot(re, im) ** float(n)
+    phase = math.atan2(im, re) * float(n)
+    return size * math.cos(phase), size * math.sin(phase)
+
+
+@njit(cache=True, error_model="numpy")
+def _mode(pack, at, e_i, e_v, n):  # pragma: no cover - compiled
+    """One mode of :meth:`_Chunk.state`'s closed form, ``lam ** n * (w0 * e_i + w1 * e_v)``,
+    in CPython's complex arithmetic (a float operand is complex(x, 0.0)): ``pack[at:at+2]``
+    is lam, ``pack[at+2:at+6]`` the row (w0, w1) of V^-1."""
+    w0_re, w0_im, w1_re, w1_im = pack[at + 2], pack[at + 3], pack[at + 4], pack[at + 5]
+    s_re = (w0_re * e_i - w0_im * 0.0) + (w1_re * e_v - w1_im * 0.0)
+    s_im = (w0_re * 0.0 + w0_im * e_i) + (w1_re * 0.0 + w1_im * e_v)
+    l_re, l_im = _cpow(pack[at], pack[at + 1], n)
+    return l_re * s_re - l_im * s_im, l_re * s_im + l_im * s_re
+
+
+@njit(cache=True, error_model="numpy")
+def certified(times, lo, hi, freq, base, m, il0, vc0, pack, xp, tabs, current, out_v, out_i,
+              n):  # pragma: no cover - compiled
+    """A certified CCM map's periods (see :meth:`Plant._run_certified`): :func:`evaluate` of
+    ``times[lo:hi]``, then the state after ``n`` periods by the map's closed form
+    (:meth:`_Chunk.state`, to the last bit). ``pack``: :meth:`_Chunk.closed_arrays`."""
+    if hi > lo:
+        evaluate(times, lo, hi, freq, base, m, il0, vc0, pack[0:4], pack[4:6], xp, tabs, CCM,
+                 current, out_v, out_i)
+    if n == 0:
+        return il0, vc0
+    fix_i, fix_v = pack[6], pack[7]
+    e_i, e_v = il0 - fix_i, vc0 - fix_v
+    p0_re, p0_im = _mode(pack, 8, e_i, e_v, n)
+    p1_re, p1_im = _mode(pack, 14, e_i, e_v, n)
+    # V = [[v00, v01], [v10, v11]] at pack[20:28]; the real parts of V (p0, p1).
+    il = fix_i + ((pack[20] * p0_re - pack[21] * p0_im) + (pack[22] * p1_re - pack[23] * p1_im))
+    vc = fix_v + ((pack[24] * p0_re - pack[25] * p0_im) + (pack[26] * p1_re - pack[27] * p1_im))
+    return il, vc
+
+
+@njit(cache=True, error_model="numpy")
 def adc_codes(v, divider, scale, offset, noise_lsb, normals, levels, max_code,
               out):  # pragma: no cover - compiled
     """Codes of the voltages ``v`` [V] through the divider ``divider`` into ``out``, and their
@@ -153,6 +208,8 @@ def warm_up() -> None:
     out = np.empty(1)
     evaluate(np.zeros(1), 0, 1, 1e5, 0.0, 1, 0.0, 0.0, np.zeros(4), np.zeros(2), xp,
              np.zeros((6, 2)), CCM, True, out, np.empty(1))
+    certified(np.zeros(1), 0, 1, 1e5, 0.0, 1, 0.0, 0.0, np.zeros(28), xp, np.zeros((6, 2)),
+              False, out, np.empty(0), 1)
     adc_codes(np.zeros(1), 1.0, 1.0, 0.0, 0.0, np.zeros(1), np.zeros(0), 4095,
               np.empty(1, dtype=np.int64))
     stream_times(0.0, 0, 50, 1e-7, np.zeros(1), 1.0, out)

@@ -93,6 +93,7 @@ _MAX_COND = 1e6        # eigenvector condition number above which powers are not
 _SCALAR_SAMPLES = 4    # samples per chunk evaluated in Python floats (more: vectorised)
 _TABLE_ROWS = ("vout", "vout_i", "vout_v", "il", "il_i", "il_v")  # emukernel's row order
 _EMPTY = np.empty(0)
+_NO_SAMPLES = (_EMPTY, _EMPTY, None)  # (times, out_v, out_i) of a request with none
 
 try:  # the compiled evaluation; without numba, the numpy path below does it all
     from . import emukernel as kernel
@@ -149,6 +150,7 @@ class _Chunk:
         self._tables = None
         self._rows = None         # the tables as Python lists, for evaluate_at
         self._arrays = None       # ... as arrays, for the compiled evaluation
+        self._pack = None         # closed form and tables for emukernel.certified (or False)
         self._mean = None
         self.c = c
         self.il_ref = il_ref
@@ -448,6 +450,23 @@ class _Chunk:
                 _KIND_CODES[self.kind], np.array(self.phi), np.array(self.gamma), xp,
                 np.ascontiguousarray([t[name] for name in _TABLE_ROWS]))
         return self._arrays
+
+    def closed_arrays(self) -> tuple | None:
+        """(pack, phase grid, table rows) for :func:`.emukernel.certified`, None without a
+        closed form: ``pack`` holds phi, gamma, the fixed point, then (lam, the row of V^-1)
+        for each mode and V, complex numbers as (real, imag)."""
+        if self._pack is None:
+            if self._radius is None:
+                self._setup_closed()
+            self._pack = False
+            if self._closed is not None:
+                v00, v01, v10, v11, w00, w01, w10, w11 = self._closed_py
+                parts = [*self.phi, *self.gamma, *self._fixed]
+                for z in (self._closed[0], w00, w01, self._closed[1], w10, w11,
+                          v00, v01, v10, v11):
+                    parts += [z.real, z.imag]
+                self._pack = (np.array(parts, dtype=float), *self.compiled_arrays()[3:])
+        return self._pack or None
 
     def evaluate_at(self, tau: float, il: float, vc: float, current: bool):
         """:meth:`evaluate` at one phase ``tau`` [s] in Python floats (a firmware read costs a
@@ -874,14 +893,11 @@ class Plant:
             pending = self._pending
             if pending is None or pending[0] > k_t:
                 # The certified map holds for every period up to the one containing t_end.
-                il0, vc0 = self._il, self._vc
+                n = k_t - self._k
                 if self._history is not None:
-                    self._record(k_t - self._k + 1, il0, vc0, sure)
-                if samples is not None and pos < times.size:
-                    self._evaluate(sure, il0, vc0, k_t - self._k + 1, times, pos, times.size,
-                                   out_v, out_i, self._freq, self._t_grid * self._freq + self._k)
-                if k_t > self._k:
-                    self._move(k_t - self._k, *sure.state(il0, vc0, k_t - self._k))
+                    self._record(n + 1, self._il, self._vc, sure)
+                todo = _NO_SAMPLES if samples is None else samples
+                self._run_certified(sure, n + 1, n, todo, pos, todo[0].size)
                 t0 = self._t_grid + self._k / self._freq
                 self._cur = (t0, t0 + 1.0 / self._freq, sure)
                 self._last_t = max(self._last_t, t_end)
@@ -891,16 +907,14 @@ class Plant:
             # too (as the loop below would do, with fewer checks).
             n = pending[0] - self._k
             if n:
-                il0, vc0 = self._il, self._vc
                 if self._history is not None:
-                    self._record(n, il0, vc0, sure)
+                    self._record(n, self._il, self._vc, sure)
+                hi = pos
                 if samples is not None and pos < times.size:
                     hi = bisect.bisect_left(times, self._t_grid + pending[0] / self._freq, pos)
-                    if hi > pos:
-                        self._evaluate(sure, il0, vc0, n, times, pos, hi, out_v, out_i,
-                                       self._freq, self._t_grid * self._freq + self._k)
-                        pos = hi
-                self._move(n, *sure.state(il0, vc0, n))
+                self._run_certified(sure, n, n, _NO_SAMPLES if samples is None else samples,
+                                    pos, hi)
+                pos = hi
             self._apply_due()
             chunk = self._get_chunk()
             if chunk.kind == "dcm" or not chunk.certified(self._il, self._vc):
@@ -944,6 +958,34 @@ class Plant:
                 self._cur = (t0, t0 + 1.0 / self._freq, chunk)
                 break
         self._last_t = max(self._last_t, t_end)
+
+    def _run_certified(self, chunk: _Chunk, m: int, n: int, samples: tuple, pos: int,
+                       hi: int) -> None:
+        """Under the certified ``chunk`` (no period of it needs checking): the samples
+        ``times[pos:hi]`` of ``samples`` (times, out_v, out_i), all in the present period and
+        the ``m - 1`` after it, then the state ``n`` periods on. One compiled call
+        (:func:`.emukernel.certified`) where the closed form is there, the same numbers as
+        :meth:`_evaluate` and :meth:`_Chunk.state` (which do it otherwise)."""
+        il0, vc0 = self._il, self._vc
+        times, out_v, out_i = samples
+        freq = self._freq
+        base = self._t_grid * freq + self._k
+        pack = chunk._pack if self.compiled else False
+        if pack is None:
+            pack = chunk.closed_arrays()
+        orbit = chunk._orbit
+        if (pack and (orbit is None or orbit[0] != il0 or orbit[1] != vc0)
+                and (hi == pos or float(times[hi - 1]) * freq - base < kernel.MAX_PERIODS)):
+            self.stats.samples += hi - pos
+            il1, vc1 = kernel.certified(times, pos, hi, freq, base, m, il0, vc0, *pack,
+                                        out_i is not None, out_v,
+                                        _EMPTY if out_i is None else out_i, n)
+        else:
+            if hi > pos:
+                self._evaluate(chunk, il0, vc0, m, times, pos, hi, out_v, out_i, freq, base)
+            il1, vc1 = chunk.state(il0, vc0, n)
+        if n:
+            self._move(n, il1, vc1)
 
     def _evaluate(self, chunk: _Chunk, il0: float, vc0: float, m: int, times: np.ndarray,
                   pos: int, hi: int, out_v: np.ndarray, out_i: np.ndarray | None,

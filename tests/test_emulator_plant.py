@@ -379,6 +379,40 @@ def test_closed_form_eigen_decomposition_is_lapacks():
     assert growing._closed is None
 
 
+@pytest.mark.skipif(plant_module.kernel is None, reason="needs numba")
+def test_compiled_closed_form_state_is_pythons_to_the_last_bit():
+    """emukernel.certified's state n periods on (the plant's certified path) against
+    _Chunk.state in Python's complex arithmetic, bit for bit: random decaying maps with real
+    and complex modes, start states off the fixed point, n from 0 to 20000 (Python's complex
+    power switches from binary powering to the polar form above 100)."""
+    kernel = plant_module.kernel
+    rng = np.random.default_rng(8)
+    xp, tabs = np.array([0.0, 1e-5]), np.zeros((6, 2))
+    checked = 0
+    for trial in range(400):
+        q = rng.normal(size=(2, 2))
+        if trial % 2:
+            r, th = rng.uniform(0.5, 0.99999), rng.uniform(1e-4, 3.0)
+            rot = r * np.array([[math.cos(th), -math.sin(th)], [math.sin(th), math.cos(th)]])
+            phi = q @ rot @ np.linalg.inv(q)
+        else:
+            phi = q @ np.diag(rng.uniform(-0.999, 0.999, 2)) @ np.linalg.inv(q)
+        chunk = plant_module._Chunk("ccm", tuple(phi.ravel()), tuple(rng.normal(size=2)), None)
+        chunk._eigen()
+        if chunk._closed is None:
+            continue
+        chunk._tables = (xp, dict.fromkeys(plant_module._TABLE_ROWS, np.zeros(2)))
+        chunk._radius = 1.0  # set up (closed_arrays would otherwise run _setup_closed)
+        pack = chunk.closed_arrays()
+        for n in [0, 1, 2, 7, 100, 101, 5000, 20000, *rng.integers(0, 3000, 5).tolist()]:
+            il0, vc0 = (np.array(chunk._fixed) + rng.normal(size=2) * 10.0 ** rng.uniform(-9, 1))
+            got = kernel.certified(np.empty(0), 0, 0, 1e5, 0.0, 1, float(il0), float(vc0),
+                                   pack[0], xp, tabs, False, np.empty(0), np.empty(0), int(n))
+            assert got == chunk.state(float(il0), float(vc0), int(n)), (trial, n)
+            checked += 1
+    assert checked > 4000
+
+
 def test_a_certified_duty_change_takes_the_short_path_to_the_same_numbers(monkeypatch):
     """A control step's duty change under a certified CCM map is run through without the
     period-by-period checks (no span) and gives, to the last bit, what the general loop gives
