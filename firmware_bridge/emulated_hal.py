@@ -166,6 +166,7 @@ class AdcModel:
         self._noise = np.zeros(0)
         self._noise_list: list[float] | None = None
         self._pos = 0
+        self._sum_codes: dict[int, np.ndarray] = {}  # code_sum's scratch arrays, by size
 
     def _normals(self, n: int) -> np.ndarray:
         if self._pos + n > self._noise.size:
@@ -206,12 +207,17 @@ class AdcModel:
 
     def code_sum(self, v: np.ndarray, divider: float = 1.0) -> int:
         """The sum of :meth:`codes` (conversions the firmware averages)."""
-        return self._convert(v, divider)[1]
+        out = self._sum_codes.get(v.size)  # the codes themselves are not kept
+        if out is None:
+            out = self._sum_codes[v.size] = np.empty(v.size, dtype=np.int64)
+        return self._convert(v, divider, out)[1]
 
-    def _convert(self, v: np.ndarray, divider: float) -> tuple[np.ndarray, int]:
+    def _convert(self, v: np.ndarray, divider: float, out: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, int]:
         normals = self._normals(v.size) if self.noise_lsb else _EMPTY
         if _kernel is not None:
-            out = np.empty(v.size, dtype=np.int64)
+            if out is None:
+                out = np.empty(v.size, dtype=np.int64)
             total = _kernel.adc_codes(v, float(divider), self.scale, self.offset,
                                       self.noise_lsb, normals, self._level_array,
                                       self.max_code, out)

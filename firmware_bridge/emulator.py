@@ -274,6 +274,9 @@ def board_pid_class(float32: bool, compute: Callable[[], None] | None = None) ->
     ADC sample that much later in board time)."""
 
     def board(x: Any) -> Any:
+        kind = type(x)
+        if kind is float or kind is int:  # the usual numbers, without the isinstance checks
+            return np.float32(x) if float32 else x
         return np.float32(x) if float32 and isinstance(x, float | int | np.floating) \
             and not isinstance(x, bool) else x
 
