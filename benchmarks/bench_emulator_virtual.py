@@ -40,7 +40,7 @@ class FreePlant:
         self.params = params
         self.pwm = (False, 1e5, 0.0)
 
-    def set_pwm(self, t, enabled, freq, duty):
+    def set_pwm(self, t, enabled, freq, duty, steps=0):
         self.pwm = (enabled, freq, duty)
 
     def set_conditions(self, t, **changes):

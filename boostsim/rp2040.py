@@ -30,8 +30,8 @@ import numpy as np
 from .units import format_si
 
 __all__ = ["ADC_BITS", "ADC_CONVERSION_S", "ADC_FULL_SCALE", "ADC_MAX_CODE", "ADC_VREF",
-           "DUTY_U16_MAX", "PWM_CLOCK", "capped_u16", "ceiling_u16", "compare_level", "duty_u16",
-           "freq_request", "pwm_output", "rp2040_pwm", "slice_setup"]
+           "DUTY_U16_MAX", "PWM_CLOCK", "capped_u16", "ceiling_u16", "compare_level",
+           "counter_steps", "duty_u16", "freq_request", "pwm_output", "rp2040_pwm", "slice_setup"]
 
 #: The PWM counter clock [Hz]: MicroPython's system clock on an RP2040 (``hal.py`` does not
 #: divide it down; the slice's divider only comes in below ~1.9 kHz).
@@ -178,6 +178,15 @@ def rp2040_pwm(freq_hz: float, duty: float, clock_hz: float = PWM_CLOCK, limit: 
     steps = top + 1
     u16 = min(_u16_of(d), ceiling)  # d in [0, 1]: no cap below, none above
     return 16 * clock / (div16 * steps), _level(u16, steps) / steps
+
+
+def counter_steps(freq_hz: float, clock_hz: float = PWM_CLOCK) -> int:
+    """Counter steps per period (``top + 1``) of the slice set up for ``freq_hz``: every duty
+    :func:`rp2040_pwm` gives at that frequency is a whole number of them (0: ideal PWM,
+    ``clock_hz`` 0)."""
+    if clock_hz == 0:
+        return 0
+    return _slice_and_ceiling(float(freq_hz), _clock(clock_hz), 1.0)[1] + 1
 
 
 @functools.lru_cache(maxsize=256)

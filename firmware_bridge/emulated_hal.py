@@ -81,7 +81,7 @@ from boostsim.rp2040 import ADC_CONVERSION_S
 from .firmware.acq import COUNT_MASK
 from .plant import Plant
 from .plant import kernel as _kernel  # the compiled loops (None without numba)
-from .rp2040 import PWM_CLOCK, pwm_output, rp2040_pwm
+from .rp2040 import PWM_CLOCK, counter_steps, pwm_output, rp2040_pwm
 
 __all__ = ["CDC_TX_FIFO", "MAX_IDLE_S", "MAX_LAG_S", "STEP_BATCH_S", "AdcModel", "EmulatedHAL",
            "LoopStats", "ring_push", "rp2040_pwm"]
@@ -309,6 +309,7 @@ class EmulatedHAL:
         self._last_pinned = -math.inf          # board time of the last poll run at its own time
         self._rx_stash = b""                   # input that came while a due poll had to run
         self._conversions: dict[int, np.ndarray] = {}  # adc_sum: n -> instants after the first
+        self._steps: dict[tuple, int] = {}  # (frequency asked, PWM clock) -> counter steps
         self.boot()
 
     # -- board life cycle ----------------------------------------------------------------------
@@ -625,8 +626,13 @@ class EmulatedHAL:
     # -- simulation ----------------------------------------------------------------------------
 
     def _set_gate(self, enabled: bool, freq_hz: float, duty: float, limit: float = 1.0) -> None:
+        steps = 0
         if enabled:
             freq, d = rp2040_pwm(freq_hz, duty, self.pwm_clock, limit)
+            key = (freq_hz, self.pwm_clock)
+            steps = self._steps.get(key)
+            if steps is None:
+                steps = self._steps[key] = counter_steps(freq_hz, self.pwm_clock)
         else:
             freq, d = (self.plant.pwm[1] if freq_hz <= 0 else float(freq_hz)), 0.0
         actual = (bool(enabled), freq, d)
@@ -640,7 +646,7 @@ class EmulatedHAL:
             self._tick_back()
         self.pwm_actual = actual
         start = self._tic()
-        self.plant.set_pwm(t, enabled, freq, d)
+        self.plant.set_pwm(t, enabled, freq, d, steps)
         self._plant_timing(start, "pwm_set")
 
     def _sample_now(self, current: bool | None) -> tuple[float, float | None]:

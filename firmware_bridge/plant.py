@@ -55,8 +55,10 @@ are evaluated in batches, in one compiled loop per chunk (:mod:`.emukernel`; the
 path, Python floats for a few and vectorised for more, is the reference), the streamed ones
 from the record of the periods passed (:meth:`Plant.sample_past`; periods that continue one
 CCM map are one entry) when the ring is read; a duty step costs one CCM map (~0.1-0.3 ms with
-its waveform table, cached per duty; its eigen-decomposition in closed form) plus, through
-DCM, a few engine calls, and a step under a certified map goes straight on to the next one.
+its waveform table, cached per duty; its eigen-decomposition in closed form; on the PWM's
+counter grid, the maps of the 16 levels around it are built with it for little more) plus,
+through DCM, a few engine calls, and a step under a certified map goes straight on to the
+next one (its samples and state in one compiled call).
 The emulated board keeps real time at 100 kHz with 5-10 % of one core in open loop, a quarter
 to a third with the on-board PID at 2 kHz (a firmware step every 0.5 ms), depending on the
 machine's load.
@@ -92,6 +94,7 @@ _TABLE_STRIDE = 16     # DCM references sharing one waveform table (16 * trust_v
 _MAX_COND = 1e6        # eigenvector condition number above which powers are not closed-form
 _SCALAR_SAMPLES = 4    # samples per chunk evaluated in Python floats (more: vectorised)
 _TABLE_ROWS = ("vout", "vout_i", "vout_v", "il", "il_i", "il_v")  # emukernel's row order
+_LEVEL_BLOCK = 16      # PWM levels whose CCM maps are built together (see Plant._ccm_map)
 _EMPTY = np.empty(0)
 _NO_SAMPLES = (_EMPTY, _EMPTY, None)  # (times, out_v, out_i) of a request with none
 
@@ -589,6 +592,7 @@ class Plant:
         self._trust_i_opt = trust_i
         self._freq = float(params.fsw if freq is None else freq)
         self._duty = 0.0
+        self._steps = 0           # the PWM's counter steps per period (0: not given)
         self._enabled = False
         self._t_grid = float(t0)
         self._k = 0
@@ -627,16 +631,23 @@ class Plant:
         """(enabled, frequency, duty) in force (pending changes not included)."""
         return self._enabled, self._freq, self._duty
 
-    def set_pwm(self, t: float, enabled: bool, freq: float, duty: float) -> None:
+    def set_pwm(self, t: float, enabled: bool, freq: float, duty: float, steps: int = 0
+                ) -> None:
         """Gate drive from the first period boundary at or after ``t``: off (switch open) or
-        ``duty`` at ``freq`` Hz."""
+        ``duty`` at ``freq`` Hz. ``steps``: the PWM counter's steps per period, when the
+        duty is a whole number of them (``level / steps``, as the RP2040's slice makes it;
+        0: not so): a duty met for the first time then has the maps of its neighbouring
+        levels built with its own, in one computation."""
         duty = float(duty)
         if not (0.0 <= duty < 1.0):
             raise ValueError(f"duty must be in [0, 1), got {duty!r}")
         freq = float(freq)
         if not (freq > 0 and math.isfinite(freq)):
             raise ValueError(f"frequency must be > 0, got {freq!r}")
-        self._schedule(t, {"enabled": bool(enabled), "freq": freq, "duty": duty})
+        if steps != int(steps) or steps < 0:
+            raise ValueError(f"steps must be a whole number >= 0, got {steps!r}")
+        self._schedule(t, {"enabled": bool(enabled), "freq": freq, "duty": duty,
+                           "steps": int(steps)})
 
     def set_conditions(self, t: float, **changes: Any) -> None:
         """Change ``vin``, ``R`` (``math.inf``: load disconnected) and/or ``i_load`` from the
@@ -829,6 +840,10 @@ class Plant:
         cur = self._cur
         if cur is not None and self._last_t <= t < cur[1]:
             self._last_t = t  # in the period the plant is in (a control step's PWM write)
+        elif self._pending is None and t >= self._last_t:
+            # Nothing else pending: the plant need not move to t for this (the next request
+            # runs through the boundary, as it would have run on from t).
+            self._last_t = t
         else:
             self._run_to(t, None, False)
         # The first boundary at or after t.
@@ -860,6 +875,7 @@ class Plant:
             self._freq = change["freq"]
             self._chunk = self._sure = None
         if "enabled" in change:
+            self._steps = change["steps"]
             duty = change["duty"] if change["enabled"] else 0.0
             self._enabled = change["enabled"]
             if duty != self._duty:
@@ -1050,70 +1066,121 @@ class Plant:
 
     def _ccm_map(self) -> _Chunk:
         """The affine CCM period map at the present duty (cached):
-        :func:`boostsim.segments.ccm_period_map`, as in :func:`boostsim.runahead.ccm_run_ahead`."""
+        :func:`boostsim.segments.ccm_period_map`, as in :func:`boostsim.runahead.ccm_run_ahead`.
+        A miss builds the maps of the PWM levels near the duty too (:meth:`_near_levels`), in
+        one vectorised computation (as cheap as one map): a control loop's transient walks
+        through neighbouring levels."""
         key = ("ccm", self._freq, self._duty)
         hit = self._cached(key)
         if hit is not None:
             return hit
-        self.stats.ccm_maps += 1
+        duties = [*self._near_levels(), self._duty]
+        chunks = self._ccm_maps(duties)
+        for duty, chunk in zip(duties, chunks, strict=True):
+            _store(self._cache, ("ccm", self._freq, duty), chunk)
+        return chunks[-1]
+
+    def _near_levels(self) -> list[float]:
+        """Duties of the :data:`_LEVEL_BLOCK` PWM levels around the present duty whose maps
+        are not cached, when the duty is a whole number of the PWM's counter steps
+        (``set_pwm``'s ``steps``): ``level / steps``, as the RP2040's slice makes them."""
+        steps = self._steps
+        if not steps:
+            return []
+        level = round(self._duty * steps)
+        if level / steps != self._duty:
+            return []
+        first = max(1, level - _LEVEL_BLOCK // 2)
+        near = (n / steps for n in range(first, min(steps, first + _LEVEL_BLOCK)) if n != level)
+        return [d for d in near if ("ccm", self._freq, d) not in self._cache]
+
+    def _ccm_maps(self, duties: list[float]) -> list[_Chunk]:
+        """The CCM maps of ``duties`` at the present frequency and conditions, computed
+        together (their waveform tables too, when the first of them is needed)."""
+        self.stats.ccm_maps += len(duties)
         c = self._coef
         Ts = 1.0 / self._freq
-        t_on = self._duty * Ts
-        t_off = Ts - t_on
-        pm = sg.ccm_period_map(c, np.array([t_on]), np.array([t_off]))
-        a_i, a_v, b_i, b_v = (float(pm.a_i[0]), float(pm.a_v[0]), float(pm.b_i[0]),
-                              float(pm.b_v[0]))
+        t_on = np.array(duties) * Ts
+        pm = sg.ccm_period_map(c, t_on, Ts - t_on)
         il_eq, vc_eq = float(pm.il_eq[0]), float(pm.vc_eq[0])
-        phi = (float(pm.p11[0]), float(pm.p12[0]), float(pm.p21[0]), float(pm.p22[0]))
-        gamma = (float(pm.g1[0]), float(pm.g2[0]))
         sync = bool(self._lanes["synchronous"][0])
         a11, a12, b1 = (float(v[0]) for v in sg.diode_slope(c))
-        never = not sync and not t_off < float(sg.ringing_half_period(c)[0])
+        half_ring = float(sg.ringing_half_period(c)[0])
+        per_duty = [np.broadcast_to(v, t_on.shape).tolist() for v in (
+            pm.a_i, pm.a_v, pm.b_i, pm.b_v, pm.p11, pm.p12, pm.p21, pm.p22, pm.g1, pm.g2)]
+        tables: list = []
 
-        def build():
-            # x(tau) = o(tau) + Psi(tau) x0 on each segment; vout and iL are linear in x(tau).
-            self.stats.tables += 1
-            bounds = [0.0, t_on, Ts] if t_on > 0 else [0.0, Ts]
-            xp, slices = _phase_grid(bounds, _TABLE_POINTS)
+        def block_tables() -> list:
+            if not tables:
+                tables.extend(self._ccm_tables(duties, per_duty[:4], il_eq, vc_eq))
+            return tables
+
+        chunks = []
+        for n, (duty, a_i, a_v, b_i, b_v, p11, p12, p21, p22, g1, g2) in enumerate(
+                zip(duties, *per_duty, strict=True)):
+            never = not sync and not Ts - duty * Ts < half_ring
+            # Certificate margins (affine in x_k, all > 0 imply the CCM criteria of a period):
+            # iL at the start >= 0, at the PWM edge > 0, at the end > 0, and diL/dt < 0 at
+            # the end (then there is no dip below zero in between).
+            margins = [] if (sync or never) else [
+                (1.0, 0.0, 0.0),
+                (a_i, 0.0, b_i),
+                (p11, p12, g1),
+                (-(a11 * p11 + a12 * p21), -(a11 * p12 + a12 * p22),
+                 -(a11 * g1 + a12 * g2 + b1)),
+            ]
+            cdict = {"a_i": a_i, "b_i": b_i, "a_v": a_v, "b_v": b_v, "sync": sync,
+                     "never": never, "a11": a11, "a12": a12, "b1": b1}
+            chunks.append(_Chunk("ccm", (p11, p12, p21, p22), (g1, g2),
+                                 lambda n=n: block_tables()[n], c=cdict, margins=margins))
+        return chunks
+
+    def _ccm_tables(self, duties: list[float], edge: list[list[float]], il_eq: float,
+                    vc_eq: float) -> list[tuple[np.ndarray, dict]]:
+        """Waveform tables (phase grid, named rows) of the CCM maps of ``duties``, whose
+        PWM-edge maps are ``edge`` = (a_i, a_v, b_i, b_v) lists: x(tau) = o(tau) + Psi(tau) x0
+        on each segment, vout and iL linear in x(tau); all duties' points in one pass."""
+        self.stats.tables += len(duties)
+        Ts = 1.0 / self._freq
+        ck = self._coef[:, :1]
+        grids = []
+        for duty in duties:
+            t_on = duty * Ts
+            xp, slices = _phase_grid([0.0, t_on, Ts] if t_on > 0 else [0.0, Ts],
+                                     _TABLE_POINTS)
             on_sl, off_sl = slices if t_on > 0 else (slice(0, 0), slices[0])
-            tau_on = xp[on_sl]
-            tau_off = xp[off_sl] - t_on
-            ck = c[:, :1]
-            tabs = {k: np.zeros(xp.size) for k in ("vout", "vout_i", "vout_v", "il", "il_i",
-                                                    "il_v")}
-            zero = np.zeros(tau_on.size)
-            o_i, o_v = sg.on_state(ck, zero, zero, tau_on)
-            tabs["il"][on_sl] = o_i
-            tabs["il_i"][on_sl], on_v = sg.on_transition(ck, tau_on)
-            tabs["vout"][on_sl] = sg.vout_of(ck, sg.ON, o_i, o_v)
-            tabs["vout_v"][on_sl] = sg.vout_gains(ck, sg.ON)[1] * on_v
-            E11, E12, E21, E22 = sg.diode_transition(ck, tau_off)
-            oi = il_eq + E11 * (b_i - il_eq) + E12 * (b_v - vc_eq)
-            ov = vc_eq + E21 * (b_i - il_eq) + E22 * (b_v - vc_eq)
-            pii, piv, pvi, pvv = E11 * a_i, E12 * a_v, E21 * a_i, E22 * a_v
-            tabs["il"][off_sl], tabs["il_i"][off_sl], tabs["il_v"][off_sl] = oi, pii, piv
-            tabs["vout"][off_sl] = sg.vout_of(ck, sg.DIODE, oi, ov)
-            gain_i, gain_v = sg.vout_gains(ck, sg.DIODE)
-            tabs["vout_i"][off_sl] = gain_v * pvi + gain_i * pii
-            tabs["vout_v"][off_sl] = gain_v * pvv + gain_i * piv
-            return xp, tabs
-
-        # Certificate margins (affine in x_k, all > 0 imply the CCM criteria of a period):
-        # iL at the start >= 0, at the PWM edge > 0, at the end > 0, and diL/dt < 0 at the
-        # end (then there is no dip below zero in between).
-        p11, p12, p21, p22 = phi
-        margins = [] if (sync or never) else [
-            (1.0, 0.0, 0.0),
-            (a_i, 0.0, b_i),
-            (p11, p12, gamma[0]),
-            (-(a11 * p11 + a12 * p21), -(a11 * p12 + a12 * p22),
-             -(a11 * gamma[0] + a12 * gamma[1] + b1)),
-        ]
-        cdict = {"a_i": a_i, "b_i": b_i, "a_v": a_v, "b_v": b_v, "sync": sync, "never": never,
-                 "a11": a11, "a12": a12, "b1": b1}
-        chunk = _Chunk("ccm", phi, gamma, build, c=cdict, margins=margins)
-        _store(self._cache, key, chunk)
-        return chunk
+            grids.append((xp, on_sl, off_sl, t_on))
+        tau_on = np.concatenate([xp[on] for xp, on, _, _ in grids])
+        tau_off = np.concatenate([xp[off] - t_on for xp, _, off, t_on in grids])
+        sizes = [xp[off].size for xp, _, off, _ in grids]
+        a_i, a_v, b_i, b_v = (np.repeat(v, sizes) for v in edge)
+        # Switch on (from the period start): independent of the duty.
+        zero = np.zeros(tau_on.size)
+        o_i, o_v = sg.on_state(ck, zero, zero, tau_on)
+        on_i, on_v = sg.on_transition(ck, tau_on)
+        on_rows = {"il": o_i, "il_i": on_i, "vout": sg.vout_of(ck, sg.ON, o_i, o_v),
+                   "vout_v": sg.vout_gains(ck, sg.ON)[1] * on_v}
+        # The diode (from the PWM edge).
+        E11, E12, E21, E22 = sg.diode_transition(ck, tau_off)
+        oi = il_eq + E11 * (b_i - il_eq) + E12 * (b_v - vc_eq)
+        ov = vc_eq + E21 * (b_i - il_eq) + E22 * (b_v - vc_eq)
+        pii, piv, pvi, pvv = E11 * a_i, E12 * a_v, E21 * a_i, E22 * a_v
+        gain_i, gain_v = sg.vout_gains(ck, sg.DIODE)
+        off_rows = {"il": oi, "il_i": pii, "il_v": piv, "vout": sg.vout_of(ck, sg.DIODE, oi, ov),
+                    "vout_i": gain_v * pvi + gain_i * pii, "vout_v": gain_v * pvv + gain_i * piv}
+        out = []
+        at_on = at_off = 0
+        for xp, on_sl, off_sl, _ in grids:
+            n_on, n_off = on_sl.stop - on_sl.start, off_sl.stop - off_sl.start
+            tabs = {k: np.zeros(xp.size) for k in _TABLE_ROWS}
+            for name, row in on_rows.items():
+                tabs[name][on_sl] = row[at_on:at_on + n_on]
+            for name, row in off_rows.items():
+                tabs[name][off_sl] = row[at_off:at_off + n_off]
+            at_on += n_on
+            at_off += n_off
+            out.append((xp, tabs))
+        return out
 
     def _get_stepper(self) -> Stepper:
         if self._stepper is None or self._stepper_freq != self._freq:

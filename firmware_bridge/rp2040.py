@@ -5,6 +5,6 @@ uses, so host code reaches it without importing the emulator.
 
 from __future__ import annotations
 
-from boostsim.rp2040 import PWM_CLOCK, pwm_output, rp2040_pwm
+from boostsim.rp2040 import PWM_CLOCK, counter_steps, pwm_output, rp2040_pwm
 
-__all__ = ["PWM_CLOCK", "pwm_output", "rp2040_pwm"]
+__all__ = ["PWM_CLOCK", "counter_steps", "pwm_output", "rp2040_pwm"]

@@ -379,6 +379,44 @@ def test_closed_form_eigen_decomposition_is_lapacks():
     assert growing._closed is None
 
 
+@pytest.mark.parametrize("R", [48.0, 1000.0])
+def test_maps_built_with_their_neighbours_are_the_maps_built_alone(R):
+    """A duty on the PWM's counter grid (set_pwm's ``steps``) met for the first time has the
+    CCM maps of the levels around it built with its own, in one computation: each such map
+    (its period map, certificate and waveform tables) is the one a plant without ``steps``
+    builds for that duty alone, the plant's samples through a walk over those levels are
+    the same, and the walk builds maps only once per block."""
+    params = BOARD.replace(R=R)
+    steps = 1250
+    levels = [600, 603, 598, 611, 590, 700, 605]
+    plants = [Plant(params), Plant(params)]
+    out: list[list[np.ndarray]] = [[], []]
+    t = 0.0
+    for level in levels:
+        t += 3e-4
+        for n, (plant, dest) in enumerate(zip(plants, out, strict=True)):
+            plant.set_pwm(t, True, FSW, level / steps, steps if n == 0 else 0)
+            dest.append(plant.sample(t + 1e-5 + np.linspace(0.0, 2e-4, 37), current=True))
+    for a, b in zip(out[0], out[1], strict=True):
+        assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    blocked, alone = plants
+    # The gate off at start (duty 0) is one map; then 600 builds levels 592..607, 611 those
+    # of 603..618 not built yet, 590 those of 582..597, 700 692..707.
+    assert blocked.stats.ccm_maps == 1 + 16 + 11 + 10 + 16
+    assert alone.stats.ccm_maps == 1 + len(set(levels))
+    for level in set(levels):
+        key = ("ccm", FSW, level / steps)
+        mine, theirs = blocked._cache[key], alone._cache[key]
+        assert (mine.phi, mine.gamma, mine.c, mine._margins) == (
+            theirs.phi, theirs.gamma, theirs.c, theirs._margins)
+        (xp_a, tab_a), (xp_b, tab_b) = mine.tables, theirs.tables
+        assert np.array_equal(xp_a, xp_b)
+        for name in plant_module._TABLE_ROWS:
+            assert np.array_equal(tab_a[name], tab_b[name]), (level, name)
+    with pytest.raises(ValueError, match="steps"):
+        blocked.set_pwm(t, True, FSW, 0.5, 12.5)
+
+
 @pytest.mark.skipif(plant_module.kernel is None, reason="needs numba")
 def test_compiled_closed_form_state_is_pythons_to_the_last_bit():
     """emukernel.certified's state n periods on (the plant's certified path) against
