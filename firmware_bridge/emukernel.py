@@ -26,8 +26,8 @@ import math
 import numpy as np
 from numba import njit
 
-__all__ = ["CCM", "DCM", "MAX_PERIODS", "TRANSITION", "adc_codes", "certified", "evaluate",
-           "stream_times", "warm_up"]
+__all__ = ["CCM", "DCM", "MAX_PERIODS", "TRANSITION", "adc_codes", "certified", "crossing",
+           "evaluate", "stream_times", "warm_up"]
 
 CCM, DCM, TRANSITION = 0, 1, 2
 #: Periods past the chunk's start beyond which the caller takes the numpy path (closed-form
@@ -139,14 +139,8 @@ def _mode(pack, at, e_i, e_v, n):  # pragma: no cover - compiled
 
 
 @njit(cache=True, error_model="numpy")
-def certified(times, lo, hi, freq, base, m, il0, vc0, pack, xp, tabs, current, out_v, out_i,
-              n):  # pragma: no cover - compiled
-    """A certified CCM map's periods (see :meth:`Plant._run_certified`): :func:`evaluate` of
-    ``times[lo:hi]``, then the state after ``n`` periods by the map's closed form
-    (:meth:`_Chunk.state`, to the last bit). ``pack``: :meth:`_Chunk.closed_arrays`."""
-    if hi > lo:
-        evaluate(times, lo, hi, freq, base, m, il0, vc0, pack[0:4], pack[4:6], xp, tabs, CCM,
-                 current, out_v, out_i)
+def _closed_state(pack, il0, vc0, n):  # pragma: no cover - compiled
+    """:meth:`_Chunk.state` after ``n`` periods from (il0, vc0), to the last bit."""
     if n == 0:
         return il0, vc0
     fix_i, fix_v = pack[6], pack[7]
@@ -157,6 +151,56 @@ def certified(times, lo, hi, freq, base, m, il0, vc0, pack, xp, tabs, current, o
     il = fix_i + ((pack[20] * p0_re - pack[21] * p0_im) + (pack[22] * p1_re - pack[23] * p1_im))
     vc = fix_v + ((pack[24] * p0_re - pack[25] * p0_im) + (pack[26] * p1_re - pack[27] * p1_im))
     return il, vc
+
+
+@njit(cache=True, error_model="numpy")
+def certified(times, lo, hi, freq, base, m, il0, vc0, pack, xp, tabs, kind, current, out_v,
+              out_i, n):  # pragma: no cover - compiled
+    """A certified map's periods (see :meth:`Plant._run_certified`): :func:`evaluate` of
+    ``times[lo:hi]``, then the state after ``n`` periods by the map's closed form
+    (:meth:`_Chunk.state`, to the last bit). ``pack``: :meth:`_Chunk.closed_arrays`."""
+    if hi > lo:
+        evaluate(times, lo, hi, freq, base, m, il0, vc0, pack[0:4], pack[4:6], xp, tabs, kind,
+                 current, out_v, out_i)
+    return _closed_state(pack, il0, vc0, n)
+
+
+@njit(cache=True, error_model="numpy")
+def _holds(pack, il0, vc0):  # pragma: no cover - compiled
+    """A CCM map's :meth:`_Chunk.first_valid` and its certificate's radius test
+    (:meth:`_Chunk.certified`) at (il0, vc0), in the same arithmetic."""
+    if pack[29] == 0.0:  # not synchronous: the CCM criteria of the first period
+        if pack[30] != 0.0 or il0 < 0:
+            return False
+        i1 = pack[0] * il0 + pack[1] * vc0 + pack[4]
+        v1 = pack[2] * il0 + pack[3] * vc0 + pack[5]
+        il_edge = pack[31] * il0 + pack[32]
+        vc_edge = pack[33] * vc0 + pack[34]
+        slope_edge = pack[35] * il_edge + pack[36] * vc_edge + pack[37]
+        slope_end = pack[35] * i1 + pack[36] * v1 + pack[37]
+        if not (il_edge > 0 and i1 > 0 and not (slope_edge < 0 and slope_end > 0)):
+            return False
+    d_i, d_v = il0 - pack[6], vc0 - pack[7]
+    return pack[28] > 0 and d_i * d_i + d_v * d_v < pack[28]
+
+
+@njit(cache=True, error_model="numpy")
+def crossing(times, lo, mid, hi, freq, base, n, il0, vc0, pack, xp, tabs, kind, base_next,
+             n_next, pack_next, xp_next, tabs_next, current, out_v, out_i,
+             i_eps):  # pragma: no cover - compiled
+    """A control step's duty change under a certified map (see :meth:`Plant._cross`):
+    :func:`certified` for the ``n`` periods up to the change (``times[lo:mid]``); then, if the
+    new duty's CCM map holds from there (the current there not rounded to zero, its first
+    period in CCM, its certificate), :func:`certified` under it for ``times[mid:hi]`` and
+    ``n_next`` periods on. Returns (state at the change, whether the new map took over,
+    state at the end)."""
+    il_c, vc_c = certified(times, lo, mid, freq, base, n, il0, vc0, pack, xp, tabs, kind,
+                           current, out_v, out_i, n)
+    if not (abs(il_c) > i_eps and _holds(pack_next, il_c, vc_c)):
+        return il_c, vc_c, False, il_c, vc_c
+    il_e, vc_e = certified(times, mid, hi, freq, base_next, n_next + 1, il_c, vc_c, pack_next,
+                           xp_next, tabs_next, CCM, current, out_v, out_i, n_next)
+    return il_c, vc_c, True, il_e, vc_e
 
 
 @njit(cache=True, error_model="numpy")
@@ -208,8 +252,9 @@ def warm_up() -> None:
     out = np.empty(1)
     evaluate(np.zeros(1), 0, 1, 1e5, 0.0, 1, 0.0, 0.0, np.zeros(4), np.zeros(2), xp,
              np.zeros((6, 2)), CCM, True, out, np.empty(1))
-    certified(np.zeros(1), 0, 1, 1e5, 0.0, 1, 0.0, 0.0, np.zeros(28), xp, np.zeros((6, 2)),
-              False, out, np.empty(0), 1)
+    pack = np.zeros(38)
+    crossing(np.zeros(1), 0, 0, 1, 1e5, 0.0, 1, 0.0, 0.0, pack, xp, np.zeros((6, 2)), CCM, 1.0,
+             1, pack, xp, np.zeros((6, 2)), False, out, np.empty(0), 0.0)
     adc_codes(np.zeros(1), 1.0, 1.0, 0.0, 0.0, np.zeros(1), np.zeros(0), 4095,
               np.empty(1, dtype=np.int64))
     stream_times(0.0, 0, 50, 1e-7, np.zeros(1), 1.0, out)

@@ -94,9 +94,11 @@ _TABLE_STRIDE = 16     # DCM references sharing one waveform table (16 * trust_v
 _MAX_COND = 1e6        # eigenvector condition number above which powers are not closed-form
 _SCALAR_SAMPLES = 4    # samples per chunk evaluated in Python floats (more: vectorised)
 _TABLE_ROWS = ("vout", "vout_i", "vout_v", "il", "il_i", "il_v")  # emukernel's row order
+_FIRST_VALID = ("sync", "never", "a_i", "b_i", "a_v", "b_v", "a11", "a12", "b1")  # pack order
 _LEVEL_BLOCK = 16      # PWM levels whose CCM maps are built together (see Plant._ccm_map)
 _EMPTY = np.empty(0)
 _NO_SAMPLES = (_EMPTY, _EMPTY, None)  # (times, out_v, out_i) of a request with none
+_DUTY_CHANGE = frozenset(("enabled", "freq", "duty", "steps"))  # set_pwm's change, its keys
 
 try:  # the compiled evaluation; without numba, the numpy path below does it all
     from . import emukernel as kernel
@@ -237,14 +239,18 @@ class _Chunk:
         """True if every period from (il0, vc0) on is valid (the criteria cannot fail)."""
         if self._radius is None:
             self._setup_closed()
-        dist = math.hypot(il0 - self._fixed[0], vc0 - self._fixed[1]) if self._closed else 0.0
-        if self._radius > 0 and dist < self._radius:
+        if self._closed:
+            d_i, d_v = il0 - self._fixed[0], vc0 - self._fixed[1]
+            dist_sq = d_i * d_i + d_v * d_v  # as emukernel.crossing computes it
+        else:
+            dist_sq = 0.0
+        if self._radius > 0 and dist_sq < self._radius * self._radius:
             return True
         # A degenerate fixed point (e.g. a constant diode current with the gate off: the
         # margins are zero there) that is itself a valid period: an orbit that has converged
         # onto it to rounding repeats that period forever.
-        return self._fixed_ok and dist <= 1e-12 * (1.0 + abs(self._fixed[0])
-                                                   + abs(self._fixed[1]))
+        return self._fixed_ok and math.sqrt(dist_sq) <= 1e-12 * (
+            1.0 + abs(self._fixed[0]) + abs(self._fixed[1]))
 
     def _power(self, il0, vc0, js):
         """States after ``js`` periods (numpy int array) in closed form."""
@@ -455,9 +461,11 @@ class _Chunk:
         return self._arrays
 
     def closed_arrays(self) -> tuple | None:
-        """(pack, phase grid, table rows) for :func:`.emukernel.certified`, None without a
-        closed form: ``pack`` holds phi, gamma, the fixed point, then (lam, the row of V^-1)
-        for each mode and V, complex numbers as (real, imag)."""
+        """(pack, phase grid, table rows, kind code) for :func:`.emukernel.certified`, None
+        without a closed form. ``pack`` holds phi, gamma, the fixed point, then (lam, the row
+        of V^-1) for each mode and V, complex numbers as (real, imag); then the certificate's
+        squared radius (-1: none) and, for a CCM map, :meth:`first_valid`'s coefficients
+        (sync, never, a_i, b_i, a_v, b_v, a11, a12, b1)."""
         if self._pack is None:
             if self._radius is None:
                 self._setup_closed()
@@ -468,7 +476,11 @@ class _Chunk:
                 for z in (self._closed[0], w00, w01, self._closed[1], w10, w11,
                           v00, v01, v10, v11):
                     parts += [z.real, z.imag]
-                self._pack = (np.array(parts, dtype=float), *self.compiled_arrays()[3:])
+                parts.append(self._radius * self._radius if self._radius > 0 else -1.0)
+                c = self.c or dict.fromkeys(_FIRST_VALID, 0.0)
+                parts += [float(c[name]) for name in _FIRST_VALID]
+                self._pack = (np.array(parts, dtype=float), *self.compiled_arrays()[3:],
+                              self.compiled_arrays()[0])
         return self._pack or None
 
     def evaluate_at(self, tau: float, il: float, vc: float, current: bool):
@@ -922,6 +934,13 @@ class Plant:
             # boundary, then the map after it, on this same path if that one is certified
             # too (as the loop below would do, with fewer checks).
             n = pending[0] - self._k
+            if n and self.compiled:
+                done = self._cross(sure, n, k_t, t_end, samples, pos)
+                if done is None:
+                    return  # the new duty's map took over, to t_end
+                if done >= 0:
+                    pos = done  # at the change; on as below, with the new map
+                    n = 0
             if n:
                 if self._history is not None:
                     self._record(n, self._il, self._vc, sure)
@@ -974,6 +993,65 @@ class Plant:
                 self._cur = (t0, t0 + 1.0 / self._freq, chunk)
                 break
         self._last_t = max(self._last_t, t_end)
+
+    def _cross(self, sure: _Chunk, n: int, k_t: int, t_end: float, samples, pos: int
+               ) -> int | None:
+        """A duty change ``n`` periods on under the certified map ``sure`` (a control step's
+        new duty), in one compiled call (:func:`.emukernel.crossing`) when the new duty's CCM
+        map is built: the periods to the change, then -- if that map is certified from there
+        -- the rest to ``t_end`` (period ``k_t``) under it; what the loop in :meth:`_run_to`
+        does, to the last bit. Returns None when it went all the way, the position in
+        ``samples``' times reached when it stopped at the change (the change applied, the
+        new map not certified there), -1 when it did nothing."""
+        change = self._pending[1]
+        if (change.keys() != _DUTY_CHANGE or not (change["enabled"] and self._enabled)
+                or change["freq"] != self._freq or change["duty"] == self._duty):
+            return -1
+        key = ("ccm", self._freq, change["duty"])
+        after = self._cache.get(key)
+        pack = sure._pack
+        if after is None or not pack or not after._pack:
+            if pack is None:
+                sure.closed_arrays()
+            if after is not None and after._pack is None:
+                after.closed_arrays()
+            return -1
+        il0, vc0 = self._il, self._vc
+        orbit = sure._orbit
+        times, out_v, out_i = _NO_SAMPLES if samples is None else samples
+        freq = self._freq
+        base = self._t_grid * freq + self._k
+        if ((orbit is not None and orbit[0] == il0 and orbit[1] == vc0)
+                or (times.size > pos and float(times[-1]) * freq - base >= kernel.MAX_PERIODS)):
+            return -1
+        mid = pos
+        if times.size > pos:
+            mid = bisect.bisect_left(times, self._t_grid + (self._k + n) / freq, pos)
+        n_next = k_t - self._k - n
+        if self._history is not None:
+            self._record(n, il0, vc0, sure)
+        self.stats.samples += times.size - pos
+        il_c, vc_c, went_on, il_e, vc_e = kernel.crossing(
+            times, pos, mid, times.size, freq, base, n, il0, vc0, *pack,
+            self._t_grid * freq + (self._k + n), n_next, *after._pack[:3],
+            out_i is not None, out_v, _EMPTY if out_i is None else out_i, self._i_eps)
+        self._move(n, il_c, vc_c)
+        self._apply_due()
+        if not went_on:
+            self.stats.samples -= times.size - mid
+            return mid
+        self._chunk = self._sure = self._cached(key)  # what _get_chunk finds, certified
+        orbit = after._orbit
+        if orbit is not None and orbit[0] == il_c and orbit[1] == vc_c:
+            il_e, vc_e = after.state(il_c, vc_c, n_next)  # as _run_certified would
+        if self._history is not None:
+            self._record(n_next + 1, il_c, vc_c, after)
+        if n_next:
+            self._move(n_next, il_e, vc_e)
+        t0 = self._t_grid + self._k / freq
+        self._cur = (t0, t0 + 1.0 / freq, after)
+        self._last_t = max(self._last_t, t_end)
+        return None
 
     def _run_certified(self, chunk: _Chunk, m: int, n: int, samples: tuple, pos: int,
                        hi: int) -> None:
