@@ -803,7 +803,8 @@ class EmulatedHAL:
             keep = plant.checkpoint() if len(ticks) > 1 else None
             start = self._tic()
             try:
-                vout = plant.sample(ticks, presorted=True).tolist()
+                vout = ([plant.at(ticks[0])[0]] if len(ticks) == 1
+                        else plant.sample(ticks, presorted=True).tolist())
             except BaseException:
                 if keep is not None:
                     plant.restore(keep)

@@ -613,6 +613,7 @@ class Plant:
         self._set_params(params)
         if x0 is None:
             x0 = self._rest_state()
+        self._one = (np.empty(1), np.empty(1), np.empty(1))  # at()'s (times, vout, iL)
         self._chunk: _Chunk | None = None
         # The map in force when it is certified (its CCM criteria or trust region cannot fail
         # on the rest of the orbit): requests then skip the checks (see _run_to).
@@ -698,8 +699,13 @@ class Plant:
             self._last_t = t
             self.stats.samples += 1
             return cur[2].evaluate_at(t - cur[0], self._il, self._vc, current)
-        res = self.sample((t,), current, presorted=True)
-        return (float(res[0][0]), float(res[1][0])) if current else (float(res[0]), None)
+        t = float(t)
+        if not t >= self._last_t - 1e-12:
+            raise ValueError(f"time went backwards: {t!r} < {self._last_t!r}")
+        times, out_v, out_i = one = self._one  # no arrays made for one instant
+        times[0] = t
+        self._run_to(t, one if current else (times, out_v, None), current)
+        return out_v.item(0), (out_i.item(0) if current else None)
 
     def record(self, on: bool) -> None:
         """Keep (``on``) or drop the record of the periods the plant moves through from its
