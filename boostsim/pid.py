@@ -234,7 +234,9 @@ class PID:
         if self._backcalc:
             di = di + self._kt_ts * (u - v)
         else:
-            frozen = (v > hi) * (e > 0) + (v < lo) * (e < 0)  # 0/1 (or bool array)
+            # True/False (or a bool array); & and | rather than * and +, which cost numpy's
+            # bool scalars (the board's float32 PID) ten times as much.
+            frozen = (v > hi) & (e > 0) | (v < lo) & (e < 0)
             di = di - di * frozen
         # i + di + carried error, compensated (Kahan: what the rounded sum left out).
         di = di + self._integral_error
