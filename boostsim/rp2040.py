@@ -173,11 +173,9 @@ def rp2040_pwm(freq_hz: float, duty: float, clock_hz: float = PWM_CLOCK, limit: 
     d = float(duty)
     if not 0.0 <= d <= 1.0:
         raise ValueError(f"PWM duty must be in [0, 1], got {d!r}")
-    clock = _clock(clock_hz)
-    div16, top, ceiling = _slice_and_ceiling(float(freq_hz), clock, float(limit))
-    steps = top + 1
+    freq, steps, ceiling = _slice(float(freq_hz), clock_hz, float(limit))
     u16 = min(_u16_of(d), ceiling)  # d in [0, 1]: no cap below, none above
-    return 16 * clock / (div16 * steps), _level(u16, steps) / steps
+    return freq, _level(u16, steps) / steps
 
 
 def counter_steps(freq_hz: float, clock_hz: float = PWM_CLOCK) -> int:
@@ -186,12 +184,18 @@ def counter_steps(freq_hz: float, clock_hz: float = PWM_CLOCK) -> int:
     ``clock_hz`` 0)."""
     if clock_hz == 0:
         return 0
-    return _slice_and_ceiling(float(freq_hz), _clock(clock_hz), 1.0)[1] + 1
+    return _slice(float(freq_hz), clock_hz, 1.0)[1]
 
 
 @functools.lru_cache(maxsize=256)
-def _slice_and_ceiling(freq_hz: float, clock: int, limit: float) -> tuple[int, int, int]:
-    """(div16, top, ceiling_u16) of one request, as ints."""
+def _slice(freq_hz: float, clock_hz: Any, limit: float) -> tuple[float, int, int]:
+    """(output frequency [Hz], counter steps per period, ceiling_u16) of one request: the
+    clock checked, the slice set up, the duty ceiling; cached (the emulated board asks at
+    every PWM update)."""
+    clock = _clock(clock_hz)
     div16, top = slice_setup(freq_hz, clock)
-    ceiling = ceiling_u16(limit, top)
-    return int(div16), int(top), min(int(ceiling), DUTY_U16_MAX)
+    steps = int(top) + 1
+    ceiling = min(int(ceiling_u16(limit, top)), DUTY_U16_MAX)
+    return 16 * clock / (int(div16) * steps), steps, ceiling
+
+
