@@ -10,11 +10,17 @@ each sample's period by the chunk's map ``x -> phi x + gamma`` applied period af
 :meth:`_Chunk._combine`. The numpy path stays the reference (``tests/test_emulator_plant.py``
 compares the two) and runs when numba cannot be imported.
 
+Under a certified map (no period needs checking) a request is one call: :func:`certified`
+evaluates its samples and moves the state on by the map's closed form, in CPython's complex
+arithmetic to the last bit (:meth:`_Chunk.state`); :func:`crossing` does the same through a
+control step's duty change, taking the new duty's map from the change on when that one is
+valid and certified there (the same decision, in the same arithmetic, as the Python loop).
+
 :func:`adc_codes` converts a batch of voltages through a divider as :meth:`AdcModel.codes`
 does (gain, offset, noise, the DNL's transition levels or rounding, clipping) and sums them,
 for the streamed samples and the firmware's averaged conversions.
 
-Compiled with ``cache=True``: the first process compiles (about 1.3 s), later ones load the
+Compiled with ``cache=True``: the first process compiles (a few seconds), later ones load the
 machine code from disk (about 0.2 s); :func:`warm_up` does it when a plant is made, before the
 emulator's board thread starts, so the board's first samples do not wait.
 """
