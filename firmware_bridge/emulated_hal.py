@@ -309,7 +309,6 @@ class EmulatedHAL:
         self._last_pinned = -math.inf          # board time of the last poll run at its own time
         self._rx_stash = b""                   # input that came while a due poll had to run
         self._conversions: dict[int, np.ndarray] = {}  # adc_sum: n -> instants after the first
-        self._steps: dict[tuple, int] = {}  # (frequency asked, PWM clock) -> counter steps
         self.boot()
 
     # -- board life cycle ----------------------------------------------------------------------
@@ -629,10 +628,7 @@ class EmulatedHAL:
         steps = 0
         if enabled:
             freq, d = rp2040_pwm(freq_hz, duty, self.pwm_clock, limit)
-            key = (freq_hz, self.pwm_clock)
-            steps = self._steps.get(key)
-            if steps is None:
-                steps = self._steps[key] = counter_steps(freq_hz, self.pwm_clock)
+            steps = counter_steps(freq_hz, self.pwm_clock)  # for the plant's maps (cached)
         else:
             freq, d = (self.plant.pwm[1] if freq_hz <= 0 else float(freq_hz)), 0.0
         actual = (bool(enabled), freq, d)
