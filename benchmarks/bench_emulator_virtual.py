@@ -15,13 +15,26 @@ of board time each, and reports the process time per second of board time:
 Each figure is the minimum of ``--repeat`` runs (the run is deterministic: the minimum is the
 least disturbed), in % of one core.
 
+``--against REV`` compares with the code of git revision REV (one with
+``firmware_bridge/virtual_board.py``): both trees run in worker processes, one run of each in
+turn, and each figure is then the median of ``--repeat`` runs, with the median of the
+run-by-run ratios (this tree / REV). On a shared machine whose speed drifts by half as much
+again within minutes, only such interleaved ratios show a change of a few per cent.
+
     python benchmarks/bench_emulator_virtual.py [--seconds 2] [--repeat 3] [--pid-rate 2000]
+        [--against REV]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -30,6 +43,8 @@ from firmware_bridge.plant import PlantStats
 from firmware_bridge.virtual_board import VirtualBoard
 
 WARM_UP_S = 0.1  # board time before the timed part (the stream starts at 10 ms)
+ROOT = Path(__file__).resolve().parent.parent
+PHASES = ("open", "PID", "DCM")
 
 
 class FreePlant:
@@ -99,6 +114,73 @@ def run(phase: str, seconds: float, pid_rate: float, free_plant: bool) -> float:
     return (time.process_time() - start) / (seconds - WARM_UP_S)
 
 
+class Worker:
+    """This benchmark's :func:`run` in a process of its own on the code in ``tree`` (its
+    boostsim and firmware_bridge first on the path), one run per request."""
+
+    def __init__(self, tree: Path):
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--worker"], cwd=tree, text=True,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": str(tree)})
+
+    def run(self, phase: str, seconds: float, pid_rate: float, free_plant: bool) -> float:
+        self.proc.stdin.write(f"{phase} {seconds!r} {pid_rate!r} {int(free_plant)}\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the benchmark worker ended (see its error above)")
+        return float(line)
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def _serve_worker() -> int:
+    run("open", 0.3, 2000.0, False)  # compile / load the plant's loops
+    for line in sys.stdin:
+        phase, seconds, pid_rate, free = line.split()
+        print(run(phase, float(seconds), float(pid_rate), free == "1"), flush=True)
+    return 0
+
+
+def _tree_of(rev: str, into: Path) -> Path:
+    """The packages (and this benchmark) of git revision ``rev`` under ``into``."""
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "boostsim",
+                              "firmware_bridge"], capture_output=True, check=False)
+    if archive.returncode:
+        raise SystemExit(f"--against {rev}: {archive.stderr.decode().strip()}")
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    if not (into / "firmware_bridge" / "virtual_board.py").exists():
+        raise SystemExit(f"--against {rev}: that revision has no firmware_bridge/virtual_board.py")
+    return into
+
+
+def _compare(rev: str, seconds: float, repeat: int, pid_rate: float) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        workers = [Worker(ROOT), Worker(_tree_of(rev, Path(tmp)))]
+        try:
+            print(f"boostsim board emulator on a virtual clock, this tree against {rev}: % of "
+                  f"one core per second of board time (medians of {repeat} runs of {seconds:g} s"
+                  f", taken in turn; ratio: median of the run-by-run ratios)")
+            print(f"  {'phase':11s} {'this tree':>10s} {rev[:12]:>12s} {'ratio':>6s}")
+            for phase in PHASES:
+                for free in (False, True):
+                    pairs = [[w.run(phase, seconds, pid_rate, free) for w in workers]
+                             for _ in range(repeat)]
+                    mine, theirs = (statistics.median(p[i] for p in pairs) for i in (0, 1))
+                    ratio = statistics.median(a / b for a, b in pairs)
+                    name = phase + (" free" if free else "")
+                    print(f"  {name:11s} {100 * mine:8.1f} % {100 * theirs:10.1f} % "
+                          f"{ratio:6.2f}")
+            print("  (free: the plant replaced by a constant; what the HAL, the serve loop and "
+                  "the firmware cost alone)")
+        finally:
+            for w in workers:
+                w.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=2.0,
@@ -106,15 +188,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="runs per figure (default 3)")
     parser.add_argument("--pid-rate", type=float, default=2000.0,
                         help="the on-board PID's rate [Hz] (default 2000, the firmware's highest)")
+    parser.add_argument("--against", metavar="REV",
+                        help="compare with git revision REV, run by run in turn (medians)")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.worker:
+        return _serve_worker()
     if args.seconds <= 2 * WARM_UP_S or args.repeat < 1:
         parser.error("--seconds must be above 0.2 and --repeat at least 1")
+    if args.against:
+        _compare(args.against, args.seconds, args.repeat, args.pid_rate)
+        return 0
     run("open", 0.3, args.pid_rate, False)  # compile / load the plant's loops
     print(f"boostsim board emulator on a virtual clock: % of one core per second of board time "
           f"(min of {args.repeat} runs of {args.seconds:g} s; 100 kHz, 20 kS/s stream, "
           f"on-board PID at {args.pid_rate:g} Hz)")
     print(f"  {'phase':8s} {'emulator':>9s} {'free plant':>11s}")
-    for phase in ("open", "PID", "DCM"):
+    for phase in PHASES:
         full, free = (min(run(phase, args.seconds, args.pid_rate, stand_in)
                           for _ in range(args.repeat)) for stand_in in (False, True))
         print(f"  {phase:8s} {100 * full:8.1f} % {100 * free:9.1f} %")
