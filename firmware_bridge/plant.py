@@ -1223,48 +1223,54 @@ class Plant:
                     vc_eq: float) -> list[tuple[np.ndarray, dict]]:
         """Waveform tables (phase grid, named rows) of the CCM maps of ``duties``, whose
         PWM-edge maps are ``edge`` = (a_i, a_v, b_i, b_v) lists: x(tau) = o(tau) + Psi(tau) x0
-        on each segment, vout and iL linear in x(tau); all duties' points in one pass."""
+        on each segment, vout and iL linear in x(tau). All duties' points in one pass: each
+        duty's grid is :func:`_phase_grid`'s (the switch on, then the diode, each piece as
+        ``np.linspace`` makes it), laid end to end."""
         self.stats.tables += len(duties)
         Ts = 1.0 / self._freq
         ck = self._coef[:, :1]
-        grids = []
-        for duty in duties:
-            t_on = duty * Ts
-            xp, slices = _phase_grid([0.0, t_on, Ts] if t_on > 0 else [0.0, Ts],
-                                     _TABLE_POINTS)
-            on_sl, off_sl = slices if t_on > 0 else (slice(0, 0), slices[0])
-            grids.append((xp, on_sl, off_sl, t_on))
-        tau_on = np.concatenate([xp[on] for xp, on, _, _ in grids])
-        tau_off = np.concatenate([xp[off] - t_on for xp, _, off, t_on in grids])
-        sizes = [xp[off].size for xp, _, off, _ in grids]
-        a_i, a_v, b_i, b_v = (np.repeat(v, sizes) for v in edge)
+        t_on = np.array(duties) * Ts
+        n_on = np.where(t_on > 0, np.maximum(4, np.round(_TABLE_POINTS * t_on / Ts) + 1), 0)
+        n_off = np.maximum(4, np.round(_TABLE_POINTS * (Ts - t_on) / Ts) + 1)
+        n_on, n_off = n_on.astype(np.int64), n_off.astype(np.int64)
+        # Each point: its duty, whether the switch is on, its index in its piece.
+        sizes = np.ravel(np.column_stack([n_on, n_off]))
+        piece = np.repeat(np.arange(sizes.size), sizes)
+        index = np.arange(piece.size) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+        duty = piece // 2
+        on = piece % 2 == 0
+        start = np.where(on, 0.0, t_on[duty])
+        stop = np.where(on, t_on[duty], Ts)
+        count = np.where(on, n_on[duty], n_off[duty])
+        xp = index * ((stop - start) / (count - 1)) + start  # np.linspace's arithmetic
+        last = index == count - 1
+        xp[last] = stop[last]
+        rows = np.zeros((len(_TABLE_ROWS), xp.size))
+        row = {name: rows[k] for k, name in enumerate(_TABLE_ROWS)}
         # Switch on (from the period start): independent of the duty.
+        tau_on = xp[on]
         zero = np.zeros(tau_on.size)
         o_i, o_v = sg.on_state(ck, zero, zero, tau_on)
         on_i, on_v = sg.on_transition(ck, tau_on)
-        on_rows = {"il": o_i, "il_i": on_i, "vout": sg.vout_of(ck, sg.ON, o_i, o_v),
-                   "vout_v": sg.vout_gains(ck, sg.ON)[1] * on_v}
+        row["il"][on], row["il_i"][on] = o_i, on_i
+        row["vout"][on] = sg.vout_of(ck, sg.ON, o_i, o_v)
+        row["vout_v"][on] = sg.vout_gains(ck, sg.ON)[1] * on_v
         # The diode (from the PWM edge).
+        off = ~on
+        tau_off = xp[off] - start[off]
+        a_i, a_v, b_i, b_v = (np.asarray(v)[duty[off]] for v in edge)
         E11, E12, E21, E22 = sg.diode_transition(ck, tau_off)
         oi = il_eq + E11 * (b_i - il_eq) + E12 * (b_v - vc_eq)
         ov = vc_eq + E21 * (b_i - il_eq) + E22 * (b_v - vc_eq)
         pii, piv, pvi, pvv = E11 * a_i, E12 * a_v, E21 * a_i, E22 * a_v
         gain_i, gain_v = sg.vout_gains(ck, sg.DIODE)
-        off_rows = {"il": oi, "il_i": pii, "il_v": piv, "vout": sg.vout_of(ck, sg.DIODE, oi, ov),
-                    "vout_i": gain_v * pvi + gain_i * pii, "vout_v": gain_v * pvv + gain_i * piv}
-        out = []
-        at_on = at_off = 0
-        for xp, on_sl, off_sl, _ in grids:
-            n_on, n_off = on_sl.stop - on_sl.start, off_sl.stop - off_sl.start
-            tabs = {k: np.zeros(xp.size) for k in _TABLE_ROWS}
-            for name, row in on_rows.items():
-                tabs[name][on_sl] = row[at_on:at_on + n_on]
-            for name, row in off_rows.items():
-                tabs[name][off_sl] = row[at_off:at_off + n_off]
-            at_on += n_on
-            at_off += n_off
-            out.append((xp, tabs))
-        return out
+        row["il"][off], row["il_i"][off], row["il_v"][off] = oi, pii, piv
+        row["vout"][off] = sg.vout_of(ck, sg.DIODE, oi, ov)
+        row["vout_i"][off] = gain_v * pvi + gain_i * pii
+        row["vout_v"][off] = gain_v * pvv + gain_i * piv
+        bounds = np.concatenate([[0], np.cumsum(n_on + n_off)]).tolist()
+        return [(xp[a:b], {name: r[a:b] for name, r in row.items()})
+                for a, b in itertools.pairwise(bounds)]
 
     def _get_stepper(self) -> Stepper:
         if self._stepper is None or self._stepper_freq != self._freq:
