@@ -339,14 +339,11 @@ def test_samples_from_the_record_are_the_samples_taken_then(R, compiled, monkeyp
         plant.sample_past(np.array([t]))
 
 
-def test_closed_form_eigen_decomposition_is_lapacks():
-    """The chunk's 2x2 eigen-decomposition in closed form against numpy.linalg on random
-    maps (decaying real and complex modes, badly conditioned ones included): V diag(lam) V^-1
-    rebuilds phi, the eigenvalues, fixed point and the condition number of V agree, each to
-    rounding scaled by its own conditioning; a mode that does not decay leaves no closed form."""
-    rng = np.random.default_rng(3)
-    done = 0
-    for trial in range(3000):
+def _random_maps(rng, count):
+    """(phi, its _Chunk, eigen-decomposed) for ``count`` random decaying 2x2 maps: every other
+    one a complex pair (a rotation of radius 0.5..0.99999), the others two real modes in
+    (-0.999, 0.999), both through a random (possibly badly conditioned) change of basis."""
+    for trial in range(count):
         q = rng.normal(size=(2, 2))
         if trial % 2:
             r, th = rng.uniform(0.5, 0.99999), rng.uniform(1e-4, 3.0)
@@ -356,6 +353,16 @@ def test_closed_form_eigen_decomposition_is_lapacks():
             phi = q @ np.diag(rng.uniform(-0.999, 0.999, 2)) @ np.linalg.inv(q)
         chunk = plant_module._Chunk("ccm", tuple(phi.ravel()), tuple(rng.normal(size=2)), None)
         chunk._eigen()
+        yield phi, chunk
+
+
+def test_closed_form_eigen_decomposition_is_lapacks():
+    """The chunk's 2x2 eigen-decomposition in closed form against numpy.linalg on random
+    maps (decaying real and complex modes, badly conditioned ones included): V diag(lam) V^-1
+    rebuilds phi, the eigenvalues, fixed point and the condition number of V agree, each to
+    rounding scaled by its own conditioning; a mode that does not decay leaves no closed form."""
+    done = 0
+    for phi, chunk in _random_maps(np.random.default_rng(3), 3000):
         if chunk._closed is None:  # only when V is worse conditioned than _MAX_COND
             assert np.linalg.cond(np.linalg.eig(phi)[1]) > 0.5 * plant_module._MAX_COND
             continue
@@ -427,16 +434,7 @@ def test_compiled_closed_form_state_is_pythons_to_the_last_bit():
     rng = np.random.default_rng(8)
     xp, tabs = np.array([0.0, 1e-5]), np.zeros((6, 2))
     checked = 0
-    for trial in range(400):
-        q = rng.normal(size=(2, 2))
-        if trial % 2:
-            r, th = rng.uniform(0.5, 0.99999), rng.uniform(1e-4, 3.0)
-            rot = r * np.array([[math.cos(th), -math.sin(th)], [math.sin(th), math.cos(th)]])
-            phi = q @ rot @ np.linalg.inv(q)
-        else:
-            phi = q @ np.diag(rng.uniform(-0.999, 0.999, 2)) @ np.linalg.inv(q)
-        chunk = plant_module._Chunk("ccm", tuple(phi.ravel()), tuple(rng.normal(size=2)), None)
-        chunk._eigen()
+    for trial, (_, chunk) in enumerate(_random_maps(rng, 400)):
         if chunk._closed is None:
             continue
         chunk._tables = (xp, dict.fromkeys(plant_module._TABLE_ROWS, np.zeros(2)))
