@@ -657,7 +657,7 @@ class Plant:
         freq = float(freq)
         if not (freq > 0 and math.isfinite(freq)):
             raise ValueError(f"frequency must be > 0, got {freq!r}")
-        if steps != int(steps) or steps < 0:
+        if not (isinstance(steps, int | np.integer) and steps >= 0):
             raise ValueError(f"steps must be a whole number >= 0, got {steps!r}")
         self._schedule(t, {"enabled": bool(enabled), "freq": freq, "duty": duty,
                            "steps": int(steps)})

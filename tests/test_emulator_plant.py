@@ -420,8 +420,9 @@ def test_maps_built_with_their_neighbours_are_the_maps_built_alone(R):
         assert np.array_equal(xp_a, xp_b)
         for name in plant_module._TABLE_ROWS:
             assert np.array_equal(tab_a[name], tab_b[name]), (level, name)
-    with pytest.raises(ValueError, match="steps"):
-        blocked.set_pwm(t, True, FSW, 0.5, 12.5)
+    for bad in (12.5, -1, None, "1250"):
+        with pytest.raises(ValueError, match="steps must be a whole number"):
+            blocked.set_pwm(t, True, FSW, 0.5, bad)
 
 
 @pytest.mark.skipif(plant_module.kernel is None, reason="needs numba")
