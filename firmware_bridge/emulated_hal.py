@@ -491,9 +491,6 @@ class EmulatedHAL:
             data, self._rx_stash = self._rx_stash or self.link.read(0.0) or b"", b""
             return self._input_poll(data, start, wait)
         self._tx_flush()  # the loop is about to wait: what it sent goes out
-        step = self._next_step()
-        if start < step <= start + wait + 1e-9 and self._run_at(step, start, wait):
-            return b""  # the on-board PID's step, due within this poll: the host is late
         polls, timed, due = 1, False, math.inf
         target = start + wait
         if self.idle_until is not None and not self._tx_blocked and not self._tx_fifo:
@@ -502,6 +499,7 @@ class EmulatedHAL:
             polls = max(1, math.ceil((until - start) / wait - 1e-9))
             target = start + polls * wait  # the Pico's poll that finds the timed work due
             timed = due <= target
+        step = self._next_step()
         wake = target  # when the host process wakes up for that poll
         if start < step <= target + 1e-9:
             # The firmware polls whole milliseconds until its next control step is less than

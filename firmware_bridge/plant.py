@@ -384,13 +384,18 @@ class _Chunk:
             n_in += 1
         return min(max(n_in, 1), count)
 
+    def orbit_from(self, il0: float, vc0: float) -> bool:
+        """Whether the last orbit computed (:meth:`orbit`) starts at (il0, vc0): :meth:`state`
+        then reads its states from there rather than the closed form."""
+        orbit = self._orbit
+        return orbit is not None and orbit[0] == il0 and orbit[1] == vc0
+
     def state(self, il0: float, vc0: float, j: int) -> tuple[float, float]:
         """The state after ``j`` periods from (il0, vc0) (scalar arithmetic where possible)."""
         if j == 0:
             return il0, vc0
-        orbit = self._orbit
-        if orbit is not None and orbit[0] == il0 and orbit[1] == vc0 and j < orbit[2].size:
-            return float(orbit[2][j]), float(orbit[3][j])
+        if self.orbit_from(il0, vc0) and j < self._orbit[2].size:
+            return float(self._orbit[2][j]), float(self._orbit[3][j])
         if self.kind == "dcm" and -1.0 < self.phi[3] <= 1.0:
             lam = self.phi[3]
             if lam == 1.0:
@@ -412,10 +417,9 @@ class _Chunk:
 
     def states(self, il0: float, vc0: float, js: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """States after ``js`` periods (a non-decreasing numpy int array) from (il0, vc0)."""
-        orbit = self._orbit
         top = int(js[-1]) if js.size else 0
-        if orbit is not None and orbit[0] == il0 and orbit[1] == vc0 and top < orbit[2].size:
-            return orbit[2][js], orbit[3][js]
+        if self.orbit_from(il0, vc0) and top < self._orbit[2].size:
+            return self._orbit[2][js], self._orbit[3][js]
         if self.kind == "dcm" and -1.0 < self.phi[3] <= 1.0:
             lam = self.phi[3]
             if lam == 1.0:
@@ -479,8 +483,8 @@ class _Chunk:
                 parts.append(self._radius * self._radius if self._radius > 0 else -1.0)
                 c = self.c or dict.fromkeys(_FIRST_VALID, 0.0)
                 parts += [float(c[name]) for name in _FIRST_VALID]
-                self._pack = (np.array(parts, dtype=float), *self.compiled_arrays()[3:],
-                              self.compiled_arrays()[0])
+                kind, _, _, xp, tabs = self.compiled_arrays()
+                self._pack = (np.array(parts, dtype=float), xp, tabs, kind)
         return self._pack or None
 
     def evaluate_at(self, tau: float, il: float, vc: float, current: bool):
@@ -858,10 +862,6 @@ class Plant:
         cur = self._cur
         if cur is not None and self._last_t <= t < cur[1]:
             self._last_t = t  # in the period the plant is in (a control step's PWM write)
-        elif self._pending is None and t >= self._last_t:
-            # Nothing else pending: the plant need not move to t for this (the next request
-            # runs through the boundary, as it would have run on from t).
-            self._last_t = t
         else:
             self._run_to(t, None, False)
         # The first boundary at or after t.
@@ -1015,20 +1015,15 @@ class Plant:
             return -1
         key = ("ccm", self._freq, change["duty"])
         after = self._cache.get(key)
-        pack = sure._pack
-        if after is None or not pack or not after._pack:
-            if pack is None:
-                sure.closed_arrays()
-            if after is not None and after._pack is None:
-                after.closed_arrays()
-            return -1
+        if after is None:
+            return -1  # the new duty's map is not built yet: the loop builds it
+        pack, pack_after = sure.closed_arrays(), after.closed_arrays()
         il0, vc0 = self._il, self._vc
-        orbit = sure._orbit
         times, out_v, out_i = _NO_SAMPLES if samples is None else samples
         freq = self._freq
         base = self._t_grid * freq + self._k
-        if ((orbit is not None and orbit[0] == il0 and orbit[1] == vc0)
-                or (times.size > pos and float(times[-1]) * freq - base >= kernel.MAX_PERIODS)):
+        if not (pack and pack_after) or sure.orbit_from(il0, vc0) or (
+                times.size > pos and float(times[-1]) * freq - base >= kernel.MAX_PERIODS):
             return -1
         mid = pos
         if times.size > pos:
@@ -1039,7 +1034,7 @@ class Plant:
         self.stats.samples += times.size - pos
         il_c, vc_c, went_on, il_e, vc_e = kernel.crossing(
             times, pos, mid, times.size, freq, base, n, il0, vc0, *pack,
-            self._t_grid * freq + (self._k + n), n_next, *after._pack[:3],
+            self._t_grid * freq + (self._k + n), n_next, *pack_after[:3],
             out_i is not None, out_v, _EMPTY if out_i is None else out_i, self._i_eps)
         self._move(n, il_c, vc_c)
         self._apply_due()
@@ -1047,8 +1042,7 @@ class Plant:
             self.stats.samples -= times.size - mid
             return mid
         self._chunk = self._sure = self._cached(key)  # what _get_chunk finds, certified
-        orbit = after._orbit
-        if orbit is not None and orbit[0] == il_c and orbit[1] == vc_c:
+        if after.orbit_from(il_c, vc_c):
             il_e, vc_e = after.state(il_c, vc_c, n_next)  # as _run_certified would
         if self._history is not None:
             self._record(n_next + 1, il_c, vc_c, after)
@@ -1070,11 +1064,8 @@ class Plant:
         times, out_v, out_i = samples
         freq = self._freq
         base = self._t_grid * freq + self._k
-        pack = chunk._pack if self.compiled else False
-        if pack is None:
-            pack = chunk.closed_arrays()
-        orbit = chunk._orbit
-        if (pack and (orbit is None or orbit[0] != il0 or orbit[1] != vc0)
+        pack = chunk.closed_arrays() if self.compiled else None
+        if (pack and not chunk.orbit_from(il0, vc0)
                 and (hi == pos or float(times[hi - 1]) * freq - base < kernel.MAX_PERIODS)):
             self.stats.samples += hi - pos
             il1, vc1 = kernel.certified(times, pos, hi, freq, base, m, il0, vc0, *pack,
