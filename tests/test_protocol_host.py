@@ -245,7 +245,7 @@ def test_serve_loop_over_the_hal():
     device.serve(dev, hal, _stop_after(10))
     assert bytes(hal.serial_out) == (b"boostsim,PicoBoost,E66038B713345E2C,0.1.0\n1\n")
     assert hal.service_calls >= 10 and dev.running
-    # Long responses go out in WRITE_CHUNK pieces, each with a poll.
+    # Long responses go out in WRITE_CHUNK pieces, at most WRITE_BURST of them per poll.
     hal.advance_us(3_000_000)
     hal.serial_in = [b"FETC:ADC? 4096\n"]
     writes = []
@@ -256,7 +256,35 @@ def test_serve_loop_over_the_hal():
     block = protocol.decode_adc_block(wire)
     assert 3000 <= block.count <= 3010 and wire.endswith(b"\n")
     assert len(writes) == -(-len(wire) // config.WRITE_CHUNK) > 10
-    assert hal.service_calls - before >= len(writes)
+    assert hal.service_calls - before >= -(-len(writes) // config.WRITE_BURST)
+
+
+def test_serve_loop_hands_replies_over_while_the_cdc_takes_them():
+    # A reply of 12 lines (504 bytes) to a CDC with room for 100 bytes: 64 + 36 in the first
+    # poll, nothing while it stays full (the loop waits for input instead of spinning), then,
+    # with room, WRITE_BURST pieces per poll until it has all gone.
+    dev, hal = fake_hal.make_device()
+    hal.serial_in = [b"*IDN?\n" * 12]
+    hal.tx_room = 100
+    polls = [[]]
+    write, service = hal.serial_write, hal.service
+
+    def serial_write(data):
+        n = write(data)
+        polls[-1].append(n)
+        return n
+
+    def poll_done():
+        service()
+        polls.append([])
+        if len(polls) == 4:
+            hal.tx_room = 10_000
+
+    hal.serial_write, hal.service = serial_write, poll_done
+    device.serve(dev, hal, _stop_after(6))
+    assert config.WRITE_BURST == 4
+    assert polls[:6] == [[64, 36, 0], [0], [0], [64] * 4, [64, 64, 20], []]
+    assert bytes(hal.serial_out) == b"boostsim,PicoBoost,E66038B713345E2C,0.1.0\n" * 12
 
 
 # ------------------------------------------------------------------------------ docs

@@ -82,5 +82,6 @@ LINE_MAX = 256               # bytes per command line (without CR LF); longer li
 ERR_QUEUE_LEN = 16           # error queue entries (-350 marks lost errors; trips never lost)
 POLL_MS = 1                  # serve loop: wait at most this long for input between polls
 WRITE_CHUNK = 64             # serve loop: bytes handed to the USB CDC at a time (one packet)
+WRITE_BURST = 4              # serve loop: pieces per iteration at most (4 fill the CDC's 256 B)
 TX_STALL_MS = 100            # a reply the host has not taken for this long is dropped (-410)
 TX_QUEUE_MAX = 16384         # bytes of replies waiting for the host; beyond, replies are dropped

@@ -705,6 +705,7 @@ def serve(dev, hal, should_stop=None):
     """
     cfg = dev.cfg
     chunk = cfg.WRITE_CHUNK
+    burst = cfg.WRITE_BURST
     poll_us = cfg.POLL_MS * 1000
     pending = []          # replies (bytes) not yet handed over, oldest first
     queued = 0            # their total size
@@ -723,7 +724,9 @@ def serve(dev, hal, should_stop=None):
                         last_progress = hal.ticks_ms()
                     pending.append(out)
                     queued += len(out)
-        while pending:
+        for _ in range(burst):  # pieces while the CDC takes them, at most its buffer's worth
+            if not pending:
+                break
             head = pending[0]
             n = hal.serial_write(head[sent:sent + chunk])
             blocked = n <= 0
@@ -745,6 +748,5 @@ def serve(dev, hal, should_stop=None):
                 pending.pop(0)
                 queued -= len(head)
                 sent = 0
-            break  # one piece per iteration: input and the main-loop work stay responsive
         dev.poll()
         hal.service()
