@@ -296,6 +296,7 @@ class EmulatedHAL:
         self._stream: list | None = None       # [period_us, ring, next_sample_us]
         self.irq_lock = threading.RLock()      # the timer "IRQs" vs. everything else
         self._protect: list | None = None      # [period_s, fn, t0, index of the next tick]
+        self._tick_due = math.inf              # board time of its next tick (inf: no timer)
         self._irq_t: float | None = None       # board clock of the tick being run [s]
         self._irq_thread: int | None = None    # ... and the thread running it
         self._tick_vout: float | None = None   # the plant's vout at that tick (batch value)
@@ -380,12 +381,14 @@ class EmulatedHAL:
         docstring: the ticks run in order before anything can look past them)."""
         self.protect_stop()
         period = period_us * 1e-6
-        self._protect = [period, fn, self._now() + period, 0]
+        self._protect = prot = [period, fn, self._now() + period, 0]
+        self._tick_due = prot[2] + prot[0] * prot[3]
 
     def protect_stop(self) -> None:
         if self._protect is not None:
             self._run_ticks(self._now())  # the ticks due until now still ran
             self._protect = None
+            self._tick_due = math.inf
 
     def next_tick(self, t: float) -> float:
         """Board time of the first protection tick at or after ``t`` (inf: no timer)."""
@@ -406,7 +409,9 @@ class EmulatedHAL:
 
     def irq_disable(self) -> bool:
         self.irq_lock.acquire()
-        self._run_ticks(self._now())  # the ticks due by now have run, as on the Pico
+        t = self._now()
+        if self._tick_due <= t + _SAME_INSTANT_S:
+            self._run_ticks(t)  # the ticks due by now have run, as on the Pico
         return True
 
     def irq_enable(self, state: bool) -> None:
@@ -437,10 +442,10 @@ class EmulatedHAL:
         with self.irq_lock:
             t = self._now()
             if channel == "vout" and n >= 2 and self._irq_t is None:
-                self._run_ticks(t)  # then the next tick due is the timer's next one
-                prot = self._protect
+                if self._tick_due <= t + _SAME_INSTANT_S:
+                    self._run_ticks(t)  # then the next tick due is the timer's next one
                 last = t + (n - 1) * ADC_CONVERSION_S
-                if prot is None or prot[2] + prot[0] * prot[3] > last:
+                if self._tick_due > last:
                     offsets = self._conversions.get(n)
                     if offsets is None:
                         offsets = self._conversions[n] = ADC_CONVERSION_S * np.arange(n)
@@ -577,7 +582,8 @@ class EmulatedHAL:
         with self.irq_lock:
             now = self._now()
             self._pinned = True
-            self._run_ticks(now)
+            if self._tick_due <= now + _SAME_INSTANT_S:
+                self._run_ticks(now)
             if data or self._stream_pending(now - 0.5 * MAX_IDLE_S):
                 self._flush_stream(now)
         return data
@@ -636,7 +642,8 @@ class EmulatedHAL:
             return  # the slice already makes this (e.g. gate_off at every tick of a trip)
         t = self._now()
         if self._irq_t is None:
-            self._run_ticks(t)
+            if self._tick_due <= t + _SAME_INSTANT_S:
+                self._run_ticks(t)
         else:
             self._drive_changed = True  # the tick batch's later values are stale
             self._tick_back()
@@ -787,10 +794,8 @@ class EmulatedHAL:
         from its instant on) takes the plant back to where the evaluation started; the later
         ticks are evaluated again. A single tick (the usual case with the on-board PID's
         steps in between) needs no checkpoint: nothing past it has been evaluated."""
-        prot = self._protect
-        if prot is None or self._irq_t is not None or (
-                prot[2] + prot[0] * prot[3] > t + _SAME_INSTANT_S):
-            return  # no timer, a tick is running, or none due
+        if self._irq_t is not None or self._tick_due > t + _SAME_INSTANT_S:
+            return  # a tick is running, or none due (no timer: never)
         while True:
             ticks = self._tick_times(t)
             if not ticks:
@@ -829,5 +834,6 @@ class EmulatedHAL:
                 self.stats.ticks += done
                 if self._protect is prot:
                     prot[3] += done
+                    self._tick_due = prot[2] + prot[0] * prot[3]
             if not self._drive_changed:
                 return

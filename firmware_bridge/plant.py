@@ -98,7 +98,6 @@ _FIRST_VALID = ("sync", "never", "a_i", "b_i", "a_v", "b_v", "a11", "a12", "b1")
 _LEVEL_BLOCK = 16      # PWM levels whose CCM maps are built together (see Plant._ccm_map)
 _EMPTY = np.empty(0)
 _NO_SAMPLES = (_EMPTY, _EMPTY, None)  # (times, out_v, out_i) of a request with none
-_DUTY_CHANGE = frozenset(("enabled", "freq", "duty", "steps"))  # set_pwm's change, its keys
 
 try:  # the compiled evaluation; without numba, the numpy path below does it all
     from . import emukernel as kernel
@@ -1010,47 +1009,72 @@ class Plant:
         ``samples``' times reached when it stopped at the change (the change applied, the
         new map not certified there), -1 when it did nothing."""
         change = self._pending[1]
-        if (change.keys() != _DUTY_CHANGE or not (change["enabled"] and self._enabled)
+        if ("params" in change or not (change["enabled"] and self._enabled)
                 or change["freq"] != self._freq or change["duty"] == self._duty):
-            return -1
-        key = ("ccm", self._freq, change["duty"])
+            return -1  # not a duty change alone (set_conditions' changes come as "params")
+        freq = self._freq
+        key = ("ccm", freq, change["duty"])
         after = self._cache.get(key)
         if after is None:
             return -1  # the new duty's map is not built yet: the loop builds it
-        pack, pack_after = sure.closed_arrays(), after.closed_arrays()
+        pack = sure._pack or sure.closed_arrays()
+        pack_after = after._pack or after.closed_arrays()
         il0, vc0 = self._il, self._vc
         times, out_v, out_i = _NO_SAMPLES if samples is None else samples
-        freq = self._freq
-        base = self._t_grid * freq + self._k
+        k = self._k
+        base = self._t_grid * freq + k
         if not (pack and pack_after) or sure.orbit_from(il0, vc0) or (
                 times.size > pos and float(times[-1]) * freq - base >= kernel.MAX_PERIODS):
             return -1
         mid = pos
         if times.size > pos:
-            mid = bisect.bisect_left(times, self._t_grid + (self._k + n) / freq, pos)
-        n_next = k_t - self._k - n
-        if self._history is not None:
+            mid = bisect.bisect_left(times, self._t_grid + (k + n) / freq, pos)
+        n_next = k_t - k - n
+        history = self._history
+        if history is not None:
             self._record(n, il0, vc0, sure)
-        self.stats.samples += times.size - pos
         il_c, vc_c, went_on, il_e, vc_e = kernel.crossing(
             times, pos, mid, times.size, freq, base, n, il0, vc0, *pack,
-            self._t_grid * freq + (self._k + n), n_next, *pack_after[:3],
+            self._t_grid * freq + (k + n), n_next, *pack_after[:3],
             out_i is not None, out_v, _EMPTY if out_i is None else out_i, self._i_eps)
-        self._move(n, il_c, vc_c)
-        self._apply_due()
         if not went_on:
-            self.stats.samples -= times.size - mid
+            self.stats.samples += mid - pos
+            self._move(n, il_c, vc_c)
+            self._apply_due()
             return mid
-        self._chunk = self._sure = self._cached(key)  # what _get_chunk finds, certified
-        if after.orbit_from(il_c, vc_c):
-            il_e, vc_e = after.state(il_c, vc_c, n_next)  # as _run_certified would
-        if self._history is not None:
+        # What _move, _apply_due, _get_chunk (a cache hit), _record and _move again do here:
+        # the change is a duty alone, the current at it not rounded to zero (the kernel
+        # checked), the new map certified from there.
+        stats = self.stats
+        stats.samples += times.size - pos
+        stats.periods += n + n_next
+        stats.cache_hits += 1
+        self._cache.move_to_end(key)
+        self._pending = None
+        self._steps = change["steps"]
+        self._duty = change["duty"]
+        self._chunk = self._sure = after
+        self._k = k = k + n
+        il_c, vc_c = float(il_c), float(vc_c)
+        if history is not None:
             self._record(n_next + 1, il_c, vc_c, after)
         if n_next:
-            self._move(n_next, il_e, vc_e)
-        t0 = self._t_grid + self._k / freq
+            if after.orbit_from(il_c, vc_c):
+                il_e, vc_e = after.state(il_c, vc_c, n_next)  # as _run_certified would
+            self._k = k = k + n_next
+            il_e = float(il_e)
+            if abs(il_e) > self._i_eps:
+                self._il = il_e
+            else:
+                self._il = 0.0
+                self._sure = None  # off the certified orbit
+            self._vc = float(vc_e)
+        else:
+            self._il, self._vc = il_c, vc_c
+        t0 = self._t_grid + k / freq
         self._cur = (t0, t0 + 1.0 / freq, after)
-        self._last_t = max(self._last_t, t_end)
+        if t_end > self._last_t:
+            self._last_t = t_end
         return None
 
     def _run_certified(self, chunk: _Chunk, m: int, n: int, samples: tuple, pos: int,
@@ -1064,7 +1088,7 @@ class Plant:
         times, out_v, out_i = samples
         freq = self._freq
         base = self._t_grid * freq + self._k
-        pack = chunk.closed_arrays() if self.compiled else None
+        pack = (chunk._pack or chunk.closed_arrays()) if self.compiled else None
         if (pack and not chunk.orbit_from(il0, vc0)
                 and (hi == pos or float(times[hi - 1]) * freq - base < kernel.MAX_PERIODS)):
             self.stats.samples += hi - pos
