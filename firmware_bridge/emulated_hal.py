@@ -431,6 +431,8 @@ class EmulatedHAL:
     def adc_read(self, channel: str) -> int:
         """One conversion now; outside a protection tick it takes the ADC's conversion time."""
         with self.irq_lock:
+            if self._tick_vout is not None and channel == "vout":  # a protection tick's read
+                return self.adc.code(self._tick_vout / self.vout_divider)
             code = self._adc_read(channel)
             if self._irq_t is None:
                 self.spend(ADC_CONVERSION_S)
@@ -788,6 +790,32 @@ class EmulatedHAL:
             last -= 1
         return [min(t0 + period * j, t) for j in range(k, last + 1)]
 
+    def _run_tick(self, tk: float) -> bool:
+        """One protection tick at ``tk`` (what :meth:`_run_ticks` does for a batch of one: the
+        usual case with the on-board PID's steps in between). False if it changed the drive
+        (the caller looks for ticks due again)."""
+        prot = self._protect
+        start = self._tic()
+        try:
+            v = self.plant.at(tk)[0]
+        finally:
+            self._plant_timing(start, "protect")
+        self._irq_thread = threading.get_ident()
+        self._drive_changed = False
+        self._irq_t = tk
+        self._tick_vout = v
+        done = 0
+        try:
+            prot[1]()
+            done = 1
+        finally:
+            self._irq_t = self._tick_vout = None
+            self.stats.ticks += done
+            if self._protect is prot:
+                prot[3] += done
+                self._tick_due = prot[2] + prot[0] * prot[3]
+        return not self._drive_changed
+
     def _run_ticks(self, t: float) -> None:
         """Run the protection ticks due up to ``t`` in order, each at its own instant: one
         evaluation of the plant at them all. A tick that changes the drive (a trip: gate off
@@ -799,6 +827,8 @@ class EmulatedHAL:
         while True:
             ticks = self._tick_times(t)
             if not ticks:
+                return
+            if len(ticks) == 1 and self._run_tick(ticks[0]):
                 return
             plant = self.plant
             keep = plant.checkpoint() if len(ticks) > 1 else None

@@ -97,6 +97,7 @@ _TABLE_ROWS = ("vout", "vout_i", "vout_v", "il", "il_i", "il_v")  # emukernel's 
 _FIRST_VALID = ("sync", "never", "a_i", "b_i", "a_v", "b_v", "a11", "a12", "b1")  # pack order
 _LEVEL_BLOCK = 16      # PWM levels whose CCM maps are built together (see Plant._ccm_map)
 _EMPTY = np.empty(0)
+_WHOLE = (int, np.integer)  # set_pwm's steps
 _NO_SAMPLES = (_EMPTY, _EMPTY, None)  # (times, out_v, out_i) of a request with none
 
 try:  # the compiled evaluation; without numba, the numpy path below does it all
@@ -660,7 +661,7 @@ class Plant:
         freq = float(freq)
         if not (freq > 0 and math.isfinite(freq)):
             raise ValueError(f"frequency must be > 0, got {freq!r}")
-        if not (isinstance(steps, int | np.integer) and steps >= 0):
+        if not (isinstance(steps, _WHOLE) and steps >= 0):
             raise ValueError(f"steps must be a whole number >= 0, got {steps!r}")
         self._schedule(t, {"enabled": bool(enabled), "freq": freq, "duty": duty,
                            "steps": int(steps)})
