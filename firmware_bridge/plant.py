@@ -927,14 +927,7 @@ class Plant:
             pending = self._pending
             if pending is None or pending[0] > k_t:
                 # The certified map holds for every period up to the one containing t_end.
-                n = k_t - self._k
-                if self._history is not None:
-                    self._record(n + 1, self._il, self._vc, sure)
-                todo = _NO_SAMPLES if samples is None else samples
-                self._run_certified(sure, n + 1, n, todo, pos, todo[0].size)
-                t0 = self._t_grid + self._k / self._freq
-                self._cur = (t0, t0 + 1.0 / self._freq, sure)
-                self._last_t = max(self._last_t, t_end)
+                self._run_sure(sure, k_t, t_end, samples, pos)
                 return
             # A change before t_end (a control step's new duty): the certified map up to its
             # boundary, then the map after it, on this same path if that one is certified
@@ -999,6 +992,53 @@ class Plant:
                 self._cur = (t0, t0 + 1.0 / self._freq, chunk)
                 break
         self._last_t = max(self._last_t, t_end)
+
+    def _run_sure(self, sure: _Chunk, k_t: int, t_end: float, samples, pos: int) -> None:
+        """The certified map ``sure`` up to period ``k_t`` (containing ``t_end``), no change
+        pending before it: :meth:`_record`, :meth:`_run_certified` and :meth:`_move` for a
+        control loop's every request, their common case in place (the same numbers)."""
+        k = self._k
+        n = k_t - k
+        il0, vc0 = self._il, self._vc
+        freq, t_grid = self._freq, self._t_grid
+        times, out_v, out_i = _NO_SAMPLES if samples is None else samples
+        hi = times.size
+        base = t_grid * freq + k
+        pack = sure._pack
+        history = self._history
+        if not (pack and self.compiled and not sure.orbit_from(il0, vc0) and (
+                hi == pos or float(times[hi - 1]) * freq - base < kernel.MAX_PERIODS)):
+            if history is not None:
+                self._record(n + 1, il0, vc0, sure)
+            self._run_certified(sure, n + 1, n, (times, out_v, out_i), pos, hi)
+        else:
+            if history is not None:
+                last = history[-1] if history else None
+                if (last is not None and last[7] is sure and last[1] == t_grid
+                        and last[2] == freq and last[3] + last[4] >= k
+                        and last[0] != t_grid + k / freq):
+                    if k + n + 1 - last[3] > last[4]:  # the same entry, on (as _record does)
+                        last[4] = k + n + 1 - last[3]
+                else:
+                    self._record(n + 1, il0, vc0, sure)
+            stats = self.stats
+            stats.samples += hi - pos
+            il1, vc1 = kernel.certified(times, pos, hi, freq, base, n + 1, il0, vc0, *pack,
+                                        out_i is not None, out_v,
+                                        _EMPTY if out_i is None else out_i, n)
+            if n:  # _move
+                self._k = k = k_t
+                if abs(il1) > self._i_eps:
+                    self._il = il1
+                else:
+                    self._il = 0.0
+                    self._sure = None  # off the certified orbit
+                self._vc = vc1
+                stats.periods += n
+        t0 = t_grid + self._k / freq
+        self._cur = (t0, t0 + 1.0 / freq, sure)
+        if t_end > self._last_t:
+            self._last_t = t_end
 
     def _cross(self, sure: _Chunk, n: int, k_t: int, t_end: float, samples, pos: int
                ) -> int | None:
