@@ -16,10 +16,13 @@ Each figure is the minimum of ``--repeat`` runs (the run is deterministic: the m
 least disturbed), in % of one core.
 
 ``--against REV`` compares with the code of git revision REV (one with
-``firmware_bridge/virtual_board.py``): both trees run in worker processes, one run of each in
-turn, and each figure is then the median of ``--repeat`` runs, with the median of the
-run-by-run ratios (this tree / REV). On a shared machine whose speed drifts by half as much
-again within minutes, only such interleaved ratios show a change of a few per cent.
+``firmware_bridge/virtual_board.py``): both trees run in worker processes pinned to the same
+CPU, each with its own board of each phase, in turns of 0.1 s of board time (``--seconds`` x
+``--repeat`` of board time per figure; the first tenth, where the plant builds its maps, is not
+counted), and each figure is the process time summed over the turns, with the ratio (this tree
+/ REV). On a shared machine whose speed drifts by half as much again within minutes, such
+interleaved turns on one CPU show a change of a few per cent (the same tree against itself
+reads 0.97-1.05).
 
     python benchmarks/bench_emulator_virtual.py [--seconds 2] [--repeat 3] [--pid-rate 2000]
         [--against REV]
@@ -29,12 +32,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -43,6 +46,7 @@ from firmware_bridge.plant import PlantStats
 from firmware_bridge.virtual_board import VirtualBoard
 
 WARM_UP_S = 0.1  # board time before the timed part (the stream starts at 10 ms)
+SLICE_S = 0.1    # --against: board time per turn of each tree
 ROOT = Path(__file__).resolve().parent.parent
 PHASES = ("open", "PID", "DCM")
 
@@ -115,17 +119,19 @@ def run(phase: str, seconds: float, pid_rate: float, free_plant: bool) -> float:
 
 
 class Worker:
-    """This benchmark's :func:`run` in a process of its own on the code in ``tree`` (its
-    boostsim and firmware_bridge first on the path), one run per request."""
+    """This benchmark's boards in a process of their own on the code in ``tree`` (its boostsim
+    and firmware_bridge first on the path), pinned to ``cpu`` (where the OS allows): a board
+    per phase, run slice by slice on request."""
 
-    def __init__(self, tree: Path):
+    def __init__(self, tree: Path, cpu: int | None):
         self.proc = subprocess.Popen(
             [sys.executable, __file__, "--worker"], cwd=tree, text=True,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            env={**os.environ, "PYTHONPATH": str(tree)})
+            env={**os.environ, "PYTHONPATH": str(tree)},
+            preexec_fn=None if cpu is None else (lambda: os.sched_setaffinity(0, {cpu})))
 
-    def run(self, phase: str, seconds: float, pid_rate: float, free_plant: bool) -> float:
-        self.proc.stdin.write(f"{phase} {seconds!r} {pid_rate!r} {int(free_plant)}\n")
+    def ask(self, *words: Any) -> float:
+        self.proc.stdin.write(" ".join(map(str, words)) + "\n")
         self.proc.stdin.flush()
         line = self.proc.stdout.readline()
         if not line:
@@ -138,10 +144,25 @@ class Worker:
 
 
 def _serve_worker() -> int:
+    """Requests on stdin: ``board PHASE SECONDS PID_RATE FREE`` (a new board, run through its
+    warm-up), then ``slice DT``: its next DT seconds of board time; answers the process time."""
     run("open", 0.3, 2000.0, False)  # compile / load the plant's loops
+    board, t = None, 0.0
     for line in sys.stdin:
-        phase, seconds, pid_rate, free = line.split()
-        print(run(phase, float(seconds), float(pid_rate), free == "1"), flush=True)
+        word, *args = line.split()
+        if word == "board":
+            phase, seconds, pid_rate, free = args
+            params = default_board().replace(R=1000.0) if phase == "DCM" else default_board()
+            board = VirtualBoard(_script(phase, float(seconds), float(pid_rate)), params=params,
+                                 plant=FreePlant if free == "1" else None)
+            board.serve_until(WARM_UP_S)
+            t = WARM_UP_S
+            print(0.0, flush=True)
+        else:
+            t += float(args[0])
+            start = time.process_time()
+            board.serve_until(t)
+            print(time.process_time() - start, flush=True)
     return 0
 
 
@@ -157,23 +178,40 @@ def _tree_of(rev: str, into: Path) -> Path:
     return into
 
 
+def _one_cpu() -> int | None:
+    """A CPU this process may run on (both workers are pinned to it), None where the OS does
+    not say."""
+    try:
+        return max(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return None
+
+
 def _compare(rev: str, seconds: float, repeat: int, pid_rate: float) -> None:
+    slices = max(10, round(seconds * repeat / SLICE_S))
+    cpu = _one_cpu()
     with tempfile.TemporaryDirectory() as tmp:
-        workers = [Worker(ROOT), Worker(_tree_of(rev, Path(tmp)))]
+        workers = [Worker(ROOT, cpu), Worker(_tree_of(rev, Path(tmp)), cpu)]
         try:
             print(f"boostsim board emulator on a virtual clock, this tree against {rev}: % of "
-                  f"one core per second of board time (medians of {repeat} runs of {seconds:g} s"
-                  f", taken in turn; ratio: median of the run-by-run ratios)")
+                  f"one core per second of board time ({slices} slices of {SLICE_S:g} s of "
+                  f"board time each, the two trees' boards in turn"
+                  f"{'' if cpu is None else f' on CPU {cpu}'}; the first tenth not counted)")
             print(f"  {'phase':11s} {'this tree':>10s} {rev[:12]:>12s} {'ratio':>6s}")
             for phase in PHASES:
                 for free in (False, True):
-                    pairs = [[w.run(phase, seconds, pid_rate, free) for w in workers]
-                             for _ in range(repeat)]
-                    mine, theirs = (statistics.median(p[i] for p in pairs) for i in (0, 1))
-                    ratio = statistics.median(a / b for a, b in pairs)
+                    for w in workers:
+                        w.ask("board", phase, WARM_UP_S + slices * SLICE_S + 0.1, pid_rate,
+                              int(free))
+                    times = [[], []]
+                    for k in range(slices):
+                        for i in ((0, 1) if k % 2 == 0 else (1, 0)):  # who goes first alternates
+                            times[i].append(workers[i].ask("slice", SLICE_S))
+                    mine, theirs = (sum(x[slices // 10:]) for x in times)
+                    board_s = (slices - slices // 10) * SLICE_S
                     name = phase + (" free" if free else "")
-                    print(f"  {name:11s} {100 * mine:8.1f} % {100 * theirs:10.1f} % "
-                          f"{ratio:6.2f}")
+                    print(f"  {name:11s} {100 * mine / board_s:8.1f} % "
+                          f"{100 * theirs / board_s:10.1f} % {mine / theirs:6.3f}")
             print("  (free: the plant replaced by a constant; what the HAL, the serve loop and "
                   "the firmware cost alone)")
         finally:
