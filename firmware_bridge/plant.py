@@ -59,9 +59,10 @@ its waveform table, cached per duty; its eigen-decomposition in closed form; on 
 counter grid, the maps of the 16 levels around it are built with it for little more) plus,
 through DCM, a few engine calls, and a step under a certified map goes straight on to the
 next one (its samples and state in one compiled call).
-The emulated board keeps real time at 100 kHz with 5-10 % of one core in open loop, a fifth
-to a third with the on-board PID at 2 kHz (a firmware step every 0.5 ms), depending on the
-machine's load.
+The emulated board keeps real time at 100 kHz with 3.5-5 % of one core in open loop and
+13-23 % with the on-board PID at 2 kHz (a firmware step every 0.5 ms), both streaming at
+20 kS/s, on a quiet machine (``benchmarks/bench_emulator.py``; half as much again when it is
+shared).
 
 Why the exact map rather than a cycle-averaged model plus a ripple table: both could meet the
 requirement (``boostsim.averaged.operating_point`` is within ~3e-4 of the exact steady state in
