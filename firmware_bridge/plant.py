@@ -1084,36 +1084,29 @@ class Plant:
             self._move(n, il_c, vc_c)
             self._apply_due()
             return mid
-        # What _move, _apply_due, _get_chunk (a cache hit), _record and _move again do here:
+        # What _move, _apply_due, _get_chunk (a cache hit) and _record do here (then _move):
         # the change is a duty alone, the current at it not rounded to zero (the kernel
         # checked), the new map certified from there.
         stats = self.stats
         stats.samples += times.size - pos
-        stats.periods += n + n_next
+        stats.periods += n
         stats.cache_hits += 1
         self._cache.move_to_end(key)
         self._pending = None
         self._steps = change["steps"]
         self._duty = change["duty"]
         self._chunk = self._sure = after
-        self._k = k = k + n
+        self._k = k + n
         il_c, vc_c = float(il_c), float(vc_c)
         if history is not None:
             self._record(n_next + 1, il_c, vc_c, after)
         if n_next:
             if after.orbit_from(il_c, vc_c):
                 il_e, vc_e = after.state(il_c, vc_c, n_next)  # as _run_certified would
-            self._k = k = k + n_next
-            il_e = float(il_e)
-            if abs(il_e) > self._i_eps:
-                self._il = il_e
-            else:
-                self._il = 0.0
-                self._sure = None  # off the certified orbit
-            self._vc = float(vc_e)
+            self._move(n_next, il_e, vc_e)
         else:
             self._il, self._vc = il_c, vc_c
-        t0 = self._t_grid + k / freq
+        t0 = self._t_grid + self._k / freq
         self._cur = (t0, t0 + 1.0 / freq, after)
         if t_end > self._last_t:
             self._last_t = t_end
