@@ -21,7 +21,17 @@ all the while streaming the output at 20 kHz (the ADC rate limit) and fetching b
   emulator's process woke up (the on-board PID's steps run in batches of STEP_BATCH_S);
 * the plant's work: switching periods advanced, exact engine calls.
 
-    python benchmarks/bench_emulator.py [--duration 30] [--pid-rate 2000] [--json out.json]
+``--against REV`` runs the emulator of git revision ``REV`` (its packages extracted to a
+temporary directory) and this tree's in turn, ``--rounds`` runs of each (who goes first
+alternates; a first short run of each compiles or loads its kernels), the same host script for
+both, and reports each run's CPU from ``/proc`` over the driven run, overall and by phase, the
+medians and the median of the round-by-round ratios. The machine's speed drifts by half as much
+again within minutes; runs a minute apart see the same machine, so the ratio is the figure to
+quote (the code #10 measured at 31 % is c7424c7: ``--against c7424c7 --config`` a TOML with
+``[emulator] adc_jitter = 0``, ``float32 = false``, ``pid_compute_time = 0``, its settings).
+
+    python benchmarks/bench_emulator.py [--duration 30] [--pid-rate 2000] [--config FILE]
+        [--json out.json] [--against REV [--rounds 3]]
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,10 +48,9 @@ from pathlib import Path
 
 import numpy as np
 import serial
+from revision import ROOT, checkout
 
 from firmware_bridge import protocol
-
-ROOT = Path(__file__).resolve().parent.parent
 
 RATE = 20000.0
 
@@ -70,16 +80,19 @@ def _process_cpu(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run(duration: float, config: str | None = None, pid_rate: float = 2000.0) -> dict:
+def run(duration: float, config: str | None = None, pid_rate: float = 2000.0,
+        tree: Path = ROOT) -> dict:
+    """One run of the emulator of the code in ``tree`` (its packages first on the path)."""
     third = duration / 3
     link = Path(tempfile.mkdtemp()) / "board"
     cmd = [sys.executable, "-m", "firmware_bridge.emulator", "--seed", "1", "--quiet",
            "--json", "--link", str(link), "--duration", f"{duration + 1.0:g}",
            "--fault", f"{1.0 + 2 * third:g}:load:1000", *(["--config", config] if config else [])]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
-    deadline = time.monotonic() + 30
+        [str(tree), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    # In the tree's directory: ``python -m`` puts the working directory first on the path.
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env, cwd=tree)
+    deadline = time.monotonic() + 120  # a first run may compile the plant's kernels
     while not link.exists():  # --json: the device is found through its link
         if proc.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError("the emulator did not start")
@@ -90,6 +103,7 @@ def run(duration: float, config: str | None = None, pid_rate: float = 2000.0) ->
     blocks: list[protocol.AdcBlock] = []
     meas: list[float] = []
     t_start = time.monotonic()
+    cpu_start = _process_cpu(proc.pid)
     _ask(port, "*IDN?")
     port.write(b"SENS:ADC:RATE %d\nINIT\nSOUR:PWM:DUTY 0.4\nOUTP ON\n" % RATE)
     phase = 0
@@ -130,6 +144,9 @@ def run(duration: float, config: str | None = None, pid_rate: float = 2000.0) ->
     marks.append((time.monotonic(), _process_cpu(proc.pid)))
     phase_cpu = [None if b[1] is None or a[1] is None else (b[1] - a[1]) / (b[0] - a[0])
                  for a, b in zip(marks[0::2], marks[1::2], strict=False)]
+    end, cpu_end = marks[-1]
+    run_cpu = None if cpu_start is None or cpu_end is None else \
+        (cpu_end - cpu_start) / (end - t_start)
     port.write(b"ABOR\nOUTP OFF\n")
     blocks.append(_fetch(port))
     errors = _ask(port, "SYST:ERR:COUN?")
@@ -142,7 +159,20 @@ def run(duration: float, config: str | None = None, pid_rate: float = 2000.0) ->
     return {"duration_s": duration, "stats": stats, "samples": int(index.size), "gaps": gaps,
             "overflow": overflow, "first_index": int(index[0]), "board_errors": int(errors),
             "meas_min": min(meas), "meas_max": max(meas), "returncode": proc.returncode,
-            "phase_cpu": phase_cpu, "pid_rate_hz": pid_rate}
+            "phase_cpu": phase_cpu, "run_cpu": run_cpu, "pid_rate_hz": pid_rate}
+
+
+def kept_real_time(result: dict) -> bool:
+    """Every streamed sample fetched in order from the first, no overflow, no error."""
+    return (result["gaps"] == 0 and not result["overflow"] and result["first_index"] == 0
+            and result["board_errors"] == 0 and result["stats"].get("errors", 0) == 0)
+
+
+PHASES = ("open loop", "on-board PID", "DCM")
+
+
+def _percent(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f} %"
 
 
 def report(result: dict) -> None:
@@ -150,17 +180,15 @@ def report(result: dict) -> None:
     plant = s["plant"]
     wall = s["wall_s"]
     cpu = s["process_cpu_s"]
-    ok = (result["gaps"] == 0 and not result["overflow"] and result["first_index"] == 0
-          and result["board_errors"] == 0 and s["errors"] == 0)
+    ok = kept_real_time(result)
     print(f"boostsim board emulator, {wall:.1f} s in real time at 100 kHz "
           f"({plant['periods']:,} switching periods; open loop CCM, on-board PID at "
           f"{result['pid_rate_hz']:g} Hz, "
           f"light-load DCM; streaming at {RATE / 1000:g} kHz)")
     print(f"  CPU use (emulator process time / wall time): {100 * cpu / wall:.1f} % of one core"
           f"   [{cpu:.2f} s / {wall:.2f} s; serve thread alone {100 * s['cpu_fraction']:.1f} %]")
-    phases = ", ".join(f"{name} {'n/a' if x is None else f'{100 * x:.1f} %'}" for name, x in
-                       zip(("open loop", "on-board PID", "DCM"), result["phase_cpu"],
-                           strict=False))
+    phases = ", ".join(f"{name} {_percent(x)}" for name, x in
+                       zip(PHASES, result["phase_cpu"], strict=False))
     print(f"  by phase (emulator process, after each phase's first 0.5 s): {phases}")
     print(f"  worst lag: a serve-loop poll ran {1e3 * s['max_poll_gap']:.1f} ms late (beyond its "
           f"planned wait); longest plant call {1e3 * s['max_plant_call']:.1f} ms wall")
@@ -176,6 +204,50 @@ def report(result: dict) -> None:
     print(f"  kept real time: {'yes' if ok else 'NO'}")
 
 
+def compare(rev: str, rounds: int, duration: float, config: str | None = None,
+            pid_rate: float = 2000.0) -> dict:
+    """This tree's emulator against git revision ``rev``'s: ``rounds`` runs of each in turn
+    (who goes first alternates), the same host script and figures for both -- the CPU from
+    /proc over the driven run, overall and by phase. Prints every round, the medians and the
+    median of the round-by-round ratios; returns the figures (fractions of one core, per
+    round: overall, then by phase) and whether this tree kept real time in every run."""
+    names = ("overall", *PHASES)
+    with tempfile.TemporaryDirectory() as tmp:
+        trees = [("this tree", ROOT), (rev, checkout(rev, Path(tmp)))]
+        print(f"boostsim board emulator, this tree against {rev}: {rounds} rounds of "
+              f"{duration:g} s (open loop, on-board PID at {pid_rate:g} Hz, light-load DCM; "
+              f"streaming at {RATE / 1000:g} kHz), one run of each in turn; % of one core from "
+              f"/proc over the driven run (by phase: after each phase's first 0.5 s)")
+        for _, tree in trees:  # a tree's first run compiles or loads its kernels
+            run(3.0, config, pid_rate, tree)
+        figures: dict[str, list[list[float | None]]] = {name: [] for name, _ in trees}
+        all_kept = True
+        for k in range(rounds):
+            for name, tree in (trees if k % 2 == 0 else trees[::-1]):
+                result = run(duration, config, pid_rate, tree)
+                kept = kept_real_time(result)
+                if name == "this tree":
+                    all_kept &= kept
+                figures[name].append([result["run_cpu"], *result["phase_cpu"]])
+                print(f"  round {k + 1}, {name[:12]:12s} "
+                      + ", ".join(f"{n} {_percent(x)}" for n, x in
+                                  zip(names, figures[name][-1], strict=False))
+                      + ("" if kept else "; MISSED REAL TIME"))
+    mine, theirs = (figures[name] for name, _ in trees)
+    print(f"  medians (this tree / {rev[:12]} / median of the round-by-round ratios):")
+    for i, n in enumerate(names):
+        a = [r[i] for r in mine if r[i] is not None]
+        b = [r[i] for r in theirs if r[i] is not None]
+        ratios = [x[i] / y[i] for x, y in zip(mine, theirs, strict=True)
+                  if x[i] is not None and y[i]]
+        if a and b and ratios:
+            print(f"    {n:13s} {_percent(statistics.median(a)):>8s} "
+                  f"{_percent(statistics.median(b)):>8s} {statistics.median(ratios):6.3f}")
+    return {"against": rev, "duration_s": duration, "pid_rate_hz": pid_rate,
+            "figures": ["overall", *PHASES], "this_tree": mine, "revision": theirs,
+            "kept_real_time": all_kept}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=float, default=30.0, help="seconds (default 30)")
@@ -185,13 +257,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pid-rate", type=float, default=2000.0,
                         help="the on-board PID's rate in the second phase [Hz] (default 2000, "
                              "the firmware's highest)")
+    parser.add_argument("--against", metavar="REV",
+                        help="compare with the emulator of git revision REV: runs of each in "
+                             "turn, medians and round-by-round ratios")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="--against: runs of each tree (default 3)")
     args = parser.parse_args(argv)
-    result = run(args.duration, args.config, args.pid_rate)
-    report(result)
+    if args.against:
+        if args.rounds < 1:
+            parser.error("--rounds must be at least 1")
+        result = compare(args.against, args.rounds, args.duration, args.config, args.pid_rate)
+    else:
+        result = run(args.duration, args.config, args.pid_rate)
+        report(result)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(result, f, indent=2)
-    return 0 if result["gaps"] == 0 and not result["overflow"] else 1
+    kept = result["kept_real_time"] if args.against else kept_real_time(result)
+    return 0 if kept else 1
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from revision import ROOT, checkout
 
 from boostsim import default_board
 from firmware_bridge.plant import PlantStats
@@ -47,7 +48,6 @@ from firmware_bridge.virtual_board import VirtualBoard
 
 WARM_UP_S = 0.1  # board time before the timed part (the stream starts at 10 ms)
 SLICE_S = 0.1    # --against: board time per turn of each tree
-ROOT = Path(__file__).resolve().parent.parent
 PHASES = ("open", "PID", "DCM")
 
 
@@ -166,18 +166,6 @@ def _serve_worker() -> int:
     return 0
 
 
-def _tree_of(rev: str, into: Path) -> Path:
-    """The packages (and this benchmark) of git revision ``rev`` under ``into``."""
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "boostsim",
-                              "firmware_bridge"], capture_output=True, check=False)
-    if archive.returncode:
-        raise SystemExit(f"--against {rev}: {archive.stderr.decode().strip()}")
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
-    if not (into / "firmware_bridge" / "virtual_board.py").exists():
-        raise SystemExit(f"--against {rev}: that revision has no firmware_bridge/virtual_board.py")
-    return into
-
-
 def _one_cpu() -> int | None:
     """A CPU this process may run on (both workers are pinned to it), None where the OS does
     not say."""
@@ -191,7 +179,8 @@ def _compare(rev: str, seconds: float, repeat: int, pid_rate: float) -> None:
     slices = max(10, round(seconds * repeat / SLICE_S))
     cpu = _one_cpu()
     with tempfile.TemporaryDirectory() as tmp:
-        workers = [Worker(ROOT, cpu), Worker(_tree_of(rev, Path(tmp)), cpu)]
+        workers = [Worker(ROOT, cpu),
+                   Worker(checkout(rev, Path(tmp), "firmware_bridge/virtual_board.py"), cpu)]
         try:
             print(f"boostsim board emulator on a virtual clock, this tree against {rev}: % of "
                   f"one core per second of board time ({slices} slices of {SLICE_S:g} s of "
