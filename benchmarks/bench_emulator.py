@@ -286,15 +286,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3,
                         help="--against: runs of each tree (default 3)")
     args = parser.parse_args(argv)
-    if args.lean:
-        args.config = lean_config(Path(tempfile.mkdtemp()))
-    if args.against:
-        if args.rounds < 1:
-            parser.error("--rounds must be at least 1")
-        result = compare(args.against, args.rounds, args.duration, args.config, args.pid_rate)
-    else:
-        result = run(args.duration, args.config, args.pid_rate)
-        report(result)
+    if args.against and args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    with tempfile.TemporaryDirectory() as tmp:
+        config = lean_config(Path(tmp)) if args.lean else args.config
+        if args.against:
+            result = compare(args.against, args.rounds, args.duration, config, args.pid_rate)
+        else:
+            result = run(args.duration, config, args.pid_rate)
+            report(result)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(result, f, indent=2)
