@@ -1,6 +1,7 @@
 """Closed-loop speed: lane-periods per second of the switching engine under the digital PID.
 
 Run:  python benchmarks/bench_control.py [--repeat 3] [--periods 1000] [--json out.json]
+      python benchmarks/bench_control.py --against REV [--rounds 5] [--repeat 3]
 
 The default board (inductance spread +-20 % over the lanes, per-lane proportional gains)
 starts up under ``DigitalController`` (ADC with noise, 1250-step PWM, PID every period with
@@ -17,6 +18,10 @@ compiled kernel (``engine="auto"``) and, for reference, on the numpy engine. Med
 * ``--seconds`` (default 1 s) of closed loop on one lane with the switching engine and with
   the averaged model (same controller), compiled and on its numpy route: the times, how far
   apart the mean outputs are, and how far the averaged model's two routes are apart.
+
+``--against REV`` times only the 1000-lane start-up, on this tree's code and on git revision
+REV's (extracted to a temporary directory), in worker processes run in turn: on a machine whose
+speed drifts from day to day, whether a lower figure is the code's or the machine's.
 """
 
 from __future__ import annotations
@@ -32,14 +37,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+from revision import ROOT, checkout
 
 from boostsim import Step, default_board, simulate, simulate_averaged
 from boostsim.control import ADC, DigitalController
 from boostsim.montecarlo import COLUMNS, load_step_yield
 from boostsim.pid import PID
 from boostsim.sweep import parse_limit, parse_tolerance
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _controller(lanes: int, ts: float) -> DigitalController:
@@ -49,23 +53,30 @@ def _controller(lanes: int, ts: float) -> DigitalController:
     return DigitalController(pid, adc=ADC(noise_rms=0.001))
 
 
-def closed_loop_throughput(repeat: int, periods: int) -> list[dict]:
+def start_up_times(lanes: int, periods: int, runs: int, engine: str = "auto") -> list[float]:
+    """Wall times [s] of ``runs`` closed-loop start-ups of ``lanes`` lanes (inductance spread
+    +-20 %, per-lane gains) for ``periods`` switching periods, output once per period."""
     board = default_board()
     Ts = 1 / board.fsw
+    params = board.replace(L=board.L * np.linspace(0.8, 1.2, lanes)) if lanes > 1 else board
+    times = []
+    for _ in range(runs):
+        controller = _controller(lanes, Ts)
+        start = time.perf_counter()
+        simulate(params, controller=controller, vref=12.0, t_end=periods * Ts, dt=Ts,
+                 engine=engine)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def closed_loop_throughput(repeat: int, periods: int) -> list[dict]:
     rows = []
     for lanes in (1, 100, 1000):
-        params = board.replace(L=board.L * np.linspace(0.8, 1.2, lanes)) if lanes > 1 else board
         row: dict = {"lanes": lanes, "periods": periods}
         for engine in ("auto", "numpy"):
             if engine == "numpy" and lanes == 1000:
                 continue
-            times = []
-            for _ in range(repeat if engine == "auto" else 1):
-                controller = _controller(lanes, Ts)
-                start = time.perf_counter()
-                simulate(params, controller=controller, vref=12.0, t_end=periods * Ts, dt=Ts,
-                         engine=engine)
-                times.append(time.perf_counter() - start)
+            times = start_up_times(lanes, periods, repeat if engine == "auto" else 1, engine)
             seconds = statistics.median(times)
             row[f"{engine}_s"] = seconds
             row[f"{engine}_lane_periods_per_s"] = lanes * periods / seconds
@@ -208,6 +219,41 @@ def averaged_speedup(seconds: float, repeat: int) -> dict:
     return out
 
 
+def compare(rev: str, rounds: int, repeat: int, periods: int, lanes: int = 1000) -> dict:
+    """The ``lanes``-lane start-up (the figure of #10) on this tree's code and on git revision
+    ``rev``'s, in worker processes run in turn (who goes first alternates; a first call in each
+    compiles or loads its kernels), ``repeat`` runs per turn: M lane-periods/s per turn, their
+    medians and the median of the turn-by-turn ratios."""
+    with tempfile.TemporaryDirectory() as tmp:
+        trees = [("this tree", ROOT), (rev, checkout(rev, Path(tmp)))]
+
+        def turn(tree: Path, runs: int) -> float:
+            done = subprocess.run(
+                [sys.executable, __file__, "--start-up-worker", str(lanes), str(periods),
+                 str(runs)], cwd=tree, capture_output=True, text=True, check=False,
+                env={**os.environ, "PYTHONPATH": str(tree)})
+            if done.returncode:
+                raise SystemExit(f"the worker on {tree} failed:\n{done.stderr.strip()}")
+            return lanes * periods / statistics.median(json.loads(done.stdout)) / 1e6
+
+        print(f"{lanes} lanes x {periods} periods, closed-loop start-up: this tree against "
+              f"{rev}, {rounds} turns of {repeat} runs each (medians), in turn")
+        for _, tree in trees:
+            turn(tree, 1)  # compile, or load the disk cache
+        rates: dict[str, list[float]] = {name: [] for name, _ in trees}
+        for k in range(rounds):
+            for name, tree in (trees if k % 2 == 0 else trees[::-1]):
+                rates[name].append(turn(tree, repeat))
+                print(f"  turn {k + 1}, {name[:12]:12s} {rates[name][-1]:6.2f} M lane-periods/s")
+    mine, theirs = (rates[name] for name, _ in trees)
+    ratio = statistics.median(a / b for a, b in zip(mine, theirs, strict=True))
+    print(f"  medians: this tree {statistics.median(mine):.2f} M, {rev[:12]} "
+          f"{statistics.median(theirs):.2f} M; median ratio {ratio:.3f}")
+    return {"against": rev, "lanes": lanes, "periods": periods,
+            "this_tree_m_lane_periods_per_s": mine, "revision_m_lane_periods_per_s": theirs,
+            "median_ratio": ratio}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=3, help="runs per figure (median)")
@@ -216,7 +262,26 @@ def main() -> None:
                         help="simulated time of the engine vs averaged comparison [s]")
     parser.add_argument("--mc", type=int, default=10_000, help="Monte-Carlo samples")
     parser.add_argument("--json", help="also write the figures to this JSON file")
+    parser.add_argument("--against", metavar="REV",
+                        help="only the 1000-lane start-up, this tree and git revision REV in "
+                             "turn (the same machine for both: a ratio that a drifting machine "
+                             "leaves alone)")
+    parser.add_argument("--rounds", type=int, default=5, help="--against: turns of each tree")
+    parser.add_argument("--start-up-worker", nargs=3, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.start_up_worker:
+        lanes, periods, runs = args.start_up_worker
+        start_up_times(lanes, 10, 1)  # compile, or load the disk cache
+        print(json.dumps(start_up_times(lanes, periods, runs)))
+        return
+    if args.against:
+        if args.rounds < 1 or args.repeat < 1:
+            parser.error("--rounds and --repeat must be at least 1")
+        results = compare(args.against, args.rounds, args.repeat, args.periods)
+        if args.json:
+            with open(args.json, "w", encoding="utf-8") as fh:
+                json.dump(results, fh, indent=2)
+        return
     results = {"closed_loop": closed_loop_throughput(args.repeat, args.periods)}
     print(f"closed-loop simulate (PID every period, start-up), default board, median of "
           f"{args.repeat}")
