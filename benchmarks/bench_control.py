@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from revision import ROOT, checkout
+from revision import ROOT, checkout, in_turn
 
 from boostsim import Step, default_board, simulate, simulate_averaged
 from boostsim.control import ADC, DigitalController
@@ -241,10 +241,9 @@ def compare(rev: str, rounds: int, repeat: int, periods: int, lanes: int = 1000)
         for _, tree in trees:
             turn(tree, 1)  # compile, or load the disk cache
         rates: dict[str, list[float]] = {name: [] for name, _ in trees}
-        for k in range(rounds):
-            for name, tree in (trees if k % 2 == 0 else trees[::-1]):
-                rates[name].append(turn(tree, repeat))
-                print(f"  turn {k + 1}, {name[:12]:12s} {rates[name][-1]:6.2f} M lane-periods/s")
+        for k, name, tree in in_turn(rounds, trees):
+            rates[name].append(turn(tree, repeat))
+            print(f"  turn {k + 1}, {name[:12]:12s} {rates[name][-1]:6.2f} M lane-periods/s")
     mine, theirs = (rates[name] for name, _ in trees)
     ratio = statistics.median(a / b for a, b in zip(mine, theirs, strict=True))
     print(f"  medians: this tree {statistics.median(mine):.2f} M, {rev[:12]} "

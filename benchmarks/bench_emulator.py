@@ -51,7 +51,7 @@ from pathlib import Path
 
 import numpy as np
 import serial
-from revision import ROOT, checkout
+from revision import ROOT, checkout, in_turn
 
 from boostsim.params import DEFAULT_BOARD_FILE
 from firmware_bridge import protocol
@@ -241,17 +241,16 @@ def compare(rev: str, rounds: int, duration: float, config: str | None = None,
             run(3.0, config, pid_rate, tree)
         figures: dict[str, list[list[float | None]]] = {name: [] for name, _ in trees}
         all_kept = True
-        for k in range(rounds):
-            for name, tree in (trees if k % 2 == 0 else trees[::-1]):
-                result = run(duration, config, pid_rate, tree)
-                kept = kept_real_time(result)
-                if name == "this tree":
-                    all_kept &= kept
-                figures[name].append([result["run_cpu"], *result["phase_cpu"]])
-                print(f"  round {k + 1}, {name[:12]:12s} "
-                      + ", ".join(f"{n} {_percent(x)}" for n, x in
-                                  zip(names, figures[name][-1], strict=False))
-                      + ("" if kept else "; MISSED REAL TIME"))
+        for k, name, tree in in_turn(rounds, trees):
+            result = run(duration, config, pid_rate, tree)
+            kept = kept_real_time(result)
+            if name == "this tree":
+                all_kept &= kept
+            figures[name].append([result["run_cpu"], *result["phase_cpu"]])
+            print(f"  round {k + 1}, {name[:12]:12s} "
+                  + ", ".join(f"{n} {_percent(x)}" for n, x in
+                              zip(names, figures[name][-1], strict=False))
+                  + ("" if kept else "; MISSED REAL TIME"))
     mine, theirs = (figures[name] for name, _ in trees)
     print(f"  medians (this tree / {rev[:12]} / median of the round-by-round ratios):")
     for i, n in enumerate(names):
